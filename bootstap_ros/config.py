@@ -1,0 +1,107 @@
+"""Configuration dataclasses: the one place where defaults live.
+
+`ModelConfig` describes a TAPIR / BootsTAPIR architecture completely; it is the
+only constructor argument of the model and is stored inside the project's own
+checkpoints. The defaults are the official BootsTAPIR network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Mapping, Tuple
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of a TAPIR-family tracker.
+
+    The backbone is a ResNet-v2 with an initial stride-2 7x7 convolution and
+    four block groups; group 1 gives the "hires" features (1/4 resolution) and
+    group 3 the "lowres" features (1/8 resolution), as in TAPIR.
+    """
+
+    # Backbone: channels and blocks per group, stride of each group.
+    backbone_channels: Tuple[int, int, int, int] = (64, 128, 256, 256)
+    backbone_blocks: Tuple[int, int, int, int] = (2, 2, 2, 2)
+    backbone_strides: Tuple[int, int, int, int] = (1, 2, 2, 1)
+    stem_channels: int = 64
+    # BootsTAP's capacity expansion: residual conv blocks on the lowres features.
+    extra_conv_blocks: int = 5
+    extra_conv_multiplier: int = 4
+    # Refinement: PIPs-style depthwise-conv MLP-mixer.
+    mixer_hidden_dim: int = 512
+    mixer_blocks: int = 12
+    mixer_kernel: int = 3
+    refinement_iters: int = 4
+    pyramid_level: int = 1
+    patch_radius: int = 3
+    # Causal (online) models use left-padded temporal convolutions.
+    causal: bool = True
+    # Cost-volume initialisation.
+    softmax_temperature: float = 20.0
+    soft_argmax_radius: float = 5.0
+    # Model input resolution (height, width); multiples of 8.
+    resolution: Tuple[int, int] = (256, 256)
+
+    def __post_init__(self):
+        # Accept lists (as read back from a checkpoint or yaml) but store tuples.
+        for name in ("backbone_channels", "backbone_blocks", "backbone_strides", "resolution"):
+            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+        if len(self.backbone_channels) != 4 or len(self.backbone_blocks) != 4:
+            raise ValueError("backbone_channels and backbone_blocks need 4 entries (one per group)")
+        if tuple(self.backbone_strides) != (1, 2, 2, 1):
+            # The coordinate maths assumes hires = 1/4 and lowres = 1/8 of the input.
+            raise ValueError(f"backbone_strides must be (1, 2, 2, 1), got {self.backbone_strides}")
+        h, w = self.resolution
+        if h % 8 or w % 8 or h <= 0 or w <= 0:
+            raise ValueError(f"resolution must be positive multiples of 8, got {self.resolution}")
+        if self.mixer_kernel < 1 or self.refinement_iters < 0 or self.pyramid_level < 0:
+            raise ValueError("mixer_kernel >= 1, refinement_iters >= 0 and pyramid_level >= 0 are required")
+
+    @property
+    def hires_dim(self) -> int:
+        return self.backbone_channels[1]
+
+    @property
+    def lowres_dim(self) -> int:
+        return self.backbone_channels[3]
+
+    @property
+    def mixer_feature_dim(self) -> int:
+        """Per-frame feature carried between refinement iterations (and predicted)."""
+        return 4 + self.hires_dim + self.lowres_dim
+
+    @property
+    def num_patch_pixels(self) -> int:
+        return (2 * self.patch_radius + 1) ** 2
+
+    @property
+    def mixer_input_dim(self) -> int:
+        return self.mixer_feature_dim + (self.pyramid_level + 2) * self.num_patch_pixels
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """Plain python types only, so `torch.load(weights_only=True)` reads it back."""
+        return {f.name: (list(v) if isinstance(v, tuple) else v)
+                for f in dataclasses.fields(self) for v in [getattr(self, f.name)]}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown model config fields {unknown}; known fields are {sorted(known)}")
+        return cls(**dict(values))
+
+
+def bootstapir_config(causal: bool = True) -> ModelConfig:
+    """The official BootsTAPIR architecture (online when causal)."""
+    return ModelConfig(causal=causal)
+
+
+def tapir_config(causal: bool = False) -> ModelConfig:
+    """The official TAPIR architecture: BootsTAPIR without the extra conv blocks."""
+    return ModelConfig(extra_conv_blocks=0, causal=causal)

@@ -1,0 +1,191 @@
+"""Checkpoint loading and saving.
+
+Two formats load the same way:
+
+* the official tapnet PyTorch checkpoints: bare state_dicts with the official key
+  names and no configuration. The architecture is recognised from the keys
+  (BootsTAPIR has `extra_convs.*`, TAPIR has not); causality cannot be read from
+  weights and comes from the caller (the tracking mode or `--causal`).
+* the project's own checkpoints: a dict holding the model config beside the
+  weights (and, for training checkpoints, the step, optimiser and training
+  config). They need no flags.
+
+Everything is read with `torch.load(weights_only=True)`. A wrong, truncated or
+foreign file raises `CheckpointError` naming what was expected and what was found.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Union
+
+import torch
+
+from bootstap_ros.config import ModelConfig
+
+FORMAT_NAME = "bootstap_ros.checkpoint"
+FORMAT_VERSION = 1
+_MAX_LISTED = 8
+
+
+class CheckpointError(ValueError):
+    """A checkpoint could not be used; the message says why and what to do."""
+
+
+@dataclass
+class LoadedCheckpoint:
+    model: "torch.nn.Module"
+    config: ModelConfig
+    source: str  # "official" or "project"
+    path: str
+    extra: Dict[str, Any] = field(default_factory=dict)  # step, train_config, ...
+
+
+def _listing(names: List[str]) -> str:
+    shown = ", ".join(names[:_MAX_LISTED])
+    more = len(names) - _MAX_LISTED
+    return shown + (f", ... ({more} more)" if more > 0 else "")
+
+
+def read_checkpoint_file(path: Union[str, os.PathLike]) -> Any:
+    """torch.load(weights_only=True) with errors that say what the file is."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint path is a directory, expected a .pt file: {path}")
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes); download or copy it again")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types here; re-raise one with context
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(
+            f"could not read checkpoint {path} ({size} bytes): it is truncated, corrupt or not a "
+            f"PyTorch checkpoint saved with plain tensors ({type(error).__name__}: {reason})"
+        ) from None
+
+
+def infer_official_config(state_dict: Mapping[str, Any], causal: bool) -> ModelConfig:
+    """The architecture of an official bare state_dict, recognised from its keys."""
+    if not any(k.startswith("resnet_torch.") for k in state_dict) or not any(
+            k.startswith("torch_pips_mixer.") for k in state_dict):
+        found = _listing(sorted(state_dict)[:_MAX_LISTED]) if state_dict else "no keys"
+        raise CheckpointError(
+            "not a TAPIR/BootsTAPIR checkpoint: expected keys starting with 'resnet_torch.' and "
+            f"'torch_pips_mixer.' (the official tapnet layout), found {found}")
+    blocks = {int(m.group(1)) for k in state_dict
+              for m in [re.match(r"extra_convs\.blocks\.(\d+)\.", k)] if m}
+    extra = max(blocks) + 1 if blocks else 0
+    return ModelConfig(extra_conv_blocks=extra, causal=causal)
+
+
+def _check_state_dict(model: torch.nn.Module, state_dict: Mapping[str, Any], path: str) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    mismatched = [
+        f"{k}: expected {tuple(expected[k].shape)}, found {tuple(state_dict[k].shape)}"
+        for k in sorted(set(expected) & set(state_dict))
+        if not isinstance(state_dict[k], torch.Tensor) or state_dict[k].shape != expected[k].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys: {_listing(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys: {_listing(unexpected)}")
+    if mismatched:
+        problems.append(f"{len(mismatched)} shape mismatches: {_listing(mismatched)}")
+    if problems:
+        raise CheckpointError(
+            f"checkpoint {path} does not match the model architecture "
+            f"({len(expected)} tensors expected, {len(state_dict)} found): " + "; ".join(problems))
+
+
+def build_model(config: ModelConfig, state_dict: Optional[Mapping[str, Any]] = None,
+                path: str = "<state_dict>") -> torch.nn.Module:
+    """A TAPIR for `config`, with `state_dict` loaded after a full key/shape check."""
+    from bootstap_ros.model.tapir import TAPIR
+
+    model = TAPIR(config)
+    if state_dict is not None:
+        _check_state_dict(model, state_dict, path)
+        model.load_state_dict(state_dict, strict=True)
+    return model.eval()
+
+
+def load_checkpoint(path: Union[str, os.PathLike], causal: Optional[bool] = None) -> LoadedCheckpoint:
+    """Load an official or project checkpoint.
+
+    causal: required for official checkpoints (None raises a clear error); for
+      project checkpoints it overrides the stored value only when given (the
+      weights are the same either way, but a model trained causal should be run
+      causal).
+    """
+    path = str(path)
+    content = read_checkpoint_file(path)
+    if not isinstance(content, Mapping):
+        raise CheckpointError(
+            f"checkpoint {path} holds a {type(content).__name__}, expected a state_dict or a "
+            f"{FORMAT_NAME} dict")
+    if content.get("format") == FORMAT_NAME:
+        version = content.get("version")
+        if version != FORMAT_VERSION:
+            raise CheckpointError(
+                f"checkpoint {path} has format version {version}; this bootstap_ros reads version "
+                f"{FORMAT_VERSION}")
+        for key in ("model_config", "state_dict"):
+            if key not in content:
+                raise CheckpointError(f"checkpoint {path} lacks '{key}' (a {FORMAT_NAME} needs it)")
+        try:
+            config = ModelConfig.from_dict(content["model_config"])
+        except (TypeError, ValueError) as error:
+            raise CheckpointError(f"checkpoint {path} has an invalid model_config: {error}") from None
+        if causal is not None and causal != config.causal:
+            config = config.replace(causal=causal)
+        model = build_model(config, content["state_dict"], path)
+        extra = {k: v for k, v in content.items()
+                 if k not in ("format", "version", "model_config", "state_dict")}
+        return LoadedCheckpoint(model, config, "project", path, extra)
+    if not all(isinstance(v, torch.Tensor) for v in content.values()):
+        raise CheckpointError(
+            f"checkpoint {path} is a dict but neither a state_dict of tensors nor a {FORMAT_NAME} "
+            f"(top-level keys: {_listing(sorted(map(str, content)))})")
+    if causal is None:
+        raise CheckpointError(
+            f"checkpoint {path} is an official bare state_dict, whose weights do not say whether "
+            "the model is causal: pass --causal (online, e.g. causal_bootstapir_checkpoint.pt) or "
+            "--no-causal (offline, e.g. bootstapir_checkpoint_v2.pt)")
+    config = infer_official_config(content, causal)
+    return LoadedCheckpoint(build_model(config, content, path), config, "official", path)
+
+
+def save_checkpoint(path: Union[str, os.PathLike], model: torch.nn.Module,
+                    **extra: Any) -> None:
+    """Write a project checkpoint (config + weights + extra), atomically.
+
+    The file is written next to its destination and renamed into place, so a
+    crash never leaves a truncated checkpoint under the final name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    content = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "model_config": model.config.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        **extra,
+    }
+    handle, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        torch.save(content, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
