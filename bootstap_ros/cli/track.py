@@ -1,0 +1,113 @@
+"""`bootstap-track`: track points through a video file and save (and draw) the tracks.
+
+    bootstap-track VIDEO --checkpoint CKPT --output OUT.npz [--queries Q.csv | --grid N]
+        [--mode online|offline] [--causal|--no-causal] [--resolution 256]
+        [--device cpu|cuda] [--render OUT.mp4]
+
+Online mode (default) runs the causal model frame by frame as a live camera
+would; offline mode runs the model's whole-clip forward. OUT.npz holds
+`tracks` [N, T, 2] (x, y pixels of the input video), `occluded` [N, T],
+`occlusion_logits` and `expected_dist_logits` [N, T].
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import List, Optional
+
+DEFAULT_FPS = 30.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bootstap-track", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("video", help="video file (.mp4/.avi/.mkv), folder of images, or .npy [T,H,W,3] uint8 RGB")
+    parser.add_argument("--checkpoint", required=True, help="official .pt state_dict or a bootstap_ros checkpoint")
+    parser.add_argument("--output", required=True, help="where to write the tracks (.npz)")
+    queries = parser.add_mutually_exclusive_group()
+    queries.add_argument("--queries", help="CSV with header t,x,y (frame index, pixel x, pixel y)")
+    queries.add_argument("--grid", type=int, help="track an NxN grid of points from frame 0 (default 8)")
+    parser.add_argument("--mode", choices=("online", "offline"), default="online")
+    parser.add_argument("--causal", action=argparse.BooleanOptionalAction, default=None,
+                        help="causal model (default: on for online, off for offline)")
+    parser.add_argument("--resolution", type=int, default=None,
+                        help="model resolution (square, multiple of 8); default: the checkpoint's (256)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--render", help="also write the video with the tracks drawn (.mp4 or a folder)")
+    parser.add_argument("--fps", type=float, default=None,
+                        help=f"frame rate for --render when the input has none (default {DEFAULT_FPS:g})")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        # Every expected failure (bad checkpoint, video, queries, device) is a ValueError
+        # or RuntimeError subclass with a message that says what to do.
+        print(f"bootstap-track: error: {error}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+    from tqdm import tqdm
+
+    from bootstap_ros.model import build_model, load_checkpoint
+    from bootstap_ros.queries import grid_queries, read_queries_csv
+    from bootstap_ros.tracking import track_offline, track_online
+    from bootstap_ros.video import open_video
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {args.device} was asked for but CUDA is not available; use --device cpu")
+    causal = args.causal if args.causal is not None else args.mode == "online"
+    source = open_video(args.video)
+    height, width = source.size
+    if args.queries:
+        queries = read_queries_csv(args.queries, num_frames=source.num_frames if source.num_frames_is_exact
+                                   else None, size=(height, width))
+    else:
+        queries = grid_queries(args.grid or 8, (height, width), t=0)
+    loaded = load_checkpoint(args.checkpoint, causal=causal)
+    model = loaded.model
+    if args.resolution is not None:
+        config = loaded.config.replace(resolution=(args.resolution, args.resolution))
+        model = build_model(config, model.state_dict(), args.checkpoint)
+    torch.set_grad_enabled(False)
+    print(f"{loaded.source} checkpoint {args.checkpoint}: {'causal' if model.config.causal else 'non-causal'}, "
+          f"{model.config.resolution[0]}x{model.config.resolution[1]}, {args.mode} mode, "
+          f"{len(queries)} points, video {width}x{height} ({source.num_frames} frames)")
+
+    start = time.perf_counter()
+    with tqdm(total=source.num_frames, unit="frame", desc=f"tracking ({args.mode})",
+              disable=None) as bar:
+        if args.mode == "online":
+            result = track_online(model, source, queries, device=args.device, progress=lambda: bar.update())
+        else:
+            video = source.read_all()
+            bar.total = len(video)
+            result = track_offline(model, video, queries, device=args.device)
+            bar.update(len(video))
+    elapsed = time.perf_counter() - start
+    num_frames = result.tracks.shape[1]
+    result.save(args.output)
+    visible = np.isfinite(result.tracks[..., 0]) & ~result.occluded
+    print(f"wrote {args.output}: {len(queries)} points x {num_frames} frames, "
+          f"{visible.mean() * 100 if visible.size else 0:.1f}% visible, "
+          f"{num_frames / max(elapsed, 1e-9):.1f} frames/s")
+    if args.render:
+        from bootstap_ros.render import render_video
+
+        fps = args.fps or source.fps or DEFAULT_FPS
+        render_video(source, result.tracks, result.occluded, args.render, fps=fps)
+        print(f"rendered {args.render}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

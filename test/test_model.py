@@ -1,0 +1,141 @@
+"""The network: second code paths, invariants and hand-computed cases."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bootstap_ros.config import ModelConfig
+from bootstap_ros.model import build_model, preprocess_frames
+from bootstap_ros.model.layers import temporal_depthwise
+from bootstap_ros.model.tapir import CausalState, _soft_argmax
+from small_model import SMALL, moving_clip, small_model
+
+torch.set_grad_enabled(False)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("channels_in, channels_out", [(6, 24), (8, 8)])
+def test_temporal_depthwise_equals_conv1d(causal, channels_in, channels_out):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(channels_in, channels_out, 3, groups=channels_in)
+    x = torch.randn(5, 7, channels_in)  # [P, T, C]
+    ours, history = temporal_depthwise(x, conv, None, causal)
+    padded = F.pad(x.transpose(1, 2), (2, 0) if causal else (1, 1))
+    expected = conv(padded).transpose(1, 2)
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
+    if causal:
+        torch.testing.assert_close(history, x[:, -2:])
+
+
+def test_temporal_depthwise_streaming_equals_whole_sequence():
+    torch.manual_seed(1)
+    conv = torch.nn.Conv1d(4, 16, 3, groups=4)
+    x = torch.randn(3, 6, 4)
+    whole, _ = temporal_depthwise(x, conv, None, causal=True)
+    history, steps = None, []
+    for t in range(6):
+        y, history = temporal_depthwise(x[:, t:t + 1], conv, history, causal=True)
+        steps.append(y)
+    torch.testing.assert_close(torch.cat(steps, 1), whole, atol=1e-6, rtol=1e-6)
+
+
+def test_soft_argmax_hand_computed():
+    heatmap = torch.zeros(1, 4, 4)
+    heatmap[0, 1, 1] = 0.6  # cell centre (1.5, 1.5)
+    heatmap[0, 1, 2] = 0.3  # cell centre (2.5, 1.5), 1 cell away: inside radius 2
+    heatmap[0, 3, 3] = 0.1  # (3.5, 3.5) is sqrt(8) = 2.83 cells away: outside radius 2
+    xy = _soft_argmax(heatmap, radius=2.0)
+    expected_x = (0.6 * 1.5 + 0.3 * 2.5) / 0.9
+    torch.testing.assert_close(xy[0], torch.tensor([expected_x, 1.5]))
+
+
+def test_preprocess_maps_uint8_to_unit_range():
+    frames = torch.tensor([0, 255, 51], dtype=torch.uint8)
+    torch.testing.assert_close(preprocess_frames(frames), torch.tensor([-1.0, 1.0, -0.6]))
+
+
+def _whole_vs_streaming(model, video):
+    frames = preprocess_frames(torch.from_numpy(video))[None]
+    grids = model.get_feature_grids(frames)
+    queries = torch.tensor([[[0, 10.0, 12.0], [0, 30.5, 40.25], [0, 50.0, 5.0]]])
+    features = model.get_query_features(grids, queries)
+    whole, _ = model.estimate_trajectories(grids, features)  # no query-point constraint
+    state = model.initial_state(3)
+    steps = []
+    for t in range(video.shape[0]):
+        frame_grids = model.get_feature_grids(frames[:, t:t + 1])
+        result, state = model.estimate_trajectories(frame_grids, features, state)
+        steps.append(result)
+    for name in ("tracks", "occlusion", "expected_dist"):
+        streamed = torch.cat([getattr(r, name) for r in steps], dim=2)
+        torch.testing.assert_close(streamed, getattr(whole, name), atol=2e-4, rtol=1e-4)
+
+
+def test_causal_streaming_equals_whole_clip_small():
+    _whole_vs_streaming(small_model(), moving_clip())
+
+
+def test_causal_streaming_equals_whole_clip_official_architecture():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(causal=True))
+    _whole_vs_streaming(model, moving_clip(num_frames=4, height=64, width=96))
+
+
+def test_non_causal_model_looks_ahead():
+    # The same weights, non-causal: the first frame's output depends on later frames.
+    model = small_model(causal=False)
+    video = preprocess_frames(torch.from_numpy(moving_clip()))[None]
+    queries = torch.tensor([[[0, 20.0, 20.0]]])
+    full = model(video, queries, constrain_query_points=False)
+    changed = video.clone()
+    changed[:, 3:] = -changed[:, 3:]
+    other = model(changed, queries, constrain_query_points=False)
+    assert not torch.allclose(full.tracks[:, :, 0], other.tracks[:, :, 0])
+    causal = small_model(causal=True)
+    a = causal(video, queries, constrain_query_points=False)
+    b = causal(changed, queries, constrain_query_points=False)
+    torch.testing.assert_close(a.tracks[:, :, :3], b.tracks[:, :, :3])
+
+
+def test_query_point_constraint_pins_the_initial_estimate():
+    model = small_model(causal=False)
+    video = preprocess_frames(torch.from_numpy(moving_clip(height=64, width=64)))[None]
+    queries = torch.tensor([[[2, 17.5, 33.25], [4, 40.0, 8.0]]])
+    result = model(video, queries)
+    initial_tracks = result.unrefined[0][0]
+    torch.testing.assert_close(initial_tracks[0, 0, 2], torch.tensor([33.25, 17.5]))
+    torch.testing.assert_close(initial_tracks[0, 1, 4], torch.tensor([8.0, 40.0]))
+    assert len(result.unrefined) == SMALL.refinement_iters
+
+
+def test_causal_state_select_reset_assign_touch_only_their_points():
+    model = small_model()
+    state = CausalState(*(torch.randn_like(t) for t in model.initial_state(4)))
+    reset = state.reset(2)
+    assert torch.all(reset.conv1[:, :, :, 2] == 0) and torch.all(reset.conv2[:, :, :, 2] == 0)
+    for i in (0, 1, 3):
+        assert torch.equal(reset.conv1[:, :, :, i], state.conv1[:, :, :, i])
+    assert state.conv1[:, :, :, 2].abs().sum() > 0  # the original is untouched
+    one = state.select(3)
+    assert one.num_points == 1 and torch.equal(one.conv2[:, :, :, 0], state.conv2[:, :, :, 3])
+    moved = reset.assign(2, one)
+    assert torch.equal(moved.conv1[:, :, :, 2], state.conv1[:, :, :, 3])
+    assert torch.equal(moved.conv1[:, :, :, 0], state.conv1[:, :, :, 0])
+
+
+def test_config_round_trip_and_validation():
+    assert ModelConfig.from_dict(SMALL.to_dict()) == SMALL
+    with pytest.raises(ValueError, match="multiples of 8"):
+        ModelConfig(resolution=(250, 256))
+    with pytest.raises(ValueError, match="unknown model config fields"):
+        ModelConfig.from_dict({"mixer_width": 3})
+
+
+def test_official_architecture_size():
+    # BootsTAPIR = TAPIR + 5 extra conv blocks of 2 x (3x3 conv 256<->1024) with biases + LayerNorm.
+    tapir = build_model(ModelConfig(extra_conv_blocks=0))
+    boots = build_model(ModelConfig())
+    extra = sum(p.numel() for p in boots.parameters()) - sum(p.numel() for p in tapir.parameters())
+    per_block = 2 * 256 * 1024 * 9 + 1024 + 256 + 2 * 256
+    assert extra == 5 * per_block
