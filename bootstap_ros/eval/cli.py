@@ -1,0 +1,367 @@
+"""``bootstap-eval``: evaluate a tracker on TAP-Vid DAVIS, RGB-Stacking or RoboTAP.
+
+This module owns the evaluation run: parsing the command line into an
+``EvalConfig``, building the predictor, running it over the videos with a
+progress bar, and writing RESULTS.json, the optional PREDS.npz and report, and
+the summary table.
+
+    bootstap-eval DATASET --checkpoint CKPT --output RESULTS.json \
+        [--format auto|robotap|davis|rgb_stacking] [--query-mode first|strided] \
+        [--mode online|offline] [--causal|--no-causal] [--resolution 256] \
+        [--save-predictions PREDS.npz] [--max-videos K] [--tracker bootstapir|lk] \
+        [--device cpu|cuda] [--report DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import importlib.metadata
+import json
+import math
+import os
+import sys
+import zipfile
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from bootstap_ros.eval.datasets import FORMATS, QUERY_MODES, DatasetFormatError, TapVidDataset
+from bootstap_ros.eval.metrics import THRESHOLDS, compute_video_metrics, mean_over_videos
+from bootstap_ros.eval.predictors import Predictor, predict_tracks
+
+TRACKERS = ("bootstapir", "lk")
+MODES = ("online", "offline")
+DEVICES = ("cpu", "cuda")
+REPORT_WORST_VIDEOS = 3
+
+
+@dataclass
+class EvalConfig:
+    """Everything one evaluation run depends on; the defaults live here."""
+
+    dataset: str
+    output: str
+    checkpoint: str | None = None
+    format: str = "auto"
+    query_mode: str = "first"
+    mode: str = "online"
+    causal: bool | None = None  # None: causal for online, non-causal for offline
+    resolution: int = 256
+    save_predictions: str | None = None
+    max_videos: int | None = None
+    tracker: str = "bootstapir"
+    device: str | None = None  # None: cuda when available (bootstapir only).
+    report: str | None = None
+
+
+# ---------------------------------------------------------------------------
+# The BootsTAPIR hook.
+# ---------------------------------------------------------------------------
+
+
+class ModelPredictor:
+    """BootsTAPIR through the project's tracking code: online as the ROS node runs it
+    (each point added on its query frame, causal state from zero), or offline
+    (the whole-clip forward with the query points given)."""
+
+    def __init__(self, model, mode: str, device: str):
+        self.model = model
+        self.mode = mode
+        self.device = device
+        self.forward_only = mode == "online"
+
+    def predict(self, video, query_points):
+        from bootstap_ros.tracking import track_offline, track_online
+
+        queries = query_points[:, [0, 2, 1]]  # (t, y, x) -> the engine's (t, x, y)
+        if self.forward_only:
+            result = track_online(self.model, video, queries, device=self.device)
+        else:
+            result = track_offline(self.model, video, queries, device=self.device)
+        return result.tracks, result.occluded
+
+
+def make_bootstapir_predictor(config: EvalConfig) -> Predictor:
+    """The BootsTAPIR predictor for `config` (torch is imported only here)."""
+    from bootstap_ros.model import build_model, load_checkpoint
+
+    causal = config.causal if config.causal is not None else config.mode == "online"
+    if config.mode == "online" and not causal:
+        raise ValueError("online evaluation needs a causal model: drop --no-causal or use --mode offline")
+    loaded = load_checkpoint(config.checkpoint, causal=causal)
+    model = loaded.model
+    resolution = (config.resolution, config.resolution)
+    if loaded.config.resolution != resolution:
+        model = build_model(loaded.config.replace(resolution=resolution), model.state_dict(),
+                            config.checkpoint)
+    return ModelPredictor(model, config.mode, config.device)
+
+
+def make_predictor(config: EvalConfig) -> Predictor:
+    if config.tracker == "lk":
+        from bootstap_ros.eval.lk import LucasKanadePredictor
+
+        return LucasKanadePredictor()
+    return make_bootstapir_predictor(config)
+
+
+# ---------------------------------------------------------------------------
+# Command line.
+# ---------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bootstap-eval",
+        description="Evaluate a point tracker on TAP-Vid DAVIS, RGB-Stacking or RoboTAP "
+        "(AJ, <delta_avg and OA as in the TAP-Vid papers).",
+    )
+    parser.add_argument("dataset", help="a TAP-Vid pickle, or a folder of robotap_split*.pkl")
+    parser.add_argument("--checkpoint", help="model checkpoint (required for --tracker bootstapir)")
+    parser.add_argument("--output", required=True, help="where to write RESULTS.json")
+    parser.add_argument("--format", default="auto", choices=("auto", *FORMATS))
+    parser.add_argument("--query-mode", default="first", choices=QUERY_MODES)
+    parser.add_argument("--mode", default="online", choices=MODES,
+                        help="online: causal frame-by-frame tracking; offline: whole video at once")
+    parser.add_argument("--causal", default=None, action=argparse.BooleanOptionalAction,
+                        help="run the model causal (default: on for online, off for offline)")
+    parser.add_argument("--resolution", type=int, default=256,
+                        help="evaluation raster size; the papers use 256")
+    parser.add_argument("--save-predictions", metavar="PREDS.npz")
+    parser.add_argument("--max-videos", type=int, metavar="K")
+    parser.add_argument("--tracker", default="bootstapir", choices=TRACKERS)
+    parser.add_argument("--device", choices=DEVICES, help="default: cuda when available")
+    parser.add_argument("--report", metavar="DIR", help="write a per-video CSV, plots and frame strips")
+    return parser
+
+
+def parse_config(argv=None) -> EvalConfig:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.tracker == "bootstapir" and not args.checkpoint:
+        parser.error("--checkpoint is required with --tracker bootstapir")
+    if args.resolution < 8:
+        parser.error(f"--resolution must be at least 8, got {args.resolution}")
+    if args.max_videos is not None and args.max_videos < 1:
+        parser.error(f"--max-videos must be positive, got {args.max_videos}")
+    if args.causal is None:  # resolved here so RESULTS.json records what ran
+        args.causal = args.mode == "online"
+    return EvalConfig(**vars(args))
+
+
+# ---------------------------------------------------------------------------
+# Outputs.
+# ---------------------------------------------------------------------------
+
+
+class PredictionWriter:
+    """Writes PREDS.npz one video at a time (a .npz is a zip of .npy files).
+
+    Keys are ``{name}/query_points``, ``{name}/tracks``, ``{name}/occluded``,
+    ``{name}/gt_tracks`` and ``{name}/gt_occluded``; ``numpy.load`` reads it.
+    Writing as we go keeps RoboTAP's strided predictions out of memory.
+    """
+
+    def __init__(self, path: str):
+        _make_parent(path)
+        self._zip = zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True)
+
+    def add(self, name: str, **arrays: np.ndarray) -> None:
+        for key, array in arrays.items():
+            with self._zip.open(f"{name}/{key}.npy", "w", force_zip64=True) as file:
+                np.lib.format.write_array(file, np.asanyarray(array), allow_pickle=False)
+
+    def close(self) -> None:
+        self._zip.close()
+
+
+def _make_parent(path: str) -> None:
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _installed_version(distribution: str) -> str | None:
+    # Read from the package metadata so that an LK run does not import torch.
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def describe_run(config: EvalConfig, dataset: TapVidDataset) -> dict:
+    """The resolved configuration recorded in RESULTS.json."""
+    import cv2
+
+    import bootstap_ros
+
+    def absolute(path):
+        return os.path.abspath(path) if path else None
+
+    checkpoint = absolute(config.checkpoint)
+    described = asdict(config)
+    described.update(
+        dataset=absolute(config.dataset),
+        output=absolute(config.output),
+        save_predictions=absolute(config.save_predictions),
+        report=absolute(config.report),
+        format=dataset.format,
+        dataset_files=[os.path.abspath(path) for path in dataset.files],
+        checkpoint=checkpoint,
+        checkpoint_sha256=_sha256(checkpoint) if checkpoint else None,
+        versions={
+            "bootstap_ros": bootstap_ros.__version__,
+            "numpy": np.__version__,
+            "torch": _installed_version("torch"),
+            "opencv": cv2.__version__,
+            "python": sys.version.split()[0],
+        },
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    )
+    return described
+
+
+def _json_safe(value):
+    """NaN is not JSON: write it as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+def format_table(mean: dict, label: str) -> str:
+    """The paper's layout: AJ, <delta_avg and OA in percent, one decimal."""
+    header = ("Dataset (query mode)", "AJ", "<delta_avg", "OA")
+    row = (
+        label,
+        *(f"{100 * mean[key]:.1f}" for key in
+          ("average_jaccard", "average_pts_within_thresh", "occlusion_accuracy")),
+    )
+    width = max(len(header[0]), len(label))
+    lines = [f"{header[0]:<{width}}  {header[1]:>6}  {header[2]:>10}  {header[3]:>6}",
+             f"{row[0]:<{width}}  {row[1]:>6}  {row[2]:>10}  {row[3]:>6}"]
+    thresholds = "  ".join(f"d={d}: J {100 * mean[f'jaccard_{d}']:.1f} / "
+                           f"<d {100 * mean[f'pts_within_{d}']:.1f}" for d in THRESHOLDS)
+    return "\n".join([*lines, thresholds])
+
+
+# ---------------------------------------------------------------------------
+# The run.
+# ---------------------------------------------------------------------------
+
+
+def _resolve_device(config: EvalConfig) -> None:
+    if config.tracker == "bootstapir" and config.device is None:
+        import torch
+
+        config.device = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def run_evaluation(config: EvalConfig, predictor: Predictor | None = None) -> dict:
+    """Evaluate ``predictor`` (built from ``config`` when None); return RESULTS.json's content."""
+    from tqdm import tqdm
+
+    dataset = TapVidDataset(config.dataset, config.format, config.query_mode, config.resolution)
+    if predictor is None:
+        _resolve_device(config)
+        predictor = make_predictor(config)
+    writer = PredictionWriter(config.save_predictions) if config.save_predictions else None
+    worst = None
+    if config.report:
+        from bootstap_ros.eval.report import WorstVideos
+
+        worst = WorstVideos(REPORT_WORST_VIDEOS)
+
+    per_video: dict[str, dict] = {}
+    skipped: list[str] = []
+    progress = tqdm(dataset, total=config.max_videos, unit="video", desc="bootstap-eval")
+    try:
+        for sample in progress:
+            name = sample.name
+            if name in per_video or name in skipped:
+                name = f"{os.path.basename(sample.source)}:{name}"
+            if len(sample.query_points) == 0:
+                # The official code has no answer here (it fails or gives NaN).
+                progress.write(f"skipping video {name!r}: no visible point to query")
+                skipped.append(name)
+            else:
+                tracks, occluded = predict_tracks(
+                    predictor, sample.video, sample.query_points, config.query_mode
+                )
+                metrics = compute_video_metrics(
+                    sample.query_points, sample.occluded, sample.target_points,
+                    occluded, tracks, config.query_mode,
+                )
+                per_video[name] = {
+                    **metrics,
+                    "num_queries": int(len(sample.query_points)),
+                    "num_frames": int(len(sample.video)),
+                }
+                running = np.mean([video["average_jaccard"] for video in per_video.values()])
+                progress.set_postfix(AJ=f"{100 * running:.1f}", refresh=False)
+                if writer:
+                    writer.add(
+                        name,
+                        query_points=sample.query_points,
+                        tracks=tracks,
+                        occluded=occluded,
+                        gt_tracks=sample.target_points,
+                        gt_occluded=sample.occluded,
+                    )
+                if worst is not None:
+                    worst.offer(name, metrics["average_jaccard"], sample.video,
+                                sample.target_points, sample.occluded, tracks, occluded)
+            if config.max_videos is not None and len(per_video) + len(skipped) >= config.max_videos:
+                break
+    finally:
+        progress.close()
+        if writer:
+            writer.close()
+
+    mean = mean_over_videos(per_video.values())
+    results = {
+        **mean,
+        "num_videos": len(per_video),
+        "skipped_videos": skipped,
+        "per_video": per_video,
+        "config": describe_run(config, dataset),
+    }
+    _make_parent(config.output)
+    with open(config.output, "w") as file:
+        json.dump(_json_safe(results), file, indent=2)
+        file.write("\n")
+    if config.report:
+        from bootstap_ros.eval.report import write_report
+
+        write_report(config.report, per_video, mean, worst)
+    return results
+
+
+def main(argv=None) -> int:
+    config = parse_config(argv)
+    try:
+        results = run_evaluation(config)
+    except (DatasetFormatError, FileNotFoundError, ValueError, RuntimeError) as error:
+        # CheckpointError and FrameError are ValueErrors whose messages say what to do.
+        print(f"bootstap-eval: error: {error}", file=sys.stderr)
+        return 1
+    label = f"{results['config']['format']} ({config.query_mode})"
+    print(format_table(results, label))
+    print(f"{results['num_videos']} videos; results written to {config.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""bootstap-eval end to end with the Lucas-Kanade tracker on tiny datasets."""
+
+import hashlib
+import json
+import os
+
+import numpy as np
+import pytest
+
+from bootstap_ros.eval.cli import EvalConfig, format_table, main, parse_config
+from bootstap_ros.eval.metrics import METRIC_NAMES
+from eval_fixtures import translating_square, write_davis, write_robotap
+
+
+@pytest.fixture
+def square_dataset(tmp_path):
+    """Two videos of a textured square in known motion; one is not square."""
+    wide = translating_square(num_frames=8, height=96, width=128, size=40, start=(10, 12), step=(2, 1))
+    wide["occluded"][0, :3] = True  # first visible late
+    wide["occluded"][1, 4:6] = True  # hidden stretch
+    entries = {
+        "square_256": translating_square(num_frames=10, step=(3, 2)),
+        "wide_96x128": wide,
+    }
+    return write_davis(tmp_path / "tapvid_davis.pkl", entries)
+
+
+@pytest.mark.parametrize("query_mode", ["first", "strided"])
+def test_lk_end_to_end_writes_results_predictions_and_report(tmp_path, square_dataset, query_mode, capsys):
+    pytest.importorskip("matplotlib")
+    results_path = tmp_path / "out" / "results.json"
+    preds_path = tmp_path / "out" / "preds.npz"
+    report_dir = tmp_path / "report"
+    code = main([
+        square_dataset, "--tracker", "lk", "--output", str(results_path), "--query-mode", query_mode,
+        "--save-predictions", str(preds_path), "--report", str(report_dir),
+    ])
+    assert code == 0
+
+    results = json.loads(results_path.read_text())
+    for name in METRIC_NAMES:
+        assert 0.0 <= results[name] <= 1.0, name
+    # Known motion on a clean texture: LK must be nearly perfect, apart from
+    # the occlusions it cannot know about.
+    assert results["average_jaccard"] > 0.6
+    assert results["pts_within_4"] > 0.9
+    assert set(results["per_video"]) == {"square_256", "wide_96x128"}
+    assert results["per_video"]["square_256"]["average_jaccard"] > 0.8
+    config = results["config"]
+    assert config["tracker"] == "lk" and config["query_mode"] == query_mode
+    assert config["format"] == "davis" and config["resolution"] == 256
+    assert config["checkpoint"] is None and config["checkpoint_sha256"] is None
+    assert config["dataset"] == os.path.abspath(square_dataset)
+    assert set(config["versions"]) >= {"bootstap_ros", "numpy", "torch", "opencv"}
+    assert config["date"]
+
+    with np.load(preds_path) as preds:
+        queries = preds["wide_96x128/query_points"]
+        tracks = preds["wide_96x128/tracks"]
+        assert queries.shape[1] == 3 and tracks.shape == (len(queries), 8, 2)
+        assert preds["wide_96x128/occluded"].shape == (len(queries), 8)
+        assert preds["wide_96x128/gt_tracks"].shape == tracks.shape
+        assert preds["wide_96x128/gt_occluded"].dtype == bool
+        if query_mode == "first":
+            # The late-visible track is queried at its first visible frame.
+            assert queries[0, 0] == 3
+        else:
+            assert set(np.unique(queries[:, 0])) <= {0, 5}
+
+    written = sorted(os.listdir(report_dir))
+    assert {"per_video.csv", "per_video_aj.png", "thresholds.png"} <= set(written)
+    assert len([f for f in written if f.startswith("worst_")]) == 2
+    assert (report_dir / "per_video.csv").read_text().count("\n") == 3
+
+    table = capsys.readouterr().out
+    assert "AJ" in table and "<delta_avg" in table and f"davis ({query_mode})" in table
+    assert f"{100 * results['average_jaccard']:.1f}" in table
+
+
+def test_max_videos_and_robotap_folder(tmp_path):
+    folder = write_robotap(tmp_path / "robotap", [
+        {"a": translating_square(num_frames=6)},
+        {"b": translating_square(num_frames=6, seed=1)},
+    ])
+    out = tmp_path / "results.json"
+    assert main([folder, "--tracker", "lk", "--output", str(out), "--max-videos", "1"]) == 0
+    results = json.loads(out.read_text())
+    assert list(results["per_video"]) == ["a"] and results["num_videos"] == 1
+    assert results["config"]["format"] == "robotap"
+    assert len(results["config"]["dataset_files"]) == 2
+
+
+def test_checkpoint_hash_is_recorded(tmp_path, square_dataset):
+    checkpoint = tmp_path / "model.pt"
+    checkpoint.write_bytes(b"weights")
+    out = tmp_path / "results.json"
+    main([square_dataset, "--tracker", "lk", "--checkpoint", str(checkpoint), "--output", str(out),
+          "--max-videos", "1"])
+    config = json.loads(out.read_text())["config"]
+    assert config["checkpoint_sha256"] == hashlib.sha256(b"weights").hexdigest()
+    assert config["checkpoint"] == str(checkpoint)
+
+
+def test_corrupt_dataset_is_a_clear_error(tmp_path, capsys):
+    path = tmp_path / "broken.pkl"
+    path.write_bytes(b"\x80\x04\x95 truncated")
+    code = main([str(path), "--tracker", "lk", "--output", str(tmp_path / "r.json")])
+    assert code == 1
+    error = capsys.readouterr().err
+    assert "broken.pkl" in error and "cannot be unpickled" in error
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_bootstapir_needs_a_checkpoint(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        parse_config(["data.pkl", "--output", str(tmp_path / "r.json")])
+    assert info.value.code == 2
+    assert "--checkpoint is required" in capsys.readouterr().err
+
+
+def test_config_defaults_and_flags():
+    config = parse_config(["d.pkl", "--output", "r.json", "--tracker", "lk", "--no-causal",
+                           "--mode", "offline", "--query-mode", "strided", "--device", "cpu"])
+    assert config == EvalConfig(dataset="d.pkl", output="r.json", tracker="lk", causal=False,
+                                mode="offline", query_mode="strided", device="cpu")
+    assert parse_config(["d.pkl", "--output", "r.json", "--tracker", "lk"]).causal is True
+
+
+def test_table_layout():
+    mean = {name: 0.5 for name in METRIC_NAMES}
+    mean.update(average_jaccard=0.6912, average_pts_within_thresh=0.8, occlusion_accuracy=0.88888)
+    lines = format_table(mean, "robotap (first)").splitlines()
+    assert lines[0].split() == ["Dataset", "(query", "mode)", "AJ", "<delta_avg", "OA"]
+    assert lines[1].split() == ["robotap", "(first)", "69.1", "80.0", "88.9"]
+
+
+def test_video_without_visible_points_is_skipped_and_listed(tmp_path):
+    hidden = translating_square(num_frames=6)
+    hidden["occluded"][:] = True
+    path = write_davis(tmp_path / "d.pkl", {"hidden": hidden, "fine": translating_square(num_frames=6)})
+    out = tmp_path / "results.json"
+    assert main([path, "--tracker", "lk", "--output", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert results["skipped_videos"] == ["hidden"]
+    assert list(results["per_video"]) == ["fine"] and results["num_videos"] == 1
