@@ -1,0 +1,1 @@
+"""Training our own tracker: synthetic data, bootstrapping, losses and the training loop."""
