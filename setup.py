@@ -1,0 +1,70 @@
+"""Build script for bootstap_ros, an ament_python package.
+
+`colcon build` and `pip install -e .` both run this file. Dependencies here are
+unpinned; the exact versions used in CI live in requirements*.txt.
+"""
+
+import re
+from glob import glob
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+PACKAGE_NAME = 'bootstap_ros'
+HERE = Path(__file__).resolve().parent
+
+
+def read_version():
+    """Single source of truth: `__version__` in bootstap_ros/__init__.py (not imported)."""
+    text = (HERE / PACKAGE_NAME / '__init__.py').read_text()
+    match = re.search(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", text, re.MULTILINE)
+    if match is None:
+        raise RuntimeError(f'no __version__ = "..." line in {PACKAGE_NAME}/__init__.py')
+    return match.group(1)
+
+
+def share_files(pattern):
+    """Files for share/bootstap_ros/<dir>; an empty or missing folder installs nothing."""
+    return sorted(glob(pattern))
+
+
+setup(
+    name=PACKAGE_NAME,
+    version=read_version(),
+    description='Real-time causal BootsTAPIR point tracking for ROS 2',
+    license='Apache-2.0',
+    python_requires='>=3.10',
+    packages=find_packages(
+        include=[PACKAGE_NAME, PACKAGE_NAME + '.*', 'training', 'training.*'],
+    ),
+    # The embedded default checkpoint (added later) ships inside the package.
+    package_data={PACKAGE_NAME: ['data/*.pt']},
+    data_files=[
+        ('share/ament_index/resource_index/packages', ['resource/' + PACKAGE_NAME]),
+        ('share/' + PACKAGE_NAME, ['package.xml']),
+        ('share/' + PACKAGE_NAME + '/launch', share_files('launch/*.launch.py')),
+        ('share/' + PACKAGE_NAME + '/config', share_files('config/*.yaml')),
+    ],
+    install_requires=[
+        'numpy',
+        'opencv-python-headless',
+        'pillow',  # eval resizes videos with Pillow's Lanczos, as the official TAP-Vid code does
+        'tqdm',
+        'torch',
+    ],
+    extras_require={
+        'test': ['pytest'],
+        'onnx': ['onnx', 'onnxruntime', 'onnxscript'],
+        'train': ['tensorboard'],
+        'eval': ['matplotlib'],
+    },
+    zip_safe=False,
+    entry_points={
+        'console_scripts': [
+            'bootstap-track = bootstap_ros.cli.track:main',
+            'bootstap-eval = bootstap_ros.eval.cli:main',
+            # Later: bootstap-bench, and the ROS nodes tracker_node and video_source
+            # (run with `ros2 run bootstap_ros <name>`).
+        ],
+    },
+)

@@ -1,0 +1,45 @@
+"""Test-session setup shared by every test module.
+
+Owns the ROS environment of the test run: it is set here, at conftest import,
+before any test module imports rclpy, so that ROS traffic stays on this machine
+and on a domain of its own (two test runs side by side do not see each other).
+Also registers the `gpu` and `slow` markers.
+"""
+
+import atexit
+import os
+import shutil
+import tempfile
+
+import pytest
+
+os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+os.environ['ROS_LOCALHOST_ONLY'] = '1'
+# Valid domain ids for Fast DDS on Linux are 0..101; 0 is everybody's default.
+os.environ.setdefault('ROS_DOMAIN_ID', str(1 + os.getpid() % 101))
+if 'ROS_LOG_DIR' not in os.environ:
+    _ros_log_dir = tempfile.mkdtemp(prefix='bootstap_ros-test-roslog-')
+    os.environ['ROS_LOG_DIR'] = _ros_log_dir
+    atexit.register(shutil.rmtree, _ros_log_dir, ignore_errors=True)
+
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'gpu: needs a CUDA device; skipped where none is available')
+    config.addinivalue_line('markers', 'slow: takes more than a few seconds')
+
+
+def pytest_report_header(config):
+    return f"ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']} (localhost only)"
+
+
+def pytest_collection_modifyitems(config, items):
+    gpu_items = [item for item in items if 'gpu' in item.keywords]
+    if not gpu_items:
+        return
+    import torch  # only when a gpu test was collected: keeps plain runs light
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason='needs a CUDA device (torch.cuda.is_available() is False)')
+    for item in gpu_items:
+        item.add_marker(skip)
