@@ -15,6 +15,51 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _packed_linear_usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether `inference_linear` may take the oneDNN path for these tensors."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32:
+        return False
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return False  # the packed kernels have no autograd
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
+        return False  # exports and compilers get the plain graph
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def inference_linear(linear: nn.Linear, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
+    """`linear(x)` (then GELU-tanh when `gelu`) for inference, fast on CPU.
+
+    On CPU the weight is packed once into oneDNN's blocked layout (re-packed when
+    the weight changes) and multiplied with oneDNN, GELU fused: for the small row
+    counts of online tracking this is 2-3x faster than the default GEMM. Same
+    maths, float32 throughout; anywhere else (CUDA, autograd, export) it is the
+    plain `F.linear`.
+    """
+    if not _packed_linear_usable(x, linear.weight):
+        y = F.linear(x, linear.weight, linear.bias)
+        return F.gelu(y, approximate="tanh") if gelu else y
+    key = (linear.weight.data_ptr(), linear.weight._version)
+    cached = linear.__dict__.get("_packed_weight")
+    if cached is None or cached[0] != key:
+        rows = max(1, min(x.numel() // x.shape[-1], 256))  # a layout hint only
+        cached = (key, torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), rows))
+        linear.__dict__["_packed_weight"] = cached
+    if gelu:
+        return torch.ops.mkldnn._linear_pointwise(x, cached[1], linear.bias, "gelu", [], "tanh")
+    return torch.ops.mkldnn._linear_pointwise(x, cached[1], linear.bias, "none", [], "")
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GELU, tanh approximation, as x * sigmoid(2u) (= x/2 * (1 + tanh(u))).
+
+    The same function as `F.gelu(x, approximate="tanh")` (equal up to float rounding)
+    but 2x faster on CPU, where torch's vectorised tanh is slow.
+    """
+    u = x * x
+    u.mul_(2 * 0.7978845608028654 * 0.044715).add_(2 * 0.7978845608028654).mul_(x)
+    return torch.sigmoid_(u).mul_(x)
+
+
 def l2_normalize(x: torch.Tensor, dim: int) -> torch.Tensor:
     """x / ||x||, with the norm floored at 1e-6 (sqrt of TAPIR's 1e-12 on the squared norm)."""
     squared = torch.sum(torch.square(x), dim=dim, keepdim=True)
@@ -99,6 +144,10 @@ class ExtraConvBlock(nn.Module):
         self.layer_norm = nn.LayerNorm(channels)
         self.conv = nn.Conv2d(channels, channels * multiplier, 3, padding=1)
         self.conv_1 = nn.Conv2d(channels * multiplier, channels, 3, padding=1)
+        # The block works channels-last: weights in that layout spare oneDNN a
+        # reorder of ~10 MB of weights per call (same values, same results).
+        self.conv.to(memory_format=torch.channels_last)
+        self.conv_1.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.layer_norm(x).permute(0, 3, 1, 2)
@@ -187,6 +236,37 @@ class MixerBlock(nn.Module):
         x = x + self.conv_channels_mixer(self.layer_norm_1(x))
         return x, new_1, new_2
 
+    def step(self, x: torch.Tensor, history_1: torch.Tensor, history_2: torch.Tensor):
+        """One causal time step for a batch of rows (online tracking).
+
+        x [..., C]; history_1 [..., K-1, C] and history_2 [..., K-1, 4C] hold the
+        previous inputs of the two temporal convolutions, oldest first (not modified).
+        Returns (y [..., C], input_1 [..., C], input_2 [..., 4C]): the output and the
+        two conv inputs of this step, which the caller appends to the histories.
+
+        Equal to `forward` on one frame up to float rounding, but the taps are
+        broadcast multiply-adds on [..., C, 4] views: no concatenation of the
+        history, no repeat_interleave, no copy of the state.
+        """
+        k = self.mlp1_up.kernel_size[0]
+        m = self.multiplier
+        normed = self.layer_norm(x)
+        taps_1 = self.mlp1_up.weight[:, 0, :].t().unflatten(1, (-1, m))  # [K, C, m]
+        y = torch.addcmul(self.mlp1_up.bias.view(-1, m), normed[..., None], taps_1[k - 1])
+        for tap in range(k - 1):
+            y.addcmul_(history_1[..., tap, :, None], taps_1[tap])
+        expanded = gelu_tanh(y.flatten(-2))
+        taps_2 = self.mlp1_up_1.weight[:, 0, :].t()  # [K, 4C]
+        z = torch.addcmul(self.mlp1_up_1.bias, expanded, taps_2[k - 1])
+        for tap in range(k - 1):
+            z.addcmul_(history_2[..., tap, :], taps_2[tap])
+        # The group sum as a product with ones: one pass, exact (no rounding in x * 1).
+        x = x + torch.matmul(z.unflatten(-1, (-1, m)), z.new_ones(m))
+        channels = self.conv_channels_mixer
+        hidden = inference_linear(channels.mlp2_up, self.layer_norm_1(x), gelu=True)
+        x = x + inference_linear(channels.mlp2_down, hidden)
+        return x, normed, expanded
+
 
 class PipsMixer(nn.Module):
     """The refinement network: linear in, mixer blocks, layer norm, linear out."""
@@ -222,3 +302,36 @@ class PipsMixer(nn.Module):
         if not new_1:
             return x, None, None
         return x, torch.stack(new_1), torch.stack(new_2)
+
+    def step(self, x: torch.Tensor, history_1: torch.Tensor, history_2: torch.Tensor,
+             in_place: bool = False):
+        """One causal time step: x [..., input_dim]; histories [num_blocks, ..., K-1, C] and
+        [num_blocks, ..., K-1, 4C] (oldest first).
+
+        Returns (y [..., output_dim], new_history_1, new_history_2). With in_place the
+        histories are shifted and written in place (and returned); otherwise new
+        tensors are returned and the inputs are left as they were (as ONNX export needs).
+        """
+        x = inference_linear(self.linear, x)
+        new_1: List[torch.Tensor] = []
+        new_2: List[torch.Tensor] = []
+        for i, block in enumerate(self.blocks):
+            x, input_1, input_2 = block.step(x, history_1[i], history_2[i])
+            new_1.append(push_history(history_1[i], input_1, in_place))
+            new_2.append(push_history(history_2[i], input_2, in_place))
+        x = inference_linear(self.linear_1, self.layer_norm(x))
+        if in_place:
+            return x, history_1, history_2
+        return x, torch.stack(new_1), torch.stack(new_2)
+
+
+def push_history(history: torch.Tensor, value: torch.Tensor, in_place: bool) -> torch.Tensor:
+    """Drop the oldest of history [..., K-1, C] and append value [..., C] as the newest."""
+    if not in_place:
+        return torch.cat([history[..., 1:, :], value.unsqueeze(-2)], dim=-2)
+    length = history.shape[-2]
+    for slot in range(length - 1):  # front to back: each source is read before it is overwritten
+        history[..., slot, :].copy_(history[..., slot + 1, :])
+    if length:
+        history[..., length - 1, :].copy_(value)
+    return history

@@ -260,10 +260,14 @@ class TAPIR(nn.Module):
     def _cost_volume_estimate(self, query_lowres: torch.Tensor, lowres: torch.Tensor,
                               query_points: Optional[torch.Tensor]):
         """Global initialisation: heatmap soft-argmax and occlusion from the cost volume."""
+        cost = torch.einsum("bnc,bthwc->bnthw", query_lowres, lowres)
+        return self._cost_volume_head(cost, query_points)
+
+    def _cost_volume_head(self, cost: torch.Tensor, query_points: Optional[torch.Tensor]):
+        """cost [B, N, T, h, w] (query . lowres features) -> (points, occlusion, expected_dist)."""
         mods = self.torch_cost_volume_track_mods
-        b, t, h, w, _ = lowres.shape
-        n = query_lowres.shape[1]
-        cost = torch.einsum("bnc,bthwc->bnthw", query_lowres, lowres).reshape(b * n * t, 1, h, w)
+        b, n, t, h, w = cost.shape
+        cost = cost.reshape(b * n * t, 1, h, w)
         hidden = torch.relu(mods["hid1"](cost))
         logits = mods["hid2"](hidden).reshape(b, n, t, h * w)
         heatmap = torch.softmax(logits * self.config.softmax_temperature, dim=-1).reshape(b, n, t, h, w)
@@ -280,6 +284,75 @@ class TAPIR(nn.Module):
         hidden = torch.relu(mods["hid4"](hidden.mean(dim=(-1, -2))))
         out = mods["occ_out"](hidden).reshape(b, n, t, 2)
         return points, out[..., 0], out[..., 1]
+
+    # ------------------------------------------------------------------ online step
+    def track_step(self, grids: FeatureGrids, query_features: QueryFeatures, state: CausalState,
+                   in_place: bool = False) -> Tuple[Trajectories, CausalState]:
+        """One causal frame: `estimate_trajectories` for grids of a single frame, made fast.
+
+        Equal to `estimate_trajectories(grids, query_features, state)` up to float
+        rounding (and so to the official live-demo step). Online tracking spends its
+        time here, so it takes two shortcuts that leave the maths unchanged:
+
+        * correlations: a patch of bilinear samples dotted with a query equals the
+          bilinear samples of the query's correlation map (sampling is linear), so
+          each level costs one [N, C] x [C, h*w] matmul and a one-channel sample
+          instead of sampling C-channel features at 49 offsets; the coarser
+          pyramid level is the 2x2 average of the finer map, and the lowres map
+          of the query features is the cost volume of the initial estimate;
+        * the mixer runs its one-step form (`PipsMixer.step`): no history
+          concatenation, and with `in_place` the state tensors (which may be
+          views into a larger state) are updated where they are, with no copy.
+
+        Returns the trajectories ([B, N, 1, ...], unrefined iterations included)
+        and the new state (`state` itself when in_place).
+        """
+        c = self.config
+        if not c.causal:
+            raise ValueError("track_step needs a causal model; use estimate_trajectories")
+        if grids.lowres.shape[1] != 1:
+            raise ValueError(f"track_step takes the grids of one frame, got {grids.lowres.shape[1]}")
+        height, width = c.resolution
+        b, n = query_features.lowres.shape[:2]
+        levels = [grids.hires[:, 0], grids.lowres[:, 0]]  # [B, h, w, C]
+
+        def correlation_maps(hires_query, lowres_query):
+            maps = [torch.matmul(query, grid.flatten(1, 2).transpose(1, 2)).unflatten(-1, grid.shape[1:3])
+                    for query, grid in zip((hires_query, lowres_query), levels)]
+            for _ in range(c.pyramid_level):
+                maps.append(F.avg_pool2d(maps[-1], 2))
+            return maps  # [B, N, h, w] per level
+
+        maps = correlation_maps(query_features.hires, query_features.lowres)
+        tracks, occlusion, expected_dist = self._cost_volume_head(maps[1][:, :, None], None)
+        tracks, occlusion, expected_dist = tracks[:, :, 0], occlusion[:, :, 0], expected_dist[:, :, 0]
+        iterations = [(tracks, occlusion, expected_dist)]
+        mixer_features = torch.cat([query_features.hires, query_features.lowres], dim=-1)
+        new_conv1, new_conv2 = [], []
+        for i in range(c.refinement_iters):
+            if i:
+                maps = correlation_maps(mixer_features[..., :c.hires_dim], mixer_features[..., c.hires_dim:])
+            correlations = []
+            for grid in maps:
+                gh, gw = grid.shape[-2:]
+                centres = tracks * torch.tensor([gw / width, gh / height], device=tracks.device)
+                correlations.append(_sample_maps(grid, centres[:, :, None, :] + self.patch_offsets))
+            mixer_input = torch.cat([
+                torch.zeros_like(tracks), occlusion[..., None], expected_dist[..., None],
+                mixer_features, *correlations,
+            ], dim=-1)
+            out, h1, h2 = self.torch_pips_mixer.step(mixer_input, state.conv1[i], state.conv2[i], in_place)
+            new_conv1.append(h1)
+            new_conv2.append(h2)
+            tracks = tracks + out[..., :2]
+            occlusion = occlusion + out[..., 2]
+            expected_dist = expected_dist + out[..., 3]
+            mixer_features = mixer_features + out[..., 4:]
+            iterations.append((tracks, occlusion, expected_dist))
+        new_state = state if in_place else CausalState(torch.stack(new_conv1), torch.stack(new_conv2))
+        framed = [(p[:, :, None], o[:, :, None], e[:, :, None]) for p, o, e in iterations]
+        final = framed[-1]
+        return Trajectories(final[0], final[1], final[2], tuple(framed[:-1])), new_state
 
     def _refine(self, query_features: QueryFeatures, pyramid: Sequence[torch.Tensor],
                 tracks, occlusion, expected_dist, mixer_features, history):
@@ -363,6 +436,21 @@ class TAPIR(nn.Module):
         )
         return Trajectories(join(lambda p: p.tracks, True), join(lambda p: p.occlusion),
                             join(lambda p: p.expected_dist), unrefined)
+
+
+def _sample_maps(maps: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples of one-channel maps, zero outside (as `_sample_2d`).
+
+    maps: [B, N, h, w], one per point; xy: [B, N, S, 2] raster coords of the maps.
+    Returns [B, N, S].
+    """
+    b, n, h, w = maps.shape
+    s = xy.shape[2]
+    scale = torch.tensor([2.0 / w, 2.0 / h], dtype=xy.dtype, device=xy.device)
+    normalized = (xy * scale - 1).reshape(b * n, 1, s, 2)
+    out = F.grid_sample(maps.reshape(b * n, 1, h, w), normalized, mode="bilinear",
+                        padding_mode="zeros", align_corners=False)
+    return out.reshape(b, n, s)
 
 
 def _avg_pool_spatial(grid: torch.Tensor) -> torch.Tensor:

@@ -42,16 +42,19 @@ def _query_frames(queries: np.ndarray) -> np.ndarray:
 
 
 def track_online(model: TAPIR, frames: Iterable[np.ndarray], queries: np.ndarray,
-                 device: str = "cpu", block_size: int = 64, progress=None) -> ClipTracks:
+                 device: str = "cpu", block_size: int = 64, progress=None, backend="auto",
+                 precision: str = "fp32", **backend_options) -> ClipTracks:
     """Run the causal tracker frame by frame; each point starts on its query frame.
 
     frames: iterable of uint8 RGB [H, W, 3]; queries [N, 3] (t, x, y).
-    `progress` (optional) is called once per frame.
+    `progress` (optional) is called once per frame; backend, precision and
+    backend_options go to `CausalTracker`.
     """
     queries = np.asarray(queries, np.float32).reshape(-1, 3)
     query_frame = _query_frames(queries)
     n = len(queries)
-    tracker = CausalTracker(model, max_points=max(n, 1), device=device, block_size=block_size)
+    tracker = CausalTracker(model, max_points=max(n, 1), device=device, block_size=block_size,
+                            backend=backend, precision=precision, **backend_options)
     columns = {}  # id -> query index
     rows = []
     for t, frame in enumerate(frames):

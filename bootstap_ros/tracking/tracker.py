@@ -7,7 +7,9 @@ this one class, so they produce the same numbers.
 
 Slots are processed in fixed-size blocks (`block_size`): every computation has a
 static shape, points never influence each other, and a block with no active
-point costs nothing. Public coordinates are pixel (x, y) in the input image
+point costs nothing. The network runs in a backend (`bootstap_ros.backends`:
+torch, onnxruntime, tensorrt), which keeps the per-slot query features and
+causal state on its device. Public coordinates are pixel (x, y) in the input image
 (TAPIR raster: pixel centres at +0.5); the model resolution stays inside.
 
 A change of input size mid-stream keeps every point: positions are carried in
@@ -25,14 +27,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from bootstap_ros.model.tapir import (
-    TAPIR,
-    CausalState,
-    FeatureGrids,
-    QueryFeatures,
-    preprocess_frames,
-    resize_video,
-)
+from bootstap_ros.model.tapir import TAPIR, preprocess_frames, resize_video
 from bootstap_ros.tracking.frames import to_rgb
 
 LOG = logging.getLogger(__name__)
@@ -70,22 +65,33 @@ class CausalTracker:
     """Online TAPIR tracking with per-point causal state (see module docstring)."""
 
     def __init__(self, model: TAPIR, max_points: int = 256, device: str = "cpu",
-                 block_size: int = 64, visibility_threshold: float = 0.5):
+                 block_size: int = 64, visibility_threshold: float = 0.5, backend="auto",
+                 precision: str = "fp32", **backend_options):
+        """backend: a name ("torch", "onnxruntime", "tensorrt", or "auto" for the fastest
+        available here) or a ready `bootstap_ros.backends.Backend`; precision and
+        backend_options (e.g. cache_dir) go to the backend it creates."""
         if max_points < 1:
             raise ValueError(f"max_points must be >= 1, got {max_points}")
         if not model.config.causal:
             LOG.warning("the model is not causal: each frame is tracked without temporal context; "
                         "use a causal model (--causal) for online tracking")
-        self.model = model.to(device).eval()
+        self.model = model.eval()
+        self.config = model.config
         self.device = torch.device(device)
         self.block_size = max(1, min(block_size, max_points))
         self.max_points = -(-max_points // self.block_size) * self.block_size
         self.visibility_threshold = visibility_threshold
         self.frame_size: Optional[Tuple[int, int]] = None
-        c = model.config
-        self._query_lowres = torch.zeros(1, self.max_points, c.lowres_dim, device=self.device)
-        self._query_hires = torch.zeros(1, self.max_points, c.hires_dim, device=self.device)
-        self._state = model.initial_state(self.max_points, device=self.device) if c.causal else None
+        if isinstance(backend, str):
+            from bootstap_ros.backends import create_backend
+
+            backend = create_backend(backend, model, self.max_points, self.block_size, device, precision,
+                                     **backend_options)
+        elif backend.max_points != self.max_points or backend.block_size != self.block_size:
+            raise ValueError(
+                f"the backend was made for {backend.max_points} points in blocks of {backend.block_size}, "
+                f"the tracker needs {self.max_points} in blocks of {self.block_size}")
+        self.backend = backend
         self._ids = np.full(self.max_points, -1, np.int64)
         self._next_id = 0
 
@@ -108,13 +114,11 @@ class CausalTracker:
     def reset(self) -> None:
         """Forget every point (ids keep counting up: they are never reused)."""
         self._ids[:] = -1
-        if self._state is not None:
-            self._state.conv1.zero_()
-            self._state.conv2.zero_()
+        self.backend.reset()
 
     # ------------------------------------------------------------- frames
     def _prepare(self, frame: np.ndarray, encoding: str) -> torch.Tensor:
-        """Frame -> [1, 1, h, w, 3] float in [-1, 1] at the model resolution."""
+        """Frame -> [1, h, w, 3] float in [-1, 1] at the model resolution (CPU)."""
         rgb = to_rgb(frame, encoding)
         size = rgb.shape[:2]
         if self.frame_size is not None and size != self.frame_size and self.num_points:
@@ -123,12 +127,13 @@ class CausalTracker:
         self.frame_size = size
         if not rgb.flags.writeable:  # e.g. a memory-mapped .npy; torch wants writable memory
             rgb = rgb.copy()
-        video = torch.from_numpy(rgb).to(self.device)[None, None]
-        return resize_video(preprocess_frames(video), self.model.config.resolution)
+        # Preprocessing runs in torch on the CPU for every backend, so all see the same input.
+        video = torch.from_numpy(rgb)[None, None]
+        return resize_video(preprocess_frames(video), self.config.resolution)[:, 0]
 
     def _to_model(self, xy: np.ndarray) -> np.ndarray:
         height, width = self.frame_size
-        model_h, model_w = self.model.config.resolution
+        model_h, model_w = self.config.resolution
         return xy * np.array([model_w / width, model_h / height], np.float32)
 
     def _validate(self, xy) -> np.ndarray:
@@ -147,18 +152,9 @@ class CausalTracker:
                 f"use; remove points or raise max_points")
         return xy
 
-    def _add(self, grids: FeatureGrids, xy: np.ndarray) -> np.ndarray:
+    def _add(self, features, xy: np.ndarray) -> np.ndarray:
         slots = np.flatnonzero(self._ids < 0)[:len(xy)]
-        model_xy = self._to_model(xy)
-        queries = np.concatenate([np.zeros((len(xy), 1), np.float32), model_xy[:, ::-1]], axis=1)
-        features = self.model.get_query_features(
-            grids, torch.from_numpy(np.ascontiguousarray(queries))[None].to(self.device))
-        index = torch.from_numpy(slots).to(self.device)
-        self._query_lowres[:, index] = features.lowres
-        self._query_hires[:, index] = features.hires
-        if self._state is not None:
-            self._state.conv1[:, :, :, index] = 0
-            self._state.conv2[:, :, :, index] = 0
+        self.backend.set_queries(features, slots, np.ascontiguousarray(self._to_model(xy)))
         new_ids = np.arange(self._next_id, self._next_id + len(xy), dtype=np.int64)
         self._next_id += len(xy)
         self._ids[slots] = new_ids
@@ -174,7 +170,7 @@ class CausalTracker:
         """
         video = self._prepare(frame, encoding)
         xy = self._validate(xy)
-        return self._add(self.model.get_feature_grids(video), xy)
+        return self._add(self.backend.encode(video), xy)
 
     @torch.inference_mode()
     def step(self, frame: np.ndarray, encoding: str = "rgb8", add=None) -> TrackResult:
@@ -187,24 +183,14 @@ class CausalTracker:
         video = self._prepare(frame, encoding)
         xy_new = self._validate(add) if add is not None and len(add) else None
         prepared = time.perf_counter()
-        grids = self.model.get_feature_grids(video)
-        new_ids = self._add(grids, xy_new) if xy_new is not None else np.zeros(0, np.int64)
-        outputs = []
-        for begin in range(0, self.max_points, self.block_size):
-            block = slice(begin, begin + self.block_size)
-            if (self._ids[block] < 0).all():
-                continue
-            state = None
-            if self._state is not None:
-                state = CausalState(self._state.conv1[:, :, :, block], self._state.conv2[:, :, :, block])
-            result, new_state = self.model.estimate_trajectories(
-                grids, QueryFeatures(self._query_lowres[:, block], self._query_hires[:, block]), state)
-            if new_state is not None:
-                self._state.conv1[:, :, :, block] = new_state.conv1
-                self._state.conv2[:, :, :, block] = new_state.conv2
-            outputs.append((begin, result))
+        features = self.backend.encode(video)
+        new_ids = self._add(features, xy_new) if xy_new is not None else np.zeros(0, np.int64)
+        # Blocks with no active point cost nothing.
+        blocks = [b for b in range(self.max_points // self.block_size)
+                  if (self._ids[b * self.block_size:(b + 1) * self.block_size] >= 0).any()]
+        packed = self.backend.step(features, blocks)
         modelled = time.perf_counter()
-        result = self._collect(outputs, new_ids)
+        result = self._collect(blocks, packed, new_ids)
         done = time.perf_counter()
         result.timing_ms = {
             "preprocess": (prepared - start) * 1e3,
@@ -214,23 +200,16 @@ class CausalTracker:
         }
         return result
 
-    def _collect(self, outputs, new_ids: np.ndarray) -> TrackResult:
-        if outputs:
-            slots = np.concatenate([np.arange(b, b + self.block_size) for b, _ in outputs])
-            # One device-to-host copy for all outputs.
-            packed = torch.cat([
-                torch.cat([r.tracks[0, :, 0], r.occlusion[0, :, :1], r.expected_dist[0, :, :1]], dim=-1)
-                for _, r in outputs
-            ]).float().cpu().numpy()
-        else:
-            slots = np.zeros(0, np.int64)
-            packed = np.zeros((0, 4), np.float32)
+    def _collect(self, blocks, packed: np.ndarray, new_ids: np.ndarray) -> TrackResult:
+        slots = np.concatenate([np.arange(b * self.block_size, (b + 1) * self.block_size) for b in blocks]
+                               ) if blocks else np.zeros(0, np.int64)
+        packed = np.asarray(packed, np.float32).reshape(-1, 4)
         active = self._ids[slots] >= 0
         slots, packed = slots[active], packed[active]
         order = np.argsort(self._ids[slots])
         slots, packed = slots[order], packed[order]
         height, width = self.frame_size
-        model_h, model_w = self.model.config.resolution
+        model_h, model_w = self.config.resolution
         xy = packed[:, :2] * np.array([width / model_w, height / model_h], np.float32)
         occ_logit, expd_logit = packed[:, 2], packed[:, 3]
         occlusion = _sigmoid(occ_logit)

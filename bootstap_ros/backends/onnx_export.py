@@ -1,0 +1,231 @@
+"""ONNX export of the online tracker: three static-shape graphs, checked against torch.
+
+* ``encoder.onnx``: frame [1, H, W, 3] (model resolution, float in [-1, 1]) ->
+  ``hires`` [1, H/4, W/4, C_hires], ``lowres`` [1, H/8, W/8, C_lowres] (the backbone
+  and BootsTAP's extra convolutions, L2-normalised).
+* ``queries.onnx``: the grids and ``points`` [Q, 2] (x, y in the model raster) ->
+  ``query_hires`` [Q, C_hires], ``query_lowres`` [Q, C_lowres] (the query encoder).
+* ``step.onnx``: the grids, a block of Q query features and its causal state
+  (``conv1`` [I, M, Q, K-1, D], ``conv2`` [I, M, Q, K-1, 4D]) -> ``outputs`` [Q, 4]
+  (x, y, occlusion logit, expected-distance logit in the model raster) and the
+  new state ``conv1_out``/``conv2_out``. The state is an explicit input and
+  output, so the runtime owns it and a point's history never leaves its row.
+
+Q is the tracker's block size. `export_onnx` writes the three files, runs them
+with onnxruntime on a synthetic frame, random queries and a random state, and
+raises `OnnxExportError` when any output differs from torch by more than the
+tolerance (the measured difference is logged and returned).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bootstap_ros.model.tapir import TAPIR, CausalState, FeatureGrids, QueryFeatures
+
+LOG = logging.getLogger(__name__)
+
+OPSET = 17
+GRAPHS = ("encoder", "queries", "step")
+EXPORT_FORMAT_VERSION = 1
+
+
+class OnnxExportError(RuntimeError):
+    """The exported graphs do not reproduce torch (or could not be written)."""
+
+
+@dataclass
+class OnnxExport:
+    """Paths of the exported graphs and what they were checked against."""
+
+    directory: Path
+    block_size: int
+    paths: Dict[str, Path]
+    max_abs_diff: Dict[str, float] = field(default_factory=dict)
+
+    @property
+    def step(self) -> Path:
+        return self.paths["step"]
+
+
+class EncoderGraph(nn.Module):
+    def __init__(self, model: TAPIR):
+        super().__init__()
+        self.model = model
+
+    def forward(self, frame: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        grids = self.model.get_feature_grids(frame[:, None])
+        return grids.hires[:, 0], grids.lowres[:, 0]
+
+
+def sample_query_features(grid: torch.Tensor, points: torch.Tensor, resolution) -> torch.Tensor:
+    """Bilinear samples of grid [1, h, w, C] at points [Q, 2] (x, y, model raster), clamped
+    to the border: the model's trilinear query sampling for a one-frame grid."""
+    height, width = resolution
+    scale = torch.tensor([2.0 / width, 2.0 / height], dtype=points.dtype, device=points.device)
+    normalized = (points * scale - 1)[None, :, None, :]  # [1, Q, 1, 2]
+    out = F.grid_sample(grid.permute(0, 3, 1, 2), normalized, mode="bilinear",
+                        padding_mode="border", align_corners=False)
+    return out[0, :, :, 0].t()
+
+
+class QueryGraph(nn.Module):
+    def __init__(self, model: TAPIR):
+        super().__init__()
+        self.resolution = model.config.resolution
+
+    def forward(self, hires, lowres, points):
+        return (sample_query_features(hires, points, self.resolution),
+                sample_query_features(lowres, points, self.resolution))
+
+
+class StepGraph(nn.Module):
+    def __init__(self, model: TAPIR):
+        super().__init__()
+        self.model = model
+
+    def forward(self, hires, lowres, query_hires, query_lowres, conv1, conv2):
+        grids = FeatureGrids(lowres[:, None], hires[:, None])
+        queries = QueryFeatures(query_lowres[None], query_hires[None])
+        state = CausalState(conv1[:, :, None], conv2[:, :, None])
+        result, new_state = self.model.track_step(grids, queries, state, in_place=False)
+        outputs = torch.cat([result.tracks[0, :, 0], result.occlusion[0, :, :1],
+                             result.expected_dist[0, :, :1]], dim=-1)
+        return outputs, new_state.conv1[:, :, 0], new_state.conv2[:, :, 0]
+
+
+def model_fingerprint(model: TAPIR) -> str:
+    """A hash of the model's config and weights (names the export cache entry)."""
+    digest = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("BOOTSTAP_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "bootstap_ros")
+    return Path(root)
+
+
+def example_inputs(model: TAPIR, block_size: int, seed: int = 0):
+    """Deterministic inputs for export and checking: a smooth frame, spread queries, random state."""
+    c = model.config
+    height, width = c.resolution
+    generator = torch.Generator().manual_seed(seed)
+    y, x = torch.meshgrid(torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32),
+                          indexing="ij")
+    frame = torch.stack([torch.sin(x / 7) * torch.cos(y / 5), torch.sin((x + y) / 11),
+                         torch.cos(x / 13 - y / 4)], -1)[None] * 0.9
+    points = torch.rand(block_size, 2, generator=generator) * torch.tensor([width - 1.0, height - 1.0]) + 0.5
+    shape = (c.refinement_iters, c.mixer_blocks, block_size, c.mixer_kernel - 1)
+    conv1 = torch.randn(*shape, c.mixer_hidden_dim, generator=generator)
+    conv2 = torch.randn(*shape, 4 * c.mixer_hidden_dim, generator=generator)
+    return frame, points, conv1, conv2
+
+
+def _export(module: nn.Module, args, path: Path, input_names, output_names) -> None:
+    with warnings.catch_warnings():
+        # The tracer warns about every python-side shape check; the shapes are static here.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, args, str(path), input_names=list(input_names),
+                          output_names=list(output_names), opset_version=OPSET, dynamo=False,
+                          do_constant_folding=True)
+
+
+def export_onnx(model: TAPIR, directory, block_size: int, check: bool = True,
+                atol: float = 1e-3) -> OnnxExport:
+    """Write encoder/queries/step ONNX graphs for `block_size` points per step to `directory`.
+
+    With `check`, runs them with onnxruntime (CPU) and raises OnnxExportError when an
+    output differs from torch by more than `atol` (state and logits included).
+    """
+    if not model.config.causal:
+        raise OnnxExportError("only causal models are exported (the online step carries a causal state)")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model = model.cpu().eval()
+    paths = {name: directory / f"{name}.onnx" for name in GRAPHS}
+    frame, points, conv1, conv2 = example_inputs(model, block_size)
+    with torch.no_grad():
+        hires, lowres = EncoderGraph(model)(frame)
+        query_hires, query_lowres = QueryGraph(model)(hires, lowres, points)
+        _export(EncoderGraph(model), (frame,), paths["encoder"], ["frame"], ["hires", "lowres"])
+        _export(QueryGraph(model), (hires, lowres, points), paths["queries"],
+                ["hires", "lowres", "points"], ["query_hires", "query_lowres"])
+        _export(StepGraph(model), (hires, lowres, query_hires, query_lowres, conv1, conv2), paths["step"],
+                ["hires", "lowres", "query_hires", "query_lowres", "conv1", "conv2"],
+                ["outputs", "conv1_out", "conv2_out"])
+    export = OnnxExport(directory, block_size, paths)
+    if check:
+        export.max_abs_diff = check_export(model, export, atol)
+    (directory / "export.json").write_text(json.dumps({
+        "format_version": EXPORT_FORMAT_VERSION, "block_size": block_size, "opset": OPSET,
+        "model_config": model.config.to_dict(), "torch": torch.__version__,
+        "max_abs_diff": export.max_abs_diff}, indent=1))
+    return export
+
+
+def check_export(model: TAPIR, export: OnnxExport, atol: float = 1e-3) -> Dict[str, float]:
+    """Max abs difference per output between onnxruntime (CPU) and torch; raises above atol."""
+    import onnxruntime as ort
+
+    frame, points, conv1, conv2 = example_inputs(model, export.block_size, seed=1)
+    with torch.no_grad():
+        hires, lowres = EncoderGraph(model)(frame)
+        query_hires, query_lowres = QueryGraph(model)(hires, lowres, points)
+        expected_step = StepGraph(model)(hires, lowres, query_hires, query_lowres, conv1, conv2)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    sessions = {name: ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+                for name, path in export.paths.items()}
+    np_frame = frame.numpy()
+    enc = sessions["encoder"].run(None, {"frame": np_frame})
+    qry = sessions["queries"].run(None, {"hires": enc[0], "lowres": enc[1], "points": points.numpy()})
+    # The step is checked on torch's own grids and queries, so each graph is judged alone.
+    stp = sessions["step"].run(None, {
+        "hires": hires.numpy(), "lowres": lowres.numpy(), "query_hires": query_hires.numpy(),
+        "query_lowres": query_lowres.numpy(), "conv1": conv1.numpy(), "conv2": conv2.numpy()})
+    pairs = {
+        "hires": (enc[0], hires), "lowres": (enc[1], lowres),
+        "query_hires": (qry[0], query_hires), "query_lowres": (qry[1], query_lowres),
+        "outputs": (stp[0], expected_step[0]), "conv1_out": (stp[1], expected_step[1]),
+        "conv2_out": (stp[2], expected_step[2]),
+    }
+    diffs = {name: float(np.max(np.abs(ours - theirs.numpy()))) for name, (ours, theirs) in pairs.items()}
+    LOG.info("ONNX export check (onnxruntime vs torch, max abs diff): %s",
+             ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()))
+    bad = {k: v for k, v in diffs.items() if not v <= atol}
+    if bad:
+        raise OnnxExportError(
+            f"the ONNX graphs in {export.directory} differ from torch by more than {atol}: "
+            + ", ".join(f"{k} {v:.3g}" for k, v in bad.items())
+            + "; the export is not usable (check the torch/onnx/onnxruntime versions)")
+    return diffs
+
+
+def cached_export(model: TAPIR, block_size: int, cache_dir=None, check: bool = True,
+                  atol: float = 1e-3) -> OnnxExport:
+    """The export for this model and block size from the cache, made on first use."""
+    directory = Path(cache_dir or default_cache_dir()) / "onnx" / f"{model_fingerprint(model)}-b{block_size}"
+    paths = {name: directory / f"{name}.onnx" for name in GRAPHS}
+    meta = directory / "export.json"
+    if meta.exists() and all(p.exists() for p in paths.values()):
+        info = json.loads(meta.read_text())
+        if info.get("format_version") == EXPORT_FORMAT_VERSION:
+            return OnnxExport(directory, block_size, paths, info.get("max_abs_diff", {}))
+    LOG.info("exporting the model to ONNX in %s (block of %d points)", directory, block_size)
+    return export_onnx(model, directory, block_size, check=check, atol=atol)

@@ -1,0 +1,257 @@
+"""The TensorRT backend: the ONNX graphs of onnx_export built into TensorRT engines.
+
+Written against the TensorRT 10 Python API (`tensorrt` package): engines are
+built with `Builder.build_serialized_network` (FP16 by default; bf16 and fp32
+on request), cached on disk under a key made of the ONNX file's hash, the
+TensorRT version, the GPU (name and compute capability) and the precision, and
+rebuilt when any of those changes or when `force_engine_rebuild` is set.
+Inference binds torch CUDA tensors by address (`set_tensor_address`) and runs
+`execute_async_v3` on torch's current stream: no pycuda. The causal state of
+each block stays on the GPU as two float32 tensors, swapped with the step's
+outputs after every frame; the outputs of all blocks come back in one copy.
+
+NOT VERIFIED: TensorRT cannot be installed on the machines this was written
+on, so the engine build and the inference path have never run. What does run
+in the tests are the pure parts: cache keys and paths, dtype/shape handling
+and the ONNX export the engines are built from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+
+from bootstap_ros.backends.base import BackendError
+from bootstap_ros.backends.onnx_export import cached_export, default_cache_dir
+
+LOG = logging.getLogger(__name__)
+ENGINE_PRECISIONS = ("fp16", "bf16", "fp32")
+
+
+def file_sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    data = Path(str(path) + ".data")  # weights exported as external data live beside the graph
+    if data.exists():
+        digest.update(file_sha256(data).encode())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class EngineKey:
+    """Everything an engine depends on; any change means a rebuild."""
+
+    onnx_sha256: str
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: Tuple[int, int]
+    precision: str
+
+    def digest(self) -> str:
+        text = json.dumps([self.onnx_sha256, self.tensorrt_version, self.gpu_name,
+                           list(self.compute_capability), self.precision])
+        return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+    def filename(self, graph: str) -> str:
+        gpu = "".join(ch if ch.isalnum() else "-" for ch in self.gpu_name).strip("-").lower()
+        major, minor = self.compute_capability
+        return f"{graph}-{self.precision}-trt{self.tensorrt_version}-{gpu}-sm{major}{minor}-{self.digest()}.engine"
+
+
+def engine_path(cache_dir, graph: str, key: EngineKey) -> Path:
+    return Path(cache_dir) / "tensorrt" / key.filename(graph)
+
+
+def torch_dtype_for(trt_dtype_name: str):
+    """The torch dtype for a TensorRT DataType name (e.g. 'FLOAT', 'HALF')."""
+    import torch
+
+    table = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16, "INT32": torch.int32,
+             "INT64": torch.int64, "BOOL": torch.bool, "INT8": torch.int8, "UINT8": torch.uint8}
+    if trt_dtype_name not in table:
+        raise BackendError(f"an engine tensor has TensorRT type {trt_dtype_name}, which this backend does not bind")
+    return table[trt_dtype_name]
+
+
+def check_static_shape(name: str, engine_shape: Sequence[int], expected: Sequence[int]) -> Tuple[int, ...]:
+    """The engine's shape for a tensor, which must be static and equal to the tracker's."""
+    shape = tuple(int(d) for d in engine_shape)
+    if any(d < 0 for d in shape):
+        raise BackendError(f"engine tensor '{name}' has a dynamic shape {shape}; the exported graphs are "
+                           "static: rebuild the engine (force_engine_rebuild=True)")
+    if shape != tuple(expected):
+        raise BackendError(f"engine tensor '{name}' has shape {shape}, expected {tuple(expected)} "
+                           "(block size or model changed?): rebuild the engine (force_engine_rebuild=True)")
+    return shape
+
+
+def expected_shapes(config, block_size: int) -> Dict[str, Dict[str, Tuple[int, ...]]]:
+    """The static shape of every input and output of the three graphs."""
+    c = config
+    height, width = c.resolution
+    hires = (1, height // 4, width // 4, c.hires_dim)
+    lowres = (1, height // 8, width // 8, c.lowres_dim)
+    state = (c.refinement_iters, c.mixer_blocks, block_size, c.mixer_kernel - 1)
+    return {
+        "encoder": {"frame": (1, height, width, 3), "hires": hires, "lowres": lowres},
+        "queries": {"hires": hires, "lowres": lowres, "points": (block_size, 2),
+                    "query_hires": (block_size, c.hires_dim), "query_lowres": (block_size, c.lowres_dim)},
+        "step": {"hires": hires, "lowres": lowres, "query_hires": (block_size, c.hires_dim),
+                 "query_lowres": (block_size, c.lowres_dim), "conv1": state + (c.mixer_hidden_dim,),
+                 "conv2": state + (4 * c.mixer_hidden_dim,), "outputs": (block_size, 4),
+                 "conv1_out": state + (c.mixer_hidden_dim,), "conv2_out": state + (4 * c.mixer_hidden_dim,)},
+    }
+
+
+def build_engine(trt, onnx_path: Path, precision: str, workspace_gb: float = 4.0) -> bytes:
+    """A serialized engine for `onnx_path` (TensorRT 10 API)."""
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise BackendError(f"TensorRT could not parse {onnx_path}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
+    if precision == "fp16":
+        config.set_flag(trt.BuilderFlag.FP16)
+    elif precision == "bf16":
+        config.set_flag(trt.BuilderFlag.BF16)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise BackendError(f"TensorRT failed to build an engine from {onnx_path} ({precision})")
+    return bytes(serialized)
+
+
+class _Engine:
+    """One deserialized engine with an execution context and its static I/O description."""
+
+    def __init__(self, trt, runtime, data: bytes, shapes: Dict[str, Tuple[int, ...]], graph: str):
+        self.engine = runtime.deserialize_cuda_engine(data)
+        if self.engine is None:
+            raise BackendError(f"TensorRT could not load the {graph} engine; rebuild it (force_engine_rebuild)")
+        self.context = self.engine.create_execution_context()
+        self.inputs, self.outputs, self.dtypes = [], [], {}
+        for i in range(self.engine.num_io_tensors):
+            name = self.engine.get_tensor_name(i)
+            check_static_shape(name, self.engine.get_tensor_shape(name), shapes[name])
+            self.dtypes[name] = torch_dtype_for(self.engine.get_tensor_dtype(name).name)
+            is_input = self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
+            (self.inputs if is_input else self.outputs).append(name)
+
+    def run(self, tensors: Dict[str, "object"], stream) -> None:
+        """tensors: torch CUDA tensors by name (inputs and preallocated outputs), contiguous."""
+        for name in self.inputs + self.outputs:
+            self.context.set_tensor_address(name, tensors[name].data_ptr())
+        if not self.context.execute_async_v3(stream_handle=stream.cuda_stream):
+            raise BackendError("TensorRT execution failed")
+
+
+class TensorRTBackend:
+    name = "tensorrt"
+
+    def __init__(self, model, max_points: int, block_size: int, device: str = "cuda",
+                 precision: str = "fp16", cache_dir=None, force_engine_rebuild: bool = False,
+                 workspace_gb: float = 4.0):
+        try:
+            import tensorrt as trt
+        except ImportError:
+            raise BackendError("the tensorrt backend needs NVIDIA TensorRT's Python package "
+                               "(pip install tensorrt) and a CUDA GPU") from None
+        import torch
+
+        if not str(device).startswith("cuda") or not torch.cuda.is_available():
+            raise BackendError(f"the tensorrt backend runs on CUDA only, got device {device}")
+        if precision not in ENGINE_PRECISIONS:
+            raise BackendError(f"unknown TensorRT precision {precision}; choose one of {ENGINE_PRECISIONS}")
+        if not model.config.causal:
+            raise BackendError("the tensorrt backend needs a causal model (--causal)")
+        self.device, self.precision = str(device), precision
+        self.max_points, self.block_size, self.config = max_points, block_size, model.config
+        cache_dir = Path(cache_dir or default_cache_dir())
+        export = cached_export(model, block_size, cache_dir)
+        props = torch.cuda.get_device_properties(self.device)
+        shapes = expected_shapes(model.config, block_size)
+        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.engines: Dict[str, _Engine] = {}
+        for graph, onnx_path in export.paths.items():
+            key = EngineKey(file_sha256(onnx_path), trt.__version__, props.name, (props.major, props.minor),
+                            precision)
+            path = engine_path(cache_dir, graph, key)
+            if force_engine_rebuild or not path.exists():
+                LOG.info("building the TensorRT %s engine (%s) into %s", graph, precision, path)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(".tmp")
+                tmp.write_bytes(build_engine(trt, onnx_path, precision, workspace_gb))
+                tmp.replace(path)
+            self.engines[graph] = _Engine(trt, runtime, path.read_bytes(), shapes[graph], graph)
+        self._stream = torch.cuda.current_stream(self.device)
+        zeros = lambda shape, name, graph: torch.zeros(shape, dtype=self.engines[graph].dtypes[name],  # noqa: E731
+                                                       device=self.device)
+        step = shapes["step"]
+        blocks = max_points // block_size
+        self._query_hires = torch.zeros((max_points, model.config.hires_dim), device=self.device)
+        self._query_lowres = torch.zeros((max_points, model.config.lowres_dim), device=self.device)
+        self._state = [(zeros(step["conv1"], "conv1", "step"), zeros(step["conv2"], "conv2", "step"))
+                       for _ in range(blocks)]
+        self._spare = (zeros(step["conv1_out"], "conv1_out", "step"), zeros(step["conv2_out"], "conv2_out", "step"))
+        self._grids = {name: zeros(shapes["encoder"][name], name, "encoder") for name in ("hires", "lowres")}
+        self._frame = zeros(shapes["encoder"]["frame"], "frame", "encoder")
+        self._points = zeros(shapes["queries"]["points"], "points", "queries")
+        self._query_out = {name: zeros(shapes["queries"][name], name, "queries")
+                           for name in ("query_hires", "query_lowres")}
+        self._outputs = torch.zeros((blocks, block_size, 4), device=self.device)
+
+    def encode(self, frame):
+        import torch
+
+        self._frame.copy_(torch.as_tensor(frame), non_blocking=True)
+        self.engines["encoder"].run({"frame": self._frame, **self._grids}, self._stream)
+        return self._grids
+
+    def set_queries(self, features, slots: np.ndarray, points: np.ndarray) -> None:
+        import torch
+
+        slots = np.asarray(slots, np.int64)
+        for start in range(0, len(slots), self.block_size):
+            chunk = np.zeros((self.block_size, 2), np.float32)
+            part = points[start:start + self.block_size]
+            chunk[:len(part)] = part
+            self._points.copy_(torch.from_numpy(chunk))
+            self.engines["queries"].run({**features, "points": self._points, **self._query_out}, self._stream)
+            rows = torch.from_numpy(slots[start:start + self.block_size]).to(self.device)
+            self._query_hires[rows] = self._query_out["query_hires"][:len(part)].float()
+            self._query_lowres[rows] = self._query_out["query_lowres"][:len(part)].float()
+        for slot in slots:
+            block, row = divmod(int(slot), self.block_size)
+            self._state[block][0][:, :, row] = 0
+            self._state[block][1][:, :, row] = 0
+
+    def step(self, features, blocks: Sequence[int]) -> np.ndarray:
+        for block in blocks:
+            rows = slice(block * self.block_size, (block + 1) * self.block_size)
+            conv1, conv2 = self._state[block]
+            out1, out2 = self._spare
+            self.engines["step"].run({
+                **features, "query_hires": self._query_hires[rows], "query_lowres": self._query_lowres[rows],
+                "conv1": conv1, "conv2": conv2, "outputs": self._outputs[block], "conv1_out": out1,
+                "conv2_out": out2}, self._stream)
+            # Double buffering: the new state becomes this block's, the old one the spare.
+            self._state[block], self._spare = (out1, out2), (conv1, conv2)
+        if not len(blocks):
+            return np.zeros((0, 4), np.float32)
+        return self._outputs[list(blocks)].reshape(-1, 4).float().cpu().numpy()  # one host sync
+
+    def reset(self) -> None:
+        for conv1, conv2 in self._state:
+            conv1.zero_()
+            conv2.zero_()

@@ -1,0 +1,307 @@
+"""bootstap-bench: per-frame latency, memory and accuracy of the tracker's backends.
+
+For each backend, device and precision and each point count it runs
+`CausalTracker.step` on a synthetic 256x256 clip (points added on the first
+frame) and records per-frame latency (mean, p50, p95, max), FPS, peak RSS and,
+on CUDA, the peak allocated memory. Every point count is also run with the
+plain eager float32 torch step (`TAPIR.estimate_trajectories` over each block,
+state copied back: the model's unoptimised path) as the baseline; each run
+reports its speed-up over it and its accuracy against it (max and median track
+difference in pixels, visibility agreement). Runs of one point count alternate
+frame by frame between the configurations, so load changes on the machine hit
+all of them alike. Results go to JSON and a PNG plot, and a table is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+LOG = logging.getLogger("bootstap_ros.bench")
+BASELINE = "torch-eager"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    backend: str
+    device: str
+    precision: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.backend}/{self.device}/{self.precision}"
+
+
+def synthetic_clip(num_frames: int, size: int = 256, seed: int = 0) -> np.ndarray:
+    """uint8 RGB [T, size, size, 3]: smooth random texture drifting (3, 2) px per frame."""
+    rng = np.random.default_rng(seed)
+    phases = rng.uniform(0, 2 * np.pi, 6)
+    y, x = np.meshgrid(np.arange(size, dtype=np.float32), np.arange(size, dtype=np.float32), indexing="ij")
+    frames = []
+    for t in range(num_frames):
+        xs, ys = x - 3.0 * t, y - 2.0 * t
+        rgb = [128 + 90 * np.sin(xs / 9 + phases[0]) * np.cos(ys / 13 + phases[1]),
+               128 + 90 * np.sin((xs + ys) / 17 + phases[2]) * np.cos(xs / 5 + phases[3]),
+               128 + 60 * np.cos(xs / 21 - ys / 7 + phases[4])]
+        frames.append(np.stack(rgb, -1).round().clip(0, 255).astype(np.uint8))
+    return np.stack(frames)
+
+
+def _reference_backend_class():
+    import torch
+
+    from bootstap_ros.backends.torch_backend import TorchBackend
+    from bootstap_ros.model.tapir import CausalState, QueryFeatures
+
+    class EagerReferenceBackend(TorchBackend):
+        """The plain eager float32 step: `estimate_trajectories` per block, state copied back."""
+
+        name = BASELINE
+
+        @torch.inference_mode()
+        def step(self, features, blocks):
+            packed = []
+            for index in blocks:
+                block = slice(index * self.block_size, (index + 1) * self.block_size)
+                queries = QueryFeatures(self._query_lowres[:, block], self._query_hires[:, block])
+                state = CausalState(self._state.conv1[:, :, :, block], self._state.conv2[:, :, :, block])
+                result, new_state = self.model.estimate_trajectories(features, queries, state)
+                self._state.conv1[:, :, :, block] = new_state.conv1
+                self._state.conv2[:, :, :, block] = new_state.conv2
+                packed.append(torch.cat([result.tracks[0, :, 0], result.occlusion[0, :, :1],
+                                         result.expected_dist[0, :, :1]], dim=-1))
+            return torch.cat(packed).cpu().numpy() if packed else np.zeros((0, 4), np.float32)
+
+    return EagerReferenceBackend
+
+
+def _peak_rss_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 if sys.platform != "darwin" else peak / 2 ** 20  # KiB on Linux, bytes on macOS
+
+
+def _make_tracker(model, spec: RunSpec, num_points: int, block_size: int, cache_dir):
+    from bootstap_ros.tracking import CausalTracker
+
+    block = min(block_size, num_points)
+    max_points = -(-num_points // block) * block
+    if spec.backend == BASELINE:
+        backend = _reference_backend_class()(model, max_points, block, spec.device, "fp32")
+        return CausalTracker(model, max_points, spec.device, block, backend=backend)
+    options = {"cache_dir": cache_dir} if spec.backend in ("onnxruntime", "tensorrt") and cache_dir else {}
+    return CausalTracker(model, max_points, spec.device, block, backend=spec.backend,
+                         precision=spec.precision, **options)
+
+
+def _stats(latencies_ms: Sequence[float]) -> Dict[str, float]:
+    values = np.asarray(latencies_ms, np.float64)
+    return {"mean_ms": float(values.mean()), "p50_ms": float(np.percentile(values, 50)),
+            "p95_ms": float(np.percentile(values, 95)), "max_ms": float(values.max()),
+            "fps": float(1e3 / values.mean())}
+
+
+def _accuracy(outputs: List[np.ndarray], reference: List[np.ndarray], visible, visible_ref) -> Dict[str, float]:
+    diff = np.concatenate([np.linalg.norm(a - b, axis=-1) for a, b in zip(outputs, reference)])
+    agree = np.concatenate([a == b for a, b in zip(visible, visible_ref)])
+    return {"track_diff_max_px": float(diff.max()), "track_diff_median_px": float(np.median(diff)),
+            "visibility_agreement": float(agree.mean())}
+
+
+def run_benchmark(model, specs: Sequence[RunSpec], point_counts: Sequence[int], frames: int = 20,
+                  warmup: int = 3, block_size: int = 64, cache_dir=None, seed: int = 0) -> dict:
+    """Measure every spec (plus the eager baseline) for every point count; returns the results dict."""
+    import torch
+
+    size = model.config.resolution
+    clip = synthetic_clip(frames + warmup + 1, size=max(size), seed=seed)
+    clip = clip[:, :size[0], :size[1]]
+    rng = np.random.default_rng(seed)
+    all_specs = [RunSpec(BASELINE, "cpu" if not any(s.device.startswith("cuda") for s in specs) else
+                         next(s.device for s in specs if s.device.startswith("cuda")), "fp32")]
+    all_specs += [s for s in specs if s != all_specs[0]]
+    runs = []
+    for num_points in point_counts:
+        xy = rng.uniform(8, min(size) - 8, (num_points, 2)).astype(np.float32)
+        trackers, latencies, outputs, visible, errors = {}, {}, {}, {}, {}
+        for spec in all_specs:
+            try:
+                trackers[spec] = _make_tracker(model, spec, num_points, block_size, cache_dir)
+                trackers[spec].add_points(clip[0], xy)
+                latencies[spec], outputs[spec], visible[spec] = [], [], []
+            except Exception as error:  # a backend missing here is reported, not fatal
+                errors[spec] = f"{type(error).__name__}: {error}"
+                LOG.warning("%s with %d points: %s", spec.label, num_points, errors[spec])
+        for spec in trackers:
+            if spec.device.startswith("cuda"):
+                torch.cuda.reset_peak_memory_stats(spec.device)
+        for t in range(1, len(clip)):
+            for spec, tracker in trackers.items():  # alternate: one frame per configuration in turn
+                if spec.device.startswith("cuda"):
+                    torch.cuda.synchronize(spec.device)
+                start = time.perf_counter()
+                result = tracker.step(clip[t])  # returns host numpy: synchronised
+                elapsed = (time.perf_counter() - start) * 1e3
+                if t > warmup:
+                    latencies[spec].append(elapsed)
+                outputs[spec].append(result.xy)
+                visible[spec].append(result.visible)
+        baseline = all_specs[0]
+        base_mean = float(np.mean(latencies[baseline])) if baseline in latencies else None
+        for spec in all_specs:
+            row = {"backend": spec.backend, "device": spec.device, "precision": spec.precision,
+                   "points": num_points, "resolution": list(size)}
+            if spec in errors:
+                row["error"] = errors[spec]
+                runs.append(row)
+                continue
+            row.update(_stats(latencies[spec]))
+            row["peak_rss_mb"] = _peak_rss_mb()
+            if spec.device.startswith("cuda"):
+                row["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated(spec.device) / 2 ** 20
+            if base_mean is not None:
+                row["speedup_vs_eager_fp32"] = base_mean / row["mean_ms"]
+                row.update(_accuracy(outputs[spec], outputs[baseline], visible[spec], visible[baseline]))
+            runs.append(row)
+        del trackers
+    return {
+        "tool": "bootstap-bench", "frames": frames, "warmup": warmup, "block_size": block_size,
+        "model_config": model.config.to_dict(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                    "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+        "baseline": BASELINE + " (TAPIR.estimate_trajectories per block, float32)",
+        "runs": runs,
+    }
+
+
+def format_table(results: dict) -> str:
+    header = (f"{'backend/device/precision':<28} {'points':>6} {'mean':>8} {'p50':>8} {'p95':>8} {'max':>8} "
+              f"{'fps':>7} {'rss MB':>7} {'speed-up':>8} {'dmax px':>8} {'dmed px':>8} {'vis':>6}")
+    lines = [header, "-" * len(header)]
+    for r in results["runs"]:
+        label = f"{r['backend']}/{r['device']}/{r['precision']}"
+        if "error" in r:
+            lines.append(f"{label:<28} {r['points']:>6} unavailable: {r['error'][:80]}")
+            continue
+        lines.append(
+            f"{label:<28} {r['points']:>6} {r['mean_ms']:>8.1f} {r['p50_ms']:>8.1f} {r['p95_ms']:>8.1f} "
+            f"{r['max_ms']:>8.1f} {r['fps']:>7.2f} {r['peak_rss_mb']:>7.0f} "
+            f"{r.get('speedup_vs_eager_fp32', float('nan')):>7.2f}x "
+            f"{r.get('track_diff_max_px', float('nan')):>8.1e} {r.get('track_diff_median_px', float('nan')):>8.1e} "
+            f"{r.get('visibility_agreement', float('nan')):>6.3f}")
+    lines.append("latencies in ms per frame (CausalTracker.step: preprocessing, network, outputs); "
+                 "speed-up and differences against the plain eager float32 torch step")
+    return "\n".join(lines)
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    labels = sorted({(r["backend"], r["device"], r["precision"]) for r in results["runs"] if "error" not in r})
+    for backend, device, precision in labels:
+        rows = sorted((r for r in results["runs"] if "error" not in r and
+                       (r["backend"], r["device"], r["precision"]) == (backend, device, precision)),
+                      key=lambda r: r["points"])
+        ax.errorbar([r["points"] for r in rows], [r["p50_ms"] for r in rows],
+                    yerr=[[r["p50_ms"] - min(r["p50_ms"], r["mean_ms"]) for r in rows],
+                          [r["p95_ms"] - r["p50_ms"] for r in rows]],
+                    marker="o", capsize=3, label=f"{backend}/{device}/{precision}")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("points")
+    ax.set_ylabel("ms per frame (p50, bar to p95)")
+    h, w = results["model_config"]["resolution"]
+    ax.set_title(f"bootstap-bench: CausalTracker.step at {w}x{h}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _load_model(args):
+    import torch
+
+    from bootstap_ros.config import ModelConfig
+    from bootstap_ros.model import build_model, load_checkpoint
+
+    overrides = json.loads(args.model_config) if args.model_config else {}
+    if args.random_weights:
+        torch.manual_seed(args.seed)
+        return build_model(ModelConfig(causal=True).replace(**overrides))
+    if overrides:
+        raise SystemExit("--model-config goes with --random-weights (a checkpoint brings its architecture)")
+    return load_checkpoint(args.checkpoint, causal=True if args.causal is None else args.causal).model
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bootstap-bench", description=__doc__.split("\n\n")[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="official or project checkpoint (.pt)")
+    source.add_argument("--random-weights", action="store_true",
+                        help="random weights of the official BootsTAPIR architecture")
+    parser.add_argument("--causal", action=argparse.BooleanOptionalAction, default=None,
+                        help="for official checkpoints (default: causal)")
+    parser.add_argument("--model-config", help="JSON overrides of the model config (with --random-weights)")
+    parser.add_argument("--backends", default="torch", help="comma list: torch,onnxruntime,tensorrt,auto")
+    parser.add_argument("--devices", default="cpu", help="comma list, e.g. cpu,cuda")
+    parser.add_argument("--precisions", default="fp32", help="comma list: fp32,fp16,bf16")
+    parser.add_argument("--points", default="8,32,128,256,1024", help="comma list of point counts")
+    parser.add_argument("--frames", type=int, default=20, help="timed frames per run")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed frames first")
+    parser.add_argument("--block-size", type=int, default=64)
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--cache-dir", help="where ONNX exports and TensorRT engines are cached")
+    parser.add_argument("--output", default="bench_results", help="directory for results.json and latency.png")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    import torch
+
+    from bootstap_ros.backends import resolve_backend
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = _load_model(args)
+    specs = []
+    for device in args.devices.split(","):
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            LOG.warning("skipping device %s: no CUDA device here", device)
+            continue
+        for backend in args.backends.split(","):
+            for precision in args.precisions.split(","):
+                if precision != "fp32" and device == "cpu":
+                    continue  # reduced precision is a GPU feature here
+                specs.append(RunSpec(resolve_backend(backend.strip(), device), device, precision))
+    points = [int(p) for p in args.points.split(",")]
+    results = run_benchmark(model, list(dict.fromkeys(specs)), points, args.frames, args.warmup,
+                            args.block_size, args.cache_dir, args.seed)
+    results["command"] = "bootstap-bench " + " ".join(sys.argv[1:] if argv is None else argv)
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "results.json").write_text(json.dumps(results, indent=1))
+    plot(results, output / "latency.png")
+    print(format_table(results))
+    print(f"results: {output / 'results.json'}, plot: {output / 'latency.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

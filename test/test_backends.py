@@ -1,0 +1,203 @@
+"""Backends: the fast torch step, onnxruntime vs torch, the registry, TensorRT's pure parts."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bootstap_ros.backends import BackendError, available_backends, create_backend, resolve_backend
+from bootstap_ros.model.layers import gelu_tanh, inference_linear
+from bootstap_ros.model.tapir import CausalState, QueryFeatures
+from bootstap_ros.tracking import CausalTracker, track_online
+from small_model import moving_clip, small_model
+
+torch.set_grad_enabled(False)
+POINTS = np.array([[10.0, 12.0], [40.5, 30.25], [70.0, 5.0], [3.0, 44.0], [55.5, 20.0]], np.float32)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return small_model()
+
+
+def test_gelu_and_packed_linear_equal_the_plain_ops():
+    torch.manual_seed(0)
+    x = torch.randn(3, 7, 64) * 3
+    torch.testing.assert_close(gelu_tanh(x), F.gelu(x, approximate="tanh"), atol=1e-6, rtol=1e-5)
+    linear = torch.nn.Linear(64, 32)
+    torch.testing.assert_close(inference_linear(linear, x), linear(x), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(inference_linear(linear, x, gelu=True),
+                               F.gelu(linear(x), approximate="tanh"), atol=1e-5, rtol=1e-5)
+    linear.weight.mul_(2)  # a changed weight is re-packed
+    torch.testing.assert_close(inference_linear(linear, x), linear(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("num_points", [1, 6])
+def test_track_step_equals_estimate_trajectories(model, num_points):
+    torch.manual_seed(num_points)
+    frames = torch.rand(1, 1, 64, 64, 3) * 2 - 1
+    grids = model.get_feature_grids(frames)
+    queries = model.get_query_features(grids, torch.rand(1, num_points, 3) * torch.tensor([0, 63.0, 63.0]))
+    state = CausalState(*(torch.randn_like(t) for t in model.initial_state(num_points)))
+    expected, expected_state = model.estimate_trajectories(grids, queries, state)
+    functional, new_state = model.track_step(grids, queries, state)
+    for got, want in [(functional.tracks, expected.tracks), (functional.occlusion, expected.occlusion),
+                      (functional.expected_dist, expected.expected_dist),
+                      (new_state.conv1, expected_state.conv1), (new_state.conv2, expected_state.conv2)]:
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    for (p, o, e), (pw, ow, ew) in zip(functional.unrefined, expected.unrefined):
+        torch.testing.assert_close(p, pw, atol=1e-4, rtol=1e-4)
+    in_place = CausalState(state.conv1.clone(), state.conv2.clone())
+    result, same = model.track_step(grids, queries, in_place, in_place=True)
+    assert same is in_place
+    assert torch.equal(result.tracks, functional.tracks) and torch.equal(in_place.conv2, new_state.conv2)
+
+
+def test_registry_names_and_errors(model):
+    assert resolve_backend("auto", "cpu") == "torch"
+    assert "torch" in available_backends("cpu")
+    with pytest.raises(BackendError, match="unknown backend 'jax'"):
+        resolve_backend("jax")
+    with pytest.raises(BackendError, match="fp32 on cpu"):
+        create_backend("torch", model, 8, 8, "cpu", "fp16")
+    with pytest.raises(BackendError, match="unknown precision"):
+        create_backend("torch", model, 8, 8, "cpu", "int3")
+
+
+def _run(tracker, clip, adds):
+    results = []
+    for t, frame in enumerate(clip):
+        results.append(tracker.step(frame, add=adds.get(t)))
+    return results
+
+
+@pytest.mark.parametrize("num_points, block_size", [(1, 4), (5, 4), (8, 8)])
+def test_onnxruntime_agrees_with_torch(model, tmp_path, num_points, block_size):
+    pytest.importorskip("onnxruntime")
+    clip = moving_clip(num_frames=4)
+    points = np.concatenate([POINTS, POINTS[:3] + 1.5])[:num_points]
+    adds = {0: points[: (num_points + 1) // 2], 2: points[(num_points + 1) // 2:]}
+    runs = {}
+    for name, options in (("torch", {}), ("onnxruntime", {"cache_dir": tmp_path})):
+        tracker = CausalTracker(model, max_points=8, block_size=block_size, backend=name, **options)
+        runs[name] = _run(tracker, clip, adds)
+    for ours, ref in zip(runs["onnxruntime"], runs["torch"]):
+        assert ours.ids.tolist() == ref.ids.tolist()
+        np.testing.assert_allclose(ours.xy, ref.xy, atol=1e-3)
+        np.testing.assert_allclose(ours.occlusion_logit, ref.occlusion_logit, atol=1e-3)
+        np.testing.assert_allclose(ours.expected_dist_logit, ref.expected_dist_logit, atol=1e-3)
+
+
+def test_onnx_export_checks_itself_and_is_cached(model, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from bootstap_ros.backends.onnx_export import OnnxExportError, cached_export, export_onnx
+
+    export = cached_export(model, 4, tmp_path)
+    assert set(export.max_abs_diff) >= {"outputs", "conv1_out", "conv2_out", "hires", "query_lowres"}
+    assert max(export.max_abs_diff.values()) < 1e-3
+    again = cached_export(model, 4, tmp_path)
+    assert again.paths == export.paths and again.max_abs_diff == export.max_abs_diff
+    with pytest.raises(OnnxExportError, match="differ from torch by more than"):
+        export_onnx(model, tmp_path / "strict", 4, atol=-1.0)
+
+
+def test_query_graph_equals_the_model_query_features(model):
+    from bootstap_ros.backends.onnx_export import QueryGraph
+
+    frames = torch.rand(1, 1, 64, 64, 3) * 2 - 1
+    grids = model.get_feature_grids(frames)
+    xy = torch.tensor([[0.0, 0.0], [10.25, 33.5], [63.9, 64.0], [31.0, 2.5]])
+    expected = model.get_query_features(grids, torch.cat([torch.zeros(4, 1), xy.flip(-1)], -1)[None])
+    hires, lowres = QueryGraph(model)(grids.hires[:, 0], grids.lowres[:, 0], xy)
+    torch.testing.assert_close(hires, expected.hires[0], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(lowres, expected.lowres[0], atol=1e-6, rtol=1e-5)
+
+
+def test_onnxruntime_engine_equals_the_track_commands_online_mode(model, tmp_path):
+    pytest.importorskip("onnxruntime")
+    clip = moving_clip(num_frames=4)
+    queries = np.array([[0, 10.0, 12.0], [1, 40.5, 30.25], [3, 70.0, 5.0]], np.float32)
+    offline_online = track_online(model, clip, queries)
+    tracker = CausalTracker(model, max_points=4, backend="onnxruntime", cache_dir=tmp_path)
+    for t, frame in enumerate(clip):
+        starting = queries[queries[:, 0] == t]
+        step = tracker.step(frame, add=starting[:, 1:] if len(starting) else None)
+        for point_id, xy in zip(step.ids, step.xy):
+            np.testing.assert_allclose(offline_online.tracks[point_id, t], xy, atol=1e-3)
+
+
+def test_reset_zeroes_the_state_in_every_backend(model, tmp_path):
+    pytest.importorskip("onnxruntime")
+    clip = moving_clip(num_frames=3)
+    for name, options in (("torch", {}), ("onnxruntime", {"cache_dir": tmp_path})):
+        tracker = CausalTracker(model, max_points=4, backend=name, **options)
+        tracker.add_points(clip[0], POINTS[:2])
+        first = tracker.step(clip[1]).xy
+        tracker.step(clip[2])
+        tracker.reset()
+        tracker.add_points(clip[0], POINTS[:2])
+        np.testing.assert_allclose(tracker.step(clip[1]).xy, first, atol=1e-5)
+
+
+# ----------------------------------------------------------------- TensorRT: the parts without TensorRT
+def test_tensorrt_engine_key_changes_with_every_input(tmp_path):
+    from bootstap_ros.backends.tensorrt_backend import EngineKey, engine_path, file_sha256
+
+    onnx = tmp_path / "step.onnx"
+    onnx.write_bytes(b"graph-1")
+    key = EngineKey(file_sha256(onnx), "10.3.0", "NVIDIA H100 80GB HBM3", (9, 0), "fp16")
+    assert key.digest() == EngineKey(file_sha256(onnx), "10.3.0", "NVIDIA H100 80GB HBM3", (9, 0), "fp16").digest()
+    variants = [key.__class__(**{**key.__dict__, field: value}) for field, value in [
+        ("tensorrt_version", "10.4.0"), ("gpu_name", "NVIDIA A100"), ("compute_capability", (8, 0)),
+        ("precision", "fp32")]]
+    onnx.write_bytes(b"graph-2")
+    variants.append(key.__class__(**{**key.__dict__, "onnx_sha256": file_sha256(onnx)}))
+    paths = {engine_path(tmp_path, "step", k) for k in [key] + variants}
+    assert len(paths) == 6
+    name = engine_path(tmp_path, "step", key).name
+    assert name.startswith("step-fp16-trt10.3.0-nvidia-h100-80gb-hbm3-sm90-") and name.endswith(".engine")
+
+
+def test_tensorrt_shapes_match_the_exported_graphs(model, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from bootstap_ros.backends.onnx_export import cached_export
+    from bootstap_ros.backends.tensorrt_backend import expected_shapes
+
+    export = cached_export(model, 4, tmp_path)
+    shapes = expected_shapes(model.config, 4)
+    for graph, path in export.paths.items():
+        proto = onnx.load(str(path))
+        feeds = {}
+        for value in proto.graph.input:  # inputs are static in the graph itself
+            dims = tuple(d.dim_value for d in value.type.tensor_type.shape.dim)
+            assert dims == shapes[graph][value.name], (graph, value.name)
+            assert value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+            feeds[value.name] = np.zeros(dims, np.float32)
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        names = [o.name for o in session.get_outputs()]
+        for name, array in zip(names, session.run(None, feeds)):  # outputs follow from the inputs
+            assert array.shape == shapes[graph][name], (graph, name)
+        assert set(names) | set(feeds) == set(shapes[graph])
+
+
+def test_tensorrt_shape_and_dtype_checks_explain_themselves():
+    from bootstap_ros.backends.tensorrt_backend import check_static_shape, torch_dtype_for
+
+    assert check_static_shape("outputs", (8, 4), (8, 4)) == (8, 4)
+    with pytest.raises(BackendError, match="dynamic shape"):
+        check_static_shape("outputs", (-1, 4), (8, 4))
+    with pytest.raises(BackendError, match="expected \\(8, 4\\)"):
+        check_static_shape("outputs", (16, 4), (8, 4))
+    assert torch_dtype_for("HALF") == torch.float16 and torch_dtype_for("FLOAT") == torch.float32
+    with pytest.raises(BackendError, match="FP8"):
+        torch_dtype_for("FP8")
+
+
+def test_tensorrt_backend_says_what_is_missing(model):
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available():
+        pytest.skip("TensorRT is installed here: the error path does not apply")
+    with pytest.raises(BackendError, match="tensorrt|CUDA"):
+        create_backend("tensorrt", model, 8, 8, "cuda")
