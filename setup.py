@@ -63,8 +63,10 @@ setup(
         'console_scripts': [
             'bootstap-track = bootstap_ros.cli.track:main',
             'bootstap-eval = bootstap_ros.eval.cli:main',
-            # Later: bootstap-bench, and the ROS nodes tracker_node and video_source
-            # (run with `ros2 run bootstap_ros <name>`).
+            'bootstap-bench = bootstap_ros.bench:main',
+            # The ROS nodes (run with `ros2 run bootstap_ros <name>`):
+            'tracker_node = bootstap_ros.ros.tracker_node:main',
+            'video_source = bootstap_ros.ros.video_source:main',
         ],
     },
 )

@@ -36,6 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resolution", type=int, default=None,
                         help="model resolution (square, multiple of 8); default: the checkpoint's (256)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime", "tensorrt"),
+                        help="online inference backend (auto: the fastest available here)")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"),
+                        help="online inference precision (reduced precision needs CUDA)")
     parser.add_argument("--render", help="also write the video with the tracks drawn (.mp4 or a folder)")
     parser.add_argument("--fps", type=float, default=None,
                         help=f"frame rate for --render when the input has none (default {DEFAULT_FPS:g})")
@@ -87,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
     with tqdm(total=source.num_frames, unit="frame", desc=f"tracking ({args.mode})",
               disable=None) as bar:
         if args.mode == "online":
-            result = track_online(model, source, queries, device=args.device, progress=lambda: bar.update())
+            result = track_online(model, source, queries, device=args.device, progress=lambda: bar.update(),
+                                  backend=args.backend, precision=args.precision)
         else:
             video = source.read_all()
             bar.total = len(video)

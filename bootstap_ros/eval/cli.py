@@ -52,6 +52,7 @@ class EvalConfig:
     save_predictions: str | None = None
     max_videos: int | None = None
     tracker: str = "bootstapir"
+    backend: str = "auto"  # online inference backend: auto|torch|onnxruntime|tensorrt
     device: str | None = None  # None: cuda when available (bootstapir only).
     report: str | None = None
 
@@ -66,10 +67,11 @@ class ModelPredictor:
     (each point added on its query frame, causal state from zero), or offline
     (the whole-clip forward with the query points given)."""
 
-    def __init__(self, model, mode: str, device: str):
+    def __init__(self, model, mode: str, device: str, backend: str = "auto"):
         self.model = model
         self.mode = mode
         self.device = device
+        self.backend = backend
         self.forward_only = mode == "online"
 
     def predict(self, video, query_points):
@@ -77,7 +79,7 @@ class ModelPredictor:
 
         queries = query_points[:, [0, 2, 1]]  # (t, y, x) -> the engine's (t, x, y)
         if self.forward_only:
-            result = track_online(self.model, video, queries, device=self.device)
+            result = track_online(self.model, video, queries, device=self.device, backend=self.backend)
         else:
             result = track_offline(self.model, video, queries, device=self.device)
         return result.tracks, result.occluded
@@ -96,7 +98,7 @@ def make_bootstapir_predictor(config: EvalConfig) -> Predictor:
     if loaded.config.resolution != resolution:
         model = build_model(loaded.config.replace(resolution=resolution), model.state_dict(),
                             config.checkpoint)
-    return ModelPredictor(model, config.mode, config.device)
+    return ModelPredictor(model, config.mode, config.device, config.backend)
 
 
 def make_predictor(config: EvalConfig) -> Predictor:
@@ -132,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--save-predictions", metavar="PREDS.npz")
     parser.add_argument("--max-videos", type=int, metavar="K")
     parser.add_argument("--tracker", default="bootstapir", choices=TRACKERS)
+    parser.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime", "tensorrt"),
+                        help="online inference backend (auto: the fastest available here)")
     parser.add_argument("--device", choices=DEVICES, help="default: cuda when available")
     parser.add_argument("--report", metavar="DIR", help="write a per-video CSV, plots and frame strips")
     return parser
