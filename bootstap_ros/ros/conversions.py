@@ -1,0 +1,317 @@
+"""Conversions between ROS messages and numpy: images in, point clouds out (and back).
+
+Pure functions, no node and no rclpy: they are tested on hand-built messages.
+
+* `image_to_array` turns a sensor_msgs/Image into a uint8 array and one of the
+  tracker's encodings (`bootstap_ros.tracking.ENCODINGS`), honouring `step`
+  padding and `is_bigendian`; 16-bit, Bayer and YUV 4:2:2 images are converted
+  to 8 bits here. `compressed_to_array` decodes a sensor_msgs/CompressedImage.
+  Anything unusable raises `ImageError` naming the encoding, the size and what
+  was wrong with them.
+* `tracks_to_cloud` packs a `TrackResult` into a sensor_msgs/PointCloud2 with the
+  layout of `TRACK_FIELDS`; `cloud_to_array` reads any PointCloud2 back into a
+  numpy structured array, following the field layout of sensor_msgs/PointField
+  (offset, datatype code, count), `point_step`, `row_step` and `is_bigendian`,
+  as `sensor_msgs_py.point_cloud2.read_points` does.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Iterable, Optional, Sequence, Tuple
+
+import numpy as np
+from sensor_msgs.msg import CompressedImage, Image, PointCloud2, PointField
+
+from bootstap_ros.tracking.frames import ENCODINGS, FrameError
+
+
+class ImageError(FrameError):
+    """An image message that cannot be turned into a frame; the message says why."""
+
+
+class CloudError(ValueError):
+    """A PointCloud2 whose layout is inconsistent or lacks the fields asked for."""
+
+
+# ---------------------------------------------------------------------------- images
+
+#: ROS image encodings (sensor_msgs/image_encodings.hpp) read as-is:
+#: name -> (channels, the tracker encoding of the same channel order).
+_EIGHT_BIT = {
+    "rgb8": (3, "rgb8"), "bgr8": (3, "bgr8"), "rgba8": (4, "rgba8"), "bgra8": (4, "bgra8"),
+    "mono8": (1, "mono8"),
+    # OpenCV type names as used by cv_bridge: colour images are in BGR order.
+    "8UC1": (1, "mono8"), "8UC3": (3, "bgr8"), "8UC4": (4, "bgra8"),
+}
+#: 16-bit encodings, reduced to 8 bits (the high byte) before tracking.
+_SIXTEEN_BIT = {
+    "rgb16": (3, "rgb8"), "bgr16": (3, "bgr8"), "rgba16": (4, "rgba8"), "bgra16": (4, "bgra8"),
+    "mono16": (1, "mono8"), "16UC1": (1, "mono8"), "16UC3": (3, "bgr8"), "16UC4": (4, "bgra8"),
+}
+#: Bayer mosaics (8 bit), demosaiced by OpenCV. OpenCV names a pattern by the
+#: second row's first two pixels, hence the apparent swap.
+_BAYER = {
+    "bayer_rggb8": "COLOR_BayerBG2RGB", "bayer_bggr8": "COLOR_BayerRG2RGB",
+    "bayer_gbrg8": "COLOR_BayerGR2RGB", "bayer_grbg8": "COLOR_BayerGB2RGB",
+}
+#: Packed YUV 4:2:2 (2 bytes per pixel).
+_YUV422 = {
+    "yuv422": "COLOR_YUV2RGB_UYVY", "uyvy": "COLOR_YUV2RGB_UYVY",
+    "yuv422_yuy2": "COLOR_YUV2RGB_YUY2", "yuyv": "COLOR_YUV2RGB_YUY2",
+}
+
+SUPPORTED_ENCODINGS: Tuple[str, ...] = (
+    tuple(_EIGHT_BIT) + tuple(_SIXTEEN_BIT) + tuple(_BAYER) + tuple(_YUV422))
+
+
+def _bytes_per_pixel(encoding: str) -> int:
+    if encoding in _EIGHT_BIT:
+        return _EIGHT_BIT[encoding][0]
+    if encoding in _SIXTEEN_BIT:
+        return 2 * _SIXTEEN_BIT[encoding][0]
+    if encoding in _BAYER:
+        return 1
+    return 2  # YUV 4:2:2
+
+
+def _pixel_rows(msg, encoding: str) -> np.ndarray:
+    """uint8 [height, width * bytes_per_pixel] view of the image data, padding dropped."""
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    where = f"{width}x{height} {encoding} image"
+    if height == 0 or width == 0:
+        raise ImageError(f"empty {where} (zero width or height); nothing to track")
+    row_bytes = width * _bytes_per_pixel(encoding)
+    if step < row_bytes:
+        raise ImageError(f"{where}: step {step} is smaller than one row of pixels "
+                         f"({width} x {_bytes_per_pixel(encoding)} = {row_bytes} bytes)")
+    data = msg.data
+    size = len(data)
+    if size < step * height:
+        raise ImageError(f"{where}: data is truncated: {size} bytes, expected step x height = "
+                         f"{step} x {height} = {step * height}")
+    buffer = np.frombuffer(data, np.uint8, count=step * height)
+    return buffer.reshape(height, step)[:, :row_bytes]
+
+
+def image_to_array(msg) -> Tuple[np.ndarray, str]:
+    """(uint8 [H, W, C] array, tracker encoding) for a sensor_msgs/Image.
+
+    The array may be a view of the message's buffer (read-only). 8-bit colour
+    and mono images keep their channel order and say which it is; other
+    supported encodings are converted (to RGB or mono).
+    """
+    encoding = msg.encoding
+    if encoding not in SUPPORTED_ENCODINGS:
+        raise ImageError(
+            f"unsupported image encoding '{encoding}' ({msg.width}x{msg.height}); supported: "
+            f"{', '.join(SUPPORTED_ENCODINGS)}")
+    rows = _pixel_rows(msg, encoding)
+    height, width = rows.shape[0], int(msg.width)
+    if encoding in _EIGHT_BIT:
+        channels, tracker_encoding = _EIGHT_BIT[encoding]
+        return rows.reshape(height, width, channels), tracker_encoding
+    if encoding in _SIXTEEN_BIT:
+        channels, tracker_encoding = _SIXTEEN_BIT[encoding]
+        order = ">" if msg.is_bigendian else "<"
+        values = np.ascontiguousarray(rows).view(order + "u2").reshape(height, width, channels)
+        return (values >> 8).astype(np.uint8), tracker_encoding
+    import cv2
+
+    if encoding in _BAYER:
+        return cv2.cvtColor(np.ascontiguousarray(rows), getattr(cv2, _BAYER[encoding])), "rgb8"
+    packed = np.ascontiguousarray(rows).reshape(height, width, 2)
+    if width % 2:
+        raise ImageError(f"{width}x{height} {encoding} image: YUV 4:2:2 needs an even width")
+    return cv2.cvtColor(packed, getattr(cv2, _YUV422[encoding])), "rgb8"
+
+
+def compressed_to_array(msg) -> Tuple[np.ndarray, str]:
+    """(uint8 [H, W, 3] BGR array, 'bgr8') for a sensor_msgs/CompressedImage (JPEG, PNG, ...)."""
+    import cv2
+
+    data = np.frombuffer(msg.data, np.uint8)
+    if data.size == 0:
+        raise ImageError(f"empty compressed image (format '{msg.format}'): no data")
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if image is None or image.size == 0:
+        raise ImageError(f"compressed image (format '{msg.format}', {data.size} bytes) could not be "
+                         "decoded: corrupt, truncated or not an image OpenCV reads")
+    return image, "bgr8"
+
+
+def array_to_image(array: np.ndarray, encoding: str = "rgb8", header=None) -> Image:
+    """A sensor_msgs/Image holding uint8 [H, W, C] `array` (C = channels of `encoding`)."""
+    if encoding not in ENCODINGS:
+        raise ImageError(f"cannot write encoding '{encoding}'; supported: {', '.join(ENCODINGS)}")
+    channels = ENCODINGS[encoding][0]
+    array = np.asarray(array)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != channels:
+        raise ImageError(f"expected uint8 [H, W, {channels}] for {encoding}, got "
+                         f"{array.dtype} {tuple(array.shape)}")
+    msg = Image()
+    if header is not None:
+        msg.header = header
+    msg.height, msg.width = int(array.shape[0]), int(array.shape[1])
+    msg.encoding = encoding
+    msg.is_bigendian = 0
+    msg.step = msg.width * channels
+    msg.data = np.ascontiguousarray(array).tobytes()
+    return msg
+
+
+def array_to_compressed(array: np.ndarray, encoding: str = "rgb8", header=None,
+                        format: str = "jpeg", quality: int = 90) -> CompressedImage:
+    """A sensor_msgs/CompressedImage (jpeg or png) of uint8 [H, W, C] `array`."""
+    import cv2
+
+    from bootstap_ros.tracking.frames import to_rgb
+
+    bgr = np.ascontiguousarray(to_rgb(array, encoding)[:, :, ::-1])
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)] if format == "jpeg" else []
+    ok, encoded = cv2.imencode("." + ("jpg" if format == "jpeg" else format), bgr, params)
+    if not ok:
+        raise ImageError(f"OpenCV could not encode a {format} image")
+    msg = CompressedImage()
+    if header is not None:
+        msg.header = header
+    msg.format = format
+    msg.data = encoded.tobytes()
+    return msg
+
+
+# ---------------------------------------------------------------------------- point clouds
+
+#: PointField datatype code -> numpy type (sensor_msgs/PointField constants).
+POINTFIELD_DTYPES = {
+    PointField.INT8: "i1", PointField.UINT8: "u1", PointField.INT16: "i2", PointField.UINT16: "u2",
+    PointField.INT32: "i4", PointField.UINT32: "u4", PointField.FLOAT32: "f4",
+    PointField.FLOAT64: "f8",
+}
+
+#: Layout of the `tracks` cloud: (name, datatype, offset). Bytes 13..15 are padding
+#: so that the float32 fields stay 4-byte aligned; point_step is 24.
+TRACK_FIELDS: Tuple[Tuple[str, int, int], ...] = (
+    ("x", PointField.FLOAT32, 0),          # pixels of the input image (TAPIR raster, centres +0.5)
+    ("y", PointField.FLOAT32, 4),
+    ("id", PointField.UINT32, 8),          # stable per point, never reused
+    ("visible", PointField.UINT8, 12),     # 1 when (1 - occlusion) * (1 - uncertainty) > threshold
+    ("occlusion", PointField.FLOAT32, 16),     # probability the point is occluded
+    ("uncertainty", PointField.FLOAT32, 20),   # probability the position is off by > 6 px
+)
+TRACK_POINT_STEP = 24
+
+
+def fields_dtype(fields: Sequence[Tuple[str, int, int]], point_step: int,
+                 bigendian: bool = sys.byteorder == "big", counts: Optional[Sequence[int]] = None
+                 ) -> np.dtype:
+    """The numpy structured dtype of one point described by (name, datatype, offset) fields."""
+    order = ">" if bigendian else "<"
+    formats = []
+    for index, (name, datatype, _) in enumerate(fields):
+        if datatype not in POINTFIELD_DTYPES:
+            raise CloudError(f"field '{name}' has unknown PointField datatype {datatype} "
+                             f"(known: {sorted(POINTFIELD_DTYPES)})")
+        count = 1 if counts is None else int(counts[index])
+        base = order + POINTFIELD_DTYPES[datatype]
+        formats.append(base if count == 1 else (base, (count,)))
+    try:
+        return np.dtype({"names": [f[0] for f in fields], "formats": formats,
+                         "offsets": [int(f[2]) for f in fields], "itemsize": int(point_step)})
+    except ValueError as error:
+        raise CloudError(f"inconsistent point layout (point_step {point_step}, fields "
+                         f"{[(f[0], f[2]) for f in fields]}): {error}") from None
+
+
+TRACK_DTYPE = fields_dtype(TRACK_FIELDS, TRACK_POINT_STEP)
+
+
+def make_cloud(points: np.ndarray, fields: Sequence[Tuple[str, int, int]], header=None
+               ) -> PointCloud2:
+    """An unordered (height 1) PointCloud2 of structured `points` whose dtype has `fields`."""
+    msg = PointCloud2()
+    if header is not None:
+        msg.header = header
+    msg.height = 1
+    msg.width = int(len(points))
+    msg.fields = [PointField(name=name, offset=offset, datatype=datatype, count=1)
+                  for name, datatype, offset in fields]
+    msg.is_bigendian = _is_bigendian(points.dtype.fields[fields[0][0]][0])
+    msg.point_step = int(points.dtype.itemsize)
+    msg.row_step = msg.point_step * msg.width
+    msg.data = np.ascontiguousarray(points).tobytes()
+    msg.is_dense = True  # every point is valid: inactive tracks are left out, not NaN
+    return msg
+
+
+def _is_bigendian(dtype: np.dtype) -> bool:
+    order = dtype.byteorder  # '=' native, '|' not applicable (1 byte), else explicit
+    return order == ">" or (order in "=|" and sys.byteorder == "big")
+
+
+def tracks_to_cloud(result, header=None) -> PointCloud2:
+    """The `tracks` PointCloud2 of a TrackResult: one point per active track, by id."""
+    points = np.zeros(len(result.ids), TRACK_DTYPE)  # zeroed, so the padding bytes are too
+    points["x"], points["y"] = result.xy[:, 0], result.xy[:, 1]
+    points["id"] = result.ids
+    points["visible"] = result.visible
+    points["occlusion"] = result.occlusion
+    points["uncertainty"] = result.uncertainty
+    return make_cloud(points, TRACK_FIELDS, header)
+
+
+def xy_to_cloud(xy, header=None) -> PointCloud2:
+    """A PointCloud2 with float32 x, y fields: the message `~/add_points` takes."""
+    xy = np.asarray(xy, np.float32).reshape(-1, 2)
+    fields = (("x", PointField.FLOAT32, 0), ("y", PointField.FLOAT32, 4))
+    points = np.zeros(len(xy), fields_dtype(fields, 8))
+    points["x"], points["y"] = xy[:, 0], xy[:, 1]
+    return make_cloud(points, fields, header)
+
+
+def cloud_to_array(msg, field_names: Optional[Iterable[str]] = None) -> np.ndarray:
+    """All points of a PointCloud2 as a numpy structured array [height * width].
+
+    field_names: the fields to keep (all by default); a missing one raises CloudError.
+    Row padding (row_step > width * point_step) and point padding are skipped.
+    """
+    fields = [(f.name, f.datatype, f.offset) for f in msg.fields]
+    counts = [max(1, int(f.count)) for f in msg.fields]
+    names = [f[0] for f in fields]
+    if len(set(names)) != len(names):
+        raise CloudError(f"duplicate field names in {names}")
+    if field_names is not None:
+        wanted = list(field_names)
+        missing = [n for n in wanted if n not in names]
+        if missing:
+            raise CloudError(f"point cloud lacks field(s) {missing}; it has {names}")
+        keep = [names.index(n) for n in wanted]
+        fields, counts = [fields[i] for i in keep], [counts[i] for i in keep]
+    height, width = int(msg.height), int(msg.width)
+    point_step, row_step = int(msg.point_step), int(msg.row_step)
+    dtype = fields_dtype(fields, point_step, bool(msg.is_bigendian), counts)
+    if height * width == 0:
+        return np.zeros(0, dtype)
+    if row_step < width * point_step:
+        raise CloudError(f"row_step {row_step} is smaller than width x point_step = "
+                         f"{width} x {point_step}")
+    size = len(msg.data)
+    needed = row_step * (height - 1) + width * point_step
+    if size < needed:
+        raise CloudError(f"point cloud data is truncated: {size} bytes for {height}x{width} points "
+                         f"of {point_step} bytes (row_step {row_step}), expected {row_step * height}")
+    buffer = np.frombuffer(msg.data, np.uint8, count=min(size, row_step * height))
+    if len(buffer) < row_step * height:  # last row without its padding
+        buffer = np.concatenate([buffer, np.zeros(row_step * height - len(buffer), np.uint8)])
+    rows = buffer.reshape(height, row_step)[:, :width * point_step]
+    return np.ascontiguousarray(rows).view(dtype).reshape(height * width)
+
+
+def cloud_xy(msg) -> np.ndarray:
+    """float32 [N, 2] of the x, y fields of a PointCloud2 (any numeric type)."""
+    points = cloud_to_array(msg, ("x", "y"))
+    if points.dtype["x"].shape or points.dtype["y"].shape:
+        raise CloudError("fields x and y must have count 1")
+    return np.stack([points["x"], points["y"]], axis=-1).astype(np.float32).reshape(-1, 2)

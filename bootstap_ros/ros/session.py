@@ -1,0 +1,262 @@
+"""The tracking session behind the node: model loading and request handling, no ROS.
+
+`create_tracker` turns a `TrackerNodeConfig` into a ready `CausalTracker`, or
+raises `StartupError` saying what to change. `TrackingSession` drives that
+tracker one frame at a time for the node's worker thread: it applies the
+queued add/remove/reset requests before each frame, seeds `grid_points` on the
+first frame (and after each reset), resets when time jumps back, and turns
+every bad input into one warning instead of an exception, so that existing
+tracks survive it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import numpy as np
+
+from bootstap_ros.ros.queues import RequestQueue
+from bootstap_ros.ros.settings import TrackerNodeConfig
+
+LOG = logging.getLogger(__name__)
+
+#: Where the embedded default model is installed (inside the Python package).
+EMBEDDED_CHECKPOINT = Path(__file__).resolve().parents[1] / "data" / "default.pt"
+OFFICIAL_CAUSAL_URL = "https://storage.googleapis.com/dm-tapnet/bootstap/causal_bootstapir_checkpoint.pt"
+
+
+class StartupError(RuntimeError):
+    """The node cannot start with its parameters; the message says what to do."""
+
+
+@dataclass
+class TrackerInfo:
+    """What was loaded, for the start-up log line and /diagnostics."""
+
+    checkpoint: str
+    source: str  # "official" or "project"
+    backend: str
+    device: str
+    resolution: tuple
+    causal: bool
+    notes: List[str] = field(default_factory=list)
+
+
+def resolve_checkpoint(checkpoint: str) -> Path:
+    if not checkpoint:
+        if not EMBEDDED_CHECKPOINT.is_file():
+            raise StartupError(
+                f"no checkpoint given and the embedded default model is not installed (expected "
+                f"{EMBEDDED_CHECKPOINT}). Set the checkpoint parameter to a model file, e.g. "
+                f"`--ros-args -p checkpoint:=/path/to/causal_bootstapir_checkpoint.pt` (download it "
+                f"from {OFFICIAL_CAUSAL_URL}) or launch with checkpoint:=/path/to/model.pt")
+        return EMBEDDED_CHECKPOINT
+    return Path(checkpoint).expanduser().resolve()
+
+
+def _resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise StartupError(f"device '{device}' was asked for but CUDA is not available "
+                           "(torch.cuda.is_available() is False); set device:=cpu or device:=auto")
+    return device
+
+
+def create_tracker(config: TrackerNodeConfig):
+    """(CausalTracker, TrackerInfo) for `config`; StartupError says what to fix."""
+    from bootstap_ros.model import CheckpointError, build_model, load_checkpoint
+    from bootstap_ros.tracking import CausalTracker
+
+    path = resolve_checkpoint(config.checkpoint)
+    device = _resolve_device(config.device)
+    try:
+        loaded = load_checkpoint(path, causal=config.causal)
+    except CheckpointError as error:
+        raise StartupError(
+            f"cannot load the model: {error}. Set the checkpoint parameter to a causal BootsTAPIR "
+            f"checkpoint (official: {OFFICIAL_CAUSAL_URL}) or a bootstap_ros checkpoint") from None
+    model = loaded.model
+    if config.resolution and tuple(model.config.resolution) != (config.resolution,) * 2:
+        model = build_model(model.config.replace(resolution=(config.resolution,) * 2),
+                            model.state_dict(), str(path))
+    notes = []
+    if not model.config.causal:
+        notes.append("the model runs non-causally (causal:=false): each frame is tracked without "
+                     "temporal context")
+
+    kwargs = dict(max_points=config.max_points, device=device,
+                  visibility_threshold=config.visibility_threshold)
+    kwargs.update(_backend_options(config, device, notes))
+    try:
+        tracker = CausalTracker(model, **kwargs)
+    except (ImportError, RuntimeError, ValueError, TypeError) as error:
+        raise StartupError(
+            f"cannot start the tracker (backend {config.backend}, device {device}, precision "
+            f"{config.precision}): {error}. Try backend:=torch, device:=cpu or "
+            f"precision:=fp32") from None
+    backend = getattr(tracker, "backend_name", None) or getattr(tracker, "backend", None)
+    backend = getattr(backend, "name", backend) or "torch"
+    info = TrackerInfo(checkpoint=str(path), source=loaded.source, backend=str(backend),
+                       device=device, resolution=tuple(model.config.resolution),
+                       causal=bool(model.config.causal), notes=notes)
+    return tracker, info
+
+
+def _backend_options(config: TrackerNodeConfig, device: str, notes: List[str]) -> dict:
+    """The CausalTracker arguments for backend, precision and engine cache.
+
+    Each is passed only when the tracker takes it; a tracker without backends
+    accepts only their plain values (torch, fp32), never silently ignoring others.
+    """
+    from bootstap_ros.tracking import CausalTracker
+
+    accepted = inspect.signature(CausalTracker).parameters
+    takes_options = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
+    options = {}
+    for name, value, plain in (("backend", config.backend, config.backend in ("auto", "torch")),
+                               ("precision", config.precision, config.precision == "fp32")):
+        if name in accepted:
+            options[name] = value
+        elif not plain:
+            raise StartupError(
+                f"{name} '{value}' is not available: this bootstap_ros runs the PyTorch backend "
+                f"only, in fp32. Set {name}:={'auto' if name == 'backend' else 'fp32'}")
+    if config.engine_cache_dir:
+        cache_dir = str(Path(config.engine_cache_dir).expanduser())
+        concrete = config.backend
+        try:
+            from bootstap_ros.backends import resolve_backend
+
+            concrete = resolve_backend(config.backend, device)
+        except (ImportError, RuntimeError, ValueError):
+            pass
+        if concrete in ("torch", "auto") or not ("cache_dir" in accepted or takes_options):
+            notes.append(f"engine_cache_dir '{cache_dir}' is unused: the {concrete} backend "
+                         "builds no engine")
+        else:
+            options["cache_dir"] = cache_dir
+    return options
+
+
+def grid_positions(grid_points, size) -> np.ndarray:
+    """float32 [K, 2] pixel positions for a grid_points value on an image of (height, width)."""
+    if isinstance(grid_points, int):
+        if grid_points <= 0:
+            return np.zeros((0, 2), np.float32)
+        from bootstap_ros.queries import grid_queries
+
+        return grid_queries(grid_points, size)[:, 1:].astype(np.float32)
+    return np.asarray(grid_points, np.float32).reshape(-1, 2)
+
+
+class TrackingSession:
+    """A CausalTracker plus the requests waiting for the next frame (see module docstring).
+
+    warn(kind, message) is called for every problem; the node rate-limits per kind.
+    The request methods are thread-safe; `process` runs on the worker thread only.
+    """
+
+    def __init__(self, tracker, grid_points=0,
+                 warn: Optional[Callable[[str, str], None]] = None):
+        self.tracker = tracker
+        self.grid_points = grid_points
+        self.requests = RequestQueue()
+        self._warn = warn or (lambda kind, message: LOG.warning(message))
+        self._seeded = False
+        self._last_stamp: Optional[int] = None
+        self.frames = 0
+        self.resets = 0
+
+    # Thread-safe requests, applied before the next frame.
+    def request_add(self, xy) -> None:
+        self.requests.put("add", np.asarray(xy, np.float64).reshape(-1, 2))
+
+    def request_remove(self, ids) -> None:
+        self.requests.put("remove", np.asarray(list(ids), np.int64).reshape(-1))
+
+    def request_reset(self) -> None:
+        self.requests.put("reset")
+
+    def reset(self) -> None:
+        self.tracker.reset()
+        self._seeded = False
+        self.resets += 1
+
+    def process(self, frame: np.ndarray, encoding: str, stamp_ns: Optional[int] = None):
+        """Apply pending requests and track `frame`; a TrackResult, or None for an unusable frame."""
+        from bootstap_ros.tracking import FrameError, TrackerFullError, to_rgb
+
+        try:
+            # Checked first, so that a bad frame leaves the tracker and the requests untouched.
+            rgb = to_rgb(frame, encoding)
+        except FrameError as error:
+            self._warn("bad_image", f"skipping a frame: {error}")
+            return None
+        if stamp_ns is not None and self._last_stamp is not None and stamp_ns < self._last_stamp:
+            self._warn("time_jump",
+                       f"image stamp went back by {(self._last_stamp - stamp_ns) / 1e9:.3f} s (a bag "
+                       "looping, or a restarted source): resetting all tracks")
+            self.reset()
+        height, width = rgb.shape[:2]
+        if self.tracker.frame_size not in (None, (height, width)) and self.tracker.num_points:
+            self._warn("size_change",
+                       f"image size changed from {self.tracker.frame_size[1]}x"
+                       f"{self.tracker.frame_size[0]} to {width}x{height}: keeping "
+                       f"{self.tracker.num_points} points, reported in the new image's pixels")
+        additions = self._apply(self.requests.drain(), (height, width))
+        try:
+            result = self.tracker.step(rgb, "rgb8", add=additions if len(additions) else None)
+        except (ValueError, TrackerFullError) as error:  # not expected after _apply's checks
+            self._warn("bad_points", f"points not added: {error}")
+            result = self.tracker.step(rgb, "rgb8")
+        if stamp_ns is not None:
+            self._last_stamp = stamp_ns
+        self.frames += 1
+        return result
+
+    def _apply(self, requests, size) -> np.ndarray:
+        """Apply removes and resets in order; returns the checked positions to add."""
+        additions: List[np.ndarray] = []
+        for kind, payload in requests:
+            if kind == "reset":
+                self.reset()
+                additions.clear()
+            elif kind == "remove":
+                removed = self.tracker.remove_points(payload)
+                unknown = np.setdiff1d(payload, removed)
+                if len(unknown):
+                    self._warn("unknown_ids", f"remove_points: no active point has id(s) "
+                               f"{unknown[:10].tolist()}{' ...' if len(unknown) > 10 else ''}")
+            elif kind == "add":
+                additions.append(payload)
+        if not self._seeded:
+            self._seeded = True
+            additions.insert(0, grid_positions(self.grid_points, size))
+        if not additions:
+            return np.zeros((0, 2), np.float32)
+        xy = np.concatenate(additions)
+        height, width = size
+        good = np.isfinite(xy).all(axis=1)
+        good[good] = ((xy[good, 0] >= 0) & (xy[good, 0] <= width)
+                      & (xy[good, 1] >= 0) & (xy[good, 1] <= height))
+        if not good.all():
+            self._warn("bad_points",
+                       f"ignoring {int((~good).sum())} query point(s) that are NaN/inf or outside "
+                       f"the {width}x{height} image (x in [0, {width}], y in [0, {height}]): "
+                       f"{xy[~good][:5].tolist()}")
+        xy = xy[good]
+        free = self.tracker.max_points - self.tracker.num_points
+        if len(xy) > free:
+            self._warn("capacity",
+                       f"tracker is full: adding {free} of {len(xy)} requested point(s) "
+                       f"({self.tracker.num_points} of {self.tracker.max_points} in use); remove "
+                       "points, reset, or raise max_points")
+            xy = xy[:free]
+        return xy.astype(np.float32)

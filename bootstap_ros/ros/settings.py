@@ -1,0 +1,171 @@
+"""The tracker node's parameters: names, defaults, documentation and checks.
+
+`TrackerNodeConfig` is the one place the node's defaults live; `PARAMETERS`
+describes each ROS parameter (its name, the config field it fills, whether it
+can change at runtime, its range or choices). The node declares its parameters
+from this table, config/tracker.yaml documents the same names, and a test
+checks that the two agree. No rclpy here: the node turns `ParameterSpec` into
+a `ParameterDescriptor`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
+
+BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "bf16")
+RELIABILITIES = ("best_effort", "reliable", "system_default")
+TRANSPORTS = ("raw", "compressed")
+
+
+@dataclass(frozen=True)
+class TrackerNodeConfig:
+    """Everything the tracker node is configured with (see PARAMETERS for the meaning)."""
+
+    checkpoint: str = ""  # '' = the embedded default model
+    causal: bool = True
+    backend: str = "auto"
+    device: str = "auto"
+    precision: str = "fp32"
+    resolution: int = 0  # 0 = the checkpoint's own
+    max_points: int = 256
+    grid_points: Union[int, Tuple[float, ...]] = 0
+    visibility_threshold: float = 0.5
+    engine_cache_dir: str = ""
+    publish_debug_image: bool = False
+    debug_trail: int = 8
+    image_transport: str = "raw"
+    qos_image_reliability: str = "best_effort"
+    qos_image_depth: int = 5
+    qos_tracks_reliability: str = "reliable"
+    qos_tracks_depth: int = 10
+    diagnostics_period: float = 1.0
+
+
+@dataclass(frozen=True)
+class ParameterSpec:
+    name: str  # the ROS parameter name
+    field: str  # the TrackerNodeConfig field it fills
+    description: str
+    read_only: bool = True  # changing it needs a restart
+    choices: Optional[Sequence[str]] = None
+    integer_range: Optional[Tuple[int, int]] = None
+    float_range: Optional[Tuple[float, float]] = None
+    dynamic_typing: bool = False
+
+    @property
+    def default(self) -> Any:
+        return getattr(TrackerNodeConfig(), self.field)
+
+    @property
+    def constraints(self) -> str:
+        if self.choices:
+            return "one of: " + ", ".join(self.choices)
+        if self.integer_range:
+            return f"integer in [{self.integer_range[0]}, {self.integer_range[1]}]"
+        if self.float_range:
+            return f"number in [{self.float_range[0]}, {self.float_range[1]}]"
+        return ""
+
+
+PARAMETERS: Tuple[ParameterSpec, ...] = (
+    ParameterSpec("checkpoint", "checkpoint",
+                  "Model checkpoint (.pt): an official causal BootsTAPIR state_dict or a project "
+                  "checkpoint. Empty: the embedded default model (bootstap_ros/data/default.pt)."),
+    ParameterSpec("causal", "causal",
+                  "Run the model causally (online). Official checkpoints do not say; keep true for "
+                  "causal_bootstapir_checkpoint.pt."),
+    ParameterSpec("backend", "backend", "Inference backend; auto picks the fastest available.",
+                  choices=BACKENDS),
+    ParameterSpec("device", "device", "auto (cuda when available, else cpu), cpu, cuda or cuda:N."),
+    ParameterSpec("precision", "precision", "Inference precision.", choices=PRECISIONS),
+    ParameterSpec("resolution", "resolution",
+                  "Square model input resolution in pixels, a multiple of 8; 0 keeps the "
+                  "checkpoint's (256). Lower is faster and less accurate.",
+                  integer_range=(0, 2048)),
+    ParameterSpec("max_points", "max_points",
+                  "Capacity: the most points tracked at once (rounded up to the tracker's block "
+                  "size). Additions beyond it are dropped with a warning.",
+                  integer_range=(1, 16384)),
+    ParameterSpec("grid_points", "grid_points",
+                  "Points seeded on the first frame (and again after a reset): an integer N for "
+                  "an NxN grid over the image (0: none), or a flat list [x0, y0, x1, y1, ...] of "
+                  "pixel positions.", dynamic_typing=True),
+    ParameterSpec("visibility_threshold", "visibility_threshold",
+                  "A point is visible when (1 - occlusion) * (1 - uncertainty) exceeds this "
+                  "(official: 0.5).", read_only=False, float_range=(0.0, 1.0)),
+    ParameterSpec("engine_cache_dir", "engine_cache_dir",
+                  "Folder where compiled engines (TensorRT, ONNX) are cached; empty: the backend's "
+                  "default."),
+    ParameterSpec("publish_debug_image", "publish_debug_image",
+                  "Always publish ~/debug_image (it is also published whenever someone "
+                  "subscribes).", read_only=False),
+    ParameterSpec("debug_trail", "debug_trail",
+                  "Frames of history drawn as a trail behind each point on ~/debug_image.",
+                  read_only=False, integer_range=(0, 100)),
+    ParameterSpec("image_transport", "image_transport",
+                  "raw: subscribe to `image` (sensor_msgs/Image); compressed: to "
+                  "`image/compressed` (sensor_msgs/CompressedImage).", choices=TRANSPORTS),
+    ParameterSpec("qos.image.reliability", "qos_image_reliability",
+                  "Reliability of the image subscription. REP-2003: best_effort (sensor data).",
+                  choices=RELIABILITIES),
+    ParameterSpec("qos.image.depth", "qos_image_depth",
+                  "History depth of the image subscription (keep last N).",
+                  integer_range=(1, 1000)),
+    ParameterSpec("qos.tracks.reliability", "qos_tracks_reliability",
+                  "Reliability of the tracks and debug image publishers.", choices=RELIABILITIES),
+    ParameterSpec("qos.tracks.depth", "qos_tracks_depth",
+                  "History depth of the tracks and debug image publishers.",
+                  integer_range=(1, 1000)),
+    ParameterSpec("diagnostics_period", "diagnostics_period",
+                  "Seconds between /diagnostics messages.", float_range=(0.1, 60.0)),
+)
+
+PARAMETER_NAMES = tuple(spec.name for spec in PARAMETERS)
+
+
+class SettingsError(ValueError):
+    """A parameter value the node cannot start with; the message says which and why."""
+
+
+def config_from_parameters(values: Dict[str, Any]) -> TrackerNodeConfig:
+    """A checked TrackerNodeConfig from {parameter name: value} (missing names: defaults)."""
+    changes = {}
+    for spec in PARAMETERS:
+        if spec.name not in values:
+            continue
+        value = values[spec.name]
+        if spec.choices and value not in spec.choices:
+            raise SettingsError(f"parameter {spec.name}={value!r} is not {spec.constraints}")
+        changes[spec.field] = value
+    if "grid_points" in changes:
+        changes["grid_points"] = parse_grid_points(changes["grid_points"])
+    config = dataclasses.replace(TrackerNodeConfig(), **changes)
+    if config.resolution and config.resolution % 8:
+        raise SettingsError(f"parameter resolution={config.resolution} must be a multiple of 8 "
+                            "(or 0 for the checkpoint's own)")
+    device = config.device
+    if not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
+        raise SettingsError(f"parameter device={device!r} is not auto, cpu, cuda or cuda:N")
+    return config
+
+
+def parse_grid_points(value: Any) -> Union[int, Tuple[float, ...]]:
+    """grid_points as an int N >= 0 or a flat tuple of x, y pairs."""
+    if isinstance(value, bool):
+        raise SettingsError(f"parameter grid_points must be an integer or a list of numbers, "
+                            f"got {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise SettingsError(f"parameter grid_points={value} must be >= 0")
+        return value
+    if isinstance(value, (list, tuple)) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        if len(value) % 2:
+            raise SettingsError(f"parameter grid_points has {len(value)} numbers; expected x, y "
+                                "pairs [x0, y0, x1, y1, ...]")
+        return tuple(float(v) for v in value)
+    raise SettingsError(f"parameter grid_points must be an integer N (NxN grid) or a list "
+                        f"[x0, y0, x1, y1, ...], got {value!r}")

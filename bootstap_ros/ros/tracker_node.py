@@ -1,0 +1,359 @@
+"""tracker_node: the causal BootsTAPIR point tracker as a ROS 2 node.
+
+Subscribes to `image` (or `image/compressed`), publishes `tracks`
+(sensor_msgs/PointCloud2, the image's header, one point per active track; the
+fields are in `conversions.TRACK_FIELDS` and the README), `~/debug_image` and
+`/diagnostics`. Points are added through `~/add_point` (geometry_msgs/Point, as
+rqt_image_view publishes clicks), `~/add_points` (PointCloud2 with x, y),
+removed through `~/remove_points` (std_msgs/UInt32MultiArray) and all dropped by
+the `~/reset` service (std_srvs/Trigger); every request takes effect on the next
+frame processed.
+
+Inference never runs in a callback: the image callback only puts the message
+into a drop-oldest slot of depth 1 (`queues.LatestSlot`), and one worker thread
+tracks the newest frame, so the node always works on the latest image and
+counts the frames it skipped. Run it with `ros2 run bootstap_ros tracker_node`
+or `python -m bootstap_ros.ros.tracker_node`.
+"""
+
+from __future__ import annotations
+
+import array
+import sys
+import threading
+import time
+from collections import deque
+from typing import Dict, List, Optional
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import Point
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy)
+from sensor_msgs.msg import CompressedImage, Image, PointCloud2
+from std_msgs.msg import UInt32MultiArray
+from std_srvs.srv import Trigger
+
+from bootstap_ros.ros.conversions import (CloudError, ImageError, array_to_image, cloud_xy,
+                                          compressed_to_array, image_to_array, tracks_to_cloud)
+from bootstap_ros.ros.queues import LatestSlot, WarningLimiter
+from bootstap_ros.ros.session import StartupError, TrackingSession, create_tracker
+from bootstap_ros.ros.settings import (PARAMETERS, SettingsError, TrackerNodeConfig,
+                                       config_from_parameters)
+
+_RELIABILITY = {
+    "best_effort": ReliabilityPolicy.BEST_EFFORT,
+    "reliable": ReliabilityPolicy.RELIABLE,
+    "system_default": ReliabilityPolicy.SYSTEM_DEFAULT,
+}
+WARNING_PERIOD_S = 5.0
+
+
+def _qos(reliability: str, depth: int) -> QoSProfile:
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth,
+                      reliability=_RELIABILITY[reliability], durability=DurabilityPolicy.VOLATILE)
+
+
+def _stamp_ns(header) -> int:
+    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+
+
+class _Stats:
+    """Counters the worker and the callbacks update and /diagnostics reads, per window."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.published = 0
+        self.window_start = time.monotonic()
+        self.window_received = 0
+        self.window_published = 0
+        self.latency_ms: List[float] = []
+        self.age_ms: List[float] = []
+        self.points = 0
+        self.last_warning = ""
+        self.window_warnings = 0
+
+
+class TrackerNode(Node):
+    """The tracker node (see the module docstring). Raises StartupError when it cannot start."""
+
+    def __init__(self, node_name: str = "tracker_node", **kwargs):
+        super().__init__(node_name, **kwargs)
+        try:
+            self._setup()
+        except BaseException:
+            self._stop_worker()
+            super().destroy_node()
+            raise
+
+    # ------------------------------------------------------------------ set-up
+    def _setup(self) -> None:
+        self._worker: Optional[threading.Thread] = None
+        self._slot = LatestSlot()
+        self.settings = self._declare_parameters()
+        self._warn = WarningLimiter(self.get_logger().warning, WARNING_PERIOD_S)
+        self.warning_counts = self._warn.counts  # by kind; read by tests and diagnostics
+        tracker, self.info = create_tracker(self.settings)
+        for note in self.info.notes:
+            self.get_logger().warning(note)
+        self.session = TrackingSession(tracker, self.settings.grid_points, warn=self._warning)
+        self._stats = _Stats()
+        self._debug_always = self.settings.publish_debug_image
+        self._trail_length = self.settings.debug_trail
+        self._history: Dict[int, deque] = {}
+
+        image_qos = _qos(self.settings.qos_image_reliability, self.settings.qos_image_depth)
+        output_qos = _qos(self.settings.qos_tracks_reliability, self.settings.qos_tracks_depth)
+        self._compressed = self.settings.image_transport == "compressed"
+        if self._compressed:
+            self._image_sub = self.create_subscription(
+                CompressedImage, "image/compressed", self._on_image, image_qos)
+        else:
+            self._image_sub = self.create_subscription(Image, "image", self._on_image, image_qos)
+        self._tracks_pub = self.create_publisher(PointCloud2, "tracks", output_qos)
+        self._debug_pub = self.create_publisher(Image, "~/debug_image", output_qos)
+        self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_subscription(Point, "~/add_point", self._on_add_point, 10)
+        self.create_subscription(PointCloud2, "~/add_points", self._on_add_points, 10)
+        self.create_subscription(UInt32MultiArray, "~/remove_points", self._on_remove_points, 10)
+        self.create_service(Trigger, "~/reset", self._on_reset)
+        self.add_post_set_parameters_callback(self._on_parameters_set)
+        self.create_timer(self.settings.diagnostics_period, self._publish_diagnostics)
+
+        self._worker = threading.Thread(target=self._work, name="tracker_worker", daemon=True)
+        self._worker.start()
+        self.get_logger().info(
+            f"tracking {self._image_sub.topic_name} with the {self.info.source} checkpoint "
+            f"{self.info.checkpoint} ({'causal' if self.info.causal else 'non-causal'}, "
+            f"{self.info.resolution[1]}x{self.info.resolution[0]}) on {self.info.backend}/"
+            f"{self.info.device}, up to {tracker.max_points} points; publishing "
+            f"{self._tracks_pub.topic_name}")
+
+    def _declare_parameters(self) -> TrackerNodeConfig:
+        values = {}
+        for spec in PARAMETERS:
+            descriptor = ParameterDescriptor(
+                description=spec.description, read_only=spec.read_only,
+                additional_constraints=spec.constraints, dynamic_typing=spec.dynamic_typing)
+            if spec.integer_range:
+                step = 8 if spec.name == "resolution" else 0
+                descriptor.integer_range = [IntegerRange(
+                    from_value=spec.integer_range[0], to_value=spec.integer_range[1], step=step)]
+            if spec.float_range:
+                descriptor.floating_point_range = [FloatingPointRange(
+                    from_value=float(spec.float_range[0]), to_value=float(spec.float_range[1]),
+                    step=0.0)]
+            try:
+                value = self.declare_parameter(spec.name, spec.default, descriptor).value
+            except Exception as error:  # rclpy's type/range exceptions have no common base
+                expected = {bool: "true or false", int: "an integer", float: "a number with a "
+                            "decimal point (1.0, not 1)", str: "a string"}[type(spec.default)]
+                raise StartupError(
+                    f"parameter {spec.name}: {error}. Expected {expected}"
+                    f"{' (' + spec.constraints + ')' if spec.constraints else ''}") from None
+            if isinstance(value, (array.array, list, tuple)):
+                value = list(value)
+            values[spec.name] = value
+        try:
+            return config_from_parameters(values)
+        except SettingsError as error:
+            raise StartupError(str(error)) from None
+
+    # ------------------------------------------------------------------ callbacks (cheap only)
+    def _on_image(self, msg) -> None:
+        self._slot.put((msg, time.monotonic()))
+        with self._stats.lock:
+            self._stats.window_received += 1
+
+    def _on_add_point(self, msg: Point) -> None:
+        self.session.request_add([[msg.x, msg.y]])
+
+    def _on_add_points(self, msg: PointCloud2) -> None:
+        try:
+            self.session.request_add(cloud_xy(msg))
+        except CloudError as error:
+            self._warning("bad_cloud", f"~/add_points: ignoring a point cloud: {error}")
+
+    def _on_remove_points(self, msg: UInt32MultiArray) -> None:
+        self.session.request_remove(list(msg.data))
+
+    def _on_reset(self, request, response):
+        self.session.request_reset()
+        response.success = True
+        response.message = "all points will be dropped before the next frame"
+        return response
+
+    def _on_parameters_set(self, parameters) -> None:
+        for parameter in parameters:
+            if parameter.name == "visibility_threshold":
+                self.session.tracker.visibility_threshold = float(parameter.value)
+            elif parameter.name == "publish_debug_image":
+                self._debug_always = bool(parameter.value)
+            elif parameter.name == "debug_trail":
+                self._trail_length = int(parameter.value)
+
+    def _warning(self, kind: str, message: str) -> None:
+        with self._stats.lock:
+            self._stats.last_warning = message
+            self._stats.window_warnings += 1
+        self._warn(kind, message)
+
+    # ------------------------------------------------------------------ worker
+    def _work(self) -> None:
+        while not self._slot.closed:
+            item = self._slot.get(timeout=0.5)
+            if item is None:
+                continue
+            try:
+                self._process(*item)
+            except Exception as error:  # the node must survive anything one frame does
+                self._warning("internal", f"frame skipped after an unexpected error: "
+                              f"{type(error).__name__}: {error}")
+
+    def _process(self, msg, received: float) -> None:
+        try:
+            frame, encoding = (compressed_to_array(msg) if self._compressed
+                               else image_to_array(msg))
+        except ImageError as error:
+            self._warning("bad_image", f"skipping a frame: {error}")
+            return
+        result = self.session.process(frame, encoding, _stamp_ns(msg.header))
+        if result is None or self._slot.closed:
+            return
+        self._tracks_pub.publish(tracks_to_cloud(result, msg.header))
+        latency = (time.monotonic() - received) * 1e3
+        stamp = _stamp_ns(msg.header)
+        age = (self.get_clock().now().nanoseconds - stamp) / 1e6 if stamp else None
+        with self._stats.lock:
+            self._stats.published += 1
+            self._stats.window_published += 1
+            self._stats.latency_ms.append(latency)
+            if age is not None:
+                self._stats.age_ms.append(age)
+            self._stats.points = len(result)
+        if self._debug_always or self._debug_pub.get_subscription_count() > 0:
+            self._publish_debug_image(frame, encoding, result, msg.header)
+
+    def _publish_debug_image(self, frame, encoding, result, header) -> None:
+        from bootstap_ros.render import colors_for_ids, draw_tracks
+        from bootstap_ros.tracking import to_rgb
+
+        trail = None
+        if self._trail_length > 1:
+            history = {}
+            for point_id, xy, visible in zip(result.ids.tolist(), result.xy, result.visible):
+                past = self._history.get(point_id) or deque(maxlen=self._trail_length)
+                if past.maxlen != self._trail_length:
+                    past = deque(past, maxlen=self._trail_length)
+                past.append(xy if visible else (np.nan, np.nan))
+                history[point_id] = past
+            self._history = history
+            trail = np.full((len(result), self._trail_length, 2), np.nan)
+            for row, point_id in enumerate(result.ids.tolist()):
+                past = np.asarray(history[point_id], np.float64)
+                trail[row, self._trail_length - len(past):] = past
+        image = draw_tracks(to_rgb(frame, encoding), result.xy, result.visible, trail,
+                            colors_for_ids(result.ids))
+        self._debug_pub.publish(array_to_image(image, "rgb8", header))
+
+    # ------------------------------------------------------------------ diagnostics
+    def _publish_diagnostics(self) -> None:
+        stats = self._stats
+        now = time.monotonic()
+        with stats.lock:
+            elapsed = max(now - stats.window_start, 1e-6)
+            received, published = stats.window_received, stats.window_published
+            latency, age = stats.latency_ms, stats.age_ms
+            warnings, last_warning = stats.window_warnings, stats.last_warning
+            stats.window_start, stats.window_received, stats.window_published = now, 0, 0
+            stats.latency_ms, stats.age_ms, stats.window_warnings = [], [], 0
+            points, total = stats.points, stats.published
+
+        def ms(values, reduce):
+            return f"{reduce(values):.1f}" if values else "n/a"
+
+        status = DiagnosticStatus(name=f"{self.get_fully_qualified_name()}: point tracking",
+                                  hardware_id=f"{self.info.backend}/{self.info.device}")
+        if received == 0:
+            status.level = DiagnosticStatus.WARN
+            status.message = f"no images on {self._image_sub.topic_name}"
+        elif warnings:
+            status.level = DiagnosticStatus.WARN
+            status.message = last_warning[:200]
+        else:
+            status.level = DiagnosticStatus.OK
+            status.message = f"tracking {points} points"
+        values = {
+            "input rate (Hz)": f"{received / elapsed:.2f}",
+            "output rate (Hz)": f"{published / elapsed:.2f}",
+            "latency receive to publish, mean (ms)": ms(latency, np.mean),
+            "latency receive to publish, max (ms)": ms(latency, np.max),
+            "latency image stamp to publish, mean (ms)": ms(age, np.mean),
+            "dropped frames": str(self._slot.dropped),
+            "frames received": str(self._slot.received),
+            "frames published": str(total),
+            "active points": str(points),
+            "capacity": str(self.session.tracker.max_points),
+            "backend": self.info.backend,
+            "device": self.info.device,
+            "model resolution": f"{self.info.resolution[1]}x{self.info.resolution[0]}",
+            "checkpoint": self.info.checkpoint,
+            "warnings": str(sum(self.warning_counts.values())),
+        }
+        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+        message = DiagnosticArray(status=[status])
+        message.header.stamp = self.get_clock().now().to_msg()
+        self._diagnostics_pub.publish(message)
+
+    # ------------------------------------------------------------------ shutdown
+    @property
+    def dropped_frames(self) -> int:
+        return self._slot.dropped
+
+    def _stop_worker(self) -> None:
+        slot = getattr(self, "_slot", None)
+        if slot is not None:
+            slot.close()
+        worker = getattr(self, "_worker", None)
+        if worker is not None and worker.is_alive():
+            worker.join(timeout=30)
+
+    def destroy_node(self) -> None:
+        self._stop_worker()
+        super().destroy_node()
+
+
+def main(args=None) -> int:
+    """Entry point of `ros2 run bootstap_ros tracker_node`; returns the exit status."""
+    rclpy.init(args=args)
+    node = None
+    status = 0
+    try:
+        node = TrackerNode()
+        rclpy.spin(node)
+    except StartupError as error:
+        rclpy.logging.get_logger("tracker_node").fatal(f"cannot start: {error}")
+        status = 1
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        _shut_down(node)
+    return status
+
+
+def _shut_down(node) -> None:
+    # Ctrl-C in a terminal under `ros2 launch` delivers SIGINT twice (from the terminal
+    # and from launch): a second one during clean-up must not end in a traceback.
+    steps = ([node.destroy_node] if node is not None else []) + [rclpy.try_shutdown]
+    for step in steps:
+        try:
+            step()
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,420 @@
+"""tracker_node with the real rclpy: a test node plays a synthetic clip and reads the tracks back.
+
+One rclpy context and one MultiThreadedExecutor (in a background thread) serve the
+module; every test runs its own TrackerNode in a namespace of its own, on the
+isolated domain test/conftest.py sets. Every wait is on a condition with a deadline.
+"""
+
+import itertools
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import numpy as np
+import pytest
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import Point
+from rclpy.context import Context
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.parameter import Parameter
+from rclpy.parameter_client import AsyncParameterClient
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CompressedImage, Image, PointCloud2
+from std_msgs.msg import UInt32MultiArray
+from std_srvs.srv import Trigger
+
+from bootstap_ros.model import save_checkpoint
+from bootstap_ros.ros.conversions import (array_to_compressed, array_to_image, cloud_to_array,
+                                          xy_to_cloud)
+from bootstap_ros.ros.session import EMBEDDED_CHECKPOINT, StartupError
+from bootstap_ros.ros.tracker_node import TrackerNode
+from small_model import moving_clip, small_model
+
+TIMEOUT = 20.0
+RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+STAMPS = itertools.count(1_000_000_000)  # ns; increasing across the module
+
+
+def wait_until(predicate, timeout=TIMEOUT, what="condition"):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.005)
+
+
+class Ros:
+    """The module's context and executor, spun by a background thread."""
+
+    def __init__(self):
+        self.context = Context()
+        rclpy.init(context=self.context)
+        self.executor = MultiThreadedExecutor(num_threads=4, context=self.context)
+        self.errors = []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._spin, daemon=True)
+        self.thread.start()
+
+    def _spin(self):
+        while not self.stopping.is_set() and self.context.ok():
+            try:
+                self.executor.spin_once(timeout_sec=0.05)
+            except ExternalShutdownException:
+                break
+            except Exception as error:  # e.g. a node destroyed while the executor waited on it
+                self.errors.append(error)
+
+    def close(self):
+        self.stopping.set()
+        self.thread.join(timeout=10)
+        self.executor.shutdown(timeout_sec=10)
+        rclpy.try_shutdown(context=self.context)
+
+
+@pytest.fixture(scope="module")
+def ros():
+    ros = Ros()
+    yield ros
+    ros.close()
+    if ros.errors:  # survived, but worth seeing
+        print(f"executor errors while nodes came and went: {ros.errors!r}")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "small.pt"
+    save_checkpoint(path, small_model())
+    return str(path)
+
+
+class Topic:
+    """Messages of one subscription, kept in arrival order, with waits on them."""
+
+    def __init__(self):
+        self.messages = []
+        self.condition = threading.Condition()
+
+    def __call__(self, msg):
+        with self.condition:
+            self.messages.append(msg)
+            self.condition.notify_all()
+
+    def wait_for(self, predicate, timeout=TIMEOUT, what="a message"):
+        with self.condition:
+            found = self.condition.wait_for(
+                lambda: next((m for m in self.messages if predicate(m)), None), timeout)
+        if found is None:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        return found
+
+
+def stamp_of(msg):
+    return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+
+
+class Harness:
+    """A TrackerNode in a fresh namespace and a client node that talks to it."""
+
+    def __init__(self, ros, checkpoint, transport="raw", **params):
+        self.ros = ros
+        self.namespace = "/test_" + uuid.uuid4().hex[:8]
+        params = {"checkpoint": checkpoint, "image_transport": transport, **params}
+        self.node = TrackerNode(namespace=self.namespace, context=ros.context, parameter_overrides=[
+            Parameter(name, value=value) for name, value in params.items()])
+        self.client = rclpy.create_node("harness", namespace=self.namespace, context=ros.context)
+        private = "tracker_node/"
+        image_type = CompressedImage if transport == "compressed" else Image
+        image_topic = "image/compressed" if transport == "compressed" else "image"
+        self.image = self.client.create_publisher(image_type, image_topic, RELIABLE)
+        self.add_point = self.client.create_publisher(Point, private + "add_point", 10)
+        self.add_points = self.client.create_publisher(PointCloud2, private + "add_points", 10)
+        self.remove = self.client.create_publisher(UInt32MultiArray, private + "remove_points", 10)
+        self.reset = self.client.create_client(Trigger, private + "reset")
+        self.tracks = Topic()
+        self.client.create_subscription(PointCloud2, "tracks", self.tracks, RELIABLE)
+        ros.executor.add_node(self.node)
+        ros.executor.add_node(self.client)
+        for publisher in (self.image, self.add_point, self.add_points, self.remove):
+            wait_until(lambda: publisher.get_subscription_count() > 0, what=publisher.topic_name)
+        wait_until(lambda: self.client.count_publishers(self.namespace + "/tracks") > 0,
+                   what="the tracks publisher")
+
+    def close(self):
+        for node in (self.client, self.node):
+            self.ros.executor.remove_node(node)
+            node.destroy_node()
+
+    def frame(self, array, stamp=None, frame_id="camera", encoding="rgb8"):
+        if self.image.msg_type is CompressedImage:
+            msg = array_to_compressed(array, encoding, format="png")
+        else:
+            msg = array_to_image(array, encoding)
+        stamp = next(STAMPS) if stamp is None else stamp
+        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 1_000_000_000)
+        msg.header.frame_id = frame_id
+        return msg
+
+    def send(self, msg, timeout=TIMEOUT):
+        """Publish an image and return the tracks computed from it (republished if lost)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.image.publish(msg)
+            try:
+                return self.tracks.wait_for(lambda m: stamp_of(m) == stamp_of(msg), timeout=1.0)
+            except AssertionError:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"no tracks for the image stamped {stamp_of(msg)}") from None
+
+    def send_bad(self, msg, kind):
+        """Publish an unusable image and wait until the node has warned about it."""
+        before = self.node.warning_counts.get(kind, 0)
+        self.image.publish(msg)
+        wait_until(lambda: self.node.warning_counts.get(kind, 0) > before, what=f"a {kind} warning")
+
+    def call_reset(self):
+        assert self.reset.wait_for_service(timeout_sec=TIMEOUT)
+        future = self.reset.call_async(Trigger.Request())
+        wait_until(future.done, what="the reset response")
+        assert future.result().success
+
+
+@pytest.fixture
+def harness_factory(ros, checkpoint):
+    made = []
+
+    def make(**params):
+        made.append(Harness(ros, checkpoint, **params))
+        return made[-1]
+
+    yield make
+    for harness in made:
+        harness.close()
+
+
+def points_of(cloud):
+    return cloud_to_array(cloud)
+
+
+def test_tracks_carry_the_image_header_stable_ids_and_follow_requests(harness_factory):
+    h = harness_factory(grid_points=2)
+    clip = moving_clip(num_frames=10)
+    for frame in clip[:3]:
+        msg = h.frame(frame, frame_id="camera_optical")
+        tracks = h.send(msg)
+        assert tracks.header.stamp == msg.header.stamp
+        assert tracks.header.frame_id == "camera_optical"
+        points = points_of(tracks)
+        assert points["id"].tolist() == [0, 1, 2, 3]
+        assert np.isfinite(points["x"]).all() and np.isfinite(points["y"]).all()
+        assert set(points["visible"].tolist()) <= {0, 1}
+        assert ((points["occlusion"] >= 0) & (points["occlusion"] <= 1)).all()
+        assert ((points["uncertainty"] >= 0) & (points["uncertainty"] <= 1)).all()
+
+    h.add_point.publish(Point(x=20.0, y=10.0, z=0.0))
+    wait_until(lambda: len(h.node.session.requests) == 1, what="the add_point request")
+    assert points_of(h.send(h.frame(clip[3])))["id"].tolist() == [0, 1, 2, 3, 4]
+
+    h.add_points.publish(xy_to_cloud([[30.0, 12.0], [50.0, 40.0]]))
+    wait_until(lambda: len(h.node.session.requests) == 1, what="the add_points request")
+    assert points_of(h.send(h.frame(clip[4])))["id"].tolist() == [0, 1, 2, 3, 4, 5, 6]
+
+    h.remove.publish(UInt32MultiArray(data=[0, 5]))
+    wait_until(lambda: len(h.node.session.requests) == 1, what="the remove_points request")
+    assert points_of(h.send(h.frame(clip[5])))["id"].tolist() == [1, 2, 3, 4, 6]
+
+    h.call_reset()  # drops every point; the grid is seeded again on the next frame
+    assert points_of(h.send(h.frame(clip[6])))["id"].tolist() == [7, 8, 9, 10]
+
+
+def test_bad_input_is_survived_and_keeps_the_tracks(harness_factory):
+    h = harness_factory(grid_points=2, max_points=6)
+    clip = moving_clip(num_frames=4)
+    ids = points_of(h.send(h.frame(clip[0])))["id"].tolist()
+    assert ids == [0, 1, 2, 3]
+
+    bad = h.frame(clip[1])
+    bad.encoding = "32FC1"
+    h.send_bad(bad, "bad_image")
+    empty = h.frame(clip[1])
+    empty.height = empty.width = empty.step = 0
+    empty.data = b""
+    h.send_bad(empty, "bad_image")
+    truncated = h.frame(clip[1])
+    truncated.data = bytes(truncated.data[:100])
+    h.send_bad(truncated, "bad_image")
+    assert "truncated" in h.node._stats.last_warning
+    assert points_of(h.send(h.frame(clip[1])))["id"].tolist() == ids
+
+    # Padded rows are valid: the same frame with 5 junk bytes per row tracks as the plain one.
+    plain = points_of(h.send(h.frame(clip[2])))
+    padded = h.frame(clip[2])
+    rows = np.frombuffer(bytes(padded.data), np.uint8).reshape(padded.height, padded.step)
+    padded.data = np.concatenate([rows, np.full((padded.height, 5), 7, np.uint8)], 1).tobytes()
+    padded.step += 5
+    result = points_of(h.send(padded))
+    assert result["id"].tolist() == ids and np.isfinite(result["x"]).all()
+    assert plain.shape == result.shape
+
+    big = moving_clip(num_frames=1, height=96, width=160)[0]
+    assert points_of(h.send(h.frame(big)))["id"].tolist() == ids  # size change: points kept
+    assert h.node.warning_counts.get("size_change") == 1
+
+    h.add_points.publish(xy_to_cloud([[np.nan, 1.0], [np.inf, 2.0], [-5.0, 3.0], [500.0, 3.0],
+                                      [10.0, 10.0]]))
+    wait_until(lambda: len(h.node.session.requests) == 1, what="the add_points request")
+    assert points_of(h.send(h.frame(big)))["id"].tolist() == ids + [4]
+    assert h.node.warning_counts.get("bad_points") == 1
+
+    h.add_points.publish(xy_to_cloud(np.full((5, 2), 20.0)))  # one slot left
+    wait_until(lambda: len(h.node.session.requests) == 1, what="the add_points request")
+    assert points_of(h.send(h.frame(big)))["id"].tolist() == ids + [4, 5]
+    assert h.node.warning_counts.get("capacity") == 1
+
+    broken_cloud = xy_to_cloud([[1.0, 2.0]])
+    broken_cloud.data = b"\x00"
+    h.add_points.publish(broken_cloud)
+    wait_until(lambda: h.node.warning_counts.get("bad_cloud") == 1, what="a bad_cloud warning")
+    assert points_of(h.send(h.frame(big)))["id"].tolist() == ids + [4, 5]
+
+
+def test_time_jump_back_resets(harness_factory):
+    h = harness_factory(grid_points=1)
+    clip = moving_clip(num_frames=3)
+    first = next(STAMPS)
+    assert points_of(h.send(h.frame(clip[0], stamp=first + 10)))["id"].tolist() == [0]
+    assert points_of(h.send(h.frame(clip[1], stamp=first + 20)))["id"].tolist() == [0]
+    assert points_of(h.send(h.frame(clip[2], stamp=first)))["id"].tolist() == [1]
+    assert h.node.warning_counts.get("time_jump") == 1
+
+
+def test_the_newest_frame_wins_and_drops_are_counted(harness_factory):
+    h = harness_factory(grid_points=1)
+    clip = moving_clip(num_frames=6)
+    release = threading.Event()
+    process = h.node.session.process
+
+    def held_process(*args):
+        release.wait(TIMEOUT)
+        return process(*args)
+
+    h.node.session.process = held_process
+    messages = [h.frame(frame) for frame in clip]
+    h.image.publish(messages[0])
+    wait_until(lambda: h.node._slot.received == 1, what="the first frame")
+    wait_until(lambda: not h.node._slot._full, what="the worker taking it")
+    for msg in messages[1:]:
+        h.image.publish(msg)
+    wait_until(lambda: h.node._slot.received == len(messages), what="every frame")
+    release.set()
+    h.tracks.wait_for(lambda m: stamp_of(m) == stamp_of(messages[-1]))
+    stamps = [stamp_of(m) for m in h.tracks.messages]
+    assert stamps == [stamp_of(messages[0]), stamp_of(messages[-1])]
+    assert h.node.dropped_frames == len(messages) - 2
+
+
+def test_runtime_parameters_and_read_only_ones(ros, harness_factory):
+    h = harness_factory(grid_points=2)
+    clip = moving_clip(num_frames=3)
+    parameters = AsyncParameterClient(h.client, "tracker_node")
+    assert parameters.wait_for_services(timeout_sec=TIMEOUT)
+
+    def set_parameter(name, value):
+        future = parameters.set_parameters([Parameter(name, value=value)])
+        wait_until(future.done, what=f"setting {name}")
+        return future.result().results[0]
+
+    assert set_parameter("visibility_threshold", 1.0).successful
+    assert points_of(h.send(h.frame(clip[0])))["visible"].tolist() == [0, 0, 0, 0]
+    assert set_parameter("visibility_threshold", 0.0).successful
+    assert points_of(h.send(h.frame(clip[1])))["visible"].tolist() == [1, 1, 1, 1]
+    assert not set_parameter("visibility_threshold", 1.5).successful
+    result = set_parameter("backend", "torch")
+    assert not result.successful and "read-only" in result.reason
+
+
+def test_debug_image_when_subscribed_and_diagnostics(harness_factory):
+    h = harness_factory(grid_points=2, diagnostics_period=0.2)
+    debug, diagnostics = Topic(), Topic()
+    h.client.create_subscription(Image, "tracker_node/debug_image", debug, RELIABLE)
+    h.client.create_subscription(DiagnosticArray, "/diagnostics", diagnostics, RELIABLE)
+    wait_until(lambda: h.node._debug_pub.get_subscription_count() > 0, what="the debug subscriber")
+    clip = moving_clip(num_frames=3)
+    msg = h.frame(clip[0])
+    h.send(msg)
+    image = debug.wait_for(lambda m: stamp_of(m) == stamp_of(msg), what="the debug image")
+    assert (image.height, image.width, image.encoding) == (48, 80, "rgb8")
+    assert bytes(image.data) != bytes(msg.data)  # tracks are drawn on it
+    for frame in clip[1:]:
+        h.send(h.frame(frame))
+    name = h.namespace + "/tracker_node: point tracking"
+
+    def tracking_four(msg):
+        return any(s.name == name and s.level == b"\x00" and s.message == "tracking 4 points"
+                   for s in msg.status)
+
+    status = diagnostics.wait_for(tracking_four, what="an OK diagnostics status").status[0]
+    values = {kv.key: kv.value for kv in status.values}
+    assert {"input rate (Hz)", "output rate (Hz)", "latency receive to publish, mean (ms)",
+            "dropped frames", "active points", "backend"} <= set(values)
+    assert values["backend"] == "torch" and values["active points"] == "4"
+
+
+def test_compressed_transport(harness_factory):
+    h = harness_factory(grid_points=2, transport="compressed")
+    clip = moving_clip(num_frames=2)
+    msg = h.frame(clip[0])
+    tracks = h.send(msg)
+    assert tracks.header.stamp == msg.header.stamp and len(points_of(tracks)) == 4
+    corrupt = h.frame(clip[1])
+    corrupt.data = bytes(corrupt.data[:40])
+    h.send_bad(corrupt, "bad_image")
+    assert points_of(h.send(h.frame(clip[1])))["id"].tolist() == [0, 1, 2, 3]
+
+
+def test_start_up_errors_name_the_fix(ros, tmp_path, checkpoint):
+    cases = [
+        ({"checkpoint": str(tmp_path / "missing.pt")}, "checkpoint not found"),
+        ({"checkpoint": checkpoint, "backend": "nonsense"}, "backend='nonsense' is not one of"),
+        ({"checkpoint": checkpoint, "visibility_threshold": 1}, "decimal point"),
+        ({"checkpoint": checkpoint, "resolution": 60}, "resolution"),
+    ]
+    for params, match in cases:
+        with pytest.raises(StartupError, match=match):
+            TrackerNode(namespace="/startup_" + uuid.uuid4().hex[:8], context=ros.context,
+                        parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+
+
+def test_main_exits_with_a_clear_error_without_a_model(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "bootstap_ros.ros.tracker_node", "--ros-args",
+         "-p", f"checkpoint:={tmp_path / 'missing.pt'}"],
+        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, env=dict(os.environ))
+    assert result.returncode == 1, result.stderr
+    assert "cannot start" in result.stderr and "checkpoint not found" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(not EMBEDDED_CHECKPOINT.is_file(),
+                    reason=f"the embedded default model ({EMBEDDED_CHECKPOINT}) is not shipped yet; "
+                           "random weights cannot track")
+def test_positions_follow_the_known_motion(ros):
+    dx, dy, frames = 1.5, 1.0, 10
+    clip = moving_clip(num_frames=frames, height=128, width=160, dx=dx, dy=dy)
+    h = Harness(ros, "", grid_points=3)
+    try:
+        clouds = [points_of(h.send(h.frame(frame))) for frame in clip]
+    finally:
+        h.close()
+    start = np.stack([clouds[0]["x"], clouds[0]["y"]], -1)
+    errors = []
+    for t, points in enumerate(clouds):
+        assert points["id"].tolist() == list(range(9))
+        xy = np.stack([points["x"], points["y"]], -1)
+        errors.append(np.linalg.norm(xy - (start + [t * dx, t * dy]), axis=-1))
+    errors = np.stack(errors)
+    assert np.median(errors) < 2.0, errors
+    assert (errors < 4.0).mean() > 0.9, errors

@@ -1,0 +1,208 @@
+"""The node's ROS-free parts: queues, warning limiter, settings, start-up checks, TrackingSession."""
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from bootstap_ros.model import save_checkpoint
+from bootstap_ros.ros import session as session_module
+from bootstap_ros.ros.queues import LatestSlot, WarningLimiter
+from bootstap_ros.ros.session import StartupError, TrackingSession, create_tracker
+from bootstap_ros.ros.settings import (PARAMETER_NAMES, PARAMETERS, SettingsError,
+                                       TrackerNodeConfig, config_from_parameters)
+from bootstap_ros.tracking import CausalTracker
+from small_model import moving_clip, small_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return small_model()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "small.pt"
+    save_checkpoint(path, small_model())
+    return path
+
+
+class Recorder:
+    def __init__(self):
+        self.kinds = []
+        self.messages = []
+
+    def __call__(self, kind, message):
+        self.kinds.append(kind)
+        self.messages.append(message)
+
+
+# ---------------------------------------------------------------- queues
+def test_latest_slot_keeps_newest_and_counts_drops():
+    slot = LatestSlot()
+    assert slot.put(1) is False
+    assert slot.put(2) is True and slot.put(3) is True
+    assert (slot.received, slot.dropped) == (3, 2)
+    assert slot.get(timeout=0) == 3
+    assert slot.get(timeout=0) is None
+
+
+def test_latest_slot_close_wakes_a_waiting_worker():
+    slot = LatestSlot()
+    results = []
+    worker = threading.Thread(target=lambda: results.append(slot.get(timeout=30)))
+    worker.start()
+    slot.close()
+    worker.join(timeout=10)
+    assert not worker.is_alive() and results == [None]
+
+
+def test_warning_limiter_passes_one_per_period_per_kind():
+    now = [0.0]
+    emitted = []
+    warn = WarningLimiter(emitted.append, period=5.0, clock=lambda: now[0])
+    assert warn("a", "first a")
+    assert not warn("a", "again a")
+    assert warn("b", "first b")
+    now[0] = 6.0
+    assert warn("a", "later a")
+    assert emitted == ["first a", "first b", "later a (1 more like this in the last 6 s)"]
+    assert warn.counts == {"a": 3, "b": 1}
+
+
+# ---------------------------------------------------------------- settings
+def test_defaults_checks_and_grid_points():
+    assert config_from_parameters({}) == TrackerNodeConfig()
+    assert config_from_parameters({"grid_points": [1, 2.5, 3, 4]}).grid_points == (1.0, 2.5, 3.0, 4.0)
+    assert config_from_parameters({"grid_points": 5}).grid_points == 5
+    for values, match in [({"backend": "cuda"}, "backend='cuda' is not one of: auto, torch"),
+                          ({"resolution": 100}, "multiple of 8"),
+                          ({"device": "gpu"}, "device='gpu'"),
+                          ({"grid_points": [1.0, 2.0, 3.0]}, "x, y pairs"),
+                          ({"grid_points": -1}, ">= 0"),
+                          ({"qos.image.reliability": "fast"}, "qos.image.reliability")]:
+        with pytest.raises(SettingsError, match=match):
+            config_from_parameters(values)
+
+
+def test_yaml_documents_every_parameter_with_its_default():
+    text = (REPO / "config" / "tracker.yaml").read_text()
+    values = yaml.safe_load(text)["/**"]["ros__parameters"]
+    defaults = {spec.name: spec.default for spec in PARAMETERS}
+    # grid_points is documented but commented out (see the file for why).
+    assert set(values) == set(PARAMETER_NAMES) - {"grid_points"}
+    assert "# grid_points:" in text
+    for name, value in values.items():
+        assert value == defaults[name] and type(value) is type(defaults[name]), name
+    lines = text.splitlines()
+    for spec in PARAMETERS:  # each under a comment (qos.X.depth shares its reliability's)
+        index = next(i for i, line in enumerate(lines)
+                     if line.strip().lstrip("# ").startswith(spec.name + ":"))
+        assert any(line.strip().startswith("# ") for line in lines[index - 2:index]), spec.name
+
+
+# ---------------------------------------------------------------- start-up
+def test_create_tracker_loads_a_checkpoint_at_a_chosen_resolution(checkpoint):
+    tracker, info = create_tracker(TrackerNodeConfig(checkpoint=str(checkpoint), resolution=32,
+                                                     max_points=8, device="auto"))
+    assert isinstance(tracker, CausalTracker) and tracker.max_points == 8
+    assert info.resolution == (32, 32) and info.device == "cpu" and info.source == "project"
+    assert info.backend == "torch"
+
+
+def test_start_up_errors_say_what_to_do(tmp_path, monkeypatch, checkpoint):
+    monkeypatch.setattr(session_module, "EMBEDDED_CHECKPOINT", tmp_path / "missing" / "default.pt")
+    with pytest.raises(StartupError, match="embedded default model is not installed.*checkpoint:="):
+        create_tracker(TrackerNodeConfig())
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(StartupError, match="cannot load the model.*Set the checkpoint parameter"):
+        create_tracker(TrackerNodeConfig(checkpoint=str(garbage)))
+    with pytest.raises(StartupError, match="checkpoint not found"):
+        create_tracker(TrackerNodeConfig(checkpoint=str(tmp_path / "nope.pt")))
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(StartupError, match="CUDA is not available.*device:=cpu"):
+            create_tracker(TrackerNodeConfig(checkpoint=str(checkpoint), device="cuda"))
+        with pytest.raises(StartupError, match="tensorrt.*backend:="):
+            create_tracker(TrackerNodeConfig(checkpoint=str(checkpoint), backend="tensorrt"))
+
+
+# ---------------------------------------------------------------- session
+def make_session(model, max_points=8, grid_points=2):
+    warnings = Recorder()
+    tracker = CausalTracker(model, max_points=max_points)
+    return TrackingSession(tracker, grid_points, warn=warnings), warnings
+
+
+def test_grid_seeds_on_first_frame_and_requests_apply_in_order(model):
+    clip = moving_clip(num_frames=6)
+    session, warnings = make_session(model)
+    result = session.process(clip[0], "rgb8", 1)
+    assert result.ids.tolist() == [0, 1, 2, 3] and result.new_ids.tolist() == [0, 1, 2, 3]
+    session.request_add([[5.0, 6.0]])
+    session.request_remove([1, 99])
+    result = session.process(clip[1], "rgb8", 2)
+    assert result.ids.tolist() == [0, 2, 3, 4]
+    assert warnings.kinds == ["unknown_ids"] and "99" in warnings.messages[0]
+    session.request_add([[7.0, 8.0]])
+    session.request_reset()  # drops the point asked for before it too
+    session.request_add([[9.0, 9.0]])
+    result = session.process(clip[2], "rgb8", 3)
+    assert result.ids.tolist() == [5, 6, 7, 8, 9]  # the grid again, then the new point
+
+
+def test_bad_points_and_capacity_keep_the_good_ones(model):
+    clip = moving_clip(num_frames=3)
+    session, warnings = make_session(model, max_points=6, grid_points=0)
+    session.request_add([[np.nan, 1], [1, np.inf], [-1, 5], [81, 5], [3, 49], [10, 10]])
+    result = session.process(clip[0], "rgb8", 1)
+    assert result.ids.tolist() == [0]
+    assert warnings.kinds == ["bad_points"] and "ignoring 5 query point(s)" in warnings.messages[0]
+    session.request_add(np.full((8, 2), 20.0))
+    result = session.process(clip[1], "rgb8", 2)
+    assert len(result.ids) == 6
+    assert warnings.kinds[-1] == "capacity" and "adding 5 of 8" in warnings.messages[-1]
+
+
+def test_time_jump_back_resets_and_bad_frames_keep_pending_points(model):
+    clip = moving_clip(num_frames=4)
+    session, warnings = make_session(model, grid_points=1)
+    assert session.process(clip[0], "rgb8", 100).ids.tolist() == [0]
+    session.request_add([[10.0, 10.0]])
+    assert session.process(np.zeros((4, 4, 2), np.uint8), "rgb8", 101) is None
+    assert warnings.kinds == ["bad_image"] and "shape" in warnings.messages[0]
+    result = session.process(clip[1], "rgb8", 102)
+    assert result.ids.tolist() == [0, 1]  # the grid point survived and the request waited
+    result = session.process(clip[2], "rgb8", 50)
+    assert warnings.kinds[-1] == "time_jump" and result.ids.tolist() == [2]  # re-seeded
+
+
+def test_size_change_keeps_points_with_a_warning(model):
+    clip = moving_clip(num_frames=2)
+    big = moving_clip(num_frames=1, height=96, width=160)[0]
+    session, warnings = make_session(model)
+    session.process(clip[0], "rgb8", 1)
+    result = session.process(big, "rgb8", 2)
+    assert result.ids.tolist() == [0, 1, 2, 3] and result.frame_size == (96, 160)
+    assert warnings.kinds == ["size_change"] and "80x48 to 160x96" in warnings.messages[0]
+
+
+def test_requests_are_thread_safe(model):
+    clip = moving_clip(num_frames=1)
+    session, _ = make_session(model, max_points=64, grid_points=0)
+    threads = [threading.Thread(target=lambda: [session.request_add([[1.0, 1.0]]) for _ in range(10)])
+               for _ in range(4)]
+    start = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert time.monotonic() - start < 10
+    assert len(session.process(clip[0], "rgb8", 1).ids) == 40
