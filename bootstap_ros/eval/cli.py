@@ -87,18 +87,15 @@ class ModelPredictor:
 
 def make_bootstapir_predictor(config: EvalConfig) -> Predictor:
     """The BootsTAPIR predictor for `config` (torch is imported only here)."""
-    from bootstap_ros.model import build_model, load_checkpoint
+    from bootstap_ros.model import load_checkpoint
 
     causal = config.causal if config.causal is not None else config.mode == "online"
     if config.mode == "online" and not causal:
         raise ValueError("online evaluation needs a causal model: drop --no-causal or use --mode offline")
     loaded = load_checkpoint(config.checkpoint, causal=causal)
-    model = loaded.model
-    resolution = (config.resolution, config.resolution)
-    if loaded.config.resolution != resolution:
-        model = build_model(loaded.config.replace(resolution=resolution), model.state_dict(),
-                            config.checkpoint)
-    return ModelPredictor(model, config.mode, config.device, config.backend)
+    # --resolution is the evaluation raster; the model keeps the resolution it was
+    # trained at and resizes frames to it itself (256 for the official checkpoints).
+    return ModelPredictor(loaded.model, config.mode, config.device, config.backend)
 
 
 def make_predictor(config: EvalConfig) -> Predictor:

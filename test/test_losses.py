@@ -1,0 +1,78 @@
+"""The supervised TAPIR loss on hand-computed cases."""
+
+import math
+
+import pytest
+import torch
+
+from bootstap_ros.model import Trajectories
+from training.losses import LossConfig, huber_distance, stage_loss, tapir_loss
+
+LN2 = math.log(2.0)
+
+
+def test_huber_is_quadratic_below_delta_and_linear_above():
+    target = torch.zeros(3, 2)
+    pred = torch.tensor([[3.0, 0.0], [3.0, 4.0], [0.0, 4.0]])  # distances 3, 5, 4
+    loss = huber_distance(pred, target, delta=4.0)
+    assert loss.tolist() == pytest.approx([4.5, 4.0 * (5 - 2), 4.0 * (4 - 2)])
+
+
+def _one_point(errors_xy, occluded, occ_logits, expd_logits):
+    """A batch of one point over len(errors_xy) frames, target at (100, 100)."""
+    target = torch.full((1, 1, len(errors_xy), 2), 100.0)
+    tracks = target + torch.tensor(errors_xy, dtype=torch.float32)[None, None]
+    return (tracks, torch.tensor([[occ_logits]], dtype=torch.float32),
+            torch.tensor([[expd_logits]], dtype=torch.float32), target,
+            torch.tensor([[occluded]]))
+
+
+def test_stage_loss_terms_by_hand():
+    # Frame 0 visible, 5 px off; frame 1 occluded, 100 px off; frame 2 visible, 8 px off.
+    tracks, occ, expd, target, occluded = _one_point(
+        [[3.0, 4.0], [100.0, 0.0], [0.0, 8.0]], [False, True, False], [0.0, 2.0, -1.0], [0.0, 0.0, 3.0])
+    position, occlusion, uncertainty = stage_loss(tracks, occ, expd, target, occluded)
+    # Huber: 4 * (5 - 2) = 12 and 4 * (8 - 2) = 24 on the visible frames, mean over all 3 frames.
+    assert position.item() == pytest.approx((12 + 24) / 3)
+    # BCE(logit, target) = softplus(logit) - logit * target, every frame.
+    softplus = lambda x: math.log1p(math.exp(x))  # noqa: E731
+    assert occlusion.item() == pytest.approx((LN2 + (softplus(2.0) - 2.0) + softplus(-1.0)) / 3)
+    # Uncertainty targets: 5 px <= 6 -> 0, 8 px > 6 -> 1; the occluded frame does not count.
+    assert uncertainty.item() == pytest.approx((LN2 + (softplus(3.0) - 3.0)) / 3)
+
+
+def test_tapir_loss_weights_sums_stages_and_measures_in_a_256_raster():
+    # A 128 x 64 (h x w) raster: an error of (1, 1) px is (4, 2) px at 256 x 256.
+    target = torch.tensor([[[[10.0, 10.0]]]])
+    tracks = target + torch.tensor([1.0, 1.0])
+    logit = torch.zeros(1, 1, 1)
+    occluded = torch.zeros(1, 1, 1, dtype=torch.bool)
+    distance = math.hypot(4.0, 2.0)  # 4.47 > 4: linear part; < 6: uncertainty target 0
+    per_stage = 0.05 * 4.0 * (distance - 2.0) + LN2 + LN2
+    outputs = Trajectories(tracks, logit, logit, unrefined=((tracks, logit, logit),) * 2)
+    total, parts = tapir_loss(outputs, target, occluded, image_size=(128, 64))
+    assert total.item() == pytest.approx(3 * per_stage, rel=1e-6)
+    assert parts["position"].item() == pytest.approx(4.0 * (distance - 2.0), rel=1e-6)
+    assert parts["loss"].item() == pytest.approx(total.item())
+
+
+def test_uncertainty_target_uses_the_prediction_without_gradient():
+    tracks, occ, expd, target, occluded = _one_point([[7.0, 0.0]], [False], [0.0], [0.0])
+    tracks.requires_grad_(True)
+    expd.requires_grad_(True)
+    config = LossConfig(position_weight=0.0, occlusion_weight=0.0)
+    total, _ = tapir_loss(Trajectories(tracks, occ, expd), target, occluded, (256, 256), config)
+    total.backward()
+    assert tracks.grad is not None and torch.count_nonzero(tracks.grad) == 0
+    # 7 px > 6 px: the target is "far", so the gradient pushes the logit up.
+    assert expd.grad.item() == pytest.approx(0.5 - 1.0)
+
+
+def test_mask_removes_entries_but_keeps_the_denominator():
+    tracks, occ, expd, target, occluded = _one_point(
+        [[3.0, 0.0], [3.0, 0.0]], [False, False], [0.0, 0.0], [0.0, 0.0])
+    mask = torch.tensor([[[1.0, 0.0]]])
+    position, occlusion, uncertainty = stage_loss(tracks, occ, expd, target, occluded, mask=mask)
+    assert position.item() == pytest.approx(4.5 / 2)
+    assert occlusion.item() == pytest.approx(LN2 / 2)
+    assert uncertainty.item() == pytest.approx(LN2 / 2)

@@ -1,0 +1,216 @@
+"""The training loop: one step, exact resume, checkpoints, logs, evaluation and DDP (gloo)."""
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from bootstap_ros.model import build_model, load_checkpoint
+from small_model import SMALL
+from training.configs import SMALL as SMALL_TRAINING_MODEL
+from training.configs import resolve_model_config
+from training.data import (
+    TRAIN_SEED_OFFSET,
+    StepBatches,
+    SyntheticClips,
+    clip_arrays,
+    heldout_seeds,
+    train_clip_seed,
+)
+from training.train import (
+    TrainConfig,
+    batch_loss,
+    learning_rate,
+    main,
+    make_optimizer,
+    optimizer_step,
+    train,
+)
+
+TINY_MODEL = json.dumps(SMALL.to_dict())
+
+
+def tiny_config(out, **changes) -> TrainConfig:
+    """A run that takes a fraction of a second per step on a CPU."""
+    values = dict(out=str(out), model=TINY_MODEL, steps=4, batch_size=2, frames=4, num_points=8,
+                  image_size=64, warmup=2, num_workers=0, log_every=1, checkpoint_every=2,
+                  eval_every=0, eval_clips=1, eval_frames=4, eval_points=8)
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+def fixed_batch(config: TrainConfig):
+    dataset = SyntheticClips(config.synthetic(), seed=config.seed)
+    items = [dataset[i] for i in range(config.batch_size)]
+    return {key: torch.from_numpy(np.stack([item[key] for item in items])) for key in items[0]}
+
+
+def test_batches_are_a_function_of_step_and_rank():
+    one = StepBatches(0, 3, batch_size=2, rank=0, world_size=2)
+    other = StepBatches(0, 3, batch_size=2, rank=1, world_size=2)
+    resumed = StepBatches(2, 3, batch_size=2, rank=0, world_size=2)
+    assert list(one) == [[0, 1], [4, 5], [8, 9]]
+    assert list(other) == [[2, 3], [6, 7], [10, 11]]
+    assert list(resumed) == [[8, 9]]
+    assert train_clip_seed(0, 5) == TRAIN_SEED_OFFSET + 5
+    assert train_clip_seed(1, 0) != train_clip_seed(0, 0)
+    with pytest.raises(ValueError, match="held-out seeds"):
+        heldout_seeds(TRAIN_SEED_OFFSET - 1, 2)
+
+
+def test_clip_arrays_hold_visible_queries_as_t_y_x(tmp_path):
+    config = tiny_config(tmp_path).synthetic()
+    item = clip_arrays(7, config)
+    assert set(item) == {"video", "query_points", "target_points", "occluded"}
+    assert item["video"].shape == (4, 64, 64, 3) and item["video"].dtype == np.uint8
+    t = item["query_points"][:, 0].astype(int)
+    points = np.arange(len(t))
+    # Queries are (t, y, x) on the track, and the track is visible there.
+    np.testing.assert_allclose(item["query_points"][:, 1:], item["target_points"][points, t][:, ::-1])
+    assert not item["occluded"][points, t].any()
+    np.testing.assert_array_equal(clip_arrays(7, config)["video"], item["video"])
+
+
+def test_learning_rate_warms_up_then_decays_to_zero():
+    config = TrainConfig(lr=1e-3, warmup=10, steps=110)
+    assert learning_rate(0, config) == pytest.approx(1e-4)
+    assert learning_rate(9, config) == pytest.approx(1e-3)
+    assert learning_rate(60, config) == pytest.approx(0.5e-3)
+    assert learning_rate(110, config) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_one_step_changes_weights_and_lowers_the_loss_on_a_fixed_batch(tmp_path):
+    config = tiny_config(tmp_path, lr=1e-3)
+    torch.manual_seed(0)
+    model = build_model(SMALL).train()
+    optimizer = make_optimizer(model, config)
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    batch = fixed_batch(config)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    loss, parts = batch_loss(model, batch, torch.device("cpu"), config, causal=True)
+    assert set(parts) == {"loss", "position", "occlusion", "uncertainty"}
+    grad_norm, stepped = optimizer_step(model, optimizer, scaler, loss, config.grad_clip)
+    assert stepped and np.isfinite(grad_norm) and grad_norm > 0
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert len(changed) == len(before)
+    with torch.no_grad():
+        after, _ = batch_loss(model, batch, torch.device("cpu"), config, causal=True)
+    assert after.item() < loss.item()
+
+
+def test_resume_continues_exactly_and_logs(tmp_path):
+    straight = train(tiny_config(tmp_path / "straight", eval_every=4))
+    # The same run interrupted at step 2 through the command line, then resumed.
+    args = ["--out", str(tmp_path / "resumed"), "--model", TINY_MODEL, "--steps", "4",
+            "--batch-size", "2", "--frames", "4", "--num-points", "8", "--image-size", "64",
+            "--warmup", "2", "--num-workers", "0", "--log-every", "1", "--checkpoint-every", "2",
+            "--eval-every", "0"]
+    assert main([*args, "--stop-at", "2"]) == 0
+    halfway = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)
+    assert halfway["step"] == 2 and "optimizer" in halfway and halfway["train_config"]["steps"] == 4
+    assert not (tmp_path / "resumed" / "model.pt").exists()
+    assert main(["--out", str(tmp_path / "resumed"), "--resume", "--num-workers", "0"]) == 0
+
+    resumed = load_checkpoint(tmp_path / "resumed" / "model.pt")
+    assert resumed.extra["step"] == 4 and resumed.config == SMALL
+    for key, value in straight.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+
+    with open(tmp_path / "resumed" / "train_log.csv") as file:
+        assert [int(row["step"]) for row in csv.DictReader(file)] == [1, 2, 3, 4]
+    with open(tmp_path / "straight" / "eval_log.csv") as file:
+        rows = list(csv.DictReader(file))
+    assert [int(row["step"]) for row in rows] == [4]
+    assert 0.0 <= float(rows[0]["average_jaccard"]) <= 1.0
+    assert (tmp_path / "straight" / "eval" / "step_0000004.json").exists()
+
+
+def test_fresh_run_refuses_an_existing_checkpoint_and_resume_refuses_a_new_architecture(tmp_path):
+    train(tiny_config(tmp_path, steps=1))
+    with pytest.raises(ValueError, match="--resume"):
+        train(tiny_config(tmp_path, steps=1))
+    assert main(["--out", str(tmp_path), "--resume", "--model", "small"]) == 1
+
+
+def _logged_steps(path):
+    if not path.exists():
+        return []
+    with open(path) as file:
+        return [int(row["step"]) for row in csv.DictReader(file)]
+
+
+@pytest.mark.slow
+def test_sigterm_writes_a_checkpoint_and_stops(tmp_path):
+    import training
+
+    repo = Path(training.__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, "-m", "training.train", "--out", str(tmp_path), "--model", TINY_MODEL,
+               "--steps", "100000", "--batch-size", "1", "--frames", "2", "--num-points", "4",
+               "--image-size", "64", "--num-workers", "0", "--log-every", "1",
+               "--checkpoint-every", "100000", "--eval-every", "0"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while len(_logged_steps(tmp_path / "train_log.csv")) < 2:
+            assert process.poll() is None, process.stderr.read().decode()
+            assert time.monotonic() < deadline, "no training steps logged within 120 s"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 0, stderr.decode()
+    checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert checkpoint["step"] == _logged_steps(tmp_path / "train_log.csv")[-1] >= 2
+    assert b"stopped by SIGTERM" in stdout
+
+
+def test_named_model_configs():
+    assert resolve_model_config("small", causal=False) == SMALL_TRAINING_MODEL.replace(causal=False)
+    assert resolve_model_config(TINY_MODEL, causal=True) == SMALL
+    assert resolve_model_config("official", causal=True).extra_conv_blocks == 5
+    with pytest.raises(ValueError, match="unknown model"):
+        resolve_model_config("huge", causal=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _ddp_worker(rank, world_size, port, config, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size))
+    torch.set_num_threads(1)
+    model = train(config)
+    torch.save(model.state_dict(), os.path.join(out_dir, f"rank{rank}.pt"))
+
+
+@pytest.mark.slow
+def test_ddp_gloo_two_processes_end_with_identical_weights(tmp_path):
+    config = tiny_config(tmp_path / "run", steps=2, checkpoint_every=1, device="cpu")
+    mp.spawn(_ddp_worker, args=(2, _free_port(), config, str(tmp_path)), nprocs=2, join=True)
+    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    torch.manual_seed(config.seed)
+    initial = build_model(SMALL).state_dict()
+    assert any(not torch.equal(rank0[k], initial[k]) for k in rank0)
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key
+    saved = load_checkpoint(tmp_path / "run" / "model.pt")
+    for key, value in saved.model.state_dict().items():
+        assert torch.equal(value, rank0[key]), key
+    with open(tmp_path / "run" / "config.json") as file:
+        assert json.load(file)["world_size"] == 2

@@ -1,0 +1,104 @@
+"""The supervised TAPIR loss.
+
+For each refinement stage (the cost-volume estimate, every intermediate
+refinement iteration and the final one) three terms are summed, in the form of
+the official tapnet code (`tapnet/utils/model_utils.py: tapnet_loss`):
+
+* position: Huber loss with delta 4 px on the Euclidean distance d between the
+  predicted and the true position, measured in a 256x256 raster whatever the
+  clip's size, ``d^2 / 2`` for d < 4 and ``4 (d - 2)`` above, zero on frames
+  where the point is occluded; weight 0.05.
+* occlusion: binary cross-entropy of the occlusion logit against the true
+  occlusion flag, on every frame; weight 1.
+* uncertainty: binary cross-entropy of the expected-distance logit against the
+  target "the prediction is more than 6 px (at 256x256) from the truth", zero
+  on occluded frames; weight 1. The target is computed from the predicted
+  position with the gradient stopped: this term teaches the model to judge its
+  own error, it does not move the prediction.
+
+Every term is a mean over all B x N x T entries (occluded entries contribute
+zero to the two masked terms but still count in the denominator), as in the
+official code; an optional `mask` [B, N, T] multiplies all three terms first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from bootstap_ros.model.tapir import Trajectories
+
+# The official loss measures positions in a 256x256 raster.
+LOSS_RASTER = 256.0
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Weights and thresholds of the TAPIR loss (the official values)."""
+
+    position_weight: float = 0.05
+    occlusion_weight: float = 1.0
+    uncertainty_weight: float = 1.0
+    huber_delta: float = 4.0
+    expected_dist_threshold: float = 6.0
+
+
+def huber_distance(pred: torch.Tensor, target: torch.Tensor, delta: float) -> torch.Tensor:
+    """Huber of the Euclidean distance, per entry: [..., 2] x 2 -> [...]."""
+    squared = torch.sum(torch.square(pred - target), dim=-1)
+    distance = torch.sqrt(squared + 1e-12)  # eps keeps the gradient finite at zero error
+    return torch.where(distance < delta, squared / 2, delta * (distance - delta / 2))
+
+
+def stage_loss(tracks: torch.Tensor, occlusion_logits: torch.Tensor, expected_dist_logits: torch.Tensor,
+               target_tracks: torch.Tensor, occluded: torch.Tensor, config: LossConfig = LossConfig(),
+               mask: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The three unweighted terms for one stage's outputs, each a scalar.
+
+    tracks, target_tracks: [B, N, T, 2] (x, y) already in the 256x256 loss raster;
+    occlusion_logits, expected_dist_logits, occluded (bool or 0/1), mask: [B, N, T].
+    """
+    tracks = tracks.float()
+    occluded = occluded.float()
+    visible = 1.0 - occluded
+    weight = 1.0 if mask is None else mask.float()
+
+    position = huber_distance(tracks, target_tracks, config.huber_delta) * visible * weight
+    occlusion = F.binary_cross_entropy_with_logits(
+        occlusion_logits.float(), occluded, reduction="none") * weight
+    squared_error = torch.sum(torch.square(tracks.detach() - target_tracks), dim=-1)
+    far = (squared_error > config.expected_dist_threshold ** 2).float()
+    uncertainty = F.binary_cross_entropy_with_logits(
+        expected_dist_logits.float(), far, reduction="none") * visible * weight
+    return position.mean(), occlusion.mean(), uncertainty.mean()
+
+
+def tapir_loss(outputs: Trajectories, target_tracks: torch.Tensor, occluded: torch.Tensor,
+               image_size: Sequence[int], config: LossConfig = LossConfig(),
+               mask: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    """The total loss over the final and every unrefined stage, and its parts.
+
+    outputs: the model's Trajectories, positions in the clip's raster;
+    target_tracks [B, N, T, 2] (x, y) in the same raster; occluded [B, N, T];
+    image_size: (height, width) of that raster.
+    Returns (total, parts): parts holds the weighted total and the unweighted
+    position / occlusion / uncertainty terms of the final stage (detached), for logs.
+    """
+    height, width = image_size
+    to_loss_raster = torch.tensor([LOSS_RASTER / width, LOSS_RASTER / height],
+                                  device=target_tracks.device)
+    target = target_tracks.float() * to_loss_raster
+    stages = [*outputs.unrefined, (outputs.tracks, outputs.occlusion, outputs.expected_dist)]
+    total = torch.zeros((), device=target.device)
+    for tracks, occlusion_logits, expected_dist_logits in stages:
+        position, occlusion, uncertainty = stage_loss(
+            tracks.float() * to_loss_raster, occlusion_logits, expected_dist_logits, target, occluded,
+            config, mask)
+        total = total + (config.position_weight * position + config.occlusion_weight * occlusion
+                         + config.uncertainty_weight * uncertainty)
+    parts = {"loss": total.detach(), "position": position.detach(), "occlusion": occlusion.detach(),
+             "uncertainty": uncertainty.detach()}
+    return total, parts

@@ -1,0 +1,585 @@
+"""Supervised training of TAPIR / BootsTAPIR on Kubric-lite clips.
+
+One script, CPU or GPU, one process or many:
+
+    python -m training.train --out runs/small --model small --steps 2500 \
+        --batch-size 4 --frames 8 --num-points 64 --num-workers 1   # ~1.5 h on 2 CPU cores
+    python -m training.train --out runs/small --resume          # continue exactly
+    torchrun --nproc-per-node 8 -m training.train --out runs/big --model official \
+        --device cuda --batch-size 4                            # DistributedDataParallel
+
+This module owns the run: the `TrainConfig`, the model, optimiser and learning-rate
+schedule (AdamW, linear warmup then cosine decay to zero, as the official TAPIR
+recipe), the step (autocast on CUDA, gradient clipping, steps with a non-finite
+gradient skipped), the checkpoints, the logs and the periodic evaluation.
+
+A run directory holds:
+  checkpoint.pt      model config + weights + optimiser + step + training config;
+                     written atomically (also on SIGTERM/Ctrl-C); `--resume` continues
+                     from it exactly (bit for bit on CPU; CUDA has non-deterministic kernels)
+  model.pt           the final weights and config only (what the tracker loads)
+  config.json        the resolved training and model configs
+  train_log.csv      step, lr, loss terms, gradient norm, throughput
+  eval_log.csv       AJ, <delta_avg and OA on the held-out set after each evaluation
+  eval/              the held-out pickle and one RESULTS json per evaluation
+  tensorboard/       the same scalars, when tensorboard is installed
+
+Batches are per process: the global batch is `batch_size` x the number of processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import csv
+import dataclasses
+import datetime
+import json
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, Optional
+
+import torch
+import torch.distributed as dist
+
+from bootstap_ros.config import ModelConfig
+from bootstap_ros.model import TAPIR, build_model, load_checkpoint, preprocess_frames, save_checkpoint
+from bootstap_ros.model.checkpoint import read_checkpoint_file
+from training.configs import resolve_model_config
+from training.data import StepBatches, SyntheticClips, heldout_path, make_loader, write_heldout_set
+from training.losses import LossConfig, tapir_loss
+from training.synthetic import SyntheticConfig
+
+CHECKPOINT = "checkpoint.pt"
+FINAL_MODEL = "model.pt"
+TRAIN_COLUMNS = ("step", "lr", "loss", "position", "occlusion", "uncertainty", "grad_norm",
+                 "skipped_steps", "steps_per_s", "clips_per_s", "elapsed_s")
+EVAL_SIZE = 256  # the TAP-Vid evaluation raster
+EVAL_COLUMNS = ("step", "average_jaccard", "average_pts_within_thresh", "occlusion_accuracy")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; stored in every checkpoint."""
+
+    out: str = "runs/train"
+    # Architecture: a name in training.configs, inline JSON or a .json path. None: "small",
+    # or the architecture of `init` when given.
+    model: Optional[str] = None
+    causal: bool = True
+    init: Optional[str] = None  # start from these weights (official or project checkpoint)
+    # Data (per process and step): clips of `frames` frames, `image_size` pixels square.
+    steps: int = 2000
+    batch_size: int = 4
+    frames: int = 24
+    num_points: int = 128
+    image_size: int = 256
+    train_clips: int = 0  # 0: a new clip every time; K: cycle through K clips
+    # Optimiser: AdamW (b1 0.9, b2 0.95, decoupled weight decay off for biases and norms).
+    lr: float = 1e-3
+    warmup: int = 200
+    weight_decay: float = 0.1
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # max global gradient norm; 0 turns clipping off
+    loss: LossConfig = field(default_factory=LossConfig)
+    seed: int = 0
+    # Runtime.
+    device: str = "auto"  # auto | cpu | cuda
+    amp: str = "bf16"  # autocast dtype on CUDA: bf16 | fp16 | off (CPU always runs float32)
+    num_workers: int = 2
+    log_every: int = 10
+    checkpoint_every: int = 500
+    # Evaluation on held-out synthetic clips (seeds disjoint from training), online for
+    # causal models (the CausalTracker, as the ROS node runs), offline otherwise.
+    eval_every: int = 500  # 0: never
+    eval_clips: int = 50
+    eval_frames: int = 24
+    eval_points: int = 64
+    eval_seed: int = 0
+
+    def __post_init__(self):
+        if isinstance(self.loss, dict):
+            self.loss = LossConfig(**self.loss)
+        if self.amp not in ("bf16", "fp16", "off"):
+            raise ValueError(f"amp must be bf16, fp16 or off, got {self.amp!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if min(self.steps, self.batch_size, self.frames, self.num_points, self.log_every,
+               self.checkpoint_every) < 1:
+            raise ValueError("steps, batch_size, frames, num_points, log_every and checkpoint_every "
+                             "must be positive")
+        if self.init is not None and self.model is not None:
+            raise ValueError("give either --model (a fresh architecture) or --init (whose checkpoint "
+                             "sets the architecture), not both")
+
+    @classmethod
+    def from_dict(cls, values: Dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown training config fields {unknown}")
+        return cls(**values)
+
+    def synthetic(self) -> SyntheticConfig:
+        return SyntheticConfig(frames=self.frames, height=self.image_size, width=self.image_size,
+                               num_points=self.num_points)
+
+    def heldout(self) -> SyntheticConfig:
+        # Held-out clips are made at the evaluation raster, whatever the training clips' size.
+        return SyntheticConfig(frames=self.eval_frames, height=EVAL_SIZE, width=EVAL_SIZE,
+                               num_points=self.eval_points)
+
+
+# ----------------------------------------------------------------------------- runtime
+
+@dataclass
+class Runtime:
+    """Where this process runs: its rank among `world_size` processes and its device."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+
+def setup_runtime(device: str) -> Runtime:
+    """Reads torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) and joins the group."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was given but torch.cuda.is_available() is False; "
+                         "use --device cpu or a CUDA build of torch")
+    if device == "cuda":
+        torch.backends.cudnn.benchmark = True  # every step has the same shapes
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return Runtime(0, 1, torch.device(device))
+    rank = int(os.environ["RANK"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "cuda":
+        torch.cuda.set_device(local_rank)
+        target = torch.device("cuda", local_rank)
+    else:
+        target = torch.device("cpu")
+    if not dist.is_initialized():
+        # Rank 0 evaluates while the others wait: allow for a long evaluation.
+        dist.init_process_group("nccl" if device == "cuda" else "gloo",
+                                timeout=datetime.timedelta(minutes=60))
+    return Runtime(rank, world_size, target)
+
+
+# ----------------------------------------------------------------------------- model, optimiser
+
+def make_model(config: TrainConfig, resumed: Optional[dict]) -> TAPIR:
+    """The model to train: from the resumed checkpoint, from `init`, or freshly initialised."""
+    if resumed is not None:
+        stored = ModelConfig.from_dict(resumed["model_config"])
+        return build_model(stored, resumed["state_dict"], resumed["path"])
+    if config.init is not None:
+        return load_checkpoint(config.init, causal=config.causal).model
+    torch.manual_seed(config.seed)  # the same initial weights on every rank
+    return build_model(resolve_model_config(config.model or "small", config.causal))
+
+
+def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; as in the official recipe biases (and here norm scales) are not decayed."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, config.beta2), eps=1e-8)
+
+
+def learning_rate(step: int, config: TrainConfig) -> float:
+    """Linear warmup over `warmup` steps, then cosine decay to zero at `steps`."""
+    if step < config.warmup:
+        return config.lr * (step + 1) / config.warmup
+    progress = (step - config.warmup) / max(1, config.steps - config.warmup)
+    return config.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def autocast_context(device: torch.device, amp: str):
+    """Mixed precision on CUDA only; CPU training runs float32."""
+    if device.type != "cuda" or amp == "off":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def batch_loss(model: torch.nn.Module, batch: Dict[str, torch.Tensor], device: torch.device,
+               config: TrainConfig, causal: bool):
+    """Forward one batch and return (loss, parts) as `training.losses.tapir_loss`."""
+    video = preprocess_frames(batch["video"].to(device, non_blocking=True))
+    queries = batch["query_points"].to(device, non_blocking=True)
+    with autocast_context(device, config.amp):
+        # The online engine never pins a point to its query position: causal models
+        # are trained the way they run.
+        outputs = model(video, queries, constrain_query_points=not causal)
+    return tapir_loss(outputs, batch["target_points"].to(device), batch["occluded"].to(device),
+                      video.shape[2:4], config.loss)
+
+
+def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                   scaler: torch.amp.GradScaler, loss: torch.Tensor, grad_clip: float):
+    """Backward, clip and step. Returns (gradient norm before clipping, whether it stepped)."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    max_norm = grad_clip if grad_clip > 0 else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    finite = bool(torch.isfinite(grad_norm))
+    if scaler.is_enabled():
+        scaler.step(optimizer)  # skips the step itself when a gradient is not finite
+        scaler.update()
+    elif finite:
+        optimizer.step()
+    return float(grad_norm), finite
+
+
+class StopRequest:
+    """Turns SIGTERM / SIGINT into "checkpoint after this step and stop".
+
+    A job scheduler's time limit, `timeout` or Ctrl-C then leaves a checkpoint that
+    `--resume` continues from; a second signal acts as usual. Ranks agree on stopping
+    (any rank's request stops all) so that none waits forever for the others.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.signal = None
+        self._previous = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+            for number in self.SIGNALS:
+                self._previous[number] = signal.signal(number, self._handle)
+
+    def restore(self) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+        self._previous = {}
+
+    def _handle(self, number, frame) -> None:
+        self.signal = signal.Signals(number).name
+        signal.signal(number, self._previous[number])
+
+    def agreed(self, runtime: "Runtime") -> bool:
+        if not runtime.distributed:
+            return self.signal is not None
+        flag = torch.tensor([float(self.signal is not None)], device=runtime.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+
+# ----------------------------------------------------------------------------- logs
+
+class Logs:
+    """CSV logs (always) and TensorBoard (when importable); only the main process writes."""
+
+    def __init__(self, out: Path, start_step: int):
+        self.train = _CsvLog(out / "train_log.csv", TRAIN_COLUMNS, start_step)
+        self.eval = _CsvLog(out / "eval_log.csv", EVAL_COLUMNS, start_step)
+        self.tensorboard = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is optional: the CSV logs hold everything
+            return
+        self.tensorboard = SummaryWriter(str(out / "tensorboard"), purge_step=start_step or None)
+
+    def scalars(self, log: "_CsvLog", prefix: str, row: Dict[str, float]) -> None:
+        log.write(row)
+        if self.tensorboard is not None:
+            for key, value in row.items():
+                if key != "step":
+                    self.tensorboard.add_scalar(f"{prefix}/{key}", value, row["step"])
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+class _CsvLog:
+    def __init__(self, path: Path, columns, start_step: int):
+        self.path, self.columns = path, columns
+        kept = []
+        if path.exists() and start_step > 0:
+            # A resumed run drops rows logged after its checkpoint: they are redone.
+            with open(path, newline="") as file:
+                kept = [row for row in csv.DictReader(file) if int(row["step"]) <= start_step]
+        with open(path, "w", newline="") as file:
+            writer = csv.DictWriter(file, columns)
+            writer.writeheader()
+            writer.writerows(kept)
+
+    def write(self, row: Dict[str, float]) -> None:
+        with open(self.path, "a", newline="") as file:
+            csv.DictWriter(file, self.columns).writerow(
+                {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def evaluate(model: TAPIR, config: TrainConfig, step: int, device: torch.device) -> Dict[str, float]:
+    """AJ, <delta_avg and OA on the held-out clips through the project's evaluation code."""
+    from bootstap_ros.eval.cli import EvalConfig, ModelPredictor, run_evaluation
+
+    out = Path(config.out) / "eval"
+    heldout = heldout_path(out, config.heldout(), config.eval_seed, config.eval_clips)
+    write_heldout_set(heldout, config.heldout(), config.eval_seed, config.eval_clips)
+    mode = "online" if model.config.causal else "offline"
+    eval_config = EvalConfig(dataset=str(heldout), output=str(out / f"step_{step:07d}.json"),
+                             query_mode="first", mode=mode, causal=model.config.causal,
+                             device=str(device))
+    # A copy: the tracker switches its model to eval mode and may move it.
+    predictor = ModelPredictor(copy.deepcopy(model).eval(), mode, str(device))
+    results = run_evaluation(eval_config, predictor)
+    return {key: float(results[key]) for key in EVAL_COLUMNS[1:]}
+
+
+# ----------------------------------------------------------------------------- the run
+
+def _resolve_resume(config: TrainConfig, overrides: Dict) -> tuple:
+    """The stored config of `out/checkpoint.pt` with `overrides` applied, and the checkpoint."""
+    path = Path(config.out) / CHECKPOINT
+    content = read_checkpoint_file(path)
+    if "train_config" not in content or "step" not in content:
+        raise ValueError(f"{path} is not a training checkpoint (no train_config/step); "
+                         "use --init to start from its weights instead")
+    fixed = sorted({"model", "causal", "init"} & set(overrides))
+    if fixed:
+        raise ValueError(f"--resume takes the architecture from {path}; drop {fixed}")
+    stored = TrainConfig.from_dict(content["train_config"])
+    changed = {k: v for k, v in overrides.items() if getattr(stored, k) != v}
+    if changed and int(os.environ.get("RANK", "0")) == 0:
+        print(f"resuming {path} at step {content['step']} with changed settings: "
+              + ", ".join(f"{k} {getattr(stored, k)} -> {v}" for k, v in sorted(changed.items())),
+              file=sys.stderr)
+    resumed_config = dataclasses.replace(stored, out=config.out, **overrides)
+    return resumed_config, {"path": str(path), **content}
+
+
+def train(config: TrainConfig, resume: bool = False, overrides: Optional[Dict] = None,
+          stop_at: Optional[int] = None) -> TAPIR:
+    """Runs (or resumes) training; returns the trained model (on its device).
+
+    resume: continue from `config.out/checkpoint.pt`, whose stored training config is
+      used with `overrides` (e.g. {"steps": 8000}) applied.
+    stop_at: save a checkpoint and return at this step (e.g. to fit a job's time limit);
+      the schedule still runs to `config.steps`, and `resume` continues from there.
+    """
+    resumed = None
+    if resume:
+        config, resumed = _resolve_resume(config, overrides or {})
+    elif (Path(config.out) / CHECKPOINT).exists():
+        raise ValueError(f"{Path(config.out) / CHECKPOINT} exists: pass --resume to continue that run, "
+                         "or choose another --out")
+    runtime = setup_runtime(config.device)
+    try:
+        return _train(config, runtime, resumed, stop_at)
+    finally:
+        if runtime.distributed:
+            dist.destroy_process_group()
+
+
+def _train(config: TrainConfig, runtime: Runtime, resumed: Optional[dict],
+           stop_at: Optional[int]) -> TAPIR:
+    out = Path(config.out)
+    device = runtime.device
+    model = make_model(config, resumed).to(device).train()
+    causal = model.config.causal
+    optimizer = make_optimizer(model, config)
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and config.amp == "fp16")
+    step = 0
+    if resumed is not None:
+        optimizer.load_state_dict(resumed["optimizer"])
+        if resumed.get("scaler") and scaler.is_enabled():
+            scaler.load_state_dict(resumed["scaler"])
+        step = int(resumed["step"])
+    last_step = min(config.steps, stop_at) if stop_at is not None else config.steps
+
+    trained = model
+    if runtime.distributed:
+        # Every parameter is used unless there is no refinement (the mixer then idles).
+        trained = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=model.config.refinement_iters == 0)
+
+    loader = make_loader(
+        SyntheticClips(config.synthetic(), config.seed, config.train_clips),
+        StepBatches(step, last_step, config.batch_size, runtime.rank, runtime.world_size),
+        config.num_workers, pin_memory=device.type == "cuda")
+
+    logs, progress = None, None
+    if runtime.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(
+            {"train": asdict(config), "model": model.config.to_dict(),
+             "world_size": runtime.world_size, "device": str(device)}, indent=2) + "\n")
+        logs = Logs(out, step)
+        from tqdm import tqdm
+
+        progress = tqdm(total=last_step, initial=step, unit="step", desc="train", dynamic_ncols=True)
+
+    def save(path: Path, full: bool) -> None:
+        extra = {"step": step, "train_config": asdict(config)}
+        if full:
+            extra["optimizer"] = optimizer.state_dict()
+            if scaler.is_enabled():
+                extra["scaler"] = scaler.state_dict()
+        save_checkpoint(path, model, **extra)
+
+    started = window_start = time.perf_counter()
+    window_steps, skipped = 0, 0
+    sums: Dict[str, torch.Tensor] = {}
+    stop_request = StopRequest()
+    stop_request.install()
+    try:
+        for batch in loader:
+            lr = learning_rate(step, config)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss, parts = batch_loss(trained, batch, device, config, causal)
+            grad_norm, stepped = optimizer_step(trained, optimizer, scaler, loss, config.grad_clip)
+            skipped += not stepped
+            step += 1
+            window_steps += 1
+            for key, value in parts.items():
+                sums[key] = sums.get(key, 0.0) + value.float()
+            stopping = stop_request.agreed(runtime)
+
+            if step % config.log_every == 0 or step == last_step or stopping:
+                means = torch.stack([sums[k] for k in sorted(sums)]) / window_steps
+                if runtime.distributed:
+                    dist.all_reduce(means)
+                    means /= runtime.world_size
+                elapsed = time.perf_counter() - window_start
+                if runtime.is_main:
+                    row = {"step": step, "lr": lr, **dict(zip(sorted(sums), means.tolist())),
+                           "grad_norm": grad_norm, "skipped_steps": skipped,
+                           "steps_per_s": window_steps / elapsed,
+                           "clips_per_s": window_steps * config.batch_size * runtime.world_size / elapsed,
+                           "elapsed_s": time.perf_counter() - started}
+                    logs.scalars(logs.train, "train", row)
+                    progress.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{lr:.2e}", refresh=False)
+                sums, window_steps, window_start = {}, 0, time.perf_counter()
+            if progress is not None:
+                progress.update(1)
+
+            if step % config.checkpoint_every == 0 or step == last_step or stopping:
+                if runtime.is_main:
+                    save(out / CHECKPOINT, full=True)
+                runtime.barrier()
+            if stopping:
+                if runtime.is_main:
+                    progress.write(f"stopped by {stop_request.signal or 'another rank'} at step {step}: "
+                                   f"{out / CHECKPOINT} written; --resume continues")
+                break
+            if config.eval_every > 0 and (step % config.eval_every == 0 or step == config.steps):
+                if runtime.is_main:
+                    progress.clear()
+                    metrics = evaluate(model, config, step, device)
+                    logs.scalars(logs.eval, "eval", {"step": step, **metrics})
+                    progress.write(f"step {step}: AJ {100 * metrics['average_jaccard']:.1f}  "
+                                   f"<delta_avg {100 * metrics['average_pts_within_thresh']:.1f}  "
+                                   f"OA {100 * metrics['occlusion_accuracy']:.1f}")
+                runtime.barrier()
+        if runtime.is_main and step == config.steps:
+            save(out / FINAL_MODEL, full=False)
+    finally:
+        stop_request.restore()
+        if progress is not None:
+            progress.close()
+        if logs is not None:
+            logs.close()
+    return model
+
+
+# ----------------------------------------------------------------------------- command line
+
+def build_parser() -> argparse.ArgumentParser:
+    # Options left out stay out of the namespace, so --resume can tell what was given.
+    parser = argparse.ArgumentParser(
+        prog="python -m training.train", argument_default=argparse.SUPPRESS,
+        description="Train TAPIR/BootsTAPIR on Kubric-lite synthetic clips (supervised TAPIR loss). "
+        "Under torchrun every process trains on its own clips (DistributedDataParallel).")
+    defaults = TrainConfig()
+
+    def add(flag, name, kind, help_text, **kwargs):
+        default = getattr(defaults, name)
+        shown = "" if default is None else f" (default: {default})"
+        parser.add_argument(flag, dest=name, type=kind, metavar=name.upper(), help=help_text + shown,
+                            **kwargs)
+
+    parser.add_argument("--out", required=True, help="run directory (checkpoints, logs)")
+    parser.add_argument("--resume", action="store_true", default=False,
+                        help="continue from OUT/checkpoint.pt with its stored settings; options "
+                        "given now (e.g. --steps) override them")
+    parser.add_argument("--stop-at", type=int, metavar="STEP", default=None,
+                        help="save and exit at this step (the schedule still spans --steps)")
+    add("--model", "model", str, "architecture: small, official (BootsTAPIR), tapir, a JSON "
+        "object of ModelConfig fields or a .json file; default small")
+    parser.add_argument("--causal", dest="causal", action=argparse.BooleanOptionalAction,
+                        help="causal (online) temporal convolutions (default: causal)")
+    add("--init", "init", str, "start from the weights and architecture of this checkpoint (an "
+        "official bare state_dict is taken as causal unless --no-causal)")
+    add("--steps", "steps", int, "total optimiser steps (the cosine schedule's length)")
+    add("--batch-size", "batch_size", int, "clips per step and process")
+    add("--frames", "frames", int, "frames per training clip")
+    add("--num-points", "num_points", int, "query points per clip")
+    add("--image-size", "image_size", int, "synthetic clip height and width")
+    add("--train-clips", "train_clips", int, "cycle through this many clips (0: always new ones)")
+    add("--lr", "lr", float, "peak learning rate")
+    add("--warmup", "warmup", int, "linear warmup steps")
+    add("--weight-decay", "weight_decay", float, "AdamW decoupled weight decay")
+    add("--grad-clip", "grad_clip", float, "max gradient norm (0: off)")
+    add("--seed", "seed", int, "seed of the initial weights and of the training clips")
+    add("--device", "device", str, "auto, cpu or cuda", choices=("auto", "cpu", "cuda"))
+    add("--amp", "amp", str, "autocast dtype on CUDA", choices=("bf16", "fp16", "off"))
+    add("--num-workers", "num_workers", int, "DataLoader worker processes generating clips")
+    add("--log-every", "log_every", int, "steps between log rows")
+    add("--checkpoint-every", "checkpoint_every", int, "steps between checkpoints")
+    add("--eval-every", "eval_every", int, "steps between held-out evaluations (0: never)")
+    add("--eval-clips", "eval_clips", int, "held-out clips")
+    add("--eval-frames", "eval_frames", int, "frames per held-out clip")
+    add("--eval-points", "eval_points", int, "tracks per held-out clip")
+    add("--eval-seed", "eval_seed", int, "first held-out seed (training seeds start at 2**31)")
+    return parser
+
+
+def main(argv=None) -> int:
+    options = vars(build_parser().parse_args(argv))
+    resume = options.pop("resume")
+    stop_at = options.pop("stop_at")
+    out = options.pop("out")
+    try:
+        if resume:
+            train(TrainConfig(out=out), resume=True, overrides=options, stop_at=stop_at)
+        else:
+            train(TrainConfig(out=out, **options), stop_at=stop_at)
+    except (ValueError, FileNotFoundError) as error:
+        # CheckpointError is a ValueError whose message says what to do.
+        print(f"training.train: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
