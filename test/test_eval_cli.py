@@ -111,11 +111,8 @@ def test_corrupt_dataset_is_a_clear_error(tmp_path, capsys):
     assert not (tmp_path / "r.json").exists()
 
 
-def test_bootstapir_needs_a_checkpoint(tmp_path, capsys):
-    with pytest.raises(SystemExit) as info:
-        parse_config(["data.pkl", "--output", str(tmp_path / "r.json")])
-    assert info.value.code == 2
-    assert "--checkpoint is required" in capsys.readouterr().err
+def test_bootstapir_defaults_to_the_embedded_model(tmp_path):
+    assert parse_config(["data.pkl", "--output", str(tmp_path / "r.json")]).checkpoint is None
 
 
 def test_config_defaults_and_flags():
@@ -123,7 +120,7 @@ def test_config_defaults_and_flags():
                            "--mode", "offline", "--query-mode", "strided", "--device", "cpu"])
     assert config == EvalConfig(dataset="d.pkl", output="r.json", tracker="lk", causal=False,
                                 mode="offline", query_mode="strided", device="cpu")
-    assert parse_config(["d.pkl", "--output", "r.json", "--tracker", "lk"]).causal is True
+    assert parse_config(["d.pkl", "--output", "r.json", "--tracker", "lk"]).causal is None
 
 
 def test_table_layout():

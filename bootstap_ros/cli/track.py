@@ -25,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="bootstap-track", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("video", help="video file (.mp4/.avi/.mkv), folder of images, or .npy [T,H,W,3] uint8 RGB")
-    parser.add_argument("--checkpoint", required=True, help="official .pt state_dict or a bootstap_ros checkpoint")
+    parser.add_argument("--checkpoint", default=None,
+                        help="official .pt state_dict or a bootstap_ros checkpoint (default: the embedded model)")
     parser.add_argument("--output", required=True, help="where to write the tracks (.npz)")
     queries = parser.add_mutually_exclusive_group()
     queries.add_argument("--queries", help="CSV with header t,x,y (frame index, pixel x, pixel y)")
@@ -63,13 +64,13 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from bootstap_ros.model import build_model, load_checkpoint
+    from bootstap_ros.model.checkpoint import resolve_checkpoint
     from bootstap_ros.queries import grid_queries, read_queries_csv
     from bootstap_ros.tracking import track_offline, track_online
     from bootstap_ros.video import open_video
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"--device {args.device} was asked for but CUDA is not available; use --device cpu")
-    causal = args.causal if args.causal is not None else args.mode == "online"
     source = open_video(args.video)
     height, width = source.size
     if args.queries:
@@ -77,7 +78,11 @@ def run(args: argparse.Namespace) -> int:
                                    else None, size=(height, width))
     else:
         queries = grid_queries(args.grid or 8, (height, width), t=0)
-    loaded = load_checkpoint(args.checkpoint, causal=causal)
+    args.checkpoint = str(resolve_checkpoint(args.checkpoint))
+    # Project checkpoints (the embedded one too) know whether they are causal; official
+    # ones follow the mode (online = causal) unless --causal/--no-causal says otherwise.
+    loaded = load_checkpoint(args.checkpoint, causal=args.causal,
+                             official_default_causal=args.mode == "online")
     model = loaded.model
     if args.resolution is not None:
         config = loaded.config.replace(resolution=(args.resolution, args.resolution))

@@ -88,11 +88,19 @@ class ModelPredictor:
 def make_bootstapir_predictor(config: EvalConfig) -> Predictor:
     """The BootsTAPIR predictor for `config` (torch is imported only here)."""
     from bootstap_ros.model import load_checkpoint
+    from bootstap_ros.model.checkpoint import resolve_checkpoint
 
-    causal = config.causal if config.causal is not None else config.mode == "online"
-    if config.mode == "online" and not causal:
+    if config.mode == "online" and config.causal is False:
         raise ValueError("online evaluation needs a causal model: drop --no-causal or use --mode offline")
-    loaded = load_checkpoint(config.checkpoint, causal=causal)
+    loaded = load_checkpoint(resolve_checkpoint(config.checkpoint), causal=config.causal,
+                             official_default_causal=config.mode == "online")
+    if config.mode == "online" and not loaded.config.causal:
+        raise ValueError(f"{loaded.path} holds a non-causal model: online evaluation needs a "
+                         "causal one; use --mode offline")
+    # Record what runs: the checkpoint file (the embedded model when none was given) and
+    # whether the model is causal (project checkpoints say so themselves).
+    config.checkpoint = loaded.path
+    config.causal = loaded.config.causal
     # --resolution is the evaluation raster; the model keeps the resolution it was
     # trained at and resizes frames to it itself (256 for the official checkpoints).
     return ModelPredictor(loaded.model, config.mode, config.device, config.backend)
@@ -118,14 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
         "(AJ, <delta_avg and OA as in the TAP-Vid papers).",
     )
     parser.add_argument("dataset", help="a TAP-Vid pickle, or a folder of robotap_split*.pkl")
-    parser.add_argument("--checkpoint", help="model checkpoint (required for --tracker bootstapir)")
+    parser.add_argument("--checkpoint", help="model checkpoint (default: the embedded model)")
     parser.add_argument("--output", required=True, help="where to write RESULTS.json")
     parser.add_argument("--format", default="auto", choices=("auto", *FORMATS))
     parser.add_argument("--query-mode", default="first", choices=QUERY_MODES)
     parser.add_argument("--mode", default="online", choices=MODES,
                         help="online: causal frame-by-frame tracking; offline: whole video at once")
     parser.add_argument("--causal", default=None, action=argparse.BooleanOptionalAction,
-                        help="run the model causal (default: on for online, off for offline)")
+                        help="run an official checkpoint causal (default: on for online, off for "
+                        "offline); project checkpoints say whether they are causal")
     parser.add_argument("--resolution", type=int, default=256,
                         help="evaluation raster size; the papers use 256")
     parser.add_argument("--save-predictions", metavar="PREDS.npz")
@@ -141,14 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_config(argv=None) -> EvalConfig:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.tracker == "bootstapir" and not args.checkpoint:
-        parser.error("--checkpoint is required with --tracker bootstapir")
     if args.resolution < 8:
         parser.error(f"--resolution must be at least 8, got {args.resolution}")
     if args.max_videos is not None and args.max_videos < 1:
         parser.error(f"--max-videos must be positive, got {args.max_videos}")
-    if args.causal is None:  # resolved here so RESULTS.json records what ran
-        args.causal = args.mode == "online"
     return EvalConfig(**vars(args))
 
 

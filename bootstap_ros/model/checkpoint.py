@@ -27,6 +27,10 @@ import torch
 
 from bootstap_ros.config import ModelConfig
 
+#: The embedded default model, installed inside the package (a pip or colcon install carries it).
+EMBEDDED_CHECKPOINT = Path(__file__).resolve().parents[1] / "data" / "default.pt"
+OFFICIAL_CAUSAL_URL = "https://storage.googleapis.com/dm-tapnet/bootstap/causal_bootstapir_checkpoint.pt"
+
 FORMAT_NAME = "bootstap_ros.checkpoint"
 FORMAT_VERSION = 1
 _MAX_LISTED = 8
@@ -49,6 +53,18 @@ def _listing(names: List[str]) -> str:
     shown = ", ".join(names[:_MAX_LISTED])
     more = len(names) - _MAX_LISTED
     return shown + (f", ... ({more} more)" if more > 0 else "")
+
+
+def resolve_checkpoint(checkpoint: Optional[Union[str, os.PathLike]]) -> Path:
+    """`checkpoint`, or the embedded default model when it is empty or None."""
+    if checkpoint:
+        return Path(checkpoint).expanduser()
+    if not EMBEDDED_CHECKPOINT.is_file():
+        raise CheckpointError(
+            f"no checkpoint given and the embedded default model is not installed (expected "
+            f"{EMBEDDED_CHECKPOINT}); pass a model file, e.g. the official causal BootsTAPIR from "
+            f"{OFFICIAL_CAUSAL_URL}")
+    return EMBEDDED_CHECKPOINT
 
 
 def read_checkpoint_file(path: Union[str, os.PathLike]) -> Any:
@@ -119,13 +135,14 @@ def build_model(config: ModelConfig, state_dict: Optional[Mapping[str, Any]] = N
     return model.eval()
 
 
-def load_checkpoint(path: Union[str, os.PathLike], causal: Optional[bool] = None) -> LoadedCheckpoint:
+def load_checkpoint(path: Union[str, os.PathLike], causal: Optional[bool] = None,
+                    official_default_causal: Optional[bool] = None) -> LoadedCheckpoint:
     """Load an official or project checkpoint.
 
-    causal: required for official checkpoints (None raises a clear error); for
-      project checkpoints it overrides the stored value only when given (the
-      weights are the same either way, but a model trained causal should be run
-      causal).
+    causal: for official checkpoints, whether to run the model causal (required,
+      unless `official_default_causal` gives the default, e.g. from the tracking
+      mode); for project checkpoints it overrides the stored value only when
+      given (a model trained causal should be run causal).
     """
     path = str(path)
     content = read_checkpoint_file(path)
@@ -156,6 +173,8 @@ def load_checkpoint(path: Union[str, os.PathLike], causal: Optional[bool] = None
         raise CheckpointError(
             f"checkpoint {path} is a dict but neither a state_dict of tensors nor a {FORMAT_NAME} "
             f"(top-level keys: {_listing(sorted(map(str, content)))})")
+    if causal is None:
+        causal = official_default_causal
     if causal is None:
         raise CheckpointError(
             f"checkpoint {path} is an official bare state_dict, whose weights do not say whether "

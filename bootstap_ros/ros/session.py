@@ -19,14 +19,11 @@ from typing import Callable, List, Optional
 
 import numpy as np
 
+from bootstap_ros.model.checkpoint import EMBEDDED_CHECKPOINT, OFFICIAL_CAUSAL_URL
 from bootstap_ros.ros.queues import RequestQueue
 from bootstap_ros.ros.settings import TrackerNodeConfig
 
 LOG = logging.getLogger(__name__)
-
-#: Where the embedded default model is installed (inside the Python package).
-EMBEDDED_CHECKPOINT = Path(__file__).resolve().parents[1] / "data" / "default.pt"
-OFFICIAL_CAUSAL_URL = "https://storage.googleapis.com/dm-tapnet/bootstap/causal_bootstapir_checkpoint.pt"
 
 
 class StartupError(RuntimeError):
