@@ -30,7 +30,6 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy)
 from sensor_msgs.msg import CompressedImage, Image, PointCloud2
@@ -39,6 +38,7 @@ from std_srvs.srv import Trigger
 
 from bootstap_ros.ros.conversions import (CloudError, ImageError, array_to_image, cloud_xy,
                                           compressed_to_array, image_to_array, tracks_to_cloud)
+from bootstap_ros.ros.entry import run_node
 from bootstap_ros.ros.queues import LatestSlot, WarningLimiter
 from bootstap_ros.ros.session import StartupError, TrackingSession, create_tracker
 from bootstap_ros.ros.settings import (PARAMETERS, SettingsError, TrackerNodeConfig,
@@ -328,31 +328,7 @@ class TrackerNode(Node):
 
 def main(args=None) -> int:
     """Entry point of `ros2 run bootstap_ros tracker_node`; returns the exit status."""
-    rclpy.init(args=args)
-    node = None
-    status = 0
-    try:
-        node = TrackerNode()
-        rclpy.spin(node)
-    except StartupError as error:
-        rclpy.logging.get_logger("tracker_node").fatal(f"cannot start: {error}")
-        status = 1
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        _shut_down(node)
-    return status
-
-
-def _shut_down(node) -> None:
-    # Ctrl-C in a terminal under `ros2 launch` delivers SIGINT twice (from the terminal
-    # and from launch): a second one during clean-up must not end in a traceback.
-    steps = ([node.destroy_node] if node is not None else []) + [rclpy.try_shutdown]
-    for step in steps:
-        try:
-            step()
-        except KeyboardInterrupt:
-            pass
+    return run_node("tracker_node", TrackerNode, (StartupError,), args=args)
 
 
 if __name__ == "__main__":

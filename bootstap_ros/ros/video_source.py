@@ -19,13 +19,13 @@ from typing import Iterator, Optional
 import numpy as np
 import rclpy
 from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.task import Future
 from sensor_msgs.msg import Image
 
 from bootstap_ros.ros.conversions import array_to_image
+from bootstap_ros.ros.entry import run_node
 
 DEFAULT_RATE = 30.0
 OUTPUT_ENCODINGS = ("rgb8", "bgr8", "mono8")
@@ -167,31 +167,8 @@ class VideoSourceNode(Node):
 
 def main(args=None) -> int:
     """Entry point of `ros2 run bootstap_ros video_source`; returns the exit status."""
-    rclpy.init(args=args)
-    node = None
-    status = 0
-    try:
-        node = VideoSourceNode()
-        rclpy.spin_until_future_complete(node, node.finished)
-    except SourceError as error:
-        rclpy.logging.get_logger("video_source").fatal(f"cannot start: {error}")
-        status = 1
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        _shut_down(node)
-    return status
-
-
-def _shut_down(node) -> None:
-    # Ctrl-C in a terminal under `ros2 launch` delivers SIGINT twice (from the terminal
-    # and from launch): a second one during clean-up must not end in a traceback.
-    steps = ([node.destroy_node] if node is not None else []) + [rclpy.try_shutdown]
-    for step in steps:
-        try:
-            step()
-        except KeyboardInterrupt:
-            pass
+    return run_node("video_source", VideoSourceNode, (SourceError,), args=args,
+                    spin=lambda node: rclpy.spin_until_future_complete(node, node.finished))
 
 
 if __name__ == "__main__":
