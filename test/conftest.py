@@ -7,6 +7,7 @@ Also registers the `gpu` and `slow` markers.
 """
 
 import atexit
+import sys
 import os
 import shutil
 import tempfile
@@ -43,3 +44,14 @@ def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason='needs a CUDA device (torch.cuda.is_available() is False)')
     for item in gpu_items:
         item.add_marker(skip)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    """Fail a test that leaves torch's global grad mode off: it breaks every later training test."""
+    result = yield
+    torch = sys.modules.get('torch')
+    if torch is not None and not torch.is_grad_enabled():
+        torch.set_grad_enabled(True)
+        pytest.fail('the test left torch.set_grad_enabled(False) on; use a torch.no_grad() context')
+    return result

@@ -11,7 +11,12 @@ from bootstap_ros.model.layers import temporal_depthwise
 from bootstap_ros.model.tapir import CausalState, _soft_argmax
 from small_model import SMALL, moving_clip, small_model
 
-torch.set_grad_enabled(False)
+
+@pytest.fixture(autouse=True)
+def _no_grad():
+    """Inference only; scoped to each test so grad mode never leaks into other modules."""
+    with torch.no_grad():
+        yield
 
 
 @pytest.mark.parametrize("causal", [True, False])

@@ -87,7 +87,6 @@ def run(args: argparse.Namespace) -> int:
     if args.resolution is not None:
         config = loaded.config.replace(resolution=(args.resolution, args.resolution))
         model = build_model(config, model.state_dict(), args.checkpoint)
-    torch.set_grad_enabled(False)
     print(f"{loaded.source} checkpoint {args.checkpoint}: {'causal' if model.config.causal else 'non-causal'}, "
           f"{model.config.resolution[0]}x{model.config.resolution[1]}, {args.mode} mode, "
           f"{len(queries)} points, video {width}x{height} ({source.num_frames} frames)")
