@@ -202,6 +202,9 @@ def save_checkpoint(path: Union[str, os.PathLike], model: torch.nn.Module,
     }
     handle, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(handle)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; a checkpoint is not
     try:
         torch.save(content, tmp)
         os.replace(tmp, path)
