@@ -104,11 +104,14 @@ def run(args) -> dict:
     grid = max(1, round(math.sqrt(args.points)))
     namespace = "/latency_bench_" + uuid.uuid4().hex[:8]
     scratch = tempfile.TemporaryDirectory(prefix="bootstap_latency_")
-    checkpoint = args.checkpoint or ""
+    checkpoint = args.checkpoint
     if args.random:
         checkpoint = _random_checkpoint(args.random, Path(scratch.name))
+    # No checkpoint parameter: the node's default, the embedded model (an empty
+    # `-p checkpoint:=` is not a valid override).
+    model = ["-p", f"checkpoint:={checkpoint}"] if checkpoint else []
     command = [sys.executable, "-m", "bootstap_ros.ros.tracker_node", "--ros-args",
-               "-r", f"__ns:={namespace}", "-p", f"checkpoint:={checkpoint}",
+               "-r", f"__ns:={namespace}", *model,
                "-p", f"grid_points:={grid}", "-p", f"max_points:={max(grid * grid, 1)}",
                "-p", f"resolution:={args.resolution}", "-p", f"backend:={args.backend}",
                "-p", f"device:={args.device}",
