@@ -115,6 +115,19 @@ def test_create_tracker_loads_a_checkpoint_at_a_chosen_resolution(checkpoint):
     assert info.backend == "torch"
 
 
+def test_cpu_threads_sets_the_inference_pool(checkpoint):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        create_tracker(TrackerNodeConfig(checkpoint=str(checkpoint), device="cpu", cpu_threads=1))
+        assert torch.get_num_threads() == 1
+        create_tracker(TrackerNodeConfig(checkpoint=str(checkpoint), device="cpu"))  # 0: left alone
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_start_up_errors_say_what_to_do(tmp_path, monkeypatch, checkpoint):
     monkeypatch.setattr(session_module, "EMBEDDED_CHECKPOINT", tmp_path / "missing" / "default.pt")
     with pytest.raises(StartupError, match="embedded default model is not installed.*checkpoint:="):

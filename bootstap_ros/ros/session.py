@@ -73,6 +73,10 @@ def create_tracker(config: TrackerNodeConfig):
 
     path = resolve_checkpoint(config.checkpoint)
     device = _resolve_device(config.device)
+    if device == "cpu" and config.cpu_threads:
+        import torch
+
+        torch.set_num_threads(config.cpu_threads)  # the process's pool: the node owns it
     try:
         loaded = load_checkpoint(path, causal=config.causal)
     except CheckpointError as error:

@@ -29,6 +29,7 @@ class TrackerNodeConfig:
     backend: str = "auto"
     device: str = "auto"
     precision: str = "fp32"
+    cpu_threads: int = 0  # 0 = torch's default
     resolution: int = 0  # 0 = the checkpoint's own
     max_points: int = 256
     grid_points: Union[int, Tuple[float, ...]] = 0
@@ -81,6 +82,10 @@ PARAMETERS: Tuple[ParameterSpec, ...] = (
                   choices=BACKENDS),
     ParameterSpec("device", "device", "auto (cuda when available, else cpu), cpu, cuda or cuda:N."),
     ParameterSpec("precision", "precision", "Inference precision.", choices=PRECISIONS),
+    ParameterSpec("cpu_threads", "cpu_threads",
+                  "Threads for inference on the CPU (torch intra-op threads); 0: torch's default, "
+                  "one per core. Where the camera driver shares the cores, fewer can be faster.",
+                  integer_range=(0, 1024)),
     ParameterSpec("resolution", "resolution",
                   "Square model input resolution in pixels, a multiple of 8; 0 keeps the "
                   "checkpoint's (256). Lower is faster and less accurate.",
