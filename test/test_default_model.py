@@ -1,0 +1,74 @@
+"""The shipped default model, end to end, against two baselines on unseen clips.
+
+Clips come from the synthetic generator with seeds that training never uses
+(training seeds start at 2**31; the held-out set of the README uses 0..49), written
+in the TAP-Vid pickle layout and scored by bootstap-eval's own protocol, online, as
+the ROS node runs the model.
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+from bootstap_ros.eval.cli import main as eval_main
+from bootstap_ros.eval.cli import parse_config, run_evaluation
+from bootstap_ros.model.checkpoint import EMBEDDED_CHECKPOINT, load_checkpoint
+from training.configs import SMALL
+from training.synthetic import SyntheticConfig, generate_clip, write_tapvid_pickle
+
+pytestmark = pytest.mark.skipif(not EMBEDDED_CHECKPOINT.is_file(), reason="no embedded model installed")
+
+
+class StandingStill:
+    """The trivial tracker: every point stays visible where it was queried."""
+
+    forward_only = False
+
+    def predict(self, video, query_points):
+        xy = np.asarray(query_points, np.float32)[:, [2, 1]]
+        tracks = np.repeat(xy[:, None], len(video), axis=1)
+        return tracks, np.zeros(tracks.shape[:2], bool)
+
+
+@pytest.fixture(scope="module")
+def scores(tmp_path_factory):
+    """AJ / <delta_avg / OA of the embedded model, Lucas-Kanade and standing still."""
+    folder = tmp_path_factory.mktemp("unseen")
+    dataset = folder / "unseen.pkl"
+    config = SyntheticConfig(frames=16, num_points=48)
+    write_tapvid_pickle(dataset, (generate_clip(seed, config) for seed in range(70_000, 70_004)))
+    results = {}
+    for tracker in ("bootstapir", "lk"):
+        out = folder / f"{tracker}.json"
+        assert eval_main([str(dataset), "--tracker", tracker, "--output", str(out), "--device", "cpu"]) == 0
+        results[tracker] = json.loads(out.read_text())
+    still = parse_config([str(dataset), "--output", str(folder / "still.json")])
+    results["still"] = run_evaluation(still, StandingStill())
+    return results
+
+
+def test_embedded_model_is_a_small_causal_project_checkpoint():
+    loaded = load_checkpoint(EMBEDDED_CHECKPOINT)
+    assert loaded.source == "project" and loaded.config.causal
+    # The README's training command (`--model small`) builds exactly this architecture.
+    assert loaded.config == SMALL.replace(causal=True)
+    assert EMBEDDED_CHECKPOINT.stat().st_size <= 20 * 2**20
+
+
+def test_default_model_tracks_the_motion(scores):
+    model, still = scores["bootstapir"], scores["still"]
+    assert model["config"]["checkpoint"] == str(EMBEDDED_CHECKPOINT)
+    # Points on these clips move (camera and objects): a model that did not follow
+    # them would score near standing still.
+    assert model["average_jaccard"] > still["average_jaccard"] + 0.15, (model, still)
+    assert model["average_pts_within_thresh"] > still["average_pts_within_thresh"] + 0.15
+    assert model["occlusion_accuracy"] > 0.75
+
+
+@pytest.mark.xfail(strict=True, reason="issue 5 target not reached: the embedded model is "
+                   "within a few AJ points of Lucas-Kanade on synthetic clips, not above it")
+def test_default_model_beats_lucas_kanade(scores):
+    model, lk = scores["bootstapir"], scores["lk"]
+    assert model["average_jaccard"] > lk["average_jaccard"] + 0.02, (model["average_jaccard"],
+                                                                     lk["average_jaccard"])
