@@ -7,9 +7,9 @@ Also registers the `gpu` and `slow` markers.
 """
 
 import atexit
-import sys
 import os
 import shutil
+import sys
 import tempfile
 
 import pytest
@@ -44,6 +44,16 @@ def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason='needs a CUDA device (torch.cuda.is_available() is False)')
     for item in gpu_items:
         item.add_marker(skip)
+
+
+@pytest.fixture
+def no_grad():
+    """Inference only, scoped to one test so grad mode never leaks into other modules
+    (use it module-wide with `pytestmark = pytest.mark.usefixtures('no_grad')`)."""
+    import torch
+
+    with torch.no_grad():
+        yield
 
 
 @pytest.hookimpl(wrapper=True)

@@ -12,11 +12,7 @@ from bootstap_ros.tracking import CausalTracker, track_online
 from small_model import moving_clip, small_model
 
 
-@pytest.fixture(autouse=True)
-def _no_grad():
-    """Inference only; scoped to each test so grad mode never leaks into other modules."""
-    with torch.no_grad():
-        yield
+pytestmark = pytest.mark.usefixtures('no_grad')
 
 
 POINTS = np.array([[10.0, 12.0], [40.5, 30.25], [70.0, 5.0], [3.0, 44.0], [55.5, 20.0]], np.float32)

@@ -12,11 +12,7 @@ from bootstap_ros.model.tapir import CausalState, _soft_argmax
 from small_model import SMALL, moving_clip, small_model
 
 
-@pytest.fixture(autouse=True)
-def _no_grad():
-    """Inference only; scoped to each test so grad mode never leaks into other modules."""
-    with torch.no_grad():
-        yield
+pytestmark = pytest.mark.usefixtures('no_grad')
 
 
 @pytest.mark.parametrize("causal", [True, False])
