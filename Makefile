@@ -42,16 +42,17 @@ demo: setup
 
 # The embedded model's figures in the README: accuracy on 50 held-out synthetic clips
 # (seeds 0..49; training seeds start at 2**31) next to Lucas-Kanade on the same clips,
-# its per-frame CPU latency for 32 and 256 points, and the node's end-to-end latency
+# its per-frame CPU latency for 32 and 256 points (fp32 and bf16), and the node's end-to-end latency
 # and output rate against a 30 FPS camera.
 FIGURES := outputs/figures
 figures: setup
 	@mkdir -p $(FIGURES)
 	$(PY) -m training.synthetic --num-clips 50 --seed 0 --out $(FIGURES)/held_out.pkl
 	$(VENV)/bin/bootstap-eval $(FIGURES)/held_out.pkl --output $(FIGURES)/embedded.json
+	$(VENV)/bin/bootstap-eval $(FIGURES)/held_out.pkl --precision bf16 --output $(FIGURES)/embedded_bf16.json
 	$(VENV)/bin/bootstap-eval $(FIGURES)/held_out.pkl --tracker lk --output $(FIGURES)/lk.json
 	$(VENV)/bin/bootstap-bench --checkpoint bootstap_ros/data/default.pt --points 32,256 \
-	    --backends torch,onnxruntime --frames 50 --output $(FIGURES)/bench
+	    --backends torch,onnxruntime --precisions fp32,bf16 --frames 50 --output $(FIGURES)/bench
 	$(PY) -m bootstap_ros.ros.latency_bench --points 32 --image-reliability reliable \
 	    --output $(FIGURES)/ros_latency.json
 

@@ -287,9 +287,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             continue
         for backend in args.backends.split(","):
             for precision in args.precisions.split(","):
-                if precision != "fp32" and device == "cpu":
-                    continue  # reduced precision is a GPU feature here
-                specs.append(RunSpec(resolve_backend(backend.strip(), device), device, precision))
+                spec = RunSpec(resolve_backend(backend.strip(), device), device, precision)
+                if precision == "fp16" and device == "cpu" or precision != "fp32" and spec.backend == "onnxruntime":
+                    LOG.info("skipping %s: not offered (fp16 needs CUDA; onnxruntime runs fp32)", spec.label)
+                    continue
+                specs.append(spec)
     points = [int(p) for p in args.points.split(",")]
     results = run_benchmark(model, list(dict.fromkeys(specs)), points, args.frames, args.warmup,
                             args.block_size, args.cache_dir, args.seed)

@@ -92,7 +92,9 @@ class TrainConfig:
     seed: int = 0
     # Runtime.
     device: str = "auto"  # auto | cpu | cuda
-    amp: str = "bf16"  # autocast dtype on CUDA: bf16 | fp16 | off (CPU always runs float32)
+    # Autocast dtype: auto (bf16 on CUDA, float32 on CPU) | bf16 | fp16 (CUDA only) | off.
+    # bf16 on CPU roughly halves a step's time on CPUs with AVX512-BF16 or AMX.
+    amp: str = "auto"
     num_workers: int = 2
     log_every: int = 10
     checkpoint_every: int = 500
@@ -107,8 +109,10 @@ class TrainConfig:
     def __post_init__(self):
         if isinstance(self.loss, dict):
             self.loss = LossConfig(**self.loss)
-        if self.amp not in ("bf16", "fp16", "off"):
-            raise ValueError(f"amp must be bf16, fp16 or off, got {self.amp!r}")
+        if self.amp not in ("auto", "bf16", "fp16", "off"):
+            raise ValueError(f"amp must be auto, bf16, fp16 or off, got {self.amp!r}")
+        if self.amp == "fp16" and self.device == "cpu":
+            raise ValueError("amp fp16 needs CUDA; use bf16 or off on CPU")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if min(self.steps, self.batch_size, self.frames, self.num_points, self.log_every,
@@ -217,10 +221,12 @@ def learning_rate(step: int, config: TrainConfig) -> float:
 
 
 def autocast_context(device: torch.device, amp: str):
-    """Mixed precision on CUDA only; CPU training runs float32."""
-    if device.type != "cuda" or amp == "off":
+    """Mixed precision: `auto` is bf16 on CUDA and float32 on CPU."""
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
         return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError("amp fp16 needs CUDA; use bf16 or off on CPU")
+    return torch.autocast(device.type, dtype=torch.float16 if amp == "fp16" else torch.bfloat16)
 
 
 def batch_loss(model: torch.nn.Module, batch: Dict[str, torch.Tensor], device: torch.device,
@@ -552,7 +558,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--grad-clip", "grad_clip", float, "max gradient norm (0: off)")
     add("--seed", "seed", int, "seed of the initial weights and of the training clips")
     add("--device", "device", str, "auto, cpu or cuda", choices=("auto", "cpu", "cuda"))
-    add("--amp", "amp", str, "autocast dtype on CUDA", choices=("bf16", "fp16", "off"))
+    add("--amp", "amp", str, "autocast dtype: auto is bf16 on CUDA and float32 on CPU; "
+        "bf16 also runs on CPU (about 2x faster where the CPU has AVX512-BF16)",
+        choices=("auto", "bf16", "fp16", "off"))
     add("--num-workers", "num_workers", int, "DataLoader worker processes generating clips")
     add("--log-every", "log_every", int, "steps between log rows")
     add("--checkpoint-every", "checkpoint_every", int, "steps between checkpoints")

@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime", "tensorrt"),
                         help="online inference backend (auto: the fastest available here)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"),
-                        help="online inference precision (reduced precision needs CUDA)")
+                        help="online inference precision (bf16: CPU or CUDA; fp16: CUDA)")
     parser.add_argument("--render", help="also write the video with the tracks drawn (.mp4 or a folder)")
     parser.add_argument("--fps", type=float, default=None,
                         help=f"frame rate for --render when the input has none (default {DEFAULT_FPS:g})")

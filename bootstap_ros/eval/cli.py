@@ -53,6 +53,7 @@ class EvalConfig:
     max_videos: int | None = None
     tracker: str = "bootstapir"
     backend: str = "auto"  # online inference backend: auto|torch|onnxruntime|tensorrt
+    precision: str = "fp32"  # online inference precision: fp32|bf16|fp16
     device: str | None = None  # None: cuda when available (bootstapir only).
     report: str | None = None
 
@@ -67,11 +68,12 @@ class ModelPredictor:
     (each point added on its query frame, causal state from zero), or offline
     (the whole-clip forward with the query points given)."""
 
-    def __init__(self, model, mode: str, device: str, backend: str = "auto"):
+    def __init__(self, model, mode: str, device: str, backend: str = "auto", precision: str = "fp32"):
         self.model = model
         self.mode = mode
         self.device = device
         self.backend = backend
+        self.precision = precision
         self.forward_only = mode == "online"
 
     def predict(self, video, query_points):
@@ -79,7 +81,8 @@ class ModelPredictor:
 
         queries = query_points[:, [0, 2, 1]]  # (t, y, x) -> the engine's (t, x, y)
         if self.forward_only:
-            result = track_online(self.model, video, queries, device=self.device, backend=self.backend)
+            result = track_online(self.model, video, queries, device=self.device, backend=self.backend,
+                                  precision=self.precision)
         else:
             result = track_offline(self.model, video, queries, device=self.device)
         return result.tracks, result.occluded
@@ -103,7 +106,9 @@ def make_bootstapir_predictor(config: EvalConfig) -> Predictor:
     config.causal = loaded.config.causal
     # --resolution is the evaluation raster; the model keeps the resolution it was
     # trained at and resizes frames to it itself (256 for the official checkpoints).
-    return ModelPredictor(loaded.model, config.mode, config.device, config.backend)
+    if config.mode == "offline" and config.precision != "fp32":
+        raise ValueError("--precision applies to online tracking; offline runs float32")
+    return ModelPredictor(loaded.model, config.mode, config.device, config.backend, config.precision)
 
 
 def make_predictor(config: EvalConfig) -> Predictor:
@@ -142,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tracker", default="bootstapir", choices=TRACKERS)
     parser.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime", "tensorrt"),
                         help="online inference backend (auto: the fastest available here)")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
+                        help="online inference precision (bf16: CPU or CUDA; fp16: CUDA)")
     parser.add_argument("--device", choices=DEVICES, help="default: cuda when available")
     parser.add_argument("--report", metavar="DIR", help="write a per-video CSV, plots and frame strips")
     return parser

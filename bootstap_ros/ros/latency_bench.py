@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resolution", type=int, default=0, help="model resolution (0: the model's)")
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
     parser.add_argument("--cpu-threads", type=int, default=0,
                         help="the node's cpu_threads (0: torch's default)")
     parser.add_argument("--image-reliability", default="best_effort",
@@ -116,7 +117,8 @@ def run(args) -> dict:
                "-r", f"__ns:={namespace}", *model,
                "-p", f"grid_points:={grid}", "-p", f"max_points:={max(grid * grid, 1)}",
                "-p", f"resolution:={args.resolution}", "-p", f"backend:={args.backend}",
-               "-p", f"device:={args.device}", "-p", f"cpu_threads:={args.cpu_threads}",
+               "-p", f"device:={args.device}", "-p", f"precision:={args.precision}",
+               "-p", f"cpu_threads:={args.cpu_threads}",
                "-p", f"qos.image.reliability:={args.image_reliability}"]
     node_log = open(Path(scratch.name) / "tracker_node.log", "w")
     tracker = subprocess.Popen(command, stdout=node_log, stderr=subprocess.STDOUT,
@@ -230,7 +232,8 @@ def run(args) -> dict:
         "setup": {"model": args.random and f"random {args.random}" or (checkpoint or "embedded"),
                   "points": grid * grid, "image": f"{width}x{height}", "fps": args.fps,
                   "duration_s": args.duration, "resolution": args.resolution or "model's",
-                  "backend": args.backend, "device": args.device, "cpu_threads": args.cpu_threads,
+                  "backend": args.backend, "device": args.device, "precision": args.precision,
+                  "cpu_threads": args.cpu_threads,
                   "image_reliability": args.image_reliability},
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version()},
