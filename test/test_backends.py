@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from bootstap_ros.backends import BackendError, available_backends, create_backend, resolve_backend
 from bootstap_ros.model.layers import gelu_tanh, inference_linear
@@ -61,10 +62,90 @@ def test_registry_names_and_errors(model):
     assert "torch" in available_backends("cpu")
     with pytest.raises(BackendError, match="unknown backend 'jax'"):
         resolve_backend("jax")
-    with pytest.raises(BackendError, match="fp32 on cpu"):
+    with pytest.raises(BackendError, match="fp16 on CUDA only; use bf16 or fp32 on cpu"):
         create_backend("torch", model, 8, 8, "cpu", "fp16")
     with pytest.raises(BackendError, match="unknown precision"):
         create_backend("torch", model, 8, 8, "cpu", "int3")
+
+
+# Operations a CUDA graph cannot capture: a tensor built from host data, a host sync,
+# an output whose shape depends on data, a transfer between devices.
+_NOT_CAPTURABLE = ("aten.lift_fresh", "aten.item", "aten._local_scalar_dense", "aten.nonzero",
+                   "aten.masked_select", "aten.unique", "aten._unique")
+
+
+class _OpRecorder(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = str(func)
+        if name.startswith(("aten.to.", "aten._to_copy")) and "device" in kwargs:
+            name = f"transfer to {kwargs['device']}"
+        self.ops.append(name)
+        return func(*args, **kwargs)
+
+
+def test_the_online_step_is_capturable_in_a_cuda_graph(model):
+    """After its first frame, the backbone pass and the causal step (what the torch
+    backend captures on CUDA) build no tensor from host data, never sync with the
+    host and have only static shapes. Checked on CPU by recording every aten op."""
+    frame = torch.rand(1, 1, 64, 64, 3) * 2 - 1
+    queries = model.get_query_features(model.get_feature_grids(frame), torch.tensor([[[0, 20.0, 30.0]] * 4]))
+    state = model.initial_state(4)
+    for recording in (False, True):  # the first frame may build its constants
+        with _OpRecorder() as recorder:
+            grids = model.get_feature_grids(frame)
+            model.track_step(grids, queries, state, in_place=True)
+        if recording:
+            assert len(recorder.ops) > 100
+            assert not _not_capturable(recorder.ops), "not capturable in a CUDA graph"
+    # The recorder itself catches each kind.
+    for breaker in (lambda: torch.tensor([1.0, 2.0]), lambda: frame.sum().item(),
+                    lambda: frame.to("cpu", copy=True), lambda: torch.nonzero(frame > 0)):
+        with _OpRecorder() as recorder:
+            breaker()
+        assert _not_capturable(recorder.ops)
+
+
+def _not_capturable(ops):
+    return sorted({op for op in ops if op.startswith(_NOT_CAPTURABLE + ("transfer",))})
+
+
+def test_bf16_on_cpu_follows_float32(model):
+    clip = moving_clip(num_frames=5)
+    queries = np.array([[0, 20.0, 16.0], [0, 50.5, 30.0], [1, 33.0, 21.0]], np.float32)
+    fp32 = track_online(model, clip, queries, backend="torch")
+    bf16 = track_online(model, clip, queries, backend="torch", precision="bf16")
+    assert bf16.tracks.dtype == np.float32
+    visible = ~np.isnan(fp32.tracks[..., 0])
+    assert np.array_equal(visible, ~np.isnan(bf16.tracks[..., 0]))
+    # bf16 keeps 8 bits of mantissa: tracks move, but by a fraction of a pixel.
+    difference = np.abs(fp32.tracks - bf16.tracks)[visible]
+    assert 0 < np.median(difference) < 0.5 and difference.max() < 2.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_cuda_graphs_equal_the_eager_cuda_step(model, precision):
+    clip = moving_clip(num_frames=8)
+    adds = {0: POINTS[:3], 2: POINTS[3:], 5: POINTS[:1]}
+    runs = {}
+    for graphs in (False, True):
+        tracker = CausalTracker(model, max_points=8, block_size=4, device="cuda", backend="torch",
+                                precision=precision, cuda_graphs=graphs)
+        runs[graphs] = _run(tracker, clip, adds)
+        if graphs:
+            assert tracker.backend.cuda_graphs and tracker.backend._step_graphs, "capture failed"
+            tracker.remove_points([0])
+            tracker.step(clip[0])  # removing keeps the graphs serving the others
+    tolerance = 1e-4 if precision == "fp32" else 0.05
+    for eager, graphed in zip(runs[False], runs[True]):
+        assert np.array_equal(eager.ids, graphed.ids)
+        np.testing.assert_allclose(graphed.xy, eager.xy, atol=tolerance * 64)
+        np.testing.assert_allclose(graphed.occlusion, eager.occlusion, atol=tolerance * 10)
 
 
 def _run(tracker, clip, adds):

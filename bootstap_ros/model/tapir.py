@@ -170,6 +170,19 @@ class TAPIR(nn.Module):
         dy, dx = torch.meshgrid(offsets, offsets, indexing="ij")
         # Patch offsets in (x, y) order, row-major over (dy, dx) as the weights expect.
         self.register_buffer("patch_offsets", torch.stack([dx, dy], -1).reshape(-1, 2), persistent=False)
+        self._constants = {}
+
+    def _constant(self, values: Tuple[float, ...], like: torch.Tensor) -> torch.Tensor:
+        """A small constant tensor on `like`'s device and dtype, built once and reused.
+
+        After its first frame the online step builds no tensor from host data, so it
+        can be captured in a CUDA graph (see `backends.torch_backend`).
+        """
+        key = (values, like.device, like.dtype)
+        if key not in self._constants:
+            with torch.inference_mode(False):  # usable in training too
+                self._constants[key] = torch.tensor(values, dtype=like.dtype, device=like.device)
+        return self._constants[key]
 
     # ------------------------------------------------------------------ stage 1
     def get_feature_grids(self, video: torch.Tensor, chunk_size: int = 16) -> FeatureGrids:
@@ -269,11 +282,12 @@ class TAPIR(nn.Module):
         b, n, t, h, w = cost.shape
         cost = cost.reshape(b * n * t, 1, h, w)
         hidden = torch.relu(mods["hid1"](cost))
-        logits = mods["hid2"](hidden).reshape(b, n, t, h * w)
+        # float32 softmax and soft-argmax even under autocast: positions need the precision.
+        logits = mods["hid2"](hidden).float().reshape(b, n, t, h * w)
         heatmap = torch.softmax(logits * self.config.softmax_temperature, dim=-1).reshape(b, n, t, h, w)
         height, width = self.config.resolution
         points = _soft_argmax(heatmap, self.config.soft_argmax_radius)
-        points = points * torch.tensor([width / w, height / h], device=points.device)
+        points = points * self._constant((width / w, height / h), points)
         if query_points is not None:
             frames = torch.arange(t, device=points.device)
             is_query = torch.round(query_points[:, :, None, 0]) == frames  # [B, N, T]
@@ -335,8 +349,9 @@ class TAPIR(nn.Module):
             correlations = []
             for grid in maps:
                 gh, gw = grid.shape[-2:]
-                centres = tracks * torch.tensor([gw / width, gh / height], device=tracks.device)
-                correlations.append(_sample_maps(grid, centres[:, :, None, :] + self.patch_offsets))
+                centres = tracks * self._constant((gw / width, gh / height), tracks)
+                correlations.append(_sample_maps(grid, centres[:, :, None, :] + self.patch_offsets,
+                                                 self._constant((2.0 / gw, 2.0 / gh), tracks)))
             mixer_input = torch.cat([
                 torch.zeros_like(tracks), occlusion[..., None], expected_dist[..., None],
                 mixer_features, *correlations,
@@ -438,15 +453,14 @@ class TAPIR(nn.Module):
                             join(lambda p: p.expected_dist), unrefined)
 
 
-def _sample_maps(maps: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
+def _sample_maps(maps: torch.Tensor, xy: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """Bilinear samples of one-channel maps, zero outside (as `_sample_2d`).
 
-    maps: [B, N, h, w], one per point; xy: [B, N, S, 2] raster coords of the maps.
-    Returns [B, N, S].
+    maps: [B, N, h, w], one per point; xy: [B, N, S, 2] raster coords of the maps;
+    scale: (2 / w, 2 / h). Returns [B, N, S].
     """
     b, n, h, w = maps.shape
     s = xy.shape[2]
-    scale = torch.tensor([2.0 / w, 2.0 / h], dtype=xy.dtype, device=xy.device)
     normalized = (xy * scale - 1).reshape(b * n, 1, s, 2)
     out = F.grid_sample(maps.reshape(b * n, 1, h, w), normalized, mode="bilinear",
                         padding_mode="zeros", align_corners=False)
