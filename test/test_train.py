@@ -108,6 +108,23 @@ def test_one_step_changes_weights_and_lowers_the_loss_on_a_fixed_batch(tmp_path)
     assert after.item() < loss.item()
 
 
+def test_bf16_autocast_on_cpu_trains_close_to_float32(tmp_path):
+    batch = fixed_batch(tiny_config(tmp_path))
+    torch.manual_seed(0)
+    model = build_model(SMALL).train()
+    losses = {}
+    for amp in ("auto", "bf16"):  # auto is float32 on the CPU
+        config = tiny_config(tmp_path, amp=amp)
+        losses[amp], _ = batch_loss(model, batch, torch.device("cpu"), config, causal=True)
+    assert losses["bf16"].dtype == torch.float32
+    assert losses["bf16"].item() != losses["auto"].item()  # bf16 really ran
+    assert losses["bf16"].item() == pytest.approx(losses["auto"].item(), rel=0.05)
+    losses["bf16"].backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    with pytest.raises(ValueError, match="fp16 needs CUDA"):
+        tiny_config(tmp_path, amp="fp16", device="cpu")
+
+
 def test_resume_continues_exactly_and_logs(tmp_path):
     straight = train(tiny_config(tmp_path / "straight", eval_every=4))
     # The same run interrupted at step 2 through the command line, then resumed.
