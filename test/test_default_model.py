@@ -15,6 +15,7 @@ from bootstap_ros.eval.cli import main as eval_main
 from bootstap_ros.eval.cli import parse_config, run_evaluation
 from bootstap_ros.model.checkpoint import EMBEDDED_CHECKPOINT, load_checkpoint
 from training.configs import SMALL
+from training.real_warps import write_dataset
 from training.synthetic import SyntheticConfig, generate_clip, write_tapvid_pickle
 
 pytestmark = pytest.mark.skipif(not EMBEDDED_CHECKPOINT.is_file(), reason="no embedded model installed")
@@ -31,6 +32,25 @@ class StandingStill:
         return tracks, np.zeros(tracks.shape[:2], bool)
 
 
+def _evaluate(dataset, folder):
+    results = {}
+    for tracker in ("bootstapir", "lk"):
+        out = folder / f"{dataset.stem}_{tracker}.json"
+        assert eval_main([str(dataset), "--tracker", tracker, "--output", str(out), "--device", "cpu"]) == 0
+        results[tracker] = json.loads(out.read_text())
+    return results
+
+
+@pytest.fixture(scope="module")
+def real_warp_scores(tmp_path_factory):
+    """The embedded model and Lucas-Kanade on clips of the other generator (real
+    video frames under known warps): no Kubric-lite code or texture in them."""
+    folder = tmp_path_factory.mktemp("real_warps")
+    # The README's set: seeds 0..19, 24 frames, 64 points (`python -m training.real_warps`).
+    dataset = write_dataset(folder / "real_warps.pkl", range(20))
+    return _evaluate(dataset, folder)
+
+
 @pytest.fixture(scope="module")
 def scores(tmp_path_factory):
     """AJ / <delta_avg / OA of the embedded model, Lucas-Kanade and standing still."""
@@ -38,11 +58,7 @@ def scores(tmp_path_factory):
     dataset = folder / "unseen.pkl"
     config = SyntheticConfig(frames=16, num_points=48)
     write_tapvid_pickle(dataset, (generate_clip(seed, config) for seed in range(70_000, 70_004)))
-    results = {}
-    for tracker in ("bootstapir", "lk"):
-        out = folder / f"{tracker}.json"
-        assert eval_main([str(dataset), "--tracker", tracker, "--output", str(out), "--device", "cpu"]) == 0
-        results[tracker] = json.loads(out.read_text())
+    results = _evaluate(dataset, folder)
     still = parse_config([str(dataset), "--output", str(folder / "still.json")])
     results["still"] = run_evaluation(still, StandingStill())
     return results
@@ -66,9 +82,16 @@ def test_default_model_tracks_the_motion(scores):
     assert model["occlusion_accuracy"] > 0.75
 
 
-@pytest.mark.xfail(strict=True, reason="issue 5 target not reached: the embedded model is "
-                   "within a few AJ points of Lucas-Kanade on synthetic clips, not above it")
+@pytest.mark.xfail(strict=True, reason="on Kubric-lite the embedded model is level with Lucas-Kanade, "
+                   "not well above it: +0.8 AJ on the README's 50 held-out clips, below it on these four")
 def test_default_model_beats_lucas_kanade(scores):
     model, lk = scores["bootstapir"], scores["lk"]
     assert model["average_jaccard"] > lk["average_jaccard"] + 0.02, (model["average_jaccard"],
                                                                      lk["average_jaccard"])
+
+
+def test_default_model_beats_lucas_kanade_on_the_other_generator(real_warp_scores):
+    model, lk = real_warp_scores["bootstapir"], real_warp_scores["lk"]
+    assert model["average_jaccard"] > lk["average_jaccard"] + 0.02, (model["average_jaccard"],
+                                                                     lk["average_jaccard"])
+    assert model["occlusion_accuracy"] > lk["occlusion_accuracy"]
