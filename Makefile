@@ -41,7 +41,8 @@ demo: setup
 	@echo "demo: rendered video in $(DEMO_OUT)/tracks.mp4, tracks in $(DEMO_OUT)/tracks.npz"
 
 # The embedded model's figures in the README: accuracy on 50 held-out synthetic clips
-# (seeds 0..49; training seeds start at 2**31) next to Lucas-Kanade on the same clips,
+# (seeds 0..49; training seeds start at 2**31) and on 20 clips of the second generator
+# (training/real_warps.py) next to Lucas-Kanade on the same clips,
 # its per-frame CPU latency for 32 and 256 points (fp32 and bf16), and the node's end-to-end latency
 # and output rate against a 30 FPS camera.
 FIGURES := outputs/figures
@@ -51,10 +52,14 @@ figures: setup
 	$(VENV)/bin/bootstap-eval $(FIGURES)/held_out.pkl --output $(FIGURES)/embedded.json
 	$(VENV)/bin/bootstap-eval $(FIGURES)/held_out.pkl --precision bf16 --output $(FIGURES)/embedded_bf16.json
 	$(VENV)/bin/bootstap-eval $(FIGURES)/held_out.pkl --tracker lk --output $(FIGURES)/lk.json
+	$(PY) -m training.real_warps --num-clips 20 --seed 0 --out $(FIGURES)/real_warps.pkl
+	$(VENV)/bin/bootstap-eval $(FIGURES)/real_warps.pkl --output $(FIGURES)/real_warps_embedded.json
+	$(VENV)/bin/bootstap-eval $(FIGURES)/real_warps.pkl --tracker lk --output $(FIGURES)/real_warps_lk.json
 	$(VENV)/bin/bootstap-bench --checkpoint bootstap_ros/data/default.pt --points 32,256 \
 	    --backends torch,onnxruntime --precisions fp32,bf16 --frames 50 --output $(FIGURES)/bench
-	$(PY) -m bootstap_ros.ros.latency_bench --points 32 --image-reliability reliable \
-	    --output $(FIGURES)/ros_latency.json
+	for precision in fp32 bf16; do $(PY) -m bootstap_ros.ros.latency_bench --points 32 \
+	    --image-reliability reliable --precision $$precision \
+	    --output $(FIGURES)/ros_latency_$$precision.json || exit 1; done
 
 clean:
 	rm -rf $(VENV) build install log .pytest_cache *.egg-info
