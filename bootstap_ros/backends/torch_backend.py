@@ -120,19 +120,15 @@ class TorchBackend:
         self._encode_graph.replay()
         return self._grids
 
-    def _graph_step(self, blocks: Sequence[int]) -> np.ndarray:
-        packed = []
-        for block_index in blocks:
-            block = slice(block_index * self.block_size, (block_index + 1) * self.block_size)
-            graph = self._step_graphs.get(block_index)
-            if graph is None and self.cuda_graphs:
-                graph = self._capture_step(block_index)
-            if graph is not None and self.cuda_graphs:
-                graph.replay()
-                packed.append(self._outputs[block])
-            else:  # a capture failed: eager from here on
-                packed.append(self._step_block(self._grids, block_index))
-        return torch.cat(packed).cpu().numpy()  # the one host sync of the frame
+    def _graph_step(self, block_index: int) -> torch.Tensor:
+        """One block by its graph (captured on first use); eager once a capture has failed."""
+        graph = self._step_graphs.get(block_index)
+        if graph is None and self.cuda_graphs:
+            graph = self._capture_step(block_index)
+        if graph is None or not self.cuda_graphs:
+            return self._step_block(self._grids, block_index)
+        graph.replay()
+        return self._outputs[block_index * self.block_size:(block_index + 1) * self.block_size]
 
     def _capture_step(self, block_index: int):
         block = slice(block_index * self.block_size, (block_index + 1) * self.block_size)
@@ -149,10 +145,6 @@ class TorchBackend:
         if graph is not None:
             self._step_graphs[block_index] = graph
         return graph
-
-    def _eager_step(self, features: FeatureGrids, blocks: Sequence[int]) -> np.ndarray:
-        packed = [self._step_block(features, block_index) for block_index in blocks]
-        return torch.cat(packed).cpu().numpy()  # the one host sync of the frame
 
     # ------------------------------------------------------------- the protocol
     @torch.inference_mode()
@@ -178,9 +170,9 @@ class TorchBackend:
     def step(self, features: FeatureGrids, blocks: Sequence[int]) -> np.ndarray:
         if not len(blocks):
             return np.zeros((0, 4), np.float32)
-        if self.cuda_graphs and features is self._grids:
-            return self._graph_step(blocks)
-        return self._eager_step(features, blocks)
+        graphed = self.cuda_graphs and features is self._grids
+        packed = [self._graph_step(b) if graphed else self._step_block(features, b) for b in blocks]
+        return torch.cat(packed).cpu().numpy()  # the one host sync of the frame
 
     def reset(self) -> None:
         if self._state is not None:
