@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bootstap_ros.model import Trajectories
-from training.losses import LossConfig, huber_distance, stage_loss, tapir_loss
+from training.losses import LossConfig, LossMasks, huber_distance, stage_loss, tapir_loss
 
 LN2 = math.log(2.0)
 
@@ -76,3 +76,35 @@ def test_mask_removes_entries_but_keeps_the_denominator():
     assert position.item() == pytest.approx(4.5 / 2)
     assert occlusion.item() == pytest.approx(LN2 / 2)
     assert uncertainty.item() == pytest.approx(LN2 / 2)
+
+
+def test_per_term_masks_replace_the_common_mask_for_their_term_only():
+    # Frame 0 visible, 5 px off; frame 1 visible, 8 px off; frame 2 occluded, far off.
+    tracks, occ, expd, target, occluded = _one_point(
+        [[3.0, 4.0], [0.0, 8.0], [50.0, 0.0]], [False, False, True], [1.0, -2.0, 0.5], [2.0, 3.0, 0.0])
+    softplus = lambda x: math.log1p(math.exp(x))  # noqa: E731
+    huber = [12.0, 24.0, 0.0]  # 4 * (d - 2) on visible frames; the occluded frame never counts
+    occ_bce = [softplus(1.0), softplus(-2.0), softplus(0.5) - 0.5]  # targets 0, 0, 1
+    unc_bce = [softplus(2.0), softplus(3.0) - 3.0, 0.0]  # targets 0 (5 <= 6), 1 (8 > 6), occluded
+    common = torch.tensor([[[1.0, 0.0, 1.0]]])
+    position_only = torch.tensor([[[0.0, 1.0, 1.0]]])
+    occlusion_only = torch.tensor([[[0.0, 0.0, 1.0]]])
+    position, occlusion, uncertainty = stage_loss(
+        tracks, occ, expd, target, occluded, mask=common, position_mask=position_only,
+        occlusion_mask=occlusion_only)
+    assert position.item() == pytest.approx(huber[1] / 3)  # its own mask: frame 1 only
+    assert occlusion.item() == pytest.approx(occ_bce[2] / 3)  # its own mask: frame 2 only
+    assert uncertainty.item() == pytest.approx(unc_bce[0] / 3)  # the common mask: frames 0 and 2
+
+    # The same through tapir_loss with LossMasks (bool masks work too), one stage.
+    masks = LossMasks(all=common.bool(), position=position_only.bool(), occlusion=occlusion_only.bool())
+    config = LossConfig()
+    total, parts = tapir_loss(Trajectories(tracks, occ, expd), target, occluded, (256, 256), config,
+                              masks=masks)
+    assert parts["position"].item() == pytest.approx(huber[1] / 3)
+    assert parts["occlusion"].item() == pytest.approx(occ_bce[2] / 3)
+    assert parts["uncertainty"].item() == pytest.approx(unc_bce[0] / 3)
+    assert total.item() == pytest.approx(0.05 * huber[1] / 3 + occ_bce[2] / 3 + unc_bce[0] / 3)
+    with pytest.raises(ValueError, match="not both"):
+        tapir_loss(Trajectories(tracks, occ, expd), target, occluded, (256, 256), mask=common,
+                   masks=masks)

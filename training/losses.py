@@ -18,7 +18,10 @@ the official tapnet code (`tapnet/utils/model_utils.py: tapnet_loss`):
 
 Every term is a mean over all B x N x T entries (occluded entries contribute
 zero to the two masked terms but still count in the denominator), as in the
-official code; an optional `mask` [B, N, T] multiplies all three terms first.
+official code. An optional `mask` [B, N, T] multiplies all three terms first;
+`position_mask`, `occlusion_mask` and `uncertainty_mask` replace it for one term
+each (as the official code's separate occlusion-loss mask), so that pseudo-labels
+can drop, say, the position of an unreliable track while keeping its occlusion.
 """
 
 from __future__ import annotations
@@ -53,40 +56,73 @@ def huber_distance(pred: torch.Tensor, target: torch.Tensor, delta: float) -> to
     return torch.where(distance < delta, squared / 2, delta * (distance - delta / 2))
 
 
+@dataclass(frozen=True)
+class LossMasks:
+    """Per-entry weights [B, N, T] (bool or float, broadcastable) for each loss term.
+
+    `all` multiplies every term; a term's own mask, when given, replaces `all` for
+    that term. None everywhere: every entry counts (the supervised case).
+    """
+
+    all: Optional[torch.Tensor] = None
+    position: Optional[torch.Tensor] = None
+    occlusion: Optional[torch.Tensor] = None
+    uncertainty: Optional[torch.Tensor] = None
+
+    def of(self, term: str):
+        """The weight of `term` ("position", "occlusion" or "uncertainty"): a tensor or 1.0."""
+        mask = getattr(self, term)
+        if mask is None:
+            mask = self.all
+        return 1.0 if mask is None else mask.float()
+
+
 def stage_loss(tracks: torch.Tensor, occlusion_logits: torch.Tensor, expected_dist_logits: torch.Tensor,
                target_tracks: torch.Tensor, occluded: torch.Tensor, config: LossConfig = LossConfig(),
-               mask: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               mask: Optional[torch.Tensor] = None, *, position_mask: Optional[torch.Tensor] = None,
+               occlusion_mask: Optional[torch.Tensor] = None,
+               uncertainty_mask: Optional[torch.Tensor] = None,
+               ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The three unweighted terms for one stage's outputs, each a scalar.
 
     tracks, target_tracks: [B, N, T, 2] (x, y) already in the 256x256 loss raster;
-    occlusion_logits, expected_dist_logits, occluded (bool or 0/1), mask: [B, N, T].
+    occlusion_logits, expected_dist_logits, occluded (bool or 0/1): [B, N, T];
+    mask: weights of all three terms; position_mask / occlusion_mask / uncertainty_mask
+    replace it for one term (all [B, N, T], bool or float). The position and
+    uncertainty terms also stay zero where `occluded`.
     """
+    masks = LossMasks(mask, position_mask, occlusion_mask, uncertainty_mask)
     tracks = tracks.float()
     occluded = occluded.float()
     visible = 1.0 - occluded
-    weight = 1.0 if mask is None else mask.float()
 
-    position = huber_distance(tracks, target_tracks, config.huber_delta) * visible * weight
+    position = huber_distance(tracks, target_tracks, config.huber_delta) * visible * masks.of("position")
     occlusion = F.binary_cross_entropy_with_logits(
-        occlusion_logits.float(), occluded, reduction="none") * weight
+        occlusion_logits.float(), occluded, reduction="none") * masks.of("occlusion")
     squared_error = torch.sum(torch.square(tracks.detach() - target_tracks), dim=-1)
     far = (squared_error > config.expected_dist_threshold ** 2).float()
     uncertainty = F.binary_cross_entropy_with_logits(
-        expected_dist_logits.float(), far, reduction="none") * visible * weight
+        expected_dist_logits.float(), far, reduction="none") * visible * masks.of("uncertainty")
     return position.mean(), occlusion.mean(), uncertainty.mean()
 
 
 def tapir_loss(outputs: Trajectories, target_tracks: torch.Tensor, occluded: torch.Tensor,
                image_size: Sequence[int], config: LossConfig = LossConfig(),
-               mask: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+               mask: Optional[torch.Tensor] = None, masks: Optional[LossMasks] = None,
+               ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
     """The total loss over the final and every unrefined stage, and its parts.
 
     outputs: the model's Trajectories, positions in the clip's raster;
     target_tracks [B, N, T, 2] (x, y) in the same raster; occluded [B, N, T];
-    image_size: (height, width) of that raster.
+    image_size: (height, width) of that raster; mask: weights of every term;
+    masks: per-term weights (`LossMasks`; give `mask` or `masks`, not both).
     Returns (total, parts): parts holds the weighted total and the unweighted
     position / occlusion / uncertainty terms of the final stage (detached), for logs.
     """
+    if masks is None:
+        masks = LossMasks(mask)
+    elif mask is not None:
+        raise ValueError("give tapir_loss either mask (all terms) or masks (per term), not both")
     height, width = image_size
     to_loss_raster = torch.tensor([LOSS_RASTER / width, LOSS_RASTER / height],
                                   device=target_tracks.device)
@@ -96,7 +132,8 @@ def tapir_loss(outputs: Trajectories, target_tracks: torch.Tensor, occluded: tor
     for tracks, occlusion_logits, expected_dist_logits in stages:
         position, occlusion, uncertainty = stage_loss(
             tracks.float() * to_loss_raster, occlusion_logits, expected_dist_logits, target, occluded,
-            config, mask)
+            config, masks.all, position_mask=masks.position, occlusion_mask=masks.occlusion,
+            uncertainty_mask=masks.uncertainty)
         total = total + (config.position_weight * position + config.occlusion_weight * occlusion
                          + config.uncertainty_weight * uncertainty)
     parts = {"loss": total.detach(), "position": position.detach(), "occlusion": occlusion.detach(),

@@ -8,6 +8,7 @@ official weights were trained with.
 
 from __future__ import annotations
 
+import weakref
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -26,6 +27,12 @@ def _packed_linear_usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
+# The packed weights live beside the modules, not in them: an opaque oneDNN tensor in a
+# module's __dict__ would make `copy.deepcopy` (an EMA teacher) and `torch.save` of the
+# module fail. Weak keys: the entry goes when the module does; a copy packs its own.
+_PACKED_WEIGHTS: "weakref.WeakKeyDictionary[nn.Linear, tuple]" = weakref.WeakKeyDictionary()
+
+
 def inference_linear(linear: nn.Linear, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
     """`linear(x)` (then GELU-tanh when `gelu`) for inference, fast on CPU.
 
@@ -39,11 +46,11 @@ def inference_linear(linear: nn.Linear, x: torch.Tensor, gelu: bool = False) -> 
         y = F.linear(x, linear.weight, linear.bias)
         return F.gelu(y, approximate="tanh") if gelu else y
     key = (linear.weight.data_ptr(), linear.weight._version)
-    cached = linear.__dict__.get("_packed_weight")
+    cached = _PACKED_WEIGHTS.get(linear)
     if cached is None or cached[0] != key:
         rows = max(1, min(x.numel() // x.shape[-1], 256))  # a layout hint only
         cached = (key, torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), rows))
-        linear.__dict__["_packed_weight"] = cached
+        _PACKED_WEIGHTS[linear] = cached
     if gelu:
         return torch.ops.mkldnn._linear_pointwise(x, cached[1], linear.bias, "gelu", [], "tanh")
     return torch.ops.mkldnn._linear_pointwise(x, cached[1], linear.bias, "none", [], "")
