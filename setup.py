@@ -11,6 +11,7 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 PACKAGE_NAME = 'bootstap_ros'
+TRAINING_PACKAGE = 'bootstap_ros_training'
 HERE = Path(__file__).resolve().parent
 
 
@@ -34,9 +35,11 @@ setup(
     description='Real-time causal BootsTAPIR point tracking for ROS 2',
     license='Apache-2.0',
     python_requires='>=3.10',
-    packages=find_packages(
-        include=[PACKAGE_NAME, PACKAGE_NAME + '.*', 'training', 'training.*'],
-    ),
+    # The repository's training/ folder installs as bootstap_ros_training: a top-level
+    # `training` in site-packages would collide with other projects. From a checkout,
+    # `python -m training.<module>` still runs (its imports are relative).
+    packages=find_packages(include=[PACKAGE_NAME, PACKAGE_NAME + '.*']) + [TRAINING_PACKAGE],
+    package_dir={TRAINING_PACKAGE: 'training'},
     # The embedded default checkpoint (added later) ships inside the package.
     package_data={PACKAGE_NAME: ['data/*.pt']},
     data_files=[

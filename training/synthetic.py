@@ -42,7 +42,7 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from training.textures import make_shape_mask, make_texture
+from .textures import make_shape_mask, make_texture
 
 # Fixed-point iterations for the forward wobble; the contraction factor is at most
 # sqrt(2) / 4, so 40 iterations leave an error far below float32 resolution.

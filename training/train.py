@@ -50,12 +50,12 @@ import torch
 import torch.distributed as dist
 
 from bootstap_ros.config import ModelConfig
-from bootstap_ros.model import TAPIR, build_model, load_checkpoint, preprocess_frames, save_checkpoint
-from bootstap_ros.model.checkpoint import read_checkpoint_file
-from training.configs import resolve_model_config
-from training.data import StepBatches, SyntheticClips, heldout_path, make_loader, write_heldout_set
-from training.losses import LossConfig, tapir_loss
-from training.synthetic import SyntheticConfig
+from bootstap_ros.model import TAPIR, build_model, load_checkpoint, preprocess_frames
+from bootstap_ros.model.checkpoint import FORMAT_NAME, FORMAT_VERSION, read_checkpoint_file
+from .configs import resolve_model_config
+from .data import StepBatches, SyntheticClips, heldout_path, make_loader, write_heldout_set
+from .losses import LossConfig, tapir_loss
+from .synthetic import SyntheticConfig
 
 CHECKPOINT = "checkpoint.pt"
 FINAL_MODEL = "model.pt"
@@ -204,20 +204,41 @@ def make_model(config: TrainConfig, resumed: Optional[dict]) -> TAPIR:
 
 
 def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """The supervised run's AdamW (see `make_adamw`)."""
+    return make_adamw(model, config.lr, config.weight_decay, config.beta2)
+
+
+def make_adamw(model: torch.nn.Module, lr: float, weight_decay: float,
+               beta2: float) -> torch.optim.Optimizer:
     """AdamW; as in the official recipe biases (and here norm scales) are not decayed."""
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": config.weight_decay},
+    groups = [{"params": decay, "weight_decay": weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, config.beta2), eps=1e-8)
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, beta2), eps=1e-8)
+
+
+def cosine_learning_rate(step: int, peak: float, warmup: int, steps: int) -> float:
+    """Linear warmup over `warmup` steps, then cosine decay to zero at `steps`."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return peak * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
 
 
 def learning_rate(step: int, config: TrainConfig) -> float:
-    """Linear warmup over `warmup` steps, then cosine decay to zero at `steps`."""
-    if step < config.warmup:
-        return config.lr * (step + 1) / config.warmup
-    progress = (step - config.warmup) / max(1, config.steps - config.warmup)
-    return config.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    """The supervised run's schedule (`cosine_learning_rate` of its config)."""
+    return cosine_learning_rate(step, config.lr, config.warmup, config.steps)
+
+
+def make_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler:
+    """Loss scaling is needed for fp16 autocast only (CUDA); otherwise a disabled scaler."""
+    return torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and amp == "fp16")
 
 
 def autocast_context(device: torch.device, amp: str):
@@ -232,14 +253,28 @@ def autocast_context(device: torch.device, amp: str):
 def batch_loss(model: torch.nn.Module, batch: Dict[str, torch.Tensor], device: torch.device,
                config: TrainConfig, causal: bool):
     """Forward one batch and return (loss, parts) as `training.losses.tapir_loss`."""
-    video = preprocess_frames(batch["video"].to(device, non_blocking=True))
+    return supervised_loss(model, batch, device, config.loss, config.amp, causal)
+
+
+def supervised_loss(model: torch.nn.Module, batch: Dict[str, torch.Tensor], device: torch.device,
+                    loss_config: LossConfig, amp: str, causal: bool):
+    """The supervised task's forward on one batch of labelled clips: (loss, parts)."""
+    video = batch["video"].to(device, non_blocking=True)
     queries = batch["query_points"].to(device, non_blocking=True)
-    with autocast_context(device, config.amp):
-        # The online engine never pins a point to its query position: causal models
-        # are trained the way they run.
-        outputs = model(video, queries, constrain_query_points=not causal)
+    outputs = model_forward(model, video, queries, amp, causal)
     return tapir_loss(outputs, batch["target_points"].to(device), batch["occluded"].to(device),
-                      video.shape[2:4], config.loss)
+                      video.shape[2:4], loss_config)
+
+
+def model_forward(model: torch.nn.Module, video: torch.Tensor, queries: torch.Tensor, amp: str,
+                  causal: bool):
+    """Trajectories of uint8 clips [B, T, H, W, 3] (on the model's device) under autocast.
+
+    The online engine never pins a point to its query position: causal models are
+    trained the way they run.
+    """
+    with autocast_context(video.device, amp):
+        return model(preprocess_frames(video), queries, constrain_query_points=not causal)
 
 
 def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -298,11 +333,16 @@ class StopRequest:
 # ----------------------------------------------------------------------------- logs
 
 class Logs:
-    """CSV logs (always) and TensorBoard (when importable); only the main process writes."""
+    """CSV logs (always) and TensorBoard (when importable); only the main process writes.
 
-    def __init__(self, out: Path, start_step: int):
-        self.train = _CsvLog(out / "train_log.csv", TRAIN_COLUMNS, start_step)
-        self.eval = _CsvLog(out / "eval_log.csv", EVAL_COLUMNS, start_step)
+    The columns given are the first ones; a row with a new key (a task's own loss
+    term) adds its column to the file.
+    """
+
+    def __init__(self, out: Path, start_step: int, train_columns=TRAIN_COLUMNS,
+                 eval_columns=EVAL_COLUMNS):
+        self.train = _CsvLog(out / "train_log.csv", train_columns, start_step)
+        self.eval = _CsvLog(out / "eval_log.csv", eval_columns, start_step)
         self.tensorboard = None
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -324,20 +364,31 @@ class Logs:
 
 class _CsvLog:
     def __init__(self, path: Path, columns, start_step: int):
-        self.path, self.columns = path, columns
+        self.path, self.columns = path, list(columns)
         kept = []
         if path.exists() and start_step > 0:
             # A resumed run drops rows logged after its checkpoint: they are redone.
             with open(path, newline="") as file:
-                kept = [row for row in csv.DictReader(file) if int(row["step"]) <= start_step]
-        with open(path, "w", newline="") as file:
-            writer = csv.DictWriter(file, columns)
+                reader = csv.DictReader(file)
+                kept = [row for row in reader if int(row["step"]) <= start_step]
+                self.columns += [c for c in reader.fieldnames or () if c not in self.columns]
+        self._rewrite(kept)
+
+    def _rewrite(self, rows) -> None:
+        with open(self.path, "w", newline="") as file:
+            writer = csv.DictWriter(file, self.columns, restval="")
             writer.writeheader()
-            writer.writerows(kept)
+            writer.writerows(rows)
 
     def write(self, row: Dict[str, float]) -> None:
+        new = [key for key in row if key not in self.columns]
+        if new:  # a new column: rewrite the file under the wider header (logs are small)
+            with open(self.path, newline="") as file:
+                rows = list(csv.DictReader(file))
+            self.columns += new
+            self._rewrite(rows)
         with open(self.path, "a", newline="") as file:
-            csv.DictWriter(file, self.columns).writerow(
+            csv.DictWriter(file, self.columns, restval="").writerow(
                 {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
 
 
@@ -345,19 +396,95 @@ class _CsvLog:
 
 def evaluate(model: TAPIR, config: TrainConfig, step: int, device: torch.device) -> Dict[str, float]:
     """AJ, <delta_avg and OA on the held-out clips through the project's evaluation code."""
-    from bootstap_ros.eval.cli import EvalConfig, ModelPredictor, run_evaluation
-
     out = Path(config.out) / "eval"
     heldout = heldout_path(out, config.heldout(), config.eval_seed, config.eval_clips)
     write_heldout_set(heldout, config.heldout(), config.eval_seed, config.eval_clips)
+    return evaluate_dataset(model, heldout, out / f"step_{step:07d}.json", device)
+
+
+def evaluate_dataset(model: TAPIR, dataset, output, device: torch.device, query_mode: str = "first",
+                     max_videos: Optional[int] = None) -> Dict[str, float]:
+    """AJ, <delta_avg and OA of `model` on a TAP-Vid / RoboTAP pickle, as `bootstap-eval` scores
+    it: online (the CausalTracker, as the ROS node runs) for causal models, offline otherwise.
+    The results json goes to `output`."""
+    from bootstap_ros.eval.cli import EvalConfig, ModelPredictor, run_evaluation
+
     mode = "online" if model.config.causal else "offline"
-    eval_config = EvalConfig(dataset=str(heldout), output=str(out / f"step_{step:07d}.json"),
-                             query_mode="first", mode=mode, causal=model.config.causal,
-                             device=str(device))
+    eval_config = EvalConfig(dataset=str(dataset), output=str(output), query_mode=query_mode,
+                             mode=mode, causal=model.config.causal, device=str(device),
+                             max_videos=max_videos)
     # A copy: the tracker switches its model to eval mode and may move it.
     predictor = ModelPredictor(copy.deepcopy(model).eval(), mode, str(device))
     results = run_evaluation(eval_config, predictor)
     return {key: float(results[key]) for key in EVAL_COLUMNS[1:]}
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def atomic_save(content: Dict, path: Path) -> None:
+    """torch.save to a temporary file beside `path`, fsync, then rename into place: a crash
+    or kill never leaves a truncated file under the final name. The file gets the usual
+    permissions (0o666 less the umask, applied by the kernel at creation)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        with os.fdopen(descriptor, "wb") as file:
+            torch.save(content, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        directory = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(directory)
+    except OSError:
+        pass  # some filesystems cannot fsync a directory
+    finally:
+        os.close(directory)
+
+
+def _state_dict_of(part) -> Dict:
+    if isinstance(part, torch.nn.Module):
+        return {k: v.detach().cpu() for k, v in part.state_dict().items()}
+    return part.state_dict()
+
+
+def save_training_checkpoint(path: Path, model: TAPIR, parts: Optional[Dict[str, object]] = None,
+                             **extra) -> None:
+    """A project checkpoint of `model` (loads in bootstap-track, bootstap-eval and the node)
+    holding besides it the state_dict of each of `parts` (further models, optimisers,
+    GradScalers; a disabled scaler is left out) and `extra` (step, configs)."""
+    content = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "model_config": model.config.to_dict(),
+        "state_dict": _state_dict_of(model),
+        **extra,
+    }
+    for name, part in (parts or {}).items():
+        if isinstance(part, torch.amp.GradScaler) and not part.is_enabled():
+            continue
+        content[name] = _state_dict_of(part)
+    atomic_save(content, path)
+
+
+def load_training_parts(content: Dict, parts: Dict[str, object], path="checkpoint") -> None:
+    """Loads each of `parts` from a `save_training_checkpoint` content (what it left out, a
+    disabled scaler, stays as it is)."""
+    for name, part in parts.items():
+        if isinstance(part, torch.amp.GradScaler) and not part.is_enabled():
+            continue
+        if name not in content:
+            raise ValueError(f"{path} holds no '{name}' state; it was not written by this trainer "
+                             "(start a new run with --init instead of --resume)")
+        part.load_state_dict(content[name])
 
 
 # ----------------------------------------------------------------------------- the run
@@ -412,12 +539,11 @@ def _train(config: TrainConfig, runtime: Runtime, resumed: Optional[dict],
     model = make_model(config, resumed).to(device).train()
     causal = model.config.causal
     optimizer = make_optimizer(model, config)
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and config.amp == "fp16")
+    scaler = make_scaler(device, config.amp)
+    state = {"optimizer": optimizer, "scaler": scaler}
     step = 0
     if resumed is not None:
-        optimizer.load_state_dict(resumed["optimizer"])
-        if resumed.get("scaler") and scaler.is_enabled():
-            scaler.load_state_dict(resumed["scaler"])
+        load_training_parts(resumed, state, resumed["path"])
         step = int(resumed["step"])
     last_step = min(config.steps, stop_at) if stop_at is not None else config.steps
 
@@ -445,12 +571,8 @@ def _train(config: TrainConfig, runtime: Runtime, resumed: Optional[dict],
         progress = tqdm(total=last_step, initial=step, unit="step", desc="train", dynamic_ncols=True)
 
     def save(path: Path, full: bool) -> None:
-        extra = {"step": step, "train_config": asdict(config)}
-        if full:
-            extra["optimizer"] = optimizer.state_dict()
-            if scaler.is_enabled():
-                extra["scaler"] = scaler.state_dict()
-        save_checkpoint(path, model, **extra)
+        save_training_checkpoint(path, model, state if full else None, step=step,
+                                 train_config=asdict(config))
 
     started = window_start = time.perf_counter()
     window_steps, skipped = 0, 0
