@@ -58,7 +58,7 @@ setup(
     extras_require={
         'test': ['pytest'],
         'onnx': ['onnx', 'onnxruntime', 'onnxscript'],
-        'train': ['tensorboard'],
+        'train': ['tensorboard', 'rosbags'],  # rosbags: reads robot logs without ROS
         'eval': ['matplotlib'],
     },
     zip_safe=False,
@@ -67,6 +67,7 @@ setup(
             'bootstap-track = bootstap_ros.cli.track:main',
             'bootstap-eval = bootstap_ros.eval.cli:main',
             'bootstap-bench = bootstap_ros.bench:main',
+            'bootstap-prepare-logs = training.logs:main',
             # The ROS nodes (run with `ros2 run bootstap_ros <name>`):
             'tracker_node = bootstap_ros.ros.tracker_node:main',
             'video_source = bootstap_ros.ros.video_source:main',
