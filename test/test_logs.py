@@ -1,0 +1,352 @@
+"""Robot logs into training clips: bags (MCAP, SQLite3; raw and compressed), videos, folders,
+the topic rule, damaged inputs, time gaps, static stretches, scene cuts and the cache."""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("rosbags")
+
+from bootstap_ros.video import VideoWriter  # noqa: E402
+from training.clips import ClipConfig, frame_change, thumbnail  # noqa: E402
+from training.logs import LogClips, LogError, main, prepare_logs, write_image_bag  # noqa: E402
+
+SIZE = 64
+PERIOD_NS = 33_333_333  # 30 Hz
+START_NS = 1_700_000_000 * 10**9
+
+
+def texture(seed: int, height: int = 160, width: int = 400) -> np.ndarray:
+    """A smooth random colour image: moving crops of it change a little per frame."""
+    rng = np.random.default_rng(seed)
+    noise = rng.integers(0, 256, (height // 8, width // 8, 3), dtype=np.uint8)
+    return cv2.resize(noise, (width, height), interpolation=cv2.INTER_CUBIC)
+
+
+def moving(count: int, seed: int = 0, speed: int = 2, size: int = SIZE) -> np.ndarray:
+    """`count` frames [T, size, size, 3] panning across a texture by `speed` px a frame."""
+    image = texture(seed)
+    return np.stack([image[20:20 + size, speed * i:speed * i + size] for i in range(count)])
+
+
+def elsewhere(count: int) -> np.ndarray:
+    """Frames of another, brighter place: the step from `moving` to these is a scene cut."""
+    return moving(count, seed=5) // 2 + 128
+
+
+def stamps(count: int, start: int = START_NS, period: int = PERIOD_NS):
+    return [start + i * period for i in range(count)]
+
+
+def config(**overrides) -> ClipConfig:
+    return ClipConfig(**{"frames": 8, "size": SIZE, **overrides})
+
+
+def manifest_of(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def test_test_frames_are_neither_static_nor_cuts():
+    # The fixtures above must sit between the thresholds for the other tests to mean anything.
+    frames = moving(30)
+    changes = [frame_change(thumbnail(a), thumbnail(b)) for a, b in zip(frames, frames[1:])]
+    defaults = ClipConfig()
+    assert defaults.static_threshold < min(changes) and max(changes) < defaults.cut_threshold
+    other = elsewhere(20)
+    changes = [frame_change(thumbnail(a), thumbnail(b)) for a, b in zip(other, other[1:])]
+    assert defaults.static_threshold < min(changes) and max(changes) < defaults.cut_threshold
+    assert frame_change(thumbnail(frames[-1]), thumbnail(other[0])) > defaults.cut_threshold
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+@pytest.mark.parametrize("kind", ["rgb8", "bgr8", "png", "jpeg"])
+def test_bag_is_read_back_frame_exact(tmp_path, storage, kind):
+    frames = moving(16)
+    compressed = kind in ("png", "jpeg")
+    bag = write_image_bag(tmp_path / "bag", frames, stamps(16), storage=storage,
+                          compressed=compressed, format=kind if compressed else "jpeg",
+                          encoding=kind if not compressed else "rgb8")
+    assert (bag / "metadata.yaml").is_file()
+    dataset = LogClips(prepare_logs([bag], tmp_path / "out", config()))
+    assert len(dataset) == 2
+    video = np.concatenate([dataset[0]["video"], dataset[1]["video"]])
+    assert video.dtype == np.uint8 and video.shape == frames.shape
+    if kind == "jpeg":
+        error = np.abs(video.astype(int) - frames)
+        assert error.mean() < 3 and np.percentile(error, 99) < 20
+    else:
+        np.testing.assert_array_equal(video, frames)
+    clip = dataset.clip_info(1)
+    assert (clip["start_ns"], clip["end_ns"]) == (stamps(16)[8], stamps(16)[15])
+    assert clip["topic"] == "/camera/image_raw" and clip["source"] == str(bag.resolve())
+
+
+def test_bare_storage_file_and_stride_and_fps(tmp_path):
+    frames = moving(48)
+    bag = write_image_bag(tmp_path / "bag", frames, stamps(48), storage="mcap")
+    mcap = next(bag.glob("*.mcap"))
+    by_stride = LogClips(prepare_logs([mcap], tmp_path / "a", config(stride=3)))
+    np.testing.assert_array_equal(by_stride[0]["video"], frames[0:24:3])
+    np.testing.assert_array_equal(by_stride[1]["video"], frames[24:48:3])
+    # 10 fps from 30 Hz stamps (with a jitter of a few ms) is every third frame too.
+    jitter = np.random.default_rng(1).integers(-3_000_000, 3_000_000, 48)
+    jittered = write_image_bag(tmp_path / "jittered", frames,
+                               [s + int(j) for s, j in zip(stamps(48), jitter)])
+    by_fps = LogClips(prepare_logs([jittered], tmp_path / "b", config(fps=10.0)))
+    np.testing.assert_array_equal(by_fps[0]["video"], frames[0:24:3])
+    assert len(by_fps) == 2
+
+
+def test_only_image_topic_is_chosen_and_several_are_listed(tmp_path):
+    frames = moving(8)
+    one = write_image_bag(tmp_path / "one", frames, stamps(8), topic="/cam/image",
+                          extra_topics={"/log": "string"})
+    manifest = manifest_of(prepare_logs([one], tmp_path / "out1", config()))
+    assert manifest["clips"][0]["topic"] == "/cam/image"
+
+    several = write_image_bag(tmp_path / "several", frames, stamps(8), topic="/left/image",
+                              extra_topics={"/right/compressed": "compressed", "/log": "string"})
+    with pytest.raises(LogError) as error:
+        prepare_logs([one, several], tmp_path / "out2", config())
+    message = str(error.value)
+    assert "several" in message and "--image-topic" in message and str(several.resolve()) in message
+    assert "/left/image (sensor_msgs/msg/Image)" in message
+    assert "/right/compressed (sensor_msgs/msg/CompressedImage)" in message
+    assert "/log" not in message
+    assert not (tmp_path / "out2" / "manifest.json").exists()  # stopped before decoding
+
+    chosen = manifest_of(prepare_logs([several], tmp_path / "out3", config(),
+                                      image_topic="/right/compressed"))
+    assert [c["topic"] for c in chosen["clips"]] == ["/right/compressed"]
+    with pytest.raises(LogError, match=r"no image topic '/nope' \(its image topics: /left/image"):
+        prepare_logs([several], tmp_path / "out4", config(), image_topic="/nope")
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_truncated_bag_is_skipped_with_a_warning_naming_it(tmp_path, caplog, storage):
+    frames = moving(16)
+    good = write_image_bag(tmp_path / "good", frames, stamps(16), storage="mcap")
+    broken = write_image_bag(tmp_path / "broken", frames, stamps(16), storage=storage)
+    data = next(p for p in broken.iterdir() if p.suffix in (".mcap", ".db3"))
+    os.truncate(data, data.stat().st_size * 2 // 3)
+    video = tmp_path / "clip.mp4"
+    with VideoWriter(video, fps=30) as writer:
+        for frame in frames:
+            writer.write(frame)
+    with caplog.at_level(logging.WARNING, logger="training.logs"):
+        manifest = manifest_of(prepare_logs([broken, good, video], tmp_path / "out", config()))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and str(broken.resolve()) in warnings[0]
+    assert "skipped" in warnings[0] and "nothing from it is used" in warnings[0]
+    statuses = [(s["path"], s["status"], s["clips"]) for s in manifest["sources"]]
+    assert statuses == [(str(broken.resolve()), "skipped", 0), (str(good.resolve()), "ok", 2),
+                        (str(video.resolve()), "ok", 2)]
+    assert len(LogClips(tmp_path / "out" / "manifest.json")) == 4
+
+
+def test_damaged_split_bag_keeps_the_readable_files(tmp_path, caplog):
+    # A recording killed mid-way: no metadata.yaml and a truncated last file.
+    frames = moving(32)
+    first = write_image_bag(tmp_path / "first", frames[:16], stamps(16), storage="mcap")
+    second = write_image_bag(tmp_path / "second", frames[16:], stamps(16, START_NS + 16 * PERIOD_NS),
+                             storage="mcap")
+    bag = tmp_path / "killed"
+    bag.mkdir()
+    next(first.glob("*.mcap")).rename(bag / "killed_0.mcap")
+    next(second.glob("*.mcap")).rename(bag / "killed_1.mcap")
+    os.truncate(bag / "killed_1.mcap", (bag / "killed_1.mcap").stat().st_size // 2)
+    with caplog.at_level(logging.WARNING, logger="training.logs"):
+        manifest = manifest_of(prepare_logs([bag], tmp_path / "out", config()))
+    warning = next(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert str(bag.resolve()) in warning and "partly read" in warning
+    assert "killed_1.mcap" in warning
+    assert manifest["sources"][0]["status"] == "partial"
+    dataset = LogClips(tmp_path / "out" / "manifest.json")
+    assert len(dataset) == 2
+    np.testing.assert_array_equal(dataset[1]["video"], frames[8:16])
+
+
+@pytest.mark.parametrize("which", ["both", "header", "receive"])
+def test_time_gap_splits_clips(tmp_path, which):
+    frames = moving(30)
+    times = stamps(30)
+    jumped = times[:12] + [t + 2 * 10**9 for t in times[12:]]  # 2 s missing after frame 11
+    header = jumped if which in ("both", "header") else times
+    receive = jumped if which in ("both", "receive") else times
+    bag = write_image_bag(tmp_path / "bag", frames, header, receive_stamps_ns=receive)
+    manifest = manifest_of(prepare_logs([bag], tmp_path / "out", config()))
+    assert [c["first_frame"] for c in manifest["clips"]] == [0, 12, 20]
+    assert manifest["sources"][0]["stats"]["gaps"] == 1
+    dataset = LogClips(tmp_path / "out" / "manifest.json")
+    np.testing.assert_array_equal(dataset[1]["video"], frames[12:20])
+
+
+def test_relative_gap_and_backwards_stamps(tmp_path):
+    # A 200 ms hole in a 30 Hz stream is far under max_gap_s but six usual intervals;
+    # header stamps that go back (a restarted driver clock) split too. (Receive stamps
+    # cannot go back: a bag is ordered by them.)
+    frames = moving(40)
+    times = stamps(40)
+    header = times[:25] + [t - 10**9 for t in times[25:]]
+    receive = times[:10] + [t + 200_000_000 for t in times[10:]]
+    bag = write_image_bag(tmp_path / "bag", frames, header, receive_stamps_ns=receive)
+    manifest = manifest_of(prepare_logs([bag], tmp_path / "out", config()))
+    assert [c["first_frame"] for c in manifest["clips"]] == [0, 10, 25]
+    assert manifest["sources"][0]["stats"]["gaps"] == 2
+
+
+def test_static_stretch_and_scene_cut_are_skipped(tmp_path):
+    scene_a = moving(20, seed=0)
+    still = np.repeat(scene_a[-1:], 12, axis=0)  # the robot stops for 12 frames
+    scene_b = elsewhere(20)  # another place entirely: a cut
+    frames = np.concatenate([scene_a, still, scene_b])
+    bag = write_image_bag(tmp_path / "bag", frames, stamps(len(frames)), storage="sqlite3")
+    manifest = manifest_of(prepare_logs([bag], tmp_path / "out", config()))
+    stats = manifest["sources"][0]["stats"]
+    assert stats["cuts"] == 1 and stats["static_dropped"] > 0
+    firsts = [c["first_frame"] for c in manifest["clips"]]
+    # Frames 19..31 are one still picture. The clip from 16 ends with 5 of them (a pause
+    # shorter than static_frames stays in); frames 24..31 are dropped; the cut at 32
+    # starts scene B.
+    assert firsts == [0, 8, 16, 32, 40]
+    assert stats["static_dropped"] == 7
+    dataset = LogClips(tmp_path / "out" / "manifest.json")
+    for index in range(len(dataset)):
+        video = dataset[index]["video"]
+        changes = [frame_change(thumbnail(a), thumbnail(b)) for a, b in zip(video, video[1:])]
+        assert max(changes) < 50  # no clip spans the cut
+    np.testing.assert_array_equal(dataset[3]["video"], scene_b[:8])
+
+
+def test_short_pause_stays_in_a_clip(tmp_path):
+    frames = moving(16)
+    frames[5:8] = frames[4]  # 4 identical frames: under static_frames (8)
+    bag = write_image_bag(tmp_path / "bag", frames, stamps(16))
+    manifest = manifest_of(prepare_logs([bag], tmp_path / "out", config()))
+    assert [c["first_frame"] for c in manifest["clips"]] == [0, 8]
+
+
+def test_video_file_and_image_folder(tmp_path):
+    frames = moving(20, size=96)
+    video = tmp_path / "walk.mp4"
+    folder = tmp_path / "pictures"
+    for path in (video, folder):
+        with VideoWriter(path, fps=30) as writer:
+            for frame in frames:
+                writer.write(frame)
+    (folder / "notes.txt").write_text("not an image")
+    dataset = LogClips(prepare_logs([video, folder], tmp_path / "out", config()))
+    sources = [c["source"] for c in (dataset.clip_info(i) for i in range(len(dataset)))]
+    assert sources == [str(video.resolve())] * 2 + [str(folder.resolve())] * 2
+    expected = np.stack([cv2.resize(f, (SIZE, SIZE), interpolation=cv2.INTER_AREA)
+                         for f in frames[:16]])
+    np.testing.assert_array_equal(np.concatenate([dataset[2]["video"], dataset[3]["video"]]),
+                                  expected)  # PNG: exact after the same resize
+    lossy = np.concatenate([dataset[0]["video"], dataset[1]["video"]]).astype(int)
+    assert np.abs(lossy - expected).mean() < 6  # mp4v
+    # A folder of inputs is expanded; a video OpenCV cannot read is skipped, not fatal.
+    (tmp_path / "inbox").mkdir()
+    (tmp_path / "inbox" / "broken.mp4").write_bytes(b"\x00" * 1000)
+    os.link(video, tmp_path / "inbox" / "ok.mp4")
+    manifest = manifest_of(prepare_logs([tmp_path / "inbox"], tmp_path / "out2", config()))
+    assert [(Path(s["path"]).name, s["status"]) for s in manifest["sources"]] == [
+        ("broken.mp4", "skipped"), ("ok.mp4", "ok")]
+
+
+def test_cache_is_reused_and_rebuilt_when_the_config_changes(tmp_path, monkeypatch):
+    frames = moving(24)
+    bag = write_image_bag(tmp_path / "bag", frames, stamps(24), storage="sqlite3")
+    out = tmp_path / "out"
+    path = prepare_logs([bag], out, config())
+    first = manifest_of(path)
+    files = [out / c["file"] for c in first["clips"]]
+    times = [f.stat().st_mtime_ns for f in files]
+
+    import training.logs as logs
+
+    def no_decoding(*args):
+        raise AssertionError("decoded again although the cache matches")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(logs, "_decode_source", no_decoding)
+        again = prepare_logs([bag], out, config())
+    assert manifest_of(again) == first
+    assert [f.stat().st_mtime_ns for f in files] == times
+
+    # Another clip length: decoded anew, the old clips are gone.
+    rebuilt = manifest_of(prepare_logs([bag], out, config(frames=12)))
+    assert len(rebuilt["clips"]) == 2 and rebuilt["config"]["frames"] == 12
+    assert not any(f.exists() for f in files)
+    assert LogClips(out / "manifest.json")[0]["video"].shape == (12, SIZE, SIZE, 3)
+
+    # A changed input (rewritten bag) is decoded again too.
+    data = next(bag.glob("*.db3"))
+    os.utime(data, ns=(data.stat().st_atime_ns, data.stat().st_mtime_ns + 10**9))
+    with monkeypatch.context() as patch:
+        patch.setattr(logs, "_decode_source", no_decoding)
+        with pytest.raises(AssertionError, match="decoded again"):
+            prepare_logs([bag], out, config(frames=12))
+
+
+def test_log_clips_feed_a_data_loader(tmp_path):
+    bag = write_image_bag(tmp_path / "bag", moving(32), stamps(32), compressed=True)
+    dataset = LogClips(prepare_logs([bag], tmp_path / "out", config()))
+    item = dataset[3]
+    assert set(item) == {"video"}
+    assert item["video"].dtype == np.uint8 and item["video"].shape == (8, SIZE, SIZE, 3)
+    batch = next(iter(torch.utils.data.DataLoader(dataset, batch_size=2)))
+    assert batch["video"].dtype == torch.uint8 and batch["video"].shape == (2, 8, SIZE, SIZE, 3)
+    with pytest.raises(LogError, match="not a readable clip manifest"):
+        LogClips(tmp_path / "missing.json")
+
+
+def test_errors_before_any_work(tmp_path):
+    with pytest.raises(LogError, match="no such file or folder"):
+        prepare_logs([tmp_path / "nothing"], tmp_path / "out", config())
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(LogError, match="unsupported input '.txt'"):
+        prepare_logs([tmp_path / "notes.txt"], tmp_path / "out", config())
+    with pytest.raises(ValueError, match="size must be a positive multiple of 8"):
+        ClipConfig(size=100)
+    short = write_image_bag(tmp_path / "short", moving(5), stamps(5))
+    with pytest.raises(LogError, match="no clip of 8 frames could be made"):
+        prepare_logs([short], tmp_path / "out", config())
+
+
+def test_command_line(tmp_path, capsys):
+    frames = moving(16)
+    one = write_image_bag(tmp_path / "one", frames, stamps(16), storage="sqlite3")
+    two = write_image_bag(tmp_path / "two", frames, stamps(16), topic="/a",
+                          extra_topics={"/b": "image"})
+    out = tmp_path / "out"
+    assert main([str(one), str(two), "--output", str(out), "--frames", "8", "--size", "64",
+                 "--image-topic", "/a"]) == 0
+    sources = manifest_of(out / "manifest.json")["sources"]
+    assert [s["status"] for s in sources] == ["skipped", "ok"]  # `one` has no /a
+    assert "2 clips from 2 input(s)" in capsys.readouterr().out
+    code = main([str(one), str(two), "--output", str(out), "--frames", "8", "--size", "64"])
+    assert code == 2 and "several image topics" in capsys.readouterr().err
+    assert main([str(two), "--output", str(out), "--frames", "8", "--size", "64",
+                 "--image-topic", "/b", "--stride", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "1 clips from 1 input(s)" in printed and str(out / "manifest.json") in printed
+
+
+def test_images_module_needs_no_rclpy():
+    code = ("import sys\n"
+            "sys.modules['rclpy'] = None\n"  # any import of rclpy now fails
+            "sys.modules['sensor_msgs'] = None\n"
+            "import bootstap_ros.images, training.logs, training.clips\n"
+            "assert 'rclpy' not in sys.modules or sys.modules['rclpy'] is None\n")
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
