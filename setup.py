@@ -67,7 +67,8 @@ setup(
             'bootstap-track = bootstap_ros.cli.track:main',
             'bootstap-eval = bootstap_ros.eval.cli:main',
             'bootstap-bench = bootstap_ros.bench:main',
-            'bootstap-prepare-logs = training.logs:main',
+            'bootstap-prepare-logs = bootstap_ros_training.logs:main',
+            'bootstap-train-bootstrap = bootstap_ros_training.bootstrap:main',
             # The ROS nodes (run with `ros2 run bootstap_ros <name>`):
             'tracker_node = bootstap_ros.ros.tracker_node:main',
             'video_source = bootstap_ros.ros.video_source:main',

@@ -11,6 +11,13 @@ every call has a static shape.
     set_queries(features, slots, points)
                                    points [K, 2] (x, y, model raster) on that frame become
                                    the queries of `slots` [K]; their state restarts at zero
+    query_features(features, points)
+                                   the query features of points [K, 2] on that frame, without
+                                   storing them: {"lowres": float32 [K, C_lowres],
+                                   "hires": float32 [K, C_hires]} host arrays
+    set_query_features(slots, query)
+                                   such features become the queries of `slots`; their state
+                                   restarts at zero (a query set made on another image)
     step(features, blocks)         advance the blocks (indices) by this frame; returns
                                    float32 [len(blocks) * block_size, 4] = x, y, occlusion
                                    logit, expected-distance logit (model raster), one
@@ -21,7 +28,7 @@ every call has a static shape.
 from __future__ import annotations
 
 import importlib.util
-from typing import Any, List, Protocol, Sequence, runtime_checkable
+from typing import Any, Dict, List, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -44,6 +51,10 @@ class Backend(Protocol):
     def encode(self, frame) -> Any: ...
 
     def set_queries(self, features: Any, slots: np.ndarray, points: np.ndarray) -> None: ...
+
+    def query_features(self, features: Any, points: np.ndarray) -> Dict[str, np.ndarray]: ...
+
+    def set_query_features(self, slots: np.ndarray, query: Dict[str, np.ndarray]) -> None: ...
 
     def step(self, features: Any, blocks: Sequence[int]) -> np.ndarray: ...
 

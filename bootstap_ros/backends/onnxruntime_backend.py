@@ -10,7 +10,7 @@ onnxruntime has it.
 from __future__ import annotations
 
 import os
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -83,17 +83,27 @@ class OnnxRuntimeBackend:
         return hires, lowres
 
     def set_queries(self, features, slots: np.ndarray, points: np.ndarray) -> None:
+        self.set_query_features(slots, self.query_features(features, points))
+
+    def query_features(self, features, points: np.ndarray) -> Dict[str, np.ndarray]:
         hires, lowres = features
-        slots = np.asarray(slots, np.int64)
-        for start in range(0, len(slots), self.block_size):  # the query graph takes a fixed Q
+        parts: Dict[str, List[np.ndarray]] = {"lowres": [], "hires": []}
+        for start in range(0, len(points), self.block_size):  # the query graph takes a fixed Q
             chunk = points[start:start + self.block_size]
             padded = np.zeros((self.block_size, 2), np.float32)
             padded[:len(chunk)] = chunk
             query_hires, query_lowres = self.sessions["queries"].run(
                 None, {"hires": hires, "lowres": lowres, "points": padded})
-            rows = slots[start:start + self.block_size]
-            self._query_hires[rows] = query_hires[:len(chunk)]
-            self._query_lowres[rows] = query_lowres[:len(chunk)]
+            parts["hires"].append(query_hires[:len(chunk)])
+            parts["lowres"].append(query_lowres[:len(chunk)])
+        dims = {"lowres": self.config.lowres_dim, "hires": self.config.hires_dim}
+        return {name: np.concatenate(arrays) if arrays else np.zeros((0, dims[name]), np.float32)
+                for name, arrays in parts.items()}
+
+    def set_query_features(self, slots: np.ndarray, query: Dict[str, np.ndarray]) -> None:
+        slots = np.asarray(slots, np.int64)
+        self._query_hires[slots] = query["hires"]
+        self._query_lowres[slots] = query["lowres"]
         for slot in slots:
             block, row = divmod(int(slot), self.block_size)
             self._state[block][0][:, :, row] = 0

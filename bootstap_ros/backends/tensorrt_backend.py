@@ -236,6 +236,34 @@ class TensorRTBackend:
             self._state[block][0][:, :, row] = 0
             self._state[block][1][:, :, row] = 0
 
+    def query_features(self, features, points: np.ndarray) -> Dict[str, np.ndarray]:
+        import torch
+
+        parts = {"lowres": [], "hires": []}
+        for start in range(0, len(points), self.block_size):
+            chunk = np.zeros((self.block_size, 2), np.float32)
+            part = points[start:start + self.block_size]
+            chunk[:len(part)] = part
+            self._points.copy_(torch.from_numpy(chunk))
+            self.engines["queries"].run({**features, "points": self._points, **self._query_out}, self._stream)
+            parts["hires"].append(self._query_out["query_hires"][:len(part)].float().cpu().numpy())
+            parts["lowres"].append(self._query_out["query_lowres"][:len(part)].float().cpu().numpy())
+        dims = {"lowres": self.config.lowres_dim, "hires": self.config.hires_dim}
+        return {name: np.concatenate(arrays) if arrays else np.zeros((0, dims[name]), np.float32)
+                for name, arrays in parts.items()}
+
+    def set_query_features(self, slots: np.ndarray, query: Dict[str, np.ndarray]) -> None:
+        import torch
+
+        slots = np.asarray(slots, np.int64)
+        rows = torch.from_numpy(slots).to(self.device)
+        self._query_hires[rows] = torch.from_numpy(query["hires"]).to(self.device)
+        self._query_lowres[rows] = torch.from_numpy(query["lowres"]).to(self.device)
+        for slot in slots:
+            block, row = divmod(int(slot), self.block_size)
+            self._state[block][0][:, :, row] = 0
+            self._state[block][1][:, :, row] = 0
+
     def step(self, features, blocks: Sequence[int]) -> np.ndarray:
         for block in blocks:
             rows = slice(block * self.block_size, (block + 1) * self.block_size)

@@ -153,18 +153,35 @@ class TorchBackend:
             return self._graph_encode(frame)
         return self._encode(frame.to(self.device, non_blocking=True))
 
-    @torch.inference_mode()
-    def set_queries(self, features: FeatureGrids, slots: np.ndarray, points: np.ndarray) -> None:
+    def _sample_queries(self, features: FeatureGrids, points: np.ndarray) -> QueryFeatures:
         tyx = np.concatenate([np.zeros((len(points), 1), np.float32), points[:, ::-1]], axis=1)
         with self._autocast():
-            queries = self.model.get_query_features(
+            return self.model.get_query_features(
                 features, torch.from_numpy(np.ascontiguousarray(tyx))[None].to(self.device))
+
+    def _write_queries(self, slots: np.ndarray, lowres: torch.Tensor, hires: torch.Tensor) -> None:
         index = torch.from_numpy(np.asarray(slots, np.int64)).to(self.device)
-        self._query_lowres[:, index] = queries.lowres.float()
-        self._query_hires[:, index] = queries.hires.float()
+        self._query_lowres[:, index] = lowres.float()
+        self._query_hires[:, index] = hires.float()
         if self._state is not None:
             self._state.conv1[:, :, :, index] = 0
             self._state.conv2[:, :, :, index] = 0
+
+    @torch.inference_mode()
+    def set_queries(self, features: FeatureGrids, slots: np.ndarray, points: np.ndarray) -> None:
+        queries = self._sample_queries(features, points)
+        self._write_queries(slots, queries.lowres, queries.hires)
+
+    @torch.inference_mode()
+    def query_features(self, features: FeatureGrids, points: np.ndarray) -> Dict[str, np.ndarray]:
+        queries = self._sample_queries(features, points)
+        return {"lowres": queries.lowres[0].float().cpu().numpy(),
+                "hires": queries.hires[0].float().cpu().numpy()}
+
+    @torch.inference_mode()
+    def set_query_features(self, slots: np.ndarray, query: Dict[str, np.ndarray]) -> None:
+        self._write_queries(slots, torch.from_numpy(query["lowres"])[None].to(self.device),
+                            torch.from_numpy(query["hires"])[None].to(self.device))
 
     @torch.inference_mode()
     def step(self, features: FeatureGrids, blocks: Sequence[int]) -> np.ndarray:

@@ -12,6 +12,10 @@ torch, onnxruntime, tensorrt), which keeps the per-slot query features and
 causal state on its device. Public coordinates are pixel (x, y) in the input image
 (TAPIR raster: pixel centres at +0.5); the model resolution stays inside.
 
+Points can also be added from query features taken on another image
+(`query_features`, `add_points_from_features`): a query set made on a
+demonstration frame (`tracking.query_set`, `bootstap-queries`).
+
 A change of input size mid-stream keeps every point: positions are carried in
 the model's normalised frame and reported in the new image's pixels (as if the
 camera output were resized), and a warning is logged once per change.
@@ -171,6 +175,49 @@ class CausalTracker:
         video = self._prepare(frame, encoding)
         xy = self._validate(xy)
         return self._add(self.backend.encode(video), xy)
+
+    @torch.inference_mode()
+    def query_features(self, frame: np.ndarray, xy, encoding: str = "rgb8") -> Dict[str, np.ndarray]:
+        """The query features of pixel positions `xy` [K, 2] on `frame`, as `add_points` would
+        take them, without adding any point: {"lowres": [K, C], "hires": [K, C]} float32.
+        What `bootstap-queries` stores in a query set (`tracking.query_set`)."""
+        video = self._prepare(frame, encoding)
+        xy = np.asarray(xy, np.float32).reshape(-1, 2)
+        height, width = self.frame_size
+        inside = np.isfinite(xy).all(axis=1) & (xy >= 0).all(axis=1) & (xy[:, 0] <= width) & (
+            xy[:, 1] <= height)
+        if not inside.all():
+            raise ValueError(f"{int((~inside).sum())} query point(s) are NaN/inf or outside the "
+                             f"{width}x{height} image: {xy[~inside][:5].tolist()}")
+        return self.backend.query_features(self.backend.encode(video), np.ascontiguousarray(self._to_model(xy)))
+
+    def add_points_from_features(self, features: Dict[str, np.ndarray]) -> np.ndarray:
+        """Add points whose query features were taken elsewhere (`query_features`, e.g. on a
+        demonstration image); returns their new ids, in the rows' order. They are tracked from
+        the next `step` on, with zero causal state. Raises ValueError for features of another
+        shape than this model's and TrackerFullError when the free slots do not suffice."""
+        dims = {"lowres": self.config.lowres_dim, "hires": self.config.hires_dim}
+        if set(features) != set(dims):
+            raise ValueError(f"query features must be {sorted(dims)}, got {sorted(features)}")
+        features = {k: np.ascontiguousarray(v, np.float32) for k, v in features.items()}
+        count = len(features["lowres"])
+        for name, dim in dims.items():
+            if features[name].shape != (count, dim):
+                raise ValueError(f"query features '{name}' have shape {features[name].shape}, this model "
+                                 f"needs [{count}, {dim}]: they were made with another model")
+            if not np.isfinite(features[name]).all():
+                raise ValueError(f"query features '{name}' hold NaN or infinite values")
+        free = np.flatnonzero(self._ids < 0)
+        if count > len(free):
+            raise TrackerFullError(
+                f"cannot add {count} point(s): {self.num_points} of {self.max_points} slots are in "
+                f"use; remove points or raise max_points")
+        slots = free[:count]
+        self.backend.set_query_features(slots, features)
+        new_ids = np.arange(self._next_id, self._next_id + count, dtype=np.int64)
+        self._next_id += count
+        self._ids[slots] = new_ids
+        return new_ids
 
     @torch.inference_mode()
     def step(self, frame: np.ndarray, encoding: str = "rgb8", add=None) -> TrackResult:

@@ -1,0 +1,696 @@
+"""BootsTAP bootstrapping: self-supervised student-teacher training on unlabelled logs.
+
+    bootstap-train-bootstrap --data robot_run.bag/ --data hand.mp4 --output runs/boot \
+        --steps 500 --batch-size 2                    # from the embedded model, on the CPU
+    bootstap-train-bootstrap --output runs/boot --resume     # continue exactly
+    torchrun --nproc-per-node 8 -m training.bootstrap --data logs/ --output runs/big \
+        --init causal_bootstapir_checkpoint.pt --device cuda  # DistributedDataParallel
+
+Each step trains the student on two tasks, each with its own Adam optimiser:
+
+* self-supervised, on clips of the robot's logs (`training.logs`): the teacher (an
+  exponential moving average of the student, or a fixed checkpoint with
+  `--teacher CKPT`, which may be an offline model teaching a causal student) tracks
+  random queries on the clean clip without gradients; its final refined tracks and
+  visibility are the pseudo-labels. The student sees a degraded view (each frame
+  JPEG-compressed, shrunk and pasted on black at an offset moving linearly in time:
+  `training.views`) and queries a point of the teacher's trajectory (the teacher's
+  query with p = 0.5, else a random visible point: `training.pseudo_labels`). Its
+  predictions, mapped back through the inverse affine map, are trained with the TAPIR
+  loss on the final and every unrefined iteration, on the entries kept by the
+  cycle-consistency mask (the student's track returns within 4 px of the teacher's
+  query, at 256x256, and is visible there) and the proximity mask.
+* supervised, on Kubric-lite clips (`training.data`), as `training.train` does, so the
+  model does not forget what the labels taught it. The self-supervised task runs at
+  half the supervised batch and half its learning rate (the paper's setting).
+
+A run directory holds:
+  checkpoint.pt      student + teacher + both optimisers + step + config, written
+                     atomically every `checkpoint_every` steps and on SIGTERM/Ctrl-C;
+                     `--resume` continues from it exactly (bit for bit on CPU)
+  final.pt           the final student (weights + model config): loads in
+                     bootstap-track, bootstap-eval and the node without flags
+  config.json        the resolved bootstrapping and model configs
+  clips/             the decoded log clips (unless `cache` points elsewhere)
+  train_log.csv, eval_log.csv, eval/, tensorboard/   as in training.train
+
+Options come from the defaults below, then `--config YAML`, then the command line
+flags and `key=value` pairs (any field of `BootstrapConfig`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Sampler
+
+from bootstap_ros.model import TAPIR, Trajectories, build_model, load_checkpoint
+from bootstap_ros.model.checkpoint import read_checkpoint_file, resolve_checkpoint
+from bootstap_ros.model.tapir import visibility
+
+from .data import StepBatches, SyntheticClips, make_loader
+from .losses import LossConfig, LossMasks, tapir_loss
+from .synthetic import SyntheticConfig
+from .train import (
+    EVAL_COLUMNS,
+    Logs,
+    Runtime,
+    StopRequest,
+    cosine_learning_rate,
+    evaluate_dataset,
+    load_training_parts,
+    make_adamw,
+    make_scaler,
+    model_forward,
+    optimizer_step,
+    save_training_checkpoint,
+    set_learning_rate,
+    setup_runtime,
+    supervised_loss,
+)
+
+CHECKPOINT = "checkpoint.pt"
+FINAL_MODEL = "final.pt"
+TRAIN_COLUMNS = ("step", "lr", "loss", "position", "occlusion", "uncertainty", "kept_tracks",
+                 "supervised_loss", "grad_norm", "skipped_steps", "steps_per_s", "elapsed_s")
+# Settings that fix the model or the teacher: a resumed run keeps the stored ones.
+_FIXED_ON_RESUME = ("init", "causal", "expand_capacity", "teacher", "teacher_causal", "siamese")
+
+
+@dataclass
+class BootstrapConfig:
+    """Everything a bootstrapping run depends on; stored in every checkpoint."""
+
+    output: str = "runs/bootstrap"
+    # Unlabelled data: rosbag2 bag folders, video files and image folders (training.logs).
+    data: List[str] = field(default_factory=list)
+    image_topic: Optional[str] = None  # the bag's image topic (default: its only one)
+    cache: Optional[str] = None  # where decoded clips go (default: OUTPUT/clips)
+    clip_frames: int = 24  # frames per clip (the paper: 24; its ablation: 2 and 6)
+    clip_stride: int = 1  # keep every n-th frame of the logs
+    clip_fps: Optional[float] = None  # or resample the logs to this frame rate
+    clip_size: Optional[int] = None  # clips' side in pixels (default: the model's resolution)
+    # Student: the embedded default model (None), or a project / official checkpoint.
+    init: Optional[str] = None
+    causal: Optional[bool] = None  # None: as stored (project) or causal (official state_dict)
+    expand_capacity: bool = False  # add BootsTAP's 5 zero-initialised conv blocks if missing
+    # Teacher: "ema" (an exponential moving average of the student) or a checkpoint path
+    # (fixed; an offline model may teach a causal student).
+    teacher: str = "ema"
+    teacher_causal: Optional[bool] = None  # for an official teacher state_dict (default offline)
+    ema_decay: float = 0.99  # project choice (the paper does not state it): ~100-step horizon
+    # Optimisation: AdamW per task (weight_decay 0 = the paper's Adam), warmup then cosine.
+    steps: int = 1000
+    batch_size: int = 2  # self-supervised clips per step and process
+    supervised_batch_size: Optional[int] = None  # default 2 x batch_size; 0: no supervised task
+    lr: float = 5e-5  # self-supervised peak learning rate
+    supervised_lr: Optional[float] = None  # default 2 x lr
+    warmup: int = 50
+    weight_decay: float = 0.0
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    loss: LossConfig = field(default_factory=LossConfig)
+    # Queries and pseudo-label filtering.
+    num_points: int = 128  # teacher queries per clip
+    same_query_prob: float = 0.5  # the student queries the teacher's own point this often
+    same_query: bool = False  # ablation: always the teacher's query
+    uniform_queries: bool = False  # ablation: a uniform draw over the visible frames
+    cycle_mask: bool = True  # ablation switch: False keeps every track
+    cycle_threshold: float = 4.0  # px in a 256x256 raster
+    proximity_mask: bool = True
+    siamese: bool = False  # ablation: the student is its own teacher, gradients through both
+    # The student's view (training.views.ViewConfig).
+    affine: bool = True  # ablation switch: False = no resize / paste / motion
+    jpeg: bool = True  # ablation switch
+    min_scale: float = 0.5
+    max_scale: float = 0.9
+    jpeg_quality: Tuple[int, int] = (15, 95)
+    # The supervised task's synthetic clips (training.synthetic).
+    supervised_frames: Optional[int] = None  # default clip_frames
+    supervised_points: int = 128
+    synthetic_clips: int = 0  # 0: a new clip every time; K: cycle through K clips
+    seed: int = 0
+    # Runtime.
+    device: str = "auto"  # auto | cpu | cuda
+    amp: str = "auto"  # auto (bf16 on CUDA, float32 on CPU) | bf16 | fp16 (CUDA) | off
+    num_workers: int = 2
+    log_every: int = 10
+    checkpoint_every: int = 100
+    # Evaluation: a TAP-Vid / RoboTAP pickle scored as bootstap-eval does.
+    eval: Optional[str] = None
+    eval_every: int = 100  # 0: only at the end
+    eval_query_mode: str = "first"
+    eval_max_videos: Optional[int] = None
+
+    def __post_init__(self):
+        if isinstance(self.loss, dict):
+            self.loss = LossConfig(**self.loss)
+        if isinstance(self.data, (str, os.PathLike)):
+            self.data = [str(self.data)]
+        self.data = [str(path) for path in self.data]
+        self.jpeg_quality = tuple(int(q) for q in self.jpeg_quality)
+        problems = []
+        if self.device not in ("auto", "cpu", "cuda"):
+            problems.append(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.amp not in ("auto", "bf16", "fp16", "off"):
+            problems.append(f"amp must be auto, bf16, fp16 or off, got {self.amp!r}")
+        if self.amp == "fp16" and self.device == "cpu":
+            problems.append("amp fp16 needs CUDA; use bf16 or off on CPU")
+        for name in ("steps", "batch_size", "num_points", "log_every", "checkpoint_every",
+                     "supervised_points"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be positive, got {getattr(self, name)}")
+        if self.clip_frames < 2:
+            problems.append(f"clip_frames must be at least 2, got {self.clip_frames}")
+        if self.supervised_batch_size is not None and self.supervised_batch_size < 0:
+            problems.append(f"supervised_batch_size must be >= 0, got {self.supervised_batch_size}")
+        if not 0.0 <= self.ema_decay <= 1.0:
+            problems.append(f"ema_decay must lie in [0, 1], got {self.ema_decay}")
+        if not 0.0 <= self.same_query_prob <= 1.0:
+            problems.append(f"same_query_prob must lie in [0, 1], got {self.same_query_prob}")
+        if self.siamese and self.teacher != "ema":
+            problems.append("siamese makes the student its own teacher: drop --teacher "
+                            f"{self.teacher!r} or siamese")
+        if self.eval_query_mode not in ("first", "strided"):
+            problems.append(f"eval_query_mode must be first or strided, got {self.eval_query_mode!r}")
+        if problems:
+            raise ValueError("invalid bootstrapping config: " + "; ".join(problems))
+
+    @classmethod
+    def from_dict(cls, values: Dict) -> "BootstrapConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown bootstrapping config keys {unknown}; known keys: "
+                             f"{', '.join(sorted(known))}")
+        return cls(**values)
+
+    # Derived settings.
+    @property
+    def ssl_supervised_batch(self) -> int:
+        return 2 * self.batch_size if self.supervised_batch_size is None else self.supervised_batch_size
+
+    @property
+    def ssl_supervised_lr(self) -> float:
+        return 2 * self.lr if self.supervised_lr is None else self.supervised_lr
+
+    def view(self):
+        from .views import ViewConfig
+
+        return ViewConfig(min_scale=self.min_scale, max_scale=self.max_scale, affine=self.affine,
+                          jpeg=self.jpeg, jpeg_quality=self.jpeg_quality)
+
+    def clip_config(self, size: int):
+        from .clips import ClipConfig
+
+        return ClipConfig(frames=self.clip_frames, stride=self.clip_stride, fps=self.clip_fps,
+                          size=self.clip_size or size)
+
+    def synthetic(self, size: int) -> SyntheticConfig:
+        side = self.clip_size or size
+        return SyntheticConfig(frames=self.supervised_frames or self.clip_frames, height=side,
+                               width=side, num_points=self.supervised_points)
+
+
+# ----------------------------------------------------------------------------- models
+
+def load_student(config: BootstrapConfig) -> TAPIR:
+    """The model to bootstrap: `init` (default: the embedded model), capacity expanded if asked."""
+    loaded = load_checkpoint(resolve_checkpoint(config.init), causal=config.causal,
+                             official_default_causal=True)
+    model = loaded.model
+    if config.expand_capacity and model.config.extra_conv_blocks == 0:
+        from .capacity import expand_capacity
+
+        model = expand_capacity(model, num_blocks=5)
+    return model
+
+
+def load_fixed_teacher(config: BootstrapConfig, student: TAPIR) -> TAPIR:
+    """A fixed teacher from a checkpoint: eval mode, no gradients, same resolution as the student."""
+    loaded = load_checkpoint(config.teacher, causal=config.teacher_causal, official_default_causal=False)
+    teacher = loaded.model
+    teacher.eval().requires_grad_(False)
+    return teacher
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+# ----------------------------------------------------------------------------- data
+
+class LogBatches(Sampler):
+    """The log-clip indices of each step's batch on one rank, from `start_step` to `steps`.
+
+    Global slot k = (step * world_size + rank) * batch_size + i goes through the clips in
+    a fresh random order every epoch (len(clips) slots), the order a pure function of the
+    seed and the epoch: a resumed run sees exactly the clips an uninterrupted one would.
+    """
+
+    def __init__(self, num_clips: int, start_step: int, steps: int, batch_size: int, seed: int,
+                 rank: int = 0, world_size: int = 1):
+        if num_clips < 1:
+            raise ValueError("no clips to train on")
+        self.num_clips, self.seed = num_clips, seed
+        self.slots = StepBatches(start_step, steps, batch_size, rank, world_size)
+        self._orders: Dict[int, np.ndarray] = {}
+
+    def clip(self, slot: int) -> int:
+        epoch, position = divmod(slot, self.num_clips)
+        order = self._orders.get(epoch)
+        if order is None:
+            order = np.random.default_rng([self.seed, 7, epoch]).permutation(self.num_clips)
+            self._orders = {epoch: order}
+        return int(order[position])
+
+    def __iter__(self) -> Iterator[List[int]]:
+        for slots in self.slots:
+            yield [self.clip(slot) for slot in slots]
+
+    def __len__(self) -> int:
+        return len(self.slots)
+
+
+def prepare_clips(config: BootstrapConfig, size: int, runtime: Runtime):
+    """The decoded log clips (a LogClips dataset); rank 0 decodes, the others wait."""
+    from .logs import LogClips, prepare_logs
+
+    if not config.data:
+        raise ValueError("no --data given: pass rosbag2 bag folders, video files or image folders")
+    cache = Path(config.cache) if config.cache else Path(config.output) / "clips"
+    manifest = None
+    if runtime.is_main:
+        manifest = prepare_logs(config.data, cache, config.clip_config(size), config.image_topic)
+    runtime.barrier()
+    if manifest is None:  # the other ranks find the cache rank 0 wrote
+        manifest = prepare_logs(config.data, cache, config.clip_config(size), config.image_topic)
+    return LogClips(manifest)
+
+
+def stack_videos(items) -> torch.Tensor:
+    """LogClips items -> uint8 [B, T, S, S, 3]."""
+    return torch.from_numpy(np.stack([item["video"] for item in items]))
+
+
+def step_generators(seed: int, step: int, rank: int) -> Tuple[np.random.Generator, torch.Generator]:
+    """The random draws of one step (views, queries): a pure function of seed, step and rank,
+    so a resumed run repeats them exactly and no state needs saving."""
+    entropy = np.random.SeedSequence([seed, step, rank, 12])
+    numpy_rng = np.random.default_rng(entropy)
+    torch_rng = torch.Generator().manual_seed(int(entropy.generate_state(1, np.uint64)[0] >> 1))
+    return numpy_rng, torch_rng
+
+
+# ----------------------------------------------------------------------------- the loss
+
+def map_outputs(outputs: Trajectories, affines: torch.Tensor) -> Trajectories:
+    """Student outputs with every stage's positions mapped by per-clip affines [B, T, 2, 3]."""
+    from .views import map_tracks
+
+    affines = affines.to(outputs.tracks.device)
+
+    def mapped(tracks):
+        return map_tracks(tracks.float(), affines)
+
+    return Trajectories(mapped(outputs.tracks), outputs.occlusion, outputs.expected_dist,
+                        tuple((mapped(t), o, e) for t, o, e in outputs.unrefined))
+
+
+def bootstrap_loss(student: torch.nn.Module, teacher: torch.nn.Module, video: torch.Tensor,
+                   config: BootstrapConfig, numpy_rng: np.random.Generator,
+                   torch_rng: torch.Generator, student_causal: bool, teacher_causal: bool):
+    """The self-supervised loss of one batch of clean clips uint8 [B, T, S, S, 3] (on the
+    device): (loss, parts). `teacher` is the student itself in Siamese mode (no stop-gradient)."""
+    from .pseudo_labels import (
+        cycle_consistency_mask,
+        proximity_mask,
+        pseudo_labels,
+        resample_student_queries,
+        sample_teacher_queries,
+    )
+    from .views import invert_affine, map_queries, student_batch
+
+    batch, frames, height, width = video.shape[:4]
+    device = video.device
+    teacher_queries = sample_teacher_queries(torch_rng, batch, config.num_points, frames,
+                                             (height, width)).to(device)
+    if config.siamese:
+        outputs = model_forward(teacher, video, teacher_queries, config.amp, teacher_causal)
+        target_tracks = outputs.tracks.float()  # no stop-gradient: the ablation's point
+        occluded = ~visibility(outputs.occlusion.detach(), outputs.expected_dist.detach())
+    else:
+        with torch.no_grad():
+            outputs = model_forward(teacher, video, teacher_queries, config.amp, teacher_causal)
+        target_tracks, occluded = pseudo_labels(outputs)
+        target_tracks = target_tracks.float()
+    same_prob = 1.0 if config.same_query else config.same_query_prob
+    student_queries = resample_student_queries(
+        torch_rng, teacher_queries, target_tracks.detach(), ~occluded, same_prob,
+        uniform=config.uniform_queries and not config.same_query, size=(height, width))
+
+    student_video, affines = student_batch(video, config.view(), numpy_rng)
+    affines = affines.to(device)
+    student_outputs = model_forward(student, student_video, map_queries(student_queries, affines),
+                                    config.amp, student_causal)
+    back = map_outputs(student_outputs, invert_affine(affines))
+
+    with torch.no_grad():
+        keep = torch.ones(batch, config.num_points, frames, dtype=torch.bool, device=device)
+        if config.cycle_mask:
+            student_visible = visibility(back.occlusion.float(), back.expected_dist.float())
+            cycle = cycle_consistency_mask(back.tracks, student_visible, teacher_queries,
+                                           (height, width), config.cycle_threshold)
+            keep &= cycle[..., None]
+        if config.proximity_mask:
+            keep &= proximity_mask(teacher_queries[..., 0], student_queries[..., 0], frames)
+    loss, parts = tapir_loss(back, target_tracks, occluded, (height, width), config.loss,
+                             masks=LossMasks(all=keep))
+    parts["kept_tracks"] = keep.any(-1).float().mean()
+    return loss, parts
+
+
+# ----------------------------------------------------------------------------- the run
+
+def _resolve_resume(config: BootstrapConfig, overrides: Dict) -> Tuple[BootstrapConfig, dict]:
+    path = Path(config.output) / CHECKPOINT
+    content = read_checkpoint_file(path)
+    if "bootstrap_config" not in content or "step" not in content:
+        raise ValueError(f"{path} is not a bootstrapping checkpoint (no bootstrap_config/step); "
+                         "start a new run with --init to take its weights")
+    stored = BootstrapConfig.from_dict(content["bootstrap_config"])
+    fixed = sorted(k for k in set(_FIXED_ON_RESUME) & set(overrides) if overrides[k] != getattr(stored, k))
+    if fixed:
+        raise ValueError(f"--resume keeps the model and teacher of {path}; drop {fixed} "
+                         "(or start a new run in another --output)")
+    values = {**asdict(stored), **overrides, "output": config.output}
+    return BootstrapConfig.from_dict(values), {"path": str(path), **content}
+
+
+def bootstrap(config: BootstrapConfig, resume: bool = False, overrides: Optional[Dict] = None,
+              stop_at: Optional[int] = None) -> TAPIR:
+    """Runs (or resumes) a bootstrapping run; returns the student (on its device).
+
+    resume: continue from `output/checkpoint.pt` with its stored config, `overrides` applied.
+    stop_at: checkpoint and return at this step (the schedule still spans `steps`).
+    """
+    resumed = None
+    if resume:
+        config, resumed = _resolve_resume(config, overrides or {})
+    elif (Path(config.output) / CHECKPOINT).exists():
+        raise ValueError(f"{Path(config.output) / CHECKPOINT} exists: pass --resume to continue that "
+                         "run, or choose another --output")
+    runtime = setup_runtime(config.device)
+    try:
+        return _bootstrap(config, runtime, resumed, stop_at)
+    finally:
+        if runtime.distributed:
+            dist.destroy_process_group()
+
+
+def _bootstrap(config: BootstrapConfig, runtime: Runtime, resumed: Optional[dict],
+               stop_at: Optional[int]) -> TAPIR:
+    out = Path(config.output)
+    device = runtime.device
+    if resumed is not None:
+        from bootstap_ros.config import ModelConfig
+
+        model = build_model(ModelConfig.from_dict(resumed["model_config"]), resumed["state_dict"],
+                            resumed["path"])
+    else:
+        model = load_student(config)
+    model = model.to(device).train()
+    causal = model.config.causal
+    size = model.config.resolution[0]
+
+    if config.siamese:
+        teacher, teacher_causal = model, causal
+    elif config.teacher == "ema":
+        from .pseudo_labels import make_ema_teacher
+
+        teacher, teacher_causal = make_ema_teacher(model), causal
+    else:
+        teacher = load_fixed_teacher(config, model).to(device)
+        teacher_causal = teacher.config.causal
+
+    supervised_batch = config.ssl_supervised_batch
+    optimizers = {"bootstrap_optimizer": make_adamw(model, config.lr, config.weight_decay, config.beta2)}
+    if supervised_batch:
+        optimizers["supervised_optimizer"] = make_adamw(model, config.ssl_supervised_lr,
+                                                        config.weight_decay, config.beta2)
+    scaler = make_scaler(device, config.amp)
+    state = {**optimizers, "scaler": scaler}
+    if config.teacher == "ema" and not config.siamese:
+        state["teacher"] = teacher
+    step = 0
+    if resumed is not None:
+        load_training_parts(resumed, state, resumed["path"])
+        step = int(resumed["step"])
+    last_step = min(config.steps, stop_at) if stop_at is not None else config.steps
+
+    trained = model
+    if runtime.distributed:
+        trained = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=model.config.refinement_iters == 0)
+
+    clips = prepare_clips(config, size, runtime)
+    pin = device.type == "cuda"
+    log_loader = DataLoader(
+        clips, batch_sampler=LogBatches(len(clips), step, last_step, config.batch_size, config.seed,
+                                        runtime.rank, runtime.world_size),
+        num_workers=config.num_workers, pin_memory=pin, collate_fn=stack_videos)
+    supervised_loader: Sequence = [None] * max(0, last_step - step)
+    if supervised_batch:
+        supervised_loader = make_loader(
+            SyntheticClips(config.synthetic(size), config.seed, config.synthetic_clips),
+            StepBatches(step, last_step, supervised_batch, runtime.rank, runtime.world_size),
+            config.num_workers, pin_memory=pin)
+
+    logs, progress = None, None
+    if runtime.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(
+            {"bootstrap": asdict(config), "model": model.config.to_dict(),
+             "teacher_model": _unwrap(teacher).config.to_dict(), "log_clips": len(clips),
+             "world_size": runtime.world_size, "device": str(device)}, indent=2) + "\n")
+        logs = Logs(out, step, TRAIN_COLUMNS, EVAL_COLUMNS)
+        from tqdm import tqdm
+
+        progress = tqdm(total=last_step, initial=step, unit="step", desc="bootstrap",
+                        dynamic_ncols=True)
+
+    def save(path: Path, full: bool) -> None:
+        save_training_checkpoint(path, model, state if full else None, step=step,
+                                 bootstrap_config=asdict(config))
+
+    started = window_start = time.perf_counter()
+    window_steps, skipped = 0, 0
+    sums: Dict[str, torch.Tensor] = {}
+    stop_request = StopRequest()
+    stop_request.install()
+    try:
+        for video, supervised in zip(log_loader, supervised_loader):
+            lr = cosine_learning_rate(step, config.lr, config.warmup, config.steps)
+            set_learning_rate(optimizers["bootstrap_optimizer"], lr)
+            parts: Dict[str, torch.Tensor] = {}
+            grad_norm, stepped = 0.0, True
+            if supervised is not None:
+                set_learning_rate(optimizers["supervised_optimizer"],
+                                  cosine_learning_rate(step, config.ssl_supervised_lr, config.warmup,
+                                                       config.steps))
+                loss, supervised_parts = supervised_loss(trained, supervised, device, config.loss,
+                                                         config.amp, causal)
+                _, stepped = optimizer_step(trained, optimizers["supervised_optimizer"], scaler, loss,
+                                            config.grad_clip)
+                parts["supervised_loss"] = supervised_parts["loss"]
+            numpy_rng, torch_rng = step_generators(config.seed, step, runtime.rank)
+            loss, ssl_parts = bootstrap_loss(trained, teacher, video.to(device, non_blocking=True),
+                                             config, numpy_rng, torch_rng, causal, teacher_causal)
+            parts.update(ssl_parts)
+            grad_norm, ssl_stepped = optimizer_step(trained, optimizers["bootstrap_optimizer"], scaler,
+                                                    loss, config.grad_clip)
+            stepped = stepped and ssl_stepped
+            if "teacher" in state:
+                from .pseudo_labels import ema_update
+
+                ema_update(teacher, model, config.ema_decay)
+            skipped += not stepped
+            step += 1
+            window_steps += 1
+            for key, value in parts.items():
+                sums[key] = sums.get(key, 0.0) + value.detach().float()
+            stopping = stop_request.agreed(runtime)
+
+            if step % config.log_every == 0 or step == last_step or stopping:
+                names = sorted(sums)
+                means = torch.stack([sums[k] for k in names]) / window_steps
+                if runtime.distributed:
+                    dist.all_reduce(means)
+                    means /= runtime.world_size
+                elapsed = time.perf_counter() - window_start
+                if runtime.is_main:
+                    row = {"step": step, "lr": lr, **dict(zip(names, means.tolist())),
+                           "grad_norm": grad_norm, "skipped_steps": skipped,
+                           "steps_per_s": window_steps / elapsed,
+                           "elapsed_s": time.perf_counter() - started}
+                    logs.scalars(logs.train, "train", row)
+                    progress.set_postfix(loss=f"{row['loss']:.3f}", kept=f"{row['kept_tracks']:.2f}",
+                                         refresh=False)
+                sums, window_steps, window_start = {}, 0, time.perf_counter()
+            if progress is not None:
+                progress.update(1)
+
+            if step % config.checkpoint_every == 0 or step == last_step or stopping:
+                if runtime.is_main:
+                    save(out / CHECKPOINT, full=True)
+                runtime.barrier()
+            if stopping:
+                if runtime.is_main:
+                    progress.write(f"stopped by {stop_request.signal or 'another rank'} at step {step}: "
+                                   f"{out / CHECKPOINT} written; --resume continues")
+                break
+            if config.eval and ((config.eval_every > 0 and step % config.eval_every == 0)
+                                or step == config.steps):
+                if runtime.is_main:
+                    progress.clear()
+                    metrics = evaluate_dataset(model, config.eval, out / "eval" / f"step_{step:07d}.json",
+                                               device, config.eval_query_mode, config.eval_max_videos)
+                    logs.scalars(logs.eval, "eval", {"step": step, **metrics})
+                    progress.write(f"step {step}: AJ {100 * metrics['average_jaccard']:.1f}  "
+                                   f"<delta_avg {100 * metrics['average_pts_within_thresh']:.1f}  "
+                                   f"OA {100 * metrics['occlusion_accuracy']:.1f}")
+                runtime.barrier()
+        if runtime.is_main and step == config.steps:
+            save(out / FINAL_MODEL, full=False)
+    finally:
+        stop_request.restore()
+        if progress is not None:
+            progress.close()
+        if logs is not None:
+            logs.close()
+    return model
+
+
+# ----------------------------------------------------------------------------- command line
+
+_FLAGS = {  # flag -> (field, type, help)
+    "--data": ("data", str, "a rosbag2 bag folder (MCAP or SQLite3; Image or CompressedImage), a "
+               "video file or a folder of images; repeat for more (folders are searched)"),
+    "--image-topic": ("image_topic", str, "the bags' image topic (default: a bag's only image topic)"),
+    "--init": ("init", str, "the student's starting weights: a bootstap_ros or official checkpoint "
+               "(default: the embedded model)"),
+    "--teacher": ("teacher", str, "'ema' (an exponential moving average of the student) or a "
+                  "checkpoint that teaches as it is (e.g. an offline model for a causal student)"),
+    "--steps": ("steps", int, "total steps (the learning-rate schedule's length)"),
+    "--batch-size": ("batch_size", int, "log clips per step and process (the supervised task "
+                     "takes twice as many synthetic clips unless supervised_batch_size=...)"),
+    "--device": ("device", str, "auto, cpu or cuda"),
+    "--eval": ("eval", str, "a TAP-Vid / RoboTAP pickle scored (as bootstap-eval does) every "
+               "eval_every steps and at the end"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = BootstrapConfig()
+    keys = "\n".join(
+        f"  {f.name}={_shown(getattr(defaults, f.name))}" for f in dataclasses.fields(BootstrapConfig)
+        if f.name not in ("output", "data"))
+    parser = argparse.ArgumentParser(
+        prog="bootstap-train-bootstrap", argument_default=argparse.SUPPRESS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="BootsTAP bootstrapping: train the tracker on unlabelled robot logs (rosbag2 "
+        "bags, videos, image folders) with an EMA teacher's pseudo-labels, alongside supervised "
+        "synthetic clips. Under torchrun every process trains on its own clips "
+        "(DistributedDataParallel).",
+        epilog="key=value settings (any of these; lists and tuples as YAML, e.g. "
+        "jpeg_quality=[30,90]):\n" + keys + "\n\nAblations: affine=false, jpeg=false, "
+        "same_query=true, uniform_queries=true, cycle_mask=false, siamese=true, clip_frames=N.")
+    parser.add_argument("--config", metavar="YAML", default=None,
+                        help="a YAML file of key: value settings (flags and key=value override it)")
+    parser.add_argument("--output", required=True, metavar="DIR",
+                        help="run directory: checkpoint.pt, final.pt, logs, decoded clips")
+    parser.add_argument("--resume", action="store_true", default=False,
+                        help="continue from DIR/checkpoint.pt with its stored settings; settings "
+                        "given now (e.g. --steps) override them")
+    parser.add_argument("--stop-at", type=int, metavar="STEP", default=None,
+                        help="checkpoint and exit at this step (the schedule still spans --steps)")
+    for flag, (name, kind, text) in _FLAGS.items():
+        default = getattr(defaults, name)
+        shown = f" (default: {default})" if default not in (None, []) else ""
+        extra = {"action": "append"} if name == "data" else {}
+        if name == "device":
+            extra["choices"] = ("auto", "cpu", "cuda")
+        parser.add_argument(flag, dest=name, type=kind, metavar=name.upper().replace("_", "-"),
+                            help=text + shown, **extra)
+    parser.add_argument("settings", nargs="*", metavar="key=value", default=[],
+                        help="any setting listed below")
+    return parser
+
+
+def _shown(value) -> str:
+    if isinstance(value, LossConfig):
+        return json.dumps(asdict(value)).replace(" ", "")
+    return json.dumps(list(value) if isinstance(value, tuple) else value)
+
+
+def parse_settings(pairs: Sequence[str]) -> Dict:
+    """key=value strings -> a dict, values read as YAML (numbers, booleans, null, lists)."""
+    import yaml
+
+    values = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"expected key=value, got {pair!r}")
+        values[key.strip()] = yaml.safe_load(text) if text.strip() else None
+    return values
+
+
+def read_yaml(path: str) -> Dict:
+    import yaml
+
+    try:
+        values = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise ValueError(f"cannot read the config {path}: {error}") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} must hold a mapping of settings, found a {type(values).__name__}")
+    return values
+
+
+def main(argv=None) -> int:
+    try:
+        options = vars(build_parser().parse_args(argv))
+        resume, stop_at = options.pop("resume"), options.pop("stop_at")
+        output, config_file = options.pop("output"), options.pop("config")
+        settings = parse_settings(options.pop("settings"))
+        given = {**(read_yaml(config_file) if config_file else {}), **options, **settings}
+        given.pop("output", None)
+        if resume:
+            BootstrapConfig.from_dict({**given, "output": output})  # checks the keys and values
+            bootstrap(BootstrapConfig(output=output), resume=True, overrides=given, stop_at=stop_at)
+        else:
+            bootstrap(BootstrapConfig.from_dict({**given, "output": output}), stop_at=stop_at)
+    except (ValueError, FileNotFoundError) as error:
+        # CheckpointError and LogError are ValueErrors whose messages say what to do.
+        print(f"bootstap-train-bootstrap: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
