@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 from typing import Callable, Tuple, Type
 
 import rclpy
@@ -32,12 +34,32 @@ def run_node(name: str, make_node: Callable[[], Node], startup_errors: Tuple[Typ
     return status
 
 
+def _ignore_stop_signals() -> None:
+    """From here on SIGINT and SIGTERM are ignored: the node is already stopping.
+
+    Ctrl-C in a terminal under `ros2 launch` delivers SIGINT twice (the terminal's and
+    launch's own), and launch may follow with SIGTERM. Another signal during clean-up
+    used to interrupt the wait for the worker thread, so the process exited while that
+    thread was still inside the network's C++ code: `terminate called without an active
+    exception` (exit -6). Or it came during interpreter finalisation, which has already
+    reset the handlers to the default, and killed the process (exit -2). SIG_IGN, unlike
+    a Python handler, stays in force through finalisation.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal.signal works in the main thread only (a node run by a test)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        while True:
+            try:
+                signal.signal(signum, signal.SIG_IGN)
+                break
+            except KeyboardInterrupt:  # the second Ctrl-C came just now: ignore it too
+                continue
+
+
 def _shut_down(node) -> None:
-    # Ctrl-C in a terminal under `ros2 launch` delivers SIGINT twice (from the terminal
-    # and from launch): a second one during clean-up must not end in a traceback.
-    steps = ([node.destroy_node] if node is not None else []) + [rclpy.try_shutdown]
-    for step in steps:
-        try:
-            step()
-        except KeyboardInterrupt:
-            pass
+    _ignore_stop_signals()
+    if node is not None:
+        node.destroy_node()
+    rclpy.try_shutdown()
+    # rclpy restores the handlers it replaced at init (Python's): ignore again.
+    _ignore_stop_signals()
