@@ -34,6 +34,8 @@ def colors_for_ids(ids) -> np.ndarray:
     far-apart hues and an id's colour does not depend on how many points exist.
     """
     ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+    if not len(ids):  # cvtColor rejects an empty image
+        return np.zeros((0, 3), np.uint8)
     hues = (ids * _GOLDEN_RATIO_CONJUGATE) % 1.0
     hsv = np.empty((1, len(ids), 3), dtype=np.uint8)
     hsv[0, :, 0] = np.minimum(np.round(hues * 180), 179)  # OpenCV hue is 0..179

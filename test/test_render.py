@@ -107,3 +107,14 @@ def test_render_video_frame_count_mismatch(tmp_path):
         render_video([_blank()], tracks, occluded, tmp_path / "a.mp4", fps=5)
     with pytest.raises(ValueError, match="more frames"):
         render_video([_blank()] * 3, tracks, occluded, tmp_path / "b", fps=5)
+
+
+def test_no_points_draw_nothing_and_colour_nothing():
+    # The node's state before any point is added and after every reset.
+    colors = colors_for_ids(np.zeros(0, np.int64))
+    assert colors.shape == (0, 3) and colors.dtype == np.uint8
+    frame = np.arange(16 * 24 * 3, dtype=np.uint8).reshape(16, 24, 3)
+    out = draw_tracks(frame, np.zeros((0, 2)), np.zeros(0, bool), trail=np.zeros((0, 8, 2)),
+                      colors=colors)
+    np.testing.assert_array_equal(out, frame)
+    assert out is not frame
