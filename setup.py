@@ -67,6 +67,7 @@ setup(
             'bootstap-track = bootstap_ros.cli.track:main',
             'bootstap-eval = bootstap_ros.eval.cli:main',
             'bootstap-bench = bootstap_ros.bench:main',
+            'bootstap-queries = bootstap_ros.cli.queries:main',
             'bootstap-prepare-logs = bootstap_ros_training.logs:main',
             'bootstap-train-bootstrap = bootstap_ros_training.bootstrap:main',
             # The ROS nodes (run with `ros2 run bootstap_ros <name>`):

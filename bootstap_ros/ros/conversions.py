@@ -148,6 +148,20 @@ def tracks_to_cloud(result, header=None) -> PointCloud2:
     return make_cloud(points, TRACK_FIELDS, header)
 
 
+#: Layout of `~/query_points`: the points of a query set as added, at their positions on the
+#: demonstration image mapped to the live image's pixels (TAPIR raster).
+QUERY_POINT_FIELDS: Tuple[Tuple[str, int, int], ...] = (
+    ("x", PointField.FLOAT32, 0), ("y", PointField.FLOAT32, 4), ("id", PointField.UINT32, 8))
+
+
+def query_points_to_cloud(ids, xy, header=None) -> PointCloud2:
+    """The `~/query_points` PointCloud2: x, y (pixels) and id of each point of a query set."""
+    xy = np.asarray(xy, np.float32).reshape(-1, 2)
+    points = np.zeros(len(xy), fields_dtype(QUERY_POINT_FIELDS, 12))
+    points["x"], points["y"], points["id"] = xy[:, 0], xy[:, 1], np.asarray(ids, np.uint32)
+    return make_cloud(points, QUERY_POINT_FIELDS, header)
+
+
 def xy_to_cloud(xy, header=None) -> PointCloud2:
     """A PointCloud2 with float32 x, y fields: the message `~/add_points` takes."""
     xy = np.asarray(xy, np.float32).reshape(-1, 2)

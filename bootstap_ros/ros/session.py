@@ -3,8 +3,8 @@
 `create_tracker` turns a `TrackerNodeConfig` into a ready `CausalTracker`, or
 raises `StartupError` saying what to change. `TrackingSession` drives that
 tracker one frame at a time for the node's worker thread: it applies the
-queued add/remove/reset requests before each frame, seeds `grid_points` on the
-first frame (and after each reset), resets when time jumps back, and turns
+queued add/remove/reset requests before each frame, seeds `grid_points` and the
+points of the `query_set` (`load_query_set`) on the first frame (and after each reset), resets when time jumps back, and turns
 every bad input into one warning instead of an exception, so that existing
 tracks survive it.
 """
@@ -19,9 +19,10 @@ from typing import Callable, List, Optional
 
 import numpy as np
 
-from bootstap_ros.model.checkpoint import EMBEDDED_CHECKPOINT, OFFICIAL_CAUSAL_URL
+from bootstap_ros.model.checkpoint import OFFICIAL_CAUSAL_URL
 from bootstap_ros.ros.queues import RequestQueue
 from bootstap_ros.ros.settings import TrackerNodeConfig
+from bootstap_ros.tracking.query_set import ModelIdentity, QuerySet, QuerySetError
 
 LOG = logging.getLogger(__name__)
 
@@ -41,18 +42,20 @@ class TrackerInfo:
     resolution: tuple
     causal: bool
     notes: List[str] = field(default_factory=list)
+    identity: Optional[ModelIdentity] = None  # what query sets must have been made with
 
 
-def resolve_checkpoint(checkpoint: str) -> Path:
-    if not checkpoint:
-        if not EMBEDDED_CHECKPOINT.is_file():
-            raise StartupError(
-                f"no checkpoint given and the embedded default model is not installed (expected "
-                f"{EMBEDDED_CHECKPOINT}). Set the checkpoint parameter to a model file, e.g. "
-                f"`--ros-args -p checkpoint:=/path/to/causal_bootstapir_checkpoint.pt` (download it "
-                f"from {OFFICIAL_CAUSAL_URL}) or launch with checkpoint:=/path/to/model.pt")
-        return EMBEDDED_CHECKPOINT
-    return Path(checkpoint).expanduser().resolve()
+def _checkpoint_path(checkpoint: str) -> Path:
+    """The model file for the checkpoint parameter ('' = the embedded model), absolute."""
+    from bootstap_ros.model.checkpoint import CheckpointError, resolve_checkpoint
+
+    try:
+        return resolve_checkpoint(checkpoint).resolve()
+    except CheckpointError as error:
+        raise StartupError(
+            f"{error}. Set the checkpoint parameter to a model file, e.g. `--ros-args -p "
+            "checkpoint:=/path/to/causal_bootstapir_checkpoint.pt`, or launch with "
+            "checkpoint:=/path/to/model.pt") from None
 
 
 def _resolve_device(device: str) -> str:
@@ -106,8 +109,33 @@ def create_tracker(config: TrackerNodeConfig):
     backend = getattr(backend, "name", backend) or "torch"
     info = TrackerInfo(checkpoint=str(path), source=loaded.source, backend=str(backend),
                        device=device, resolution=tuple(model.config.resolution),
-                       causal=bool(model.config.causal), notes=notes)
+                       causal=bool(model.config.causal), notes=notes,
+                       identity=ModelIdentity.of(path, model.config))
     return tracker, info
+
+
+def load_query_set(path: str, info: TrackerInfo) -> QuerySet:
+    """The query set at `path`, checked against the node's model; QuerySetError says what to do."""
+    query_set = QuerySet.load(path)
+    problem = query_set.model.mismatch(info.identity) if info.identity is not None else None
+    if problem:
+        raise QuerySetError(
+            f"query set {path} was made with another model than the node's ({problem}); its query "
+            f"features mean nothing to this model. Make it again with `bootstap-queries ... "
+            f"--checkpoint {info.checkpoint}` (and the node's resolution), or run the node with the "
+            "set's checkpoint")
+    return query_set
+
+
+@dataclass
+class AddedQuerySet:
+    """Points of a query set just added: their ids, and their positions on the demonstration
+    image mapped to the live image's pixels (RoboTAP's goal positions)."""
+
+    ids: np.ndarray
+    xy: np.ndarray
+    labels: List[str]
+    path: str
 
 
 def _backend_options(config: TrackerNodeConfig, device: str, notes: List[str]) -> dict:
@@ -173,7 +201,11 @@ class TrackingSession:
         self._seeded = False
         self._last_stamp: Optional[int] = None
         self.frames = 0
+        self.network_steps = 0  # frames the network ran on (none while no point exists)
         self.resets = 0
+        # The query_set parameter's set: added on the first frame and after each reset.
+        self.query_set: Optional[QuerySet] = None
+        self.added_query_sets: List[AddedQuerySet] = []  # for the node to publish; it empties it
 
     # Thread-safe requests, applied before the next frame.
     def request_add(self, xy) -> None:
@@ -185,10 +217,29 @@ class TrackingSession:
     def request_reset(self) -> None:
         self.requests.put("reset")
 
+    def request_query_set(self, query_set: Optional[QuerySet]) -> None:
+        """Make `query_set` the session's set and add its points before the next frame
+        (None: no set from now on; points already added stay)."""
+        self.requests.put("query_set", query_set)
+
     def reset(self) -> None:
         self.tracker.reset()
         self._seeded = False
         self.resets += 1
+
+    def _add_query_set(self, query_set: QuerySet, size) -> None:
+        free = self.tracker.max_points - self.tracker.num_points
+        count = min(len(query_set), free)
+        if count < len(query_set):
+            self._warn("capacity",
+                       f"tracker is full: adding {count} of the {len(query_set)} points of query set "
+                       f"{query_set.path} ({self.tracker.num_points} of {self.tracker.max_points} in "
+                       "use); remove points, reset, or raise max_points")
+        ids = self.tracker.add_points_from_features(
+            {name: array[:count] for name, array in query_set.features.items()})
+        self.added_query_sets.append(AddedQuerySet(
+            ids, query_set.positions_in(size)[:count], list(query_set.labels[:count]),
+            query_set.path or ""))
 
     def process(self, frame: np.ndarray, encoding: str, stamp_ns: Optional[int] = None):
         """Apply pending requests and track `frame`; a TrackResult, or None for an unusable frame."""
@@ -224,9 +275,14 @@ class TrackingSession:
 
     def _apply(self, requests, size) -> np.ndarray:
         """Apply removes and resets in order; returns the checked positions to add."""
+        from bootstap_ros.tracking.tracker import invalid_query_points
+
         additions: List[np.ndarray] = []
+        add_query_set = False
         for kind, payload in requests:
-            if kind == "reset":
+            if kind == "query_set":
+                self.query_set, add_query_set = payload, payload is not None
+            elif kind == "reset":
                 self.reset()
                 additions.clear()
             elif kind == "remove":
@@ -239,20 +295,16 @@ class TrackingSession:
                 additions.append(payload)
         if not self._seeded:
             self._seeded = True
+            add_query_set = self.query_set is not None
             additions.insert(0, grid_positions(self.grid_points, size))
+        if add_query_set:
+            self._add_query_set(self.query_set, size)
         if not additions:
             return np.zeros((0, 2), np.float32)
-        xy = np.concatenate(additions)
-        height, width = size
-        good = np.isfinite(xy).all(axis=1)
-        good[good] = ((xy[good, 0] >= 0) & (xy[good, 0] <= width)
-                      & (xy[good, 1] >= 0) & (xy[good, 1] <= height))
-        if not good.all():
-            self._warn("bad_points",
-                       f"ignoring {int((~good).sum())} query point(s) that are NaN/inf or outside "
-                       f"the {width}x{height} image (x in [0, {width}], y in [0, {height}]): "
-                       f"{xy[~good][:5].tolist()}")
-        xy = xy[good]
+        xy, bad, message = invalid_query_points(np.concatenate(additions), size)
+        if bad.any():
+            self._warn("bad_points", f"ignoring {message}")
+        xy = xy[~bad]
         free = self.tracker.max_points - self.tracker.num_points
         if len(xy) > free:
             self._warn("capacity",

@@ -43,6 +43,7 @@ class TrackerNodeConfig:
     qos_tracks_reliability: str = "reliable"
     qos_tracks_depth: int = 10
     diagnostics_period: float = 1.0
+    query_set: str = ""  # '' = none
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,13 @@ PARAMETERS: Tuple[ParameterSpec, ...] = (
     ParameterSpec("qos.tracks.depth", "qos_tracks_depth",
                   "History depth of the tracks and debug image publishers.",
                   integer_range=(1, 1000)),
+    ParameterSpec("query_set", "query_set",
+                  "A query set file (.npz, made by bootstap-queries): its points, defined on a "
+                  "demonstration image, are added with that image's query features when the node "
+                  "starts, after each reset (as grid_points) and whenever this is set; ids in the "
+                  "file's order, tracked from the next frame on. It must come from the node's "
+                  "model. Empty: none.",
+                  read_only=False),
     ParameterSpec("diagnostics_period", "diagnostics_period",
                   "Seconds between /diagnostics messages.", float_range=(0.1, 60.0)),
 )

@@ -7,7 +7,9 @@ fields are in `conversions.TRACK_FIELDS` and the README), `~/debug_image` and
 rqt_image_view publishes clicks), `~/add_points` (PointCloud2 with x, y),
 removed through `~/remove_points` (std_msgs/UInt32MultiArray) and all dropped by
 the `~/reset` service (std_srvs/Trigger); every request takes effect on the next
-frame processed.
+frame processed. The `query_set` parameter adds points defined on a demonstration
+image (`bootstap-queries`); their demonstration positions, in the live image's
+pixels, go out on `~/query_points` (latched) when they are added.
 
 Inference never runs in a callback: the image callback only puts the message
 into a drop-oldest slot of depth 1 (`queues.LatestSlot`), and one worker thread
@@ -37,10 +39,12 @@ from std_msgs.msg import UInt32MultiArray
 from std_srvs.srv import Trigger
 
 from bootstap_ros.ros.conversions import (CloudError, ImageError, array_to_image, cloud_xy,
-                                          compressed_to_array, image_to_array, tracks_to_cloud)
+                                          compressed_to_array, image_to_array,
+                                          query_points_to_cloud, tracks_to_cloud)
 from bootstap_ros.ros.entry import run_node
 from bootstap_ros.ros.queues import LatestSlot, WarningLimiter
-from bootstap_ros.ros.session import StartupError, TrackingSession, create_tracker
+from bootstap_ros.ros.session import (StartupError, TrackingSession, create_tracker,
+                                      load_query_set)
 from bootstap_ros.ros.settings import (PARAMETERS, SettingsError, TrackerNodeConfig,
                                        config_from_parameters)
 
@@ -100,6 +104,13 @@ class TrackerNode(Node):
         for note in self.info.notes:
             self.get_logger().warning(note)
         self.session = TrackingSession(tracker, self.settings.grid_points, warn=self._warning)
+        if self.settings.query_set:
+            from bootstap_ros.tracking.query_set import QuerySetError
+
+            try:
+                self.session.query_set = load_query_set(self.settings.query_set, self.info)
+            except QuerySetError as error:
+                raise StartupError(f"parameter query_set: {error}") from None
         self._stats = _Stats()
         self._debug_always = self.settings.publish_debug_image
         self._trail_length = self.settings.debug_trail
@@ -116,11 +127,16 @@ class TrackerNode(Node):
         self._tracks_pub = self.create_publisher(PointCloud2, "tracks", output_qos)
         self._debug_pub = self.create_publisher(Image, "~/debug_image", output_qos)
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        # Latched: a controller that subscribes later still gets the last sets' goal positions.
+        self._query_points_pub = self.create_publisher(PointCloud2, "~/query_points", QoSProfile(
+            history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE,
+            durability=DurabilityPolicy.TRANSIENT_LOCAL))
         self.create_subscription(Point, "~/add_point", self._on_add_point, 10)
         self.create_subscription(PointCloud2, "~/add_points", self._on_add_points, 10)
         self.create_subscription(UInt32MultiArray, "~/remove_points", self._on_remove_points, 10)
         self.create_service(Trigger, "~/reset", self._on_reset)
         self.add_post_set_parameters_callback(self._on_parameters_set)
+        self.add_on_set_parameters_callback(self._check_query_set)
         self.create_timer(self.settings.diagnostics_period, self._publish_diagnostics)
 
         self._worker = threading.Thread(target=self._work, name="tracker_worker", daemon=True)
@@ -195,6 +211,29 @@ class TrackerNode(Node):
             elif parameter.name == "debug_trail":
                 self._trail_length = int(parameter.value)
 
+    def _check_query_set(self, parameters):
+        """A new query_set value: load and check it here, so that a bad file is refused (the
+        parameter keeps its value, a warning says why, every track stays); a good one is
+        queued and its points are added before the next frame."""
+        from rcl_interfaces.msg import SetParametersResult
+
+        from bootstap_ros.tracking.query_set import QuerySetError
+
+        for parameter in parameters:
+            if parameter.name != "query_set":
+                continue
+            path = str(parameter.value or "")
+            if not path:
+                self.session.request_query_set(None)
+                continue
+            try:
+                query_set = load_query_set(path, self.info)
+            except QuerySetError as error:
+                self._warning("query_set", f"query_set not changed, every track kept: {error}")
+                return SetParametersResult(successful=False, reason=str(error))
+            self.session.request_query_set(query_set)
+        return SetParametersResult(successful=True)
+
     def _warning(self, kind: str, message: str) -> None:
         with self._stats.lock:
             self._stats.last_warning = message
@@ -223,6 +262,13 @@ class TrackerNode(Node):
         result = self.session.process(frame, encoding, _stamp_ns(msg.header))
         if result is None or self._slot.closed:
             return
+        while self.session.added_query_sets:
+            added = self.session.added_query_sets.pop(0)
+            self._query_points_pub.publish(query_points_to_cloud(added.ids, added.xy, msg.header))
+            labels = ", ".join(f"{i}: {label}" for i, label in zip(added.ids.tolist(), added.labels) if label)
+            ids = f" (ids {added.ids[0]}..{added.ids[-1]})" if len(added.ids) else ""
+            self.get_logger().info(f"added {len(added.ids)} points of query set {added.path}{ids}"
+                                   + (f"; labels {labels}" if labels else ""))
         self._tracks_pub.publish(tracks_to_cloud(result, msg.header))
         latency = (time.monotonic() - received) * 1e3
         stamp = _stamp_ns(msg.header)

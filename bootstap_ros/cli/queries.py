@@ -1,0 +1,135 @@
+"""`bootstap-queries`: define points on a demonstration image and save them as a query set.
+
+    bootstap-queries IMAGE_OR_VIDEO [--frame K] (--queries Q.csv | --grid N) --output SET.npz
+        [--checkpoint CKPT] [--labels a,b,...] [--resolution R] [--causal|--no-causal]
+        [--device cpu|cuda]
+
+The points lie on frame K (default 0) of the input: an image file, a video, an
+image folder or an .npy clip. Q.csv is the query file of bootstap-track (header
+naming t, x, y; pixel positions in TAPIR's raster); its t column is ignored, and
+an optional `label` column names the points. SET.npz holds the positions, their
+query features from that frame, the labels, the image size and the model's
+identity (`bootstap_ros.tracking.query_set`); the node's `query_set` parameter
+tracks these points in a live stream.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bootstap-queries", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("input", help="image file (.png/.jpg/...), video file, image folder or .npy [T,H,W,3] "
+                                      "uint8 RGB clip")
+    parser.add_argument("--frame", type=int, default=0, help="frame of a video, folder or clip the points lie "
+                                                             "on (default 0)")
+    points = parser.add_mutually_exclusive_group(required=True)
+    points.add_argument("--queries", help="CSV with header t,x,y[,label] (pixel x, y; t is ignored)")
+    points.add_argument("--grid", type=int, help="an NxN grid of points over the image")
+    parser.add_argument("--output", required=True, help="where to write the query set (.npz)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="the model the set is for (default: the embedded model); the node must run "
+                             "the same one")
+    parser.add_argument("--labels", default=None,
+                        help="comma-separated labels, one per point (instead of a label column)")
+    parser.add_argument("--resolution", type=int, default=None,
+                        help="model resolution (square); must equal the node's `resolution` if that is set")
+    parser.add_argument("--causal", action=argparse.BooleanOptionalAction, default=True,
+                        help="how an official checkpoint is loaded (default causal, as the node does)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        print(f"bootstap-queries: error: {error}", file=sys.stderr)
+        return 2
+
+
+def read_frame(path, index: int) -> np.ndarray:
+    """Frame `index` (uint8 RGB) of an image file, a video, an image folder or an .npy clip."""
+    from bootstap_ros.video import IMAGE_SUFFIXES, VideoError, _read_image, open_video
+
+    path = Path(path)
+    if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+        if index != 0:
+            raise VideoError(f"{path} is a single image: --frame must be 0, got {index}")
+        return _read_image(path)
+    if index < 0:
+        raise VideoError(f"--frame must be >= 0, got {index}")
+    source = open_video(path)
+    position = -1
+    for position, frame in enumerate(source):
+        if position == index:
+            return frame
+    raise VideoError(f"{path} has {position + 1} frames: there is no frame {index} "
+                     f"(--frame counts from 0)")
+
+
+def read_labels(path, count: int) -> List[str]:
+    """The `label` column of a query CSV (one per query row), or empty labels without one."""
+    from bootstap_ros.queries import _numbered_rows
+
+    with open(path, newline="", encoding="utf-8-sig") as file:
+        rows = [row for _, row in _numbered_rows(file)]
+    names = [name.strip().lower() for name in rows[0]]
+    if "label" not in names:
+        return [""] * count
+    column = names.index("label")
+    return [row[column].strip() if column < len(row) else "" for row in rows[1:]]
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from bootstap_ros.model import build_model, load_checkpoint
+    from bootstap_ros.model.checkpoint import resolve_checkpoint
+    from bootstap_ros.queries import grid_queries, read_queries_csv
+    from bootstap_ros.tracking import CausalTracker
+    from bootstap_ros.tracking.query_set import ModelIdentity, QuerySet
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {args.device} was asked for but CUDA is not available; use --device cpu")
+    frame = read_frame(args.input, args.frame)
+    size = frame.shape[:2]
+    if args.queries:
+        xy = read_queries_csv(args.queries, size=size)[:, 1:]  # t is ignored: the points lie on --frame
+        labels = read_labels(args.queries, len(xy))
+    else:
+        xy = grid_queries(args.grid, size)[:, 1:]
+        labels = [""] * len(xy)
+    if args.labels is not None:
+        labels = [label.strip() for label in args.labels.split(",")]
+        if len(labels) != len(xy):
+            raise ValueError(f"--labels gives {len(labels)} labels for {len(xy)} points; give one per point")
+
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    loaded = load_checkpoint(checkpoint, causal=args.causal)
+    model = loaded.model
+    if args.resolution is not None:
+        model = build_model(model.config.replace(resolution=(args.resolution,) * 2), model.state_dict(),
+                            str(checkpoint))
+    tracker = CausalTracker(model, max_points=max(len(xy), 1), device=args.device, backend="torch")
+    features = tracker.query_features(frame, xy)
+    query_set = QuerySet(xy=xy, features=features, image_size=size, labels=labels,
+                         model=ModelIdentity.of(checkpoint, model.config),
+                         source=f"{Path(args.input).resolve()} frame {args.frame}")
+    query_set.save(args.output)
+    print(f"wrote {args.output}: {len(query_set)} points on frame {args.frame} of {args.input} "
+          f"({size[1]}x{size[0]}), model {checkpoint} (SHA-256 {query_set.model.checkpoint_sha256[:12]}...)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""Query sets: points chosen on a demonstration image, kept with their query features.
+
+RoboTAP's workflow: points are chosen on a demonstration frame and tracked in the
+live stream with the query features of the demonstration frame, not of the live
+one. A `QuerySet` holds what that needs, and this module owns its file format:
+
+    format            "bootstap_ros.query_set"
+    version           1
+    xy                float32 [N, 2]  positions on the demonstration image (pixels,
+                                      TAPIR raster: pixel centres at +0.5)
+    features.lowres   float32 [N, C_lowres]  query features, as the tracker samples them
+    features.hires    float32 [N, C_hires]
+    labels            str [N]         per-point labels ("" where none)
+    image_size        int64 [2]       (height, width) of the demonstration image
+    checkpoint_sha256 str             SHA-256 of the checkpoint file that made the features
+    model_config      str             the model's ModelConfig as JSON
+    source            str             where the points were defined (file and frame)
+
+in one `.npz` (numpy's zip of arrays, read with `allow_pickle=False`). Query
+features are only meaningful to the model that made them, so a set records the
+model's identity and `ModelIdentity.mismatch` says how another model differs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+FORMAT_NAME = "bootstap_ros.query_set"
+FORMAT_VERSION = 1
+FEATURE_NAMES = ("lowres", "hires")
+#: Model config fields that do not change query features or how they are used:
+#: a set made with the causal model serves the same weights run non-causally.
+_IGNORED_CONFIG_FIELDS = ("causal",)
+
+
+class QuerySetError(ValueError):
+    """A query set file that cannot be used; the message says what was expected and found."""
+
+
+def file_sha256(path: Union[str, os.PathLike]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """Which model made (or would use) query features: checkpoint file hash and config."""
+
+    checkpoint_sha256: str
+    model_config: Mapping[str, Any]  # ModelConfig.to_dict()
+
+    @classmethod
+    def of(cls, checkpoint: Union[str, os.PathLike], config) -> "ModelIdentity":
+        """The identity of `config` (a ModelConfig) run with the weights in `checkpoint`."""
+        return cls(file_sha256(checkpoint), config.to_dict())
+
+    def mismatch(self, other: "ModelIdentity") -> Optional[str]:
+        """None when features of one serve the other, else what differs, in words."""
+        problems = []
+        if self.checkpoint_sha256 != other.checkpoint_sha256:
+            problems.append(f"checkpoint SHA-256 {self.checkpoint_sha256[:12]}... vs "
+                            f"{other.checkpoint_sha256[:12]}...")
+        names = sorted((set(self.model_config) | set(other.model_config)) - set(_IGNORED_CONFIG_FIELDS))
+        differing = [f"{name} {_plain(self.model_config.get(name))} vs {_plain(other.model_config.get(name))}"
+                     for name in names
+                     if _plain(self.model_config.get(name)) != _plain(other.model_config.get(name))]
+        if differing:
+            problems.append("model config " + ", ".join(differing))
+        return "; ".join(problems) or None
+
+
+def _plain(value):
+    return list(value) if isinstance(value, (tuple, list)) else value
+
+
+@dataclass
+class QuerySet:
+    """Points on one demonstration image with their query features (see module docstring)."""
+
+    xy: np.ndarray  # float32 [N, 2]
+    features: Dict[str, np.ndarray]  # name -> float32 [N, C]
+    image_size: Tuple[int, int]  # (height, width)
+    model: ModelIdentity
+    labels: Sequence[str] = ()
+    source: str = ""
+    path: Optional[str] = field(default=None, compare=False)  # where it was loaded from
+
+    def __post_init__(self):
+        self.xy = np.asarray(self.xy, np.float32).reshape(-1, 2)
+        self.features = {k: np.ascontiguousarray(v, np.float32) for k, v in self.features.items()}
+        self.image_size = (int(self.image_size[0]), int(self.image_size[1]))
+        self.labels = tuple(str(v) for v in self.labels) or ("",) * len(self.xy)
+        self._check(self.path or "query set")
+
+    def __len__(self) -> int:
+        return len(self.xy)
+
+    def _check(self, where: str) -> None:
+        n = len(self.xy)
+        missing = [name for name in FEATURE_NAMES if name not in self.features]
+        if missing:
+            raise QuerySetError(f"{where}: lacks query features {missing}; a query set has "
+                                f"{list(FEATURE_NAMES)}")
+        for name, array in self.features.items():
+            if array.ndim != 2 or len(array) != n:
+                raise QuerySetError(f"{where}: features.{name} has shape {array.shape}, expected "
+                                    f"[{n}, C] (one row per point)")
+            if not np.isfinite(array).all():
+                raise QuerySetError(f"{where}: features.{name} holds NaN or infinite values")
+        if len(self.labels) != n:
+            raise QuerySetError(f"{where}: {len(self.labels)} labels for {n} points")
+        height, width = self.image_size
+        if height <= 0 or width <= 0:
+            raise QuerySetError(f"{where}: image_size {self.image_size} must be positive (height, width)")
+        if n and (not np.isfinite(self.xy).all() or (self.xy < 0).any() or (self.xy[:, 0] > width).any()
+                  or (self.xy[:, 1] > height).any()):
+            raise QuerySetError(f"{where}: positions must lie in the {width}x{height} image "
+                                f"(x in [0, {width}], y in [0, {height}])")
+
+    def positions_in(self, size: Tuple[int, int]) -> np.ndarray:
+        """The points' positions mapped to an image of `size` (height, width): the same
+        fraction of the image, as if the demonstration image were resized to it."""
+        height, width = self.image_size
+        return (self.xy * np.array([size[1] / width, size[0] / height], np.float32)).astype(np.float32)
+
+    # ------------------------------------------------------------- file format
+    def save(self, path: Union[str, os.PathLike]) -> None:
+        """Write the set to `path` (.npz), atomically: a crash leaves no truncated file."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {
+            "format": np.array(FORMAT_NAME), "version": np.array(FORMAT_VERSION, np.int64),
+            "xy": self.xy, "labels": np.array(self.labels, dtype=str).reshape(len(self.xy)),
+            "image_size": np.array(self.image_size, np.int64),
+            "checkpoint_sha256": np.array(self.model.checkpoint_sha256),
+            "model_config": np.array(json.dumps(dict(self.model.model_config), sort_keys=True)),
+            "source": np.array(self.source),
+            **{f"features.{name}": array for name, array in self.features.items()},
+        }
+        handle, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp.npz", dir=path.parent)
+        os.close(handle)
+        try:
+            np.savez(tmp, **arrays)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def load(cls, path: Union[str, os.PathLike]) -> "QuerySet":
+        """Read a set written by `save`; QuerySetError names what is wrong with the file."""
+        path = Path(path).expanduser()
+        where = str(path)
+        if not path.is_file():
+            raise QuerySetError(f"query set not found: {where} (make one with bootstap-queries)")
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                arrays = {name: archive[name] for name in archive.files}
+        except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as error:
+            raise QuerySetError(
+                f"{where} ({path.stat().st_size} bytes) is not a readable query set: truncated, "
+                f"corrupt or not an .npz file ({type(error).__name__}: {error}); make it again "
+                "with bootstap-queries") from None
+        if str(arrays.get("format", "")) != FORMAT_NAME:
+            raise QuerySetError(f"{where} is an .npz file but not a query set (format "
+                                f"{str(arrays.get('format', 'missing'))!r}, expected {FORMAT_NAME!r}); "
+                                "make one with bootstap-queries")
+        version = int(arrays.get("version", -1))
+        if version != FORMAT_VERSION:
+            raise QuerySetError(f"{where} has query set version {version}; this bootstap_ros reads "
+                                f"version {FORMAT_VERSION}: make it again with this bootstap-queries")
+        needed = ["xy", "labels", "image_size", "checkpoint_sha256", "model_config"] + [
+            f"features.{name}" for name in FEATURE_NAMES]
+        missing = [name for name in needed if name not in arrays]
+        if missing:
+            raise QuerySetError(f"{where} lacks {missing}: not a complete query set")
+        try:
+            config = json.loads(str(arrays["model_config"]))
+        except ValueError as error:
+            raise QuerySetError(f"{where}: model_config is not valid JSON ({error})") from None
+        if arrays["xy"].ndim != 2 or arrays["xy"].shape[1:] != (2,):
+            raise QuerySetError(f"{where}: xy has shape {arrays['xy'].shape}, expected [N, 2]")
+        if arrays["image_size"].shape != (2,):
+            raise QuerySetError(f"{where}: image_size has shape {arrays['image_size'].shape}, "
+                                "expected [2] (height, width)")
+        return cls(
+            xy=arrays["xy"], image_size=tuple(arrays["image_size"].reshape(-1)[:2]),
+            features={name[len("features."):]: array for name, array in arrays.items()
+                      if name.startswith("features.")},
+            model=ModelIdentity(str(arrays["checkpoint_sha256"]), config),
+            labels=[str(v) for v in arrays["labels"].reshape(-1)], source=str(arrays.get("source", "")),
+            path=where)

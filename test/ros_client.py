@@ -1,0 +1,135 @@
+"""An independent rclpy client for the ROS tests of query sets and depth: one context and
+executor per module, a TrackerNode in a namespace of its own, and topic recorders with
+condition waits (no fixed sleeps)."""
+
+import itertools
+import threading
+import time
+import uuid
+
+import rclpy
+from rclpy.context import Context
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.parameter import Parameter
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image, PointCloud2
+
+from bootstap_ros.ros.conversions import array_to_image
+from bootstap_ros.ros.tracker_node import TrackerNode
+
+TIMEOUT = 30.0
+RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+STAMPS = itertools.count(1_000_000_000, 33_000_000)  # ns, increasing, 33 ms apart
+
+
+def wait_until(predicate, timeout=TIMEOUT, what="condition"):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.005)
+
+
+def stamp_of(msg):
+    return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+
+
+def set_stamp(msg, stamp_ns, frame_id="camera"):
+    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(int(stamp_ns), 1_000_000_000)
+    msg.header.frame_id = frame_id
+    return msg
+
+
+class Ros:
+    """A context and a multi-threaded executor spun by a background thread."""
+
+    def __init__(self):
+        self.context = Context()
+        rclpy.init(context=self.context)
+        self.executor = MultiThreadedExecutor(num_threads=4, context=self.context)
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._spin, daemon=True)
+        self.thread.start()
+
+    def _spin(self):
+        while not self.stopping.is_set() and self.context.ok():
+            try:
+                self.executor.spin_once(timeout_sec=0.05)
+            except ExternalShutdownException:
+                break
+            except Exception:  # a node destroyed while the executor waited on it
+                pass
+
+    def close(self):
+        self.stopping.set()
+        self.thread.join(timeout=10)
+        self.executor.shutdown(timeout_sec=10)
+        rclpy.try_shutdown(context=self.context)
+
+
+class Topic:
+    """Messages of one subscription in arrival order, with waits on them."""
+
+    def __init__(self):
+        self.messages = []
+        self.condition = threading.Condition()
+
+    def __call__(self, msg):
+        with self.condition:
+            self.messages.append(msg)
+            self.condition.notify_all()
+
+    def wait_for(self, predicate, timeout=TIMEOUT, what="a message"):
+        with self.condition:
+            found = self.condition.wait_for(
+                lambda: next((m for m in self.messages if predicate(m)), None), timeout)
+        if found is None:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        return found
+
+
+class Client:
+    """A TrackerNode with `params` in a fresh namespace, and a client node talking to it."""
+
+    def __init__(self, ros, **params):
+        self.ros = ros
+        self.namespace = "/test_" + uuid.uuid4().hex[:8]
+        self.node = TrackerNode(namespace=self.namespace, context=ros.context, parameter_overrides=[
+            Parameter(name, value=value) for name, value in params.items()])
+        self.client = rclpy.create_node("client", namespace=self.namespace, context=ros.context)
+        self.image = self.client.create_publisher(Image, "image", RELIABLE)
+        self.tracks = self.subscribe(PointCloud2, "tracks")
+        ros.executor.add_node(self.node)
+        ros.executor.add_node(self.client)
+        wait_until(lambda: self.image.get_subscription_count() > 0, what="the image subscription")
+        wait_until(lambda: self.client.count_publishers(self.namespace + "/tracks") > 0,
+                   what="the tracks publisher")
+
+    def subscribe(self, msg_type, topic, qos=RELIABLE):
+        recorder = Topic()
+        self.client.create_subscription(msg_type, topic, recorder, qos)
+        return recorder
+
+    def publisher(self, msg_type, topic):
+        publisher = self.client.create_publisher(msg_type, topic, RELIABLE)
+        wait_until(lambda: publisher.get_subscription_count() > 0, what=f"a subscriber of {topic}")
+        return publisher
+
+    def close(self):
+        for node in (self.client, self.node):
+            self.ros.executor.remove_node(node)
+            node.destroy_node()
+
+    def frame(self, array, stamp=None, frame_id="camera"):
+        return set_stamp(array_to_image(array, "rgb8"), next(STAMPS) if stamp is None else stamp, frame_id)
+
+    def send(self, msg, timeout=TIMEOUT):
+        """Publish an image and return the tracks computed from it (republished if lost)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.image.publish(msg)
+            try:
+                return self.tracks.wait_for(lambda m: stamp_of(m) == stamp_of(msg), timeout=1.0)
+            except AssertionError:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"no tracks for the image stamped {stamp_of(msg)}") from None

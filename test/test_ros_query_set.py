@@ -1,0 +1,127 @@
+"""The node's query_set parameter with the real rclpy: points defined on a demonstration image
+(bootstap-queries) are tracked in the live stream, checked by an independent client."""
+
+import cv2
+import numpy as np
+import pytest
+from rclpy.parameter import Parameter
+from rclpy.parameter_client import AsyncParameterClient
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import PointCloud2
+
+from bootstap_ros.cli import queries as queries_cli
+from bootstap_ros.model import save_checkpoint
+from bootstap_ros.model.checkpoint import EMBEDDED_CHECKPOINT
+from bootstap_ros.queries import grid_queries
+from bootstap_ros.ros.conversions import cloud_to_array
+from bootstap_ros.ros.session import StartupError
+from bootstap_ros.ros.tracker_node import TrackerNode
+from ros_client import Client, Ros, wait_until
+from small_model import blob_clip, moving_clip, small_model
+
+LATCHED = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
+                     durability=DurabilityPolicy.TRANSIENT_LOCAL)
+needs_embedded = pytest.mark.skipif(not EMBEDDED_CHECKPOINT.is_file(),
+                                    reason="the embedded default model is not installed")
+
+
+@pytest.fixture(scope="module")
+def ros():
+    ros = Ros()
+    yield ros
+    ros.close()
+
+
+@pytest.fixture(scope="module")
+def small_checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "small.pt"
+    save_checkpoint(path, small_model())
+    return str(path)
+
+
+def make_query_set(folder, image, *args):
+    """bootstap-queries on `image` saved as a PNG; returns the set's path."""
+    cv2.imwrite(str(folder / "demo.png"), np.ascontiguousarray(image[:, :, ::-1]))
+    output = folder / f"set_{len(list(folder.glob('set_*.npz')))}.npz"
+    assert queries_cli.main([str(folder / "demo.png"), "--output", str(output), *args]) == 0
+    return str(output)
+
+
+def xy_of(cloud):
+    points = cloud_to_array(cloud)
+    return points["id"].tolist(), np.stack([points["x"], points["y"]], -1)
+
+
+@needs_embedded
+def test_a_set_from_a_demonstration_frame_follows_the_known_motion_later(ros, tmp_path):
+    dx, dy = 1.5, 1.0
+    clip = blob_clip(num_frames=10, height=128, width=160, dx=dx, dy=dy)
+    # The demonstration image is frame 0 at half the live size: positions must be mapped.
+    demo = cv2.resize(clip[0], (80, 64), interpolation=cv2.INTER_AREA)
+    path = make_query_set(tmp_path, demo, "--grid", "3")
+    demo_xy = grid_queries(3, (64, 80))[:, 1:]
+    start = demo_xy * [160 / 80, 128 / 64]  # where the points are on the live frame 0
+
+    h = Client(ros, checkpoint="", query_set=path)
+    try:
+        goals = h.subscribe(PointCloud2, "tracker_node/query_points", LATCHED)
+        clouds = [xy_of(h.send(h.frame(frame))) for frame in clip[3:]]  # the stream starts later
+        ids, goal_xy = xy_of(goals.wait_for(lambda m: True, what="~/query_points"))
+    finally:
+        h.close()
+    assert ids == list(range(9))
+    np.testing.assert_allclose(goal_xy, start, atol=1e-4)
+    errors = []
+    for t, (ids, xy) in enumerate(clouds, start=3):
+        assert ids == list(range(9))
+        errors.append(np.linalg.norm(xy - (start + [t * dx, t * dy]), axis=-1))
+    errors = np.stack(errors)
+    assert np.median(errors) < 1.0, errors
+    assert (errors < 4.0).all(), errors
+
+
+@needs_embedded
+def test_runtime_sets_add_points_and_sets_of_another_model_are_refused(ros, tmp_path, small_checkpoint):
+    clip = moving_clip(num_frames=5, height=48, width=80)
+    good = make_query_set(tmp_path, clip[1], "--grid", "2", "--checkpoint", small_checkpoint)
+    foreign = make_query_set(tmp_path, clip[1], "--grid", "2")  # the embedded model's
+    h = Client(ros, checkpoint=small_checkpoint, grid_points=1)
+    try:
+        parameters = AsyncParameterClient(h.client, "tracker_node")
+        assert parameters.wait_for_services(timeout_sec=30)
+
+        def set_query_set(value):
+            future = parameters.set_parameters([Parameter("query_set", value=value)])
+            wait_until(future.done, what="setting query_set")
+            return future.result().results[0]
+
+        assert xy_of(h.send(h.frame(clip[0])))[0] == [0]
+        result = set_query_set(foreign)
+        assert not result.successful and "another model" in result.reason
+        assert "bootstap-queries" in result.reason and small_checkpoint in result.reason
+        assert h.node.warning_counts.get("query_set") == 1
+        assert xy_of(h.send(h.frame(clip[1])))[0] == [0]  # every track kept, none added
+
+        goals = h.subscribe(PointCloud2, "tracker_node/query_points", LATCHED)
+        assert set_query_set(good).successful
+        assert xy_of(h.send(h.frame(clip[2])))[0] == [0, 1, 2, 3, 4]  # from the next frame on
+        ids, xy = xy_of(goals.wait_for(lambda m: True, what="~/query_points"))
+        assert ids == [1, 2, 3, 4]
+        np.testing.assert_allclose(xy, grid_queries(2, (48, 80))[:, 1:])
+        assert set_query_set(good).successful  # set again: added again
+        assert xy_of(h.send(h.frame(clip[3])))[0] == list(range(9))
+        assert set_query_set("").successful
+        assert xy_of(h.send(h.frame(clip[4])))[0] == list(range(9))
+    finally:
+        h.close()
+
+
+@needs_embedded
+def test_start_up_refuses_a_set_of_another_model(ros, tmp_path, small_checkpoint):
+    foreign = make_query_set(tmp_path, moving_clip(num_frames=1)[0], "--grid", "2")
+    cases = [(foreign, "query_set: query set .* was made with another model .*checkpoint SHA-256"),
+             (str(tmp_path / "missing.npz"), "query set not found")]
+    for path, match in cases:
+        with pytest.raises(StartupError, match=match):
+            TrackerNode(namespace="/startup_qs", context=ros.context, parameter_overrides=[
+                Parameter("checkpoint", value=small_checkpoint), Parameter("query_set", value=path)])
