@@ -234,6 +234,48 @@ def test_short_pause_stays_in_a_clip(tmp_path):
     assert [c["first_frame"] for c in manifest["clips"]] == [0, 8]
 
 
+def test_undecodable_frames_are_left_out_with_a_warning(tmp_path, caplog):
+    # One JPEG message is cut short: its segment is lost, the rest of the bag is used.
+    from rosbags.rosbag2 import Reader, Writer
+    from rosbags.rosbag2.enums import StoragePlugin
+
+    frames = moving(24)
+    good = write_image_bag(tmp_path / "good", frames, stamps(24), compressed=True)
+    bag = tmp_path / "bag"
+    with Reader(good) as reader, Writer(bag, version=8,
+                                         storage_plugin=StoragePlugin.SQLITE3) as writer:
+        (connection,) = reader.connections
+        out = writer.add_connection(connection.topic, connection.msgtype,
+                                    msgdef=connection.msgdef.data, rihs01=connection.digest)
+        for index, (_, stamp, raw) in enumerate(reader.messages()):
+            message = reader_typestore().deserialize_cdr(raw, connection.msgtype)
+            if index == 10:
+                message.data = message.data[:len(message.data) // 3]
+            writer.write(out, stamp, reader_typestore().serialize_cdr(message,
+                                                                       connection.msgtype))
+    with caplog.at_level(logging.WARNING, logger="training.logs"):
+        manifest = manifest_of(prepare_logs([bag], tmp_path / "out", config()))
+    assert [c["first_frame"] for c in manifest["clips"]] == [0, 11]
+    assert manifest["sources"][0]["stats"]["bad_frames"] == 1
+    warning = next(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert str(bag.resolve()) in warning and "frame 10" in warning and "could not be decoded" in warning
+
+
+def reader_typestore():
+    from rosbags.typesys import Stores, get_typestore
+
+    return get_typestore(Stores.ROS2_HUMBLE)
+
+
+def test_cache_inside_an_input_folder_and_repeated_inputs(tmp_path):
+    logs = tmp_path / "logs"
+    bag = write_image_bag(logs / "bag", moving(16), stamps(16))
+    for _ in range(2):  # the second run must not take the cached .npy clips for inputs
+        manifest = manifest_of(prepare_logs([logs, bag], logs / "cache", config()))
+        assert [Path(s["path"]).name for s in manifest["sources"]] == ["bag"]
+        assert len(manifest["clips"]) == 2
+
+
 def test_video_file_and_image_folder(tmp_path):
     frames = moving(20, size=96)
     video = tmp_path / "walk.mp4"

@@ -99,13 +99,21 @@ def _is_bag_folder(path: Path) -> bool:
         p.suffix in BAG_SUFFIXES for p in path.iterdir() if p.is_file())
 
 
-def find_inputs(paths: Sequence) -> List[LogInput]:
-    """The inputs named by `paths`, folders of inputs expanded in name order."""
+def find_inputs(paths: Sequence, exclude: Optional[Path] = None) -> List[LogInput]:
+    """The inputs named by `paths`, folders of inputs expanded in name order.
+
+    `exclude` (the cache folder, which may sit inside an input folder) is never
+    an input; an input named twice counts once.
+    """
     from bootstap_ros.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, natural_sort_key
 
     found: List[LogInput] = []
+    seen = set()
 
     def visit(path: Path, explicit: bool) -> None:
+        if path == exclude or path in seen:
+            return
+        seen.add(path)
         if path.is_file():
             suffix = path.suffix.lower()
             if suffix in BAG_SUFFIXES:
@@ -331,7 +339,7 @@ def prepare_logs(paths: Sequence, out_dir, config: ClipConfig = ClipConfig(),
     when `image_topic` is None, and when no input gives a single clip.
     """
     out_dir = Path(out_dir)
-    inputs = find_inputs(paths)
+    inputs = find_inputs(paths, exclude=out_dir.resolve())
     if not inputs:
         raise LogError(f"no inputs given ({list(paths)})")
     clip_root = out_dir / "clips"
