@@ -275,8 +275,6 @@ class TrackingSession:
 
     def _apply(self, requests, size) -> np.ndarray:
         """Apply removes and resets in order; returns the checked positions to add."""
-        from bootstap_ros.tracking.tracker import invalid_query_points
-
         additions: List[np.ndarray] = []
         add_query_set = False
         for kind, payload in requests:
@@ -301,10 +299,17 @@ class TrackingSession:
             self._add_query_set(self.query_set, size)
         if not additions:
             return np.zeros((0, 2), np.float32)
-        xy, bad, message = invalid_query_points(np.concatenate(additions), size)
-        if bad.any():
-            self._warn("bad_points", f"ignoring {message}")
-        xy = xy[~bad]
+        xy = np.concatenate(additions)
+        height, width = size
+        good = np.isfinite(xy).all(axis=1)
+        good[good] = ((xy[good, 0] >= 0) & (xy[good, 0] <= width)
+                      & (xy[good, 1] >= 0) & (xy[good, 1] <= height))
+        if not good.all():
+            self._warn("bad_points",
+                       f"ignoring {int((~good).sum())} query point(s) that are NaN/inf or outside "
+                       f"the {width}x{height} image (x in [0, {width}], y in [0, {height}]): "
+                       f"{xy[~good][:5].tolist()}")
+        xy = xy[good]
         free = self.tracker.max_points - self.tracker.num_points
         if len(xy) > free:
             self._warn("capacity",
