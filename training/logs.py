@@ -48,7 +48,7 @@ from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, 
 
 import numpy as np
 
-from training.clips import Clip, ClipBuilder, ClipConfig, ClipStats
+from .clips import Clip, ClipBuilder, ClipConfig, ClipStats
 
 __all__ = ["ClipConfig", "LogClips", "LogError", "prepare_logs", "write_image_bag",
            "image_topics", "main"]
