@@ -19,7 +19,7 @@ from typing import Callable, List, Optional
 
 import numpy as np
 
-from bootstap_ros.model.checkpoint import OFFICIAL_CAUSAL_URL
+from bootstap_ros.model.checkpoint import EMBEDDED_CHECKPOINT, OFFICIAL_CAUSAL_URL
 from bootstap_ros.ros.queues import RequestQueue
 from bootstap_ros.ros.settings import TrackerNodeConfig
 from bootstap_ros.tracking.query_set import ModelIdentity, QuerySet, QuerySetError
@@ -45,17 +45,16 @@ class TrackerInfo:
     identity: Optional[ModelIdentity] = None  # what query sets must have been made with
 
 
-def _checkpoint_path(checkpoint: str) -> Path:
-    """The model file for the checkpoint parameter ('' = the embedded model), absolute."""
-    from bootstap_ros.model.checkpoint import CheckpointError, resolve_checkpoint
-
-    try:
-        return resolve_checkpoint(checkpoint).resolve()
-    except CheckpointError as error:
-        raise StartupError(
-            f"{error}. Set the checkpoint parameter to a model file, e.g. `--ros-args -p "
-            "checkpoint:=/path/to/causal_bootstapir_checkpoint.pt`, or launch with "
-            "checkpoint:=/path/to/model.pt") from None
+def resolve_checkpoint(checkpoint: str) -> Path:
+    if not checkpoint:
+        if not EMBEDDED_CHECKPOINT.is_file():
+            raise StartupError(
+                f"no checkpoint given and the embedded default model is not installed (expected "
+                f"{EMBEDDED_CHECKPOINT}). Set the checkpoint parameter to a model file, e.g. "
+                f"`--ros-args -p checkpoint:=/path/to/causal_bootstapir_checkpoint.pt` (download it "
+                f"from {OFFICIAL_CAUSAL_URL}) or launch with checkpoint:=/path/to/model.pt")
+        return EMBEDDED_CHECKPOINT
+    return Path(checkpoint).expanduser().resolve()
 
 
 def _resolve_device(device: str) -> str:
@@ -185,17 +184,6 @@ def grid_positions(grid_points, size) -> np.ndarray:
     return np.asarray(grid_points, np.float32).reshape(-1, 2)
 
 
-def _no_points(size):
-    """The TrackResult of a frame tracked with no point: every array empty."""
-    from bootstap_ros.tracking import TrackResult
-
-    empty = np.zeros(0, np.float32)
-    return TrackResult(ids=np.zeros(0, np.int64), xy=np.zeros((0, 2), np.float32),
-                       visible=np.zeros(0, bool), occlusion=empty, uncertainty=empty.copy(),
-                       occlusion_logit=empty.copy(), expected_dist_logit=empty.copy(),
-                       frame_size=tuple(size))
-
-
 class TrackingSession:
     """A CausalTracker plus the requests waiting for the next frame (see module docstring).
 
@@ -212,7 +200,6 @@ class TrackingSession:
         self._seeded = False
         self._last_stamp: Optional[int] = None
         self.frames = 0
-        self.network_steps = 0  # frames the network ran on (none while no point exists)
         self.resets = 0
         # The query_set parameter's set: added on the first frame and after each reset.
         self.query_set: Optional[QuerySet] = None
@@ -274,16 +261,11 @@ class TrackingSession:
                        f"{self.tracker.frame_size[0]} to {width}x{height}: keeping "
                        f"{self.tracker.num_points} points, reported in the new image's pixels")
         additions = self._apply(self.requests.drain(), (height, width))
-        if not len(additions) and not self.tracker.num_points:
-            # Nothing to track: no network work at all (the backbone alone is most of a step).
-            result = _no_points((height, width))
-        else:
-            self.network_steps += 1
-            try:
-                result = self.tracker.step(rgb, "rgb8", add=additions if len(additions) else None)
-            except (ValueError, TrackerFullError) as error:  # not expected after _apply's checks
-                self._warn("bad_points", f"points not added: {error}")
-                result = self.tracker.step(rgb, "rgb8")
+        try:
+            result = self.tracker.step(rgb, "rgb8", add=additions if len(additions) else None)
+        except (ValueError, TrackerFullError) as error:  # not expected after _apply's checks
+            self._warn("bad_points", f"points not added: {error}")
+            result = self.tracker.step(rgb, "rgb8")
         if stamp_ns is not None:
             self._last_stamp = stamp_ns
         self.frames += 1
