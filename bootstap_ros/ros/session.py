@@ -184,6 +184,17 @@ def grid_positions(grid_points, size) -> np.ndarray:
     return np.asarray(grid_points, np.float32).reshape(-1, 2)
 
 
+def _no_points(size):
+    """The TrackResult of a frame tracked with no point: every array empty."""
+    from bootstap_ros.tracking import TrackResult
+
+    empty = np.zeros(0, np.float32)
+    return TrackResult(ids=np.zeros(0, np.int64), xy=np.zeros((0, 2), np.float32),
+                       visible=np.zeros(0, bool), occlusion=empty, uncertainty=empty.copy(),
+                       occlusion_logit=empty.copy(), expected_dist_logit=empty.copy(),
+                       frame_size=tuple(size))
+
+
 class TrackingSession:
     """A CausalTracker plus the requests waiting for the next frame (see module docstring).
 
@@ -200,6 +211,7 @@ class TrackingSession:
         self._seeded = False
         self._last_stamp: Optional[int] = None
         self.frames = 0
+        self.network_steps = 0  # frames the network ran on (none while no point exists)
         self.resets = 0
         # The query_set parameter's set: added on the first frame and after each reset.
         self.query_set: Optional[QuerySet] = None
@@ -261,11 +273,16 @@ class TrackingSession:
                        f"{self.tracker.frame_size[0]} to {width}x{height}: keeping "
                        f"{self.tracker.num_points} points, reported in the new image's pixels")
         additions = self._apply(self.requests.drain(), (height, width))
-        try:
-            result = self.tracker.step(rgb, "rgb8", add=additions if len(additions) else None)
-        except (ValueError, TrackerFullError) as error:  # not expected after _apply's checks
-            self._warn("bad_points", f"points not added: {error}")
-            result = self.tracker.step(rgb, "rgb8")
+        if not len(additions) and not self.tracker.num_points:
+            # Nothing to track: no network work at all (the backbone alone is most of a step).
+            result = _no_points((height, width))
+        else:
+            self.network_steps += 1
+            try:
+                result = self.tracker.step(rgb, "rgb8", add=additions if len(additions) else None)
+            except (ValueError, TrackerFullError) as error:  # not expected after _apply's checks
+                self._warn("bad_points", f"points not added: {error}")
+                result = self.tracker.step(rgb, "rgb8")
         if stamp_ns is not None:
             self._last_stamp = stamp_ns
         self.frames += 1
