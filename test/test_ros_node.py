@@ -456,3 +456,28 @@ def test_no_points_no_network_work_but_tracks_and_debug_images_flow(harness_fact
     h.call_reset()  # back to no points: back to no network work
     assert len(points_of(h.send(h.frame(clip[0])))) == 0
     assert h.node.session.network_steps == 6
+
+
+def test_python_logging_warnings_reach_rosout_rate_limited(harness_factory):
+    from rcl_interfaces.msg import Log
+
+    h = harness_factory(grid_points=1)
+    rosout = Topic()
+    h.client.create_subscription(Log, "/rosout", rosout, QoSProfile(
+        depth=100, reliability=ReliabilityPolicy.RELIABLE))
+    wait_until(lambda: h.client.count_publishers("/rosout") > 0, what="a /rosout publisher")
+    small, big = moving_clip(num_frames=1)[0], moving_clip(num_frames=1, height=96, width=160)[0]
+    # The tracker reports each change of image size through Python logging: three changes
+    # within the node's warning period give one ROS warning, from the node's logger.
+    for frame in (small, big, small, big):
+        assert points_of(h.send(h.frame(frame)))["id"].tolist() == [0]
+    name = h.node.get_logger().name
+
+    def from_tracker(msg):
+        return msg.name == name and "input size changed" in msg.msg
+
+    found = rosout.wait_for(from_tracker, what="the tracker's size-change warning on /rosout")
+    assert found.level == Log.WARN
+    h.send(h.frame(small))  # one more frame, so that a second warning would have arrived by now
+    assert sum(map(from_tracker, rosout.messages)) == 1
+    assert sum(n for kind, n in h.node.warning_counts.items() if "input size changed" in kind) == 4

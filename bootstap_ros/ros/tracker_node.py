@@ -21,6 +21,7 @@ or `python -m bootstap_ros.ros.tracker_node`.
 from __future__ import annotations
 
 import array
+import logging
 import sys
 import threading
 import time
@@ -31,7 +32,8 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
+                                SetParametersResult)
 from rclpy.node import Node
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy)
 from sensor_msgs.msg import CompressedImage, Image, PointCloud2
@@ -54,6 +56,32 @@ _RELIABILITY = {
     "system_default": ReliabilityPolicy.SYSTEM_DEFAULT,
 }
 WARNING_PERIOD_S = 5.0
+PACKAGE_LOGGER = "bootstap_ros"  # the Python logger of the tracker, backends and model code
+
+
+class _NodeLogHandler(logging.Handler):
+    """Python `logging` records of the package into the node's ROS log (and so /rosout).
+
+    The tracker and the backends report through Python logging (a change of image
+    size, a failed CUDA-graph capture, an engine build); without this they went to
+    stderr only, bypassing /rosout and the node's rate limit. Warnings and errors go
+    through the node's limiter, one kind per logger and message template; the rest
+    is logged at info level.
+    """
+
+    def __init__(self, warn, info):
+        super().__init__(logging.INFO)
+        self._warn, self._info = warn, info
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+            if record.levelno >= logging.WARNING:
+                self._warn(f"log:{record.name}:{record.msg}", message)
+            else:
+                self._info(message)
+        except Exception:  # logging must never break the caller
+            self.handleError(record)
 
 
 def _qos(reliability: str, depth: int) -> QoSProfile:
@@ -100,6 +128,11 @@ class TrackerNode(Node):
         self.settings = self._declare_parameters()
         self._warn = WarningLimiter(self.get_logger().warning, WARNING_PERIOD_S)
         self.warning_counts = self._warn.counts  # by kind; read by tests and diagnostics
+        self._log_handler = _NodeLogHandler(self._warning, self.get_logger().info)
+        package_logger = logging.getLogger(PACKAGE_LOGGER)
+        package_logger.addHandler(self._log_handler)
+        if package_logger.level == logging.NOTSET:  # Python's default would drop info records
+            package_logger.setLevel(logging.INFO)
         tracker, self.info = create_tracker(self.settings)
         for note in self.info.notes:
             self.get_logger().warning(note)
@@ -135,7 +168,9 @@ class TrackerNode(Node):
         self.create_subscription(PointCloud2, "~/add_points", self._on_add_points, 10)
         self.create_subscription(UInt32MultiArray, "~/remove_points", self._on_remove_points, 10)
         self.create_service(Trigger, "~/reset", self._on_reset)
-        self.add_post_set_parameters_callback(self._on_parameters_set)
+        # on_set, not post_set: ROS 2 Humble has no post-set callbacks. rclpy checks the
+        # ranges and read-only flags before calling it.
+        self.add_on_set_parameters_callback(self._on_parameters_set)
         self.add_on_set_parameters_callback(self._check_query_set)
         self.create_timer(self.settings.diagnostics_period, self._publish_diagnostics)
 
@@ -202,7 +237,7 @@ class TrackerNode(Node):
         response.message = "all points will be dropped before the next frame"
         return response
 
-    def _on_parameters_set(self, parameters) -> None:
+    def _on_parameters_set(self, parameters) -> SetParametersResult:
         for parameter in parameters:
             if parameter.name == "visibility_threshold":
                 self.session.tracker.visibility_threshold = float(parameter.value)
@@ -210,6 +245,7 @@ class TrackerNode(Node):
                 self._debug_always = bool(parameter.value)
             elif parameter.name == "debug_trail":
                 self._trail_length = int(parameter.value)
+        return SetParametersResult(successful=True)
 
     def _check_query_set(self, parameters):
         """A new query_set value: load and check it here, so that a bad file is refused (the
@@ -360,6 +396,9 @@ class TrackerNode(Node):
         return self._slot.dropped
 
     def _stop_worker(self) -> None:
+        handler = getattr(self, "_log_handler", None)
+        if handler is not None:
+            logging.getLogger(PACKAGE_LOGGER).removeHandler(handler)
         slot = getattr(self, "_slot", None)
         if slot is not None:
             slot.close()
