@@ -338,6 +338,20 @@ def test_cache_is_reused_and_rebuilt_when_the_config_changes(tmp_path, monkeypat
             prepare_logs([bag], out, config(frames=12))
 
 
+def test_ranks_preparing_a_finished_cache_at_once(tmp_path):
+    # A distributed run: rank 0 decodes, then every rank prepares the same cache at once.
+    from concurrent.futures import ThreadPoolExecutor
+
+    bag = write_image_bag(tmp_path / "bag", moving(16), stamps(16))
+    first = manifest_of(prepare_logs([bag], tmp_path / "out", config()))
+    (tmp_path / "out" / "manifest.json").write_text("{}")  # stale: every rank rewrites it
+    with ThreadPoolExecutor(8) as pool:
+        paths = list(pool.map(lambda _: prepare_logs([bag], tmp_path / "out", config()),
+                              range(16)))
+    assert all(manifest_of(path) == first for path in paths)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["clips", "manifest.json"]
+
+
 def test_log_clips_feed_a_data_loader(tmp_path):
     bag = write_image_bag(tmp_path / "bag", moving(32), stamps(32), compressed=True)
     dataset = LogClips(prepare_logs([bag], tmp_path / "out", config()))

@@ -42,9 +42,10 @@ import os
 import re
 import shutil
 import sys
-from dataclasses import dataclass, field
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -279,9 +280,20 @@ def _load_done(folder: Path) -> Optional[Dict]:
 
 
 def _write_json(path: Path, data) -> None:
-    """Written to a temporary file and renamed, so a killed run leaves no half file."""
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(data, indent=1))
+    """Written to a temporary file and renamed, so a killed run leaves no half file.
+
+    The temporary name is unique, so processes preparing the same cache at once
+    (the ranks of a distributed run) never write into each other's file; a file
+    that already holds `data` is left alone.
+    """
+    text = json.dumps(data, indent=1)
+    try:
+        if path.read_text() == text:
+            return
+    except OSError:
+        pass
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    temporary.write_text(text)
     os.replace(temporary, path)
 
 
