@@ -387,7 +387,7 @@ def test_command_line(tmp_path, capsys):
                  "--image-topic", "/a"]) == 0
     sources = manifest_of(out / "manifest.json")["sources"]
     assert [s["status"] for s in sources] == ["skipped", "ok"]  # `one` has no /a
-    assert "2 clips from 2 input(s)" in capsys.readouterr().out
+    assert "2 clips from 2 input(s) (1 skipped; see the warnings above)" in capsys.readouterr().out
     code = main([str(one), str(two), "--output", str(out), "--frames", "8", "--size", "64"])
     assert code == 2 and "several image topics" in capsys.readouterr().err
     assert main([str(two), "--output", str(out), "--frames", "8", "--size", "64",

@@ -312,6 +312,9 @@ def _decode_source(source: LogInput, folder: Path, config: ClipConfig) -> Dict:
         os.replace(temporary, folder / name)
         clips.append({"file": name, "start_ns": clip.start_ns, "end_ns": clip.end_ns,
                       "first_frame": clip.first_index, "last_frame": clip.last_index})
+        if len(clips) % 100 == 0:  # a sign of life on long logs
+            LOG.info("%s: %d clips so far (%d frames read)", source.path, len(clips),
+                     builder.stats.frames)
 
     builder = ClipBuilder(config, emit)
     if source.kind == "bag":
@@ -597,8 +600,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"bootstap-prepare-logs: error: {error}", file=sys.stderr)
         return 2
     data = json.loads(manifest.read_text())
-    print(f"{len(data['clips'])} clips from {len(data['sources'])} input(s); manifest: "
-          f"{manifest}")
+    statuses = [source["status"] for source in data["sources"]]
+    damaged = ", ".join(f"{statuses.count(s)} {s}" for s in ("partial", "skipped")
+                        if s in statuses)
+    print(f"{len(data['clips'])} clips from {len(statuses)} input(s)"
+          f"{f' ({damaged}; see the warnings above)' if damaged else ''}; manifest: {manifest}")
     return 0
 
 
