@@ -2,6 +2,7 @@
 
 import threading
 import time
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -9,8 +10,7 @@ import pytest
 import yaml
 
 from bootstap_ros.model import save_checkpoint
-from bootstap_ros.ros import session as session_module
-from bootstap_ros.ros.queues import LatestSlot, WarningLimiter
+from bootstap_ros.ros.queues import LatestSlot, RequestQueue, WarningLimiter
 from bootstap_ros.ros.session import StartupError, TrackingSession, create_tracker
 from bootstap_ros.ros.settings import (PARAMETER_NAMES, PARAMETERS, SettingsError,
                                        TrackerNodeConfig, config_from_parameters)
@@ -129,7 +129,9 @@ def test_cpu_threads_sets_the_inference_pool(checkpoint):
 
 
 def test_start_up_errors_say_what_to_do(tmp_path, monkeypatch, checkpoint):
-    monkeypatch.setattr(session_module, "EMBEDDED_CHECKPOINT", tmp_path / "missing" / "default.pt")
+    from bootstap_ros.model import checkpoint as checkpoint_module
+
+    monkeypatch.setattr(checkpoint_module, "EMBEDDED_CHECKPOINT", tmp_path / "missing" / "default.pt")
     with pytest.raises(StartupError, match="embedded default model is not installed.*checkpoint:="):
         create_tracker(TrackerNodeConfig())
     garbage = tmp_path / "garbage.pt"
@@ -219,3 +221,35 @@ def test_requests_are_thread_safe(model):
         thread.join(timeout=10)
     assert time.monotonic() - start < 10
     assert len(session.process(clip[0], "rgb8", 1).ids) == 40
+
+
+class _PutDuringDrain(deque):
+    """A deque whose iteration (the drain's copy) lets another thread put a request.
+
+    Without the queue's lock the late request lands between the drain's copy and its
+    clear and is lost; with the lock it waits and stays queued for the next drain.
+    """
+
+    def __init__(self, queue):
+        super().__init__()
+        self.queue = queue
+        self.late = None
+
+    def __iter__(self):
+        snapshot = list(super().__iter__())
+        if self.late is None:
+            self.late = threading.Thread(target=self.queue.put, args=("late", None))
+            self.late.start()
+            self.late.join(timeout=1.0)  # finishes at once without the lock; with it, blocks here
+        return iter(snapshot)
+
+
+def test_a_request_made_while_draining_is_never_lost():
+    queue = RequestQueue()
+    queue._items = _PutDuringDrain(queue)
+    queue._items.append(("add", 1))
+    drained = queue.drain()
+    queue._items.late.join(timeout=30)
+    assert not queue._items.late.is_alive()
+    assert drained == [("add", 1)]
+    assert queue.drain() == [("late", None)]  # kept for the next frame

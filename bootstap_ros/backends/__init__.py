@@ -5,14 +5,19 @@ the backend that uses them, when it is created.
 """
 
 from bootstap_ros.backends.base import (
+    BACKEND_CHOICES,
     BACKENDS,
+    PRECISION_CHOICES,
     PRECISIONS,
     Backend,
     BackendError,
+)
+from bootstap_ros.backends.factory import (
     available_backends,
     create_backend,
     resolve_backend,
+    resolve_precision,
 )
 
-__all__ = ["BACKENDS", "PRECISIONS", "Backend", "BackendError", "available_backends", "create_backend",
-           "resolve_backend"]
+__all__ = ["BACKEND_CHOICES", "BACKENDS", "PRECISION_CHOICES", "PRECISIONS", "Backend", "BackendError",
+           "available_backends", "create_backend", "resolve_backend", "resolve_precision"]

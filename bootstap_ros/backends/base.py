@@ -1,4 +1,4 @@
-"""The backend protocol and the registry that picks a backend by name.
+"""The backend protocol, its error type and the names of the backends and precisions.
 
 A backend runs the network for `CausalTracker`; the tracker keeps everything
 about points (slots, ids, input pixels, visibility) and the backend keeps the
@@ -23,17 +23,23 @@ every call has a static shape.
                                    logit, expected-distance logit (model raster), one
                                    host transfer per call
     reset()                        zero every slot's state
+
+The factory that picks and creates a backend by name is `backends.factory`: the
+concrete backends import this module, and this module imports none of them.
 """
 
 from __future__ import annotations
 
-import importlib.util
-from typing import Any, Dict, List, Protocol, Sequence, runtime_checkable
+from typing import Any, Dict, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "bf16")
+# What the command lines and the node accept: "auto" resolves in `factory` (the fastest
+# backend here; fp16 for TensorRT, fp32 for the others).
+BACKEND_CHOICES = ("auto",) + BACKENDS
+PRECISION_CHOICES = ("auto",) + PRECISIONS
 
 
 class BackendError(RuntimeError):
@@ -59,58 +65,3 @@ class Backend(Protocol):
     def step(self, features: Any, blocks: Sequence[int]) -> np.ndarray: ...
 
     def reset(self) -> None: ...
-
-
-def _importable(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
-
-
-def cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def available_backends(device: str = "cpu") -> List[str]:
-    """The backends that can run on `device` in this environment (cheap: imports nothing heavy)."""
-    names = ["torch"]
-    if _importable("onnxruntime"):
-        names.append("onnxruntime")
-    if device.startswith("cuda") and _importable("tensorrt") and cuda_available():
-        names.append("tensorrt")
-    return names
-
-
-def resolve_backend(name: str, device: str = "cpu") -> str:
-    """The concrete backend for `name`; "auto" picks the fastest one available.
-
-    On CUDA that is TensorRT where installed, else torch. On CPU it is torch: its
-    one-frame step (oneDNN-packed mixer, correlation maps) measured faster than
-    onnxruntime's on the same graph (see bootstap-bench).
-    """
-    if name == "auto":
-        return "tensorrt" if "tensorrt" in available_backends(device) else "torch"
-    if name not in BACKENDS:
-        raise BackendError(f"unknown backend '{name}'; choose one of auto, {', '.join(BACKENDS)}")
-    return name
-
-
-def create_backend(name: str, model, max_points: int, block_size: int, device: str = "cpu",
-                   precision: str = "fp32", **options) -> Backend:
-    """A backend instance by name ("auto", "torch", "onnxruntime", "tensorrt")."""
-    if precision not in PRECISIONS:
-        raise BackendError(f"unknown precision '{precision}'; choose one of {', '.join(PRECISIONS)}")
-    name = resolve_backend(name, device)
-    if max_points % block_size:
-        raise BackendError(f"max_points ({max_points}) must be a multiple of block_size ({block_size})")
-    if name == "torch":
-        from bootstap_ros.backends.torch_backend import TorchBackend
-
-        return TorchBackend(model, max_points, block_size, device, precision, **options)
-    if name == "onnxruntime":
-        from bootstap_ros.backends.onnxruntime_backend import OnnxRuntimeBackend
-
-        return OnnxRuntimeBackend(model, max_points, block_size, device, precision, **options)
-    from bootstap_ros.backends.tensorrt_backend import TensorRTBackend
-
-    return TensorRTBackend(model, max_points, block_size, device, precision, **options)

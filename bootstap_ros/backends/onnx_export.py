@@ -15,14 +15,27 @@ Q is the tracker's block size. `export_onnx` writes the three files, runs them
 with onnxruntime on a synthetic frame, random queries and a random state, and
 raises `OnnxExportError` when any output differs from torch by more than the
 tolerance (the measured difference is logged and returned).
+
+`cached_export` keeps exports on disk under the model's fingerprint, the block
+size, and the torch / onnx versions and opset that made them; `export.json`
+records each graph's SHA-256, and a cached export is used only when its files
+still have those hashes and the inputs and outputs the tracker expects
+(`expected_shapes`), else it is made again (with a log line saying why).
+
+Opset 18: NVIDIA/TensorRT issue 4646 reports wrong GridSample results for opset
+20 graphs on TensorRT 10.13 (opset 20 moved GridSample to its N-d form), while
+opset 18 works; the graphs use GridSample (query and correlation sampling).
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
+import shutil
+import uuid
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,13 +46,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bootstap_ros.backends.torch_backend import inference_model
 from bootstap_ros.model.tapir import TAPIR, CausalState, FeatureGrids, QueryFeatures
 
 LOG = logging.getLogger(__name__)
 
-OPSET = 17
+OPSET = 18  # not 20: see the module docstring (TensorRT GridSample)
 GRAPHS = ("encoder", "queries", "step")
-EXPORT_FORMAT_VERSION = 1
+EXPORT_FORMAT_VERSION = 2  # 2: versions in the cache key, graph hashes
 
 
 class OnnxExportError(RuntimeError):
@@ -115,6 +129,24 @@ def model_fingerprint(model: TAPIR) -> str:
     return digest.hexdigest()[:16]
 
 
+def expected_shapes(config, block_size: int) -> Dict[str, Dict[str, Tuple[int, ...]]]:
+    """The static shape of every input and output of the three graphs."""
+    c = config
+    height, width = c.resolution
+    hires = (1, height // 4, width // 4, c.hires_dim)
+    lowres = (1, height // 8, width // 8, c.lowres_dim)
+    state = (c.refinement_iters, c.mixer_blocks, block_size, c.mixer_kernel - 1)
+    return {
+        "encoder": {"frame": (1, height, width, 3), "hires": hires, "lowres": lowres},
+        "queries": {"hires": hires, "lowres": lowres, "points": (block_size, 2),
+                    "query_hires": (block_size, c.hires_dim), "query_lowres": (block_size, c.lowres_dim)},
+        "step": {"hires": hires, "lowres": lowres, "query_hires": (block_size, c.hires_dim),
+                 "query_lowres": (block_size, c.lowres_dim), "conv1": state + (c.mixer_hidden_dim,),
+                 "conv2": state + (4 * c.mixer_hidden_dim,), "outputs": (block_size, 4),
+                 "conv1_out": state + (c.mixer_hidden_dim,), "conv2_out": state + (4 * c.mixer_hidden_dim,)},
+    }
+
+
 def default_cache_dir() -> Path:
     root = os.environ.get("BOOTSTAP_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "bootstap_ros")
@@ -157,7 +189,7 @@ def export_onnx(model: TAPIR, directory, block_size: int, check: bool = True,
         raise OnnxExportError("only causal models are exported (the online step carries a causal state)")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    model = model.cpu().eval()
+    model = inference_model(model, "cpu")  # the caller's model stays where and as it is
     paths = {name: directory / f"{name}.onnx" for name in GRAPHS}
     frame, points, conv1, conv2 = example_inputs(model, block_size)
     with torch.no_grad():
@@ -173,8 +205,8 @@ def export_onnx(model: TAPIR, directory, block_size: int, check: bool = True,
     if check:
         export.max_abs_diff = check_export(model, export, atol)
     (directory / "export.json").write_text(json.dumps({
-        "format_version": EXPORT_FORMAT_VERSION, "block_size": block_size, "opset": OPSET,
-        "model_config": model.config.to_dict(), "torch": torch.__version__,
+        **export_environment(), "block_size": block_size, "model_config": model.config.to_dict(),
+        "sha256": {name: file_sha256(path) for name, path in paths.items()},
         "max_abs_diff": export.max_abs_diff}, indent=1))
     return export
 
@@ -217,15 +249,130 @@ def check_export(model: TAPIR, export: OnnxExport, atol: float = 1e-3) -> Dict[s
     return diffs
 
 
+def file_sha256(path) -> str:
+    """SHA-256 of a graph file (and of its external weights file, where it has one)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    data = Path(str(path) + ".data")  # weights exported as external data live beside the graph
+    if data.exists():
+        digest.update(file_sha256(data).encode())
+    return digest.hexdigest()
+
+
+def export_environment() -> Dict[str, object]:
+    """What an export depends on besides the model and block size (part of the cache key)."""
+    try:
+        onnx_version = importlib.metadata.version("onnx")
+    except importlib.metadata.PackageNotFoundError:
+        onnx_version = None
+    return {"format_version": EXPORT_FORMAT_VERSION, "opset": OPSET, "torch": torch.__version__,
+            "onnx": onnx_version}
+
+
+def cache_directory(model: TAPIR, block_size: int, cache_dir=None) -> Path:
+    """Where the export of `model` for `block_size` lives in the cache."""
+    environment = hashlib.sha256(json.dumps(export_environment(), sort_keys=True).encode()).hexdigest()[:8]
+    return (Path(cache_dir or default_cache_dir()) / "onnx"
+            / f"{model_fingerprint(model)}-b{block_size}-{environment}")
+
+
+def graph_signature(path) -> Dict[str, Tuple[Tuple[int, ...], int]]:
+    """{tensor name: (static shape, ONNX element type)} of a graph's inputs and outputs."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return {value.name: (tuple(d.dim_value if d.HasField("dim_value") else -1
+                               for d in value.type.tensor_type.shape.dim),
+                         value.type.tensor_type.elem_type)
+            for value in list(graph.input) + list(graph.output)}
+
+
+def export_problem(export: OnnxExport, config, info: Dict) -> Optional[str]:
+    """Why a cached export cannot be used (None when it can): the checks that cost little.
+
+    The recorded environment and block size; each graph file's SHA-256 against the
+    one recorded when it was written and checked (a truncated or replaced file);
+    its inputs and outputs against the names, static shapes and float32 type the
+    tracker binds.
+    """
+    environment = export_environment()
+    changed = [key for key, value in environment.items() if info.get(key) != value]
+    if changed:
+        return "made by another " + ", ".join(f"{k} ({info.get(k)} -> {environment[k]})" for k in changed)
+    if info.get("block_size") != export.block_size:
+        return f"block size {info.get('block_size')}, expected {export.block_size}"
+    hashes = info.get("sha256", {})
+    for name, path in export.paths.items():
+        if hashes.get(name) != file_sha256(path):
+            return f"{path.name} changed since it was exported (SHA-256 differs)"
+    try:
+        import onnx
+    except ImportError:
+        return None  # the hashes were checked; the signature needs the onnx package
+
+    shapes = expected_shapes(config, export.block_size)
+    for name, path in export.paths.items():
+        signature = graph_signature(path)
+        if set(signature) != set(shapes[name]):
+            return f"{path.name} has tensors {sorted(signature)}, expected {sorted(shapes[name])}"
+        for tensor, (shape, dtype) in signature.items():
+            wanted = shapes[name][tensor]
+            # Inputs are static; the exporter leaves some output dims unnamed (-1): those match any.
+            if dtype != onnx.TensorProto.FLOAT or len(shape) != len(wanted) or any(
+                    d not in (-1, w) for d, w in zip(shape, wanted)):
+                return (f"{path.name}: '{tensor}' is {shape} of ONNX type {dtype}, expected {wanted} "
+                        "float32")
+    return None
+
+
+def _read_export(directory: Path, block_size: int) -> OnnxExport:
+    info = json.loads((directory / "export.json").read_text())
+    return OnnxExport(directory, block_size, {name: directory / f"{name}.onnx" for name in GRAPHS},
+                      info.get("max_abs_diff", {}))
+
+
+def _cached_problem(model: TAPIR, directory: Path, block_size: int) -> Optional[str]:
+    """None when `directory` holds a usable export, else why not ("missing" when absent)."""
+    meta = directory / "export.json"
+    paths = {name: directory / f"{name}.onnx" for name in GRAPHS}
+    if not meta.exists() or not all(p.exists() for p in paths.values()):
+        return "missing"
+    try:
+        info = json.loads(meta.read_text())
+    except ValueError as error:
+        return f"unreadable export.json: {error}"
+    return export_problem(OnnxExport(directory, block_size, paths), model.config, info)
+
+
 def cached_export(model: TAPIR, block_size: int, cache_dir=None, check: bool = True,
                   atol: float = 1e-3) -> OnnxExport:
-    """The export for this model and block size from the cache, made on first use."""
-    directory = Path(cache_dir or default_cache_dir()) / "onnx" / f"{model_fingerprint(model)}-b{block_size}"
-    paths = {name: directory / f"{name}.onnx" for name in GRAPHS}
-    meta = directory / "export.json"
-    if meta.exists() and all(p.exists() for p in paths.values()):
-        info = json.loads(meta.read_text())
-        if info.get("format_version") == EXPORT_FORMAT_VERSION:
-            return OnnxExport(directory, block_size, paths, info.get("max_abs_diff", {}))
-    LOG.info("exporting the model to ONNX in %s (block of %d points)", directory, block_size)
-    return export_onnx(model, directory, block_size, check=check, atol=atol)
+    """The export for this model and block size from the cache, made on first use.
+
+    A cached export is checked (`export_problem`) and made again when it fails.
+    A new export is written to a directory of its own and renamed into place, so
+    two processes exporting the same model at once never mix their files.
+    """
+    directory = cache_directory(model, block_size, cache_dir)
+    problem = _cached_problem(model, directory, block_size)
+    if problem is None:
+        return _read_export(directory, block_size)
+    if problem == "missing":
+        LOG.info("exporting the model to ONNX in %s (block of %d points)", directory, block_size)
+    else:
+        LOG.warning("the cached ONNX export in %s is not usable (%s): exporting again", directory, problem)
+    staging = directory.with_name(f"{directory.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        export_onnx(model, staging, block_size, check=check, atol=atol)
+        if directory.exists():
+            if _cached_problem(model, directory, block_size) is None:  # another process was first
+                return _read_export(directory, block_size)
+            shutil.rmtree(directory, ignore_errors=True)
+        try:
+            os.replace(staging, directory)
+        except OSError:  # another process renamed its export into place meanwhile: use it
+            LOG.info("another process exported to %s first; using its export", directory)
+        return _read_export(directory, block_size)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -1,21 +1,24 @@
 """The onnxruntime backend: the exported encoder, query and step graphs (see onnx_export).
 
 The export is made on first use (and checked against torch), then cached on disk
-by model fingerprint and block size. The causal state of each block is a pair of
-arrays that the step graph takes and returns; on CPU they stay numpy arrays in
-host memory. The CUDA execution provider is used where `device` is CUDA and
-onnxruntime has it.
+by model fingerprint and block size. Every graph runs through an IO binding, with
+inputs and outputs in ORT values on the backend's device that are allocated once:
+the frame's feature grids, each block's query features and its causal state (the
+step writes the new state into a spare pair, which then becomes the block's). On
+CUDA nothing but the frame goes up and nothing but the [Q, 4] outputs come back,
+and the state never leaves the GPU; on the CPU the same path runs on host memory.
+The CUDA execution provider is used where `device` is CUDA and onnxruntime has it.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
 from bootstap_ros.backends.base import BackendError
-from bootstap_ros.backends.onnx_export import cached_export
+from bootstap_ros.backends.onnx_export import cached_export, expected_shapes
 
 
 def physical_cores() -> int:
@@ -68,19 +71,50 @@ class OnnxRuntimeBackend:
         options.log_severity_level = 3
         self.sessions = {name: ort.InferenceSession(str(path), options, providers=providers)
                          for name, path in self.export.paths.items()}
-        c = model.config
-        self._query_lowres = np.zeros((max_points, c.lowres_dim), np.float32)
-        self._query_hires = np.zeros((max_points, c.hires_dim), np.float32)
-        shape = (c.refinement_iters, c.mixer_blocks, block_size, c.mixer_kernel - 1)
-        self._state: List[Tuple[np.ndarray, np.ndarray]] = [
-            (np.zeros(shape + (c.mixer_hidden_dim,), np.float32),
-             np.zeros(shape + (4 * c.mixer_hidden_dim,), np.float32))
-            for _ in range(max_points // block_size)]
+        self._ort = ort
+        kind, _, index = self.device.partition(":")
+        self._ort_device = (kind, int(index or 0))
+        shapes = expected_shapes(model.config, block_size)["step"]
+        blocks = max_points // block_size
+        # Host copies of the query features (they change only when points are added).
+        self._query_host = {"hires": np.zeros((max_points, model.config.hires_dim), np.float32),
+                            "lowres": np.zeros((max_points, model.config.lowres_dim), np.float32)}
+        self._query = [{name: self._zeros(shapes[f"query_{name}"]) for name in ("hires", "lowres")}
+                       for _ in range(blocks)]
+        self._state = [(self._zeros(shapes["conv1"]), self._zeros(shapes["conv2"])) for _ in range(blocks)]
+        self._spare = (self._zeros(shapes["conv1"]), self._zeros(shapes["conv2"]))
+        encoder = expected_shapes(model.config, block_size)["encoder"]
+        self._frame = self._zeros(encoder["frame"])
+        self._grids = (self._zeros(encoder["hires"]), self._zeros(encoder["lowres"]))
+        # The step's [Q, 4] outputs are bound to host memory: their one transfer per block.
+        self._outputs = np.zeros((blocks, block_size, 4), np.float32)
+        self._output_values = [ort.OrtValue.ortvalue_from_numpy(self._outputs[b]) for b in range(blocks)]
 
-    def encode(self, frame) -> Tuple[np.ndarray, np.ndarray]:
+    def _zeros(self, shape):
+        """A float32 ORT value of zeros on the backend's device."""
+        kind, index = self._ort_device
+        value = self._ort.OrtValue.ortvalue_from_shape_and_type(list(shape), np.float32, kind, index)
+        value.update_inplace(np.zeros(shape, np.float32))
+        return value
+
+    def _run(self, graph: str, inputs: Dict[str, object], outputs: Dict[str, object]) -> None:
+        binding = self.sessions[graph].io_binding()
+        for name, value in inputs.items():
+            if isinstance(value, np.ndarray):
+                binding.bind_cpu_input(name, value)
+            else:
+                binding.bind_ortvalue_input(name, value)
+        for name, value in outputs.items():
+            binding.bind_ortvalue_output(name, value)
+        self.sessions[graph].run_with_iobinding(binding)
+        binding.synchronize_outputs()
+
+    def encode(self, frame):
+        """The frame's feature grids, ORT values on the device (overwritten by the next frame)."""
         frame = np.ascontiguousarray(np.asarray(frame, np.float32))
-        hires, lowres = self.sessions["encoder"].run(None, {"frame": frame})
-        return hires, lowres
+        self._frame.update_inplace(frame)
+        self._run("encoder", {"frame": self._frame}, {"hires": self._grids[0], "lowres": self._grids[1]})
+        return self._grids
 
     def set_queries(self, features, slots: np.ndarray, points: np.ndarray) -> None:
         self.set_query_features(slots, self.query_features(features, points))
@@ -88,41 +122,50 @@ class OnnxRuntimeBackend:
     def query_features(self, features, points: np.ndarray) -> Dict[str, np.ndarray]:
         hires, lowres = features
         parts: Dict[str, List[np.ndarray]] = {"lowres": [], "hires": []}
+        out = {name: np.zeros((self.block_size, dim), np.float32)
+               for name, dim in (("hires", self.config.hires_dim), ("lowres", self.config.lowres_dim))}
+        out_values = {f"query_{name}": self._ort.OrtValue.ortvalue_from_numpy(array) for name, array in out.items()}
         for start in range(0, len(points), self.block_size):  # the query graph takes a fixed Q
             chunk = points[start:start + self.block_size]
             padded = np.zeros((self.block_size, 2), np.float32)
             padded[:len(chunk)] = chunk
-            query_hires, query_lowres = self.sessions["queries"].run(
-                None, {"hires": hires, "lowres": lowres, "points": padded})
-            parts["hires"].append(query_hires[:len(chunk)])
-            parts["lowres"].append(query_lowres[:len(chunk)])
+            self._run("queries", {"hires": hires, "lowres": lowres, "points": padded}, out_values)
+            parts["hires"].append(out["hires"][:len(chunk)].copy())
+            parts["lowres"].append(out["lowres"][:len(chunk)].copy())
         dims = {"lowres": self.config.lowres_dim, "hires": self.config.hires_dim}
         return {name: np.concatenate(arrays) if arrays else np.zeros((0, dims[name]), np.float32)
                 for name, arrays in parts.items()}
 
     def set_query_features(self, slots: np.ndarray, query: Dict[str, np.ndarray]) -> None:
         slots = np.asarray(slots, np.int64)
-        self._query_hires[slots] = query["hires"]
-        self._query_lowres[slots] = query["lowres"]
-        for slot in slots:
-            block, row = divmod(int(slot), self.block_size)
-            self._state[block][0][:, :, row] = 0
-            self._state[block][1][:, :, row] = 0
+        for name in ("hires", "lowres"):
+            self._query_host[name][slots] = query[name]
+        for block in np.unique(slots // self.block_size):
+            rows = slice(block * self.block_size, (block + 1) * self.block_size)
+            for name in ("hires", "lowres"):
+                self._query[block][name].update_inplace(np.ascontiguousarray(self._query_host[name][rows]))
+            # The new points' state restarts at zero: a round trip of this block's state, on adds only.
+            in_block = slots[slots // self.block_size == block] - block * self.block_size
+            for value in self._state[block]:
+                state = value.numpy()
+                state[:, :, in_block] = 0
+                value.update_inplace(np.ascontiguousarray(state))
 
     def step(self, features, blocks: Sequence[int]) -> np.ndarray:
         hires, lowres = features
-        outputs = []
         for block in blocks:
-            rows = slice(block * self.block_size, (block + 1) * self.block_size)
             conv1, conv2 = self._state[block]
-            result, conv1, conv2 = self.sessions["step"].run(None, {
-                "hires": hires, "lowres": lowres, "query_hires": self._query_hires[rows],
-                "query_lowres": self._query_lowres[rows], "conv1": conv1, "conv2": conv2})
-            self._state[block] = (conv1, conv2)
-            outputs.append(result)
-        return np.concatenate(outputs) if outputs else np.zeros((0, 4), np.float32)
+            out1, out2 = self._spare
+            self._run("step", {"hires": hires, "lowres": lowres, "query_hires": self._query[block]["hires"],
+                               "query_lowres": self._query[block]["lowres"], "conv1": conv1, "conv2": conv2},
+                      {"outputs": self._output_values[block], "conv1_out": out1, "conv2_out": out2})
+            # The new state becomes this block's, the old one the spare (both stay on the device).
+            self._state[block], self._spare = (out1, out2), (conv1, conv2)
+        if not len(blocks):
+            return np.zeros((0, 4), np.float32)
+        return self._outputs[list(blocks)].reshape(-1, 4).copy()
 
     def reset(self) -> None:
-        for conv1, conv2 in self._state:
-            conv1.fill(0)
-            conv2.fill(0)
+        for pair in self._state:
+            for value in pair:
+                value.update_inplace(np.zeros(value.shape(), np.float32))

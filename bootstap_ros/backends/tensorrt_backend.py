@@ -1,10 +1,13 @@
 """The TensorRT backend: the ONNX graphs of onnx_export built into TensorRT engines.
 
 Written against the TensorRT 10 Python API (`tensorrt` package): engines are
-built with `Builder.build_serialized_network` (FP16 by default; bf16 and fp32
-on request), cached on disk under a key made of the ONNX file's hash, the
-TensorRT version, the GPU (name and compute capability) and the precision, and
-rebuilt when any of those changes or when `force_engine_rebuild` is set.
+built with `Builder.build_serialized_network` (FP16 by default, i.e. for
+precision "auto"; bf16 and fp32 on request; in fp16/bf16 the softmax, the
+soft-argmax and the positions stay FP32, see `fp32_node_names`), cached on disk
+under a key made of the ONNX file's hash, the TensorRT version, the GPU (name
+and compute capability), the precision and the build recipe, written through a
+uniquely named temporary file, and rebuilt when any of those changes or when
+`force_engine_rebuild` is set.
 Inference binds torch CUDA tensors by address (`set_tensor_address`) and runs
 `execute_async_v3` on torch's current stream: no pycuda. The causal state of
 each block stays on the GPU as two float32 tensors, swapped with the step's
@@ -12,7 +15,8 @@ outputs after every frame; the outputs of all blocks come back in one copy.
 
 NOT VERIFIED: TensorRT cannot be installed on the machines this was written
 on, so the engine build and the inference path have never run. What does run
-in the tests are the pure parts: cache keys and paths, dtype/shape handling
+in the tests are the pure parts: cache keys and paths, dtype/shape handling,
+which ONNX nodes stay FP32 and how layers are pinned, the atomic engine write
 and the ONNX export the engines are built from.
 """
 
@@ -21,28 +25,21 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
 from bootstap_ros.backends.base import BackendError
-from bootstap_ros.backends.onnx_export import cached_export, default_cache_dir
+from bootstap_ros.backends.onnx_export import cached_export, default_cache_dir, expected_shapes, file_sha256
 
 LOG = logging.getLogger(__name__)
 ENGINE_PRECISIONS = ("fp16", "bf16", "fp32")
-
-
-def file_sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    data = Path(str(path) + ".data")  # weights exported as external data live beside the graph
-    if data.exists():
-        digest.update(file_sha256(data).encode())
-    return digest.hexdigest()
+ENGINE_RECIPE = 2  # how engines are built (2: FP32 positions); part of the cache key
 
 
 @dataclass(frozen=True)
@@ -54,10 +51,11 @@ class EngineKey:
     gpu_name: str
     compute_capability: Tuple[int, int]
     precision: str
+    recipe: int = ENGINE_RECIPE
 
     def digest(self) -> str:
         text = json.dumps([self.onnx_sha256, self.tensorrt_version, self.gpu_name,
-                           list(self.compute_capability), self.precision])
+                           list(self.compute_capability), self.precision, self.recipe])
         return hashlib.sha256(text.encode()).hexdigest()[:20]
 
     def filename(self, graph: str) -> str:
@@ -93,26 +91,91 @@ def check_static_shape(name: str, engine_shape: Sequence[int], expected: Sequenc
     return shape
 
 
-def expected_shapes(config, block_size: int) -> Dict[str, Dict[str, Tuple[int, ...]]]:
-    """The static shape of every input and output of the three graphs."""
-    c = config
-    height, width = c.resolution
-    hires = (1, height // 4, width // 4, c.hires_dim)
-    lowres = (1, height // 8, width // 8, c.lowres_dim)
-    state = (c.refinement_iters, c.mixer_blocks, block_size, c.mixer_kernel - 1)
-    return {
-        "encoder": {"frame": (1, height, width, 3), "hires": hires, "lowres": lowres},
-        "queries": {"hires": hires, "lowres": lowres, "points": (block_size, 2),
-                    "query_hires": (block_size, c.hires_dim), "query_lowres": (block_size, c.lowres_dim)},
-        "step": {"hires": hires, "lowres": lowres, "query_hires": (block_size, c.hires_dim),
-                 "query_lowres": (block_size, c.lowres_dim), "conv1": state + (c.mixer_hidden_dim,),
-                 "conv2": state + (4 * c.mixer_hidden_dim,), "outputs": (block_size, 4),
-                 "conv1_out": state + (c.mixer_hidden_dim,), "conv2_out": state + (4 * c.mixer_hidden_dim,)},
-    }
+# Where the FP32 islands of a reduced-precision engine stop: the learned layers and
+# normalisations run in the engine's precision (as under torch autocast).
+_LEARNED_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "LayerNormalization",
+                          "InstanceNormalization", "BatchNormalization"})
+# Samplers: their coordinates and result stay FP32 (torch autocast runs grid_sample in
+# float32 too), but what is computed from their result is ordinary network work.
+_SAMPLER_OPS = frozenset({"GridSample"})
+
+
+def fp32_node_names(graph) -> Set[str]:
+    """Names of the ONNX nodes that a reduced-precision engine must run in FP32.
+
+    graph: an `onnx.GraphProto`. Positions need more than FP16's 11 bits (at 256 px
+    its step is 0.125 px, and the residual updates of every refinement iteration
+    add up), so, as the torch backend does under autocast, these stay FP32:
+
+    * the cost volume's softmax, with the temperature scaling before it (back to
+      the convolution that makes the logits);
+    * everything computed from the softmax or from query `points` up to a learned
+      layer: the soft-argmax, the scaling to the model raster, every position sum
+      `tracks + delta`, the sampling coordinates and the samplers themselves.
+    """
+    producer = {out: node for node in graph.node for out in node.output}
+    consumers: Dict[str, List] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    keep: Set[str] = set()
+    softmaxes = [node for node in graph.node if node.op_type == "Softmax"]
+    backward = [name for node in softmaxes for name in node.input]
+    while backward:  # the temperature scaling and reshapes in front of the softmax
+        node = producer.get(backward.pop())
+        if node is None or node.op_type in _LEARNED_OPS or node.name in keep:
+            continue
+        keep.add(node.name)
+        backward.extend(node.input)
+    sources = [out for node in softmaxes for out in node.output]
+    sources += [value.name for value in graph.input if value.name == "points"]
+    keep.update(node.name for node in softmaxes)
+    forward = [node for name in sources for node in consumers.get(name, [])]
+    while forward:
+        node = forward.pop()
+        if node.op_type in _LEARNED_OPS or node.name in keep:
+            continue
+        keep.add(node.name)
+        if node.op_type not in _SAMPLER_OPS:
+            forward.extend(c for out in node.output for c in consumers.get(out, []))
+    return keep
+
+
+def _is_float(trt, dtype) -> bool:
+    return dtype in (trt.float32, trt.float16, getattr(trt, "bfloat16", trt.float16))
+
+
+def constrain_to_fp32(trt, network, node_names: Set[str]) -> int:
+    """Pin the layers made from `node_names` to FP32 (precision and float outputs); the count.
+
+    A layer is matched by the ONNX node recorded in its metadata ("[ONNX Layer: name]",
+    set by TensorRT 10's ONNX parser) or, failing that, by its name. Layers with
+    non-float outputs (shapes, argmax indices) are left as they are.
+    """
+    pinned = 0
+    for index in range(network.num_layers):
+        layer = network.get_layer(index)
+        metadata = getattr(layer, "metadata", "") or ""
+        sources = set(re.findall(r"\[ONNX Layer: ([^\]]+)\]", metadata)) or {layer.name}
+        if not sources & node_names:
+            continue
+        outputs = [layer.get_output(i) for i in range(layer.num_outputs)]
+        if not outputs or not all(_is_float(trt, out.dtype) for out in outputs):
+            continue
+        layer.precision = trt.float32
+        for i in range(layer.num_outputs):
+            layer.set_output_type(i, trt.float32)
+        pinned += 1
+    return pinned
 
 
 def build_engine(trt, onnx_path: Path, precision: str, workspace_gb: float = 4.0) -> bytes:
-    """A serialized engine for `onnx_path` (TensorRT 10 API)."""
+    """A serialized engine for `onnx_path` (TensorRT 10 API).
+
+    In fp16/bf16 the positions stay FP32 (`fp32_node_names`), enforced with
+    OBEY_PRECISION_CONSTRAINTS: a build that cannot honour them fails instead of
+    silently running the soft-argmax in half precision.
+    """
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
@@ -122,14 +185,37 @@ def build_engine(trt, onnx_path: Path, precision: str, workspace_gb: float = 4.0
         raise BackendError(f"TensorRT could not parse {onnx_path}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
-    if precision == "fp16":
-        config.set_flag(trt.BuilderFlag.FP16)
-    elif precision == "bf16":
-        config.set_flag(trt.BuilderFlag.BF16)
+    if precision in ("fp16", "bf16"):
+        config.set_flag(trt.BuilderFlag.FP16 if precision == "fp16" else trt.BuilderFlag.BF16)
+        import onnx
+
+        names = fp32_node_names(onnx.load(str(onnx_path), load_external_data=False).graph)
+        pinned = constrain_to_fp32(trt, network, names)
+        if names and not pinned:
+            LOG.warning("no TensorRT layer of %s matched the %d FP32 nodes: positions run in %s",
+                        onnx_path.name, len(names), precision)
+        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+        LOG.info("%s: %d layers pinned to FP32 (positions, softmax, soft-argmax)", onnx_path.name, pinned)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise BackendError(f"TensorRT failed to build an engine from {onnx_path} ({precision})")
     return bytes(serialized)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file of a unique name in the same folder,
+    renamed into place: two processes building the same engine never write one file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 class _Engine:
@@ -189,10 +275,7 @@ class TensorRTBackend:
             path = engine_path(cache_dir, graph, key)
             if force_engine_rebuild or not path.exists():
                 LOG.info("building the TensorRT %s engine (%s) into %s", graph, precision, path)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(".tmp")
-                tmp.write_bytes(build_engine(trt, onnx_path, precision, workspace_gb))
-                tmp.replace(path)
+                write_atomically(path, build_engine(trt, onnx_path, precision, workspace_gb))
             self.engines[graph] = _Engine(trt, runtime, path.read_bytes(), shapes[graph], graph)
         self._stream = torch.cuda.current_stream(self.device)
         zeros = lambda shape, name, graph: torch.zeros(shape, dtype=self.engines[graph].dtypes[name],  # noqa: E731

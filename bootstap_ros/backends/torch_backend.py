@@ -23,6 +23,7 @@ same accuracy (see the README); on CPUs without them it is slower.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 from typing import Dict, Optional, Sequence
 
@@ -37,6 +38,24 @@ _WARMUP_RUNS = 3  # eager runs on a side stream before a capture, as torch.cuda.
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+def inference_model(model: TAPIR, device) -> TAPIR:
+    """`model` on `device` in eval mode, without changing the caller's model.
+
+    The model itself when it is already there and in eval mode (no copy for the
+    common case of a freshly loaded model); otherwise a copy, so that a model
+    being trained, or used on another device, keeps its device, mode and weights.
+    """
+    device = torch.device(device)
+    on_device = all(t.device.type == device.type and (device.index is None or t.device.index == device.index)
+                    for t in itertools.chain(model.parameters(), model.buffers()))
+    if on_device and not any(m.training for m in model.modules()):
+        return model
+    # A copy on the target device (a deepcopy would first duplicate it where it is).
+    copy = type(model)(model.config)
+    copy.load_state_dict(model.state_dict())
+    return copy.to(device).eval()
+
+
 class TorchBackend:
     name = "torch"
 
@@ -46,7 +65,7 @@ class TorchBackend:
         if precision == "fp16" and not self.device.startswith("cuda"):
             raise BackendError(f"the torch backend runs fp16 on CUDA only; use bf16 or fp32 on {self.device}")
         self.precision = precision
-        self.model = model.to(self.device).eval()
+        self.model = inference_model(model, self.device)
         self.max_points = max_points
         self.block_size = block_size
         c = model.config

@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resolution", type=int, default=0, help="model resolution (0: the model's)")
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     parser.add_argument("--cpu-threads", type=int, default=0,
                         help="the node's cpu_threads (0: torch's default)")
     parser.add_argument("--image-reliability", default="best_effort",

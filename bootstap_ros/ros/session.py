@@ -19,7 +19,7 @@ from typing import Callable, List, Optional
 
 import numpy as np
 
-from bootstap_ros.model.checkpoint import EMBEDDED_CHECKPOINT, OFFICIAL_CAUSAL_URL
+from bootstap_ros.model.checkpoint import OFFICIAL_CAUSAL_URL
 from bootstap_ros.ros.queues import RequestQueue
 from bootstap_ros.ros.settings import TrackerNodeConfig
 from bootstap_ros.tracking.query_set import ModelIdentity, QuerySet, QuerySetError
@@ -45,16 +45,17 @@ class TrackerInfo:
     identity: Optional[ModelIdentity] = None  # what query sets must have been made with
 
 
-def resolve_checkpoint(checkpoint: str) -> Path:
-    if not checkpoint:
-        if not EMBEDDED_CHECKPOINT.is_file():
-            raise StartupError(
-                f"no checkpoint given and the embedded default model is not installed (expected "
-                f"{EMBEDDED_CHECKPOINT}). Set the checkpoint parameter to a model file, e.g. "
-                f"`--ros-args -p checkpoint:=/path/to/causal_bootstapir_checkpoint.pt` (download it "
-                f"from {OFFICIAL_CAUSAL_URL}) or launch with checkpoint:=/path/to/model.pt")
-        return EMBEDDED_CHECKPOINT
-    return Path(checkpoint).expanduser().resolve()
+def _checkpoint_path(checkpoint: str) -> Path:
+    """The model file for the checkpoint parameter ('' = the embedded model), absolute."""
+    from bootstap_ros.model.checkpoint import CheckpointError, resolve_checkpoint
+
+    try:
+        return resolve_checkpoint(checkpoint).resolve()
+    except CheckpointError as error:
+        raise StartupError(
+            f"{error}. Set the checkpoint parameter to a model file, e.g. `--ros-args -p "
+            "checkpoint:=/path/to/causal_bootstapir_checkpoint.pt`, or launch with "
+            "checkpoint:=/path/to/model.pt") from None
 
 
 def _resolve_device(device: str) -> str:
@@ -73,7 +74,7 @@ def create_tracker(config: TrackerNodeConfig):
     from bootstap_ros.model import CheckpointError, build_model, load_checkpoint
     from bootstap_ros.tracking import CausalTracker
 
-    path = resolve_checkpoint(config.checkpoint)
+    path = _checkpoint_path(config.checkpoint)
     device = _resolve_device(config.device)
     if device == "cpu" and config.cpu_threads:
         import torch
@@ -149,7 +150,7 @@ def _backend_options(config: TrackerNodeConfig, device: str, notes: List[str]) -
     takes_options = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
     options = {}
     for name, value, plain in (("backend", config.backend, config.backend in ("auto", "torch")),
-                               ("precision", config.precision, config.precision == "fp32")):
+                               ("precision", config.precision, config.precision in ("auto", "fp32"))):
         if name in accepted:
             options[name] = value
         elif not plain:
@@ -290,6 +291,8 @@ class TrackingSession:
 
     def _apply(self, requests, size) -> np.ndarray:
         """Apply removes and resets in order; returns the checked positions to add."""
+        from bootstap_ros.tracking.tracker import invalid_query_points
+
         additions: List[np.ndarray] = []
         add_query_set = False
         for kind, payload in requests:
@@ -314,17 +317,10 @@ class TrackingSession:
             self._add_query_set(self.query_set, size)
         if not additions:
             return np.zeros((0, 2), np.float32)
-        xy = np.concatenate(additions)
-        height, width = size
-        good = np.isfinite(xy).all(axis=1)
-        good[good] = ((xy[good, 0] >= 0) & (xy[good, 0] <= width)
-                      & (xy[good, 1] >= 0) & (xy[good, 1] <= height))
-        if not good.all():
-            self._warn("bad_points",
-                       f"ignoring {int((~good).sum())} query point(s) that are NaN/inf or outside "
-                       f"the {width}x{height} image (x in [0, {width}], y in [0, {height}]): "
-                       f"{xy[~good][:5].tolist()}")
-        xy = xy[good]
+        xy, bad, message = invalid_query_points(np.concatenate(additions), size)
+        if bad.any():
+            self._warn("bad_points", f"ignoring {message}")
+        xy = xy[~bad]
         free = self.tracker.max_points - self.tracker.num_points
         if len(xy) > free:
             self._warn("capacity",

@@ -14,8 +14,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
-BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "bf16")
+from bootstap_ros.backends.base import BACKEND_CHOICES, PRECISION_CHOICES
+
 RELIABILITIES = ("best_effort", "reliable", "system_default")
 TRANSPORTS = ("raw", "compressed")
 
@@ -28,7 +28,7 @@ class TrackerNodeConfig:
     causal: bool = True
     backend: str = "auto"
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "auto"  # fp16 for tensorrt, else fp32
     cpu_threads: int = 0  # 0 = torch's default
     resolution: int = 0  # 0 = the checkpoint's own
     max_points: int = 256
@@ -80,9 +80,11 @@ PARAMETERS: Tuple[ParameterSpec, ...] = (
                   "Run the model causally (online). Official checkpoints do not say; keep true for "
                   "causal_bootstapir_checkpoint.pt."),
     ParameterSpec("backend", "backend", "Inference backend; auto picks the fastest available.",
-                  choices=BACKENDS),
+                  choices=BACKEND_CHOICES),
     ParameterSpec("device", "device", "auto (cuda when available, else cpu), cpu, cuda or cuda:N."),
-    ParameterSpec("precision", "precision", "Inference precision.", choices=PRECISIONS),
+    ParameterSpec("precision", "precision",
+                  "Inference precision; auto: fp16 for the tensorrt backend, fp32 for the others.",
+                  choices=PRECISION_CHOICES),
     ParameterSpec("cpu_threads", "cpu_threads",
                   "Threads for inference on the CPU (torch intra-op threads); 0: torch's default, "
                   "one per core. Where the camera driver shares the cores, fewer can be faster.",

@@ -12,6 +12,7 @@ from typing import Iterable, Optional
 import numpy as np
 import torch
 
+from bootstap_ros.backends.torch_backend import inference_model
 from bootstap_ros.model.tapir import TAPIR, preprocess_frames, resize_video, visibility
 from bootstap_ros.tracking.tracker import CausalTracker
 
@@ -43,7 +44,7 @@ def _query_frames(queries: np.ndarray) -> np.ndarray:
 
 def track_online(model: TAPIR, frames: Iterable[np.ndarray], queries: np.ndarray,
                  device: str = "cpu", block_size: int = 64, progress=None, backend="auto",
-                 precision: str = "fp32", **backend_options) -> ClipTracks:
+                 precision: str = "auto", **backend_options) -> ClipTracks:
     """Run the causal tracker frame by frame; each point starts on its query frame.
 
     frames: iterable of uint8 RGB [H, W, 3]; queries [N, 3] (t, x, y).
@@ -95,7 +96,7 @@ def track_offline(model: TAPIR, video: np.ndarray, queries: np.ndarray, device: 
     num_frames, height, width = video.shape[:3]
     if len(queries) and queries[:, 0].max() >= num_frames:
         raise ValueError(f"a query frame ({int(queries[:, 0].max())}) is beyond the clip's {num_frames} frames")
-    model = model.to(device).eval()
+    model = inference_model(model, device)  # the caller's model stays where and as it is
     model_h, model_w = model.config.resolution
     resized = torch.cat([
         resize_video(preprocess_frames(torch.from_numpy(np.ascontiguousarray(f)).to(device)[None, None]),

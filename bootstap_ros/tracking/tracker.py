@@ -41,6 +41,24 @@ class TrackerFullError(RuntimeError):
     """More points were asked for than the tracker has free slots."""
 
 
+def invalid_query_points(xy, frame_size: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray, str]:
+    """Which query points cannot be tracked on an image of `frame_size` (height, width).
+
+    Returns xy as float32 [K, 2], a bool [K] mask of the points that are NaN/inf or
+    outside the image (x in [0, width], y in [0, height]), and a message naming
+    them ('' when none is). The tracker refuses such points; the node drops them
+    with a warning and keeps the others.
+    """
+    xy = np.asarray(xy, np.float32).reshape(-1, 2)
+    height, width = frame_size
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(xy).all(axis=1) | (xy[:, 0] < 0) | (xy[:, 0] > width) | (
+            xy[:, 1] < 0) | (xy[:, 1] > height)
+    message = (f"{int(bad.sum())} query point(s) that are NaN/inf or outside the {width}x{height} image "
+               f"(x in [0, {width}], y in [0, {height}]): {xy[bad][:5].tolist()}") if bad.any() else ""
+    return xy, bad, message
+
+
 @dataclass
 class TrackResult:
     """Outputs for the active points after one frame, sorted by id.
@@ -70,16 +88,17 @@ class CausalTracker:
 
     def __init__(self, model: TAPIR, max_points: int = 256, device: str = "cpu",
                  block_size: int = 64, visibility_threshold: float = 0.5, backend="auto",
-                 precision: str = "fp32", **backend_options):
+                 precision: str = "auto", **backend_options):
         """backend: a name ("torch", "onnxruntime", "tensorrt", or "auto" for the fastest
-        available here) or a ready `bootstap_ros.backends.Backend`; precision and
-        backend_options (e.g. cache_dir) go to the backend it creates."""
+        available here) or a ready `bootstap_ros.backends.Backend`; precision ("auto": fp16
+        for tensorrt, fp32 otherwise) and backend_options (e.g. cache_dir) go to the backend
+        it creates. The model is not changed (mode, device, weights)."""
         if max_points < 1:
             raise ValueError(f"max_points must be >= 1, got {max_points}")
         if not model.config.causal:
             LOG.warning("the model is not causal: each frame is tracked without temporal context; "
                         "use a causal model (--causal) for online tracking")
-        self.model = model.eval()
+        self.model = model  # never changed here: the backend runs its own copy where it must
         self.config = model.config
         self.device = torch.device(device)
         self.block_size = max(1, min(block_size, max_points))
@@ -141,14 +160,9 @@ class CausalTracker:
         return xy * np.array([model_w / width, model_h / height], np.float32)
 
     def _validate(self, xy) -> np.ndarray:
-        xy = np.asarray(xy, np.float32).reshape(-1, 2)
-        height, width = self.frame_size
-        bad = ~np.isfinite(xy).all(axis=1) | (xy[:, 0] < 0) | (xy[:, 0] > width) | (
-            xy[:, 1] < 0) | (xy[:, 1] > height)
+        xy, bad, message = invalid_query_points(xy, self.frame_size)
         if bad.any():
-            raise ValueError(
-                f"{int(bad.sum())} query point(s) are NaN/inf or outside the {width}x{height} image "
-                f"(x in [0, {width}], y in [0, {height}]): {xy[bad][:5].tolist()}")
+            raise ValueError(f"cannot add {message}")
         free = np.flatnonzero(self._ids < 0)
         if len(xy) > len(free):
             raise TrackerFullError(
@@ -182,13 +196,9 @@ class CausalTracker:
         take them, without adding any point: {"lowres": [K, C], "hires": [K, C]} float32.
         What `bootstap-queries` stores in a query set (`tracking.query_set`)."""
         video = self._prepare(frame, encoding)
-        xy = np.asarray(xy, np.float32).reshape(-1, 2)
-        height, width = self.frame_size
-        inside = np.isfinite(xy).all(axis=1) & (xy >= 0).all(axis=1) & (xy[:, 0] <= width) & (
-            xy[:, 1] <= height)
-        if not inside.all():
-            raise ValueError(f"{int((~inside).sum())} query point(s) are NaN/inf or outside the "
-                             f"{width}x{height} image: {xy[~inside][:5].tolist()}")
+        xy, bad, message = invalid_query_points(xy, self.frame_size)
+        if bad.any():
+            raise ValueError(message)
         return self.backend.query_features(self.backend.encode(video), np.ascontiguousarray(self._to_model(xy)))
 
     def add_points_from_features(self, features: Dict[str, np.ndarray]) -> np.ndarray:
