@@ -89,6 +89,50 @@ def test_bag_is_read_back_frame_exact(tmp_path, storage, kind):
     assert clip["topic"] == "/camera/image_raw" and clip["source"] == str(bag.resolve())
 
 
+@pytest.mark.parametrize("kind", ["rgb8", "png"])
+def test_bag_written_by_ros_itself_is_read_frame_exact(tmp_path, kind):
+    # Independent of rosbags' writer and serializer: a Humble-layout SQLite3 bag made with
+    # the sqlite3 module, holding messages serialized by rclpy (ROS's own CDR).
+    import sqlite3
+
+    pytest.importorskip("rclpy")
+    from builtin_interfaces.msg import Time
+    from rclpy.serialization import serialize_message
+    from std_msgs.msg import Header
+
+    from bootstap_ros.ros.conversions import array_to_compressed, array_to_image
+
+    frames = moving(16)
+    msgtype = "sensor_msgs/msg/Image" if kind == "rgb8" else "sensor_msgs/msg/CompressedImage"
+    (tmp_path / "bag").mkdir()
+    database = sqlite3.connect(tmp_path / "bag" / "bag_0.db3")
+    database.executescript("""
+        CREATE TABLE schema(schema_version INTEGER PRIMARY KEY, ros_distro TEXT NOT NULL);
+        INSERT INTO schema VALUES (3, 'humble');
+        CREATE TABLE metadata(id INTEGER PRIMARY KEY, metadata_version INTEGER NOT NULL,
+                              metadata TEXT NOT NULL);
+        CREATE TABLE topics(id INTEGER PRIMARY KEY, name TEXT NOT NULL, type TEXT NOT NULL,
+                            serialization_format TEXT NOT NULL,
+                            offered_qos_profiles TEXT NOT NULL);
+        CREATE TABLE messages(id INTEGER PRIMARY KEY, topic_id INTEGER NOT NULL,
+                              timestamp INTEGER NOT NULL, data BLOB NOT NULL);
+    """)
+    database.execute("INSERT INTO topics VALUES (1, '/camera', ?, 'cdr', '')", (msgtype,))
+    for frame, stamp in zip(frames, stamps(16)):
+        header = Header(stamp=Time(sec=stamp // 10**9, nanosec=stamp % 10**9), frame_id="cam")
+        message = (array_to_image(frame, "rgb8", header) if kind == "rgb8" else
+                   array_to_compressed(frame, "rgb8", header, format="png"))
+        database.execute("INSERT INTO messages(topic_id, timestamp, data) VALUES (1, ?, ?)",
+                         (stamp, serialize_message(message)))
+    database.commit()
+    database.close()
+    # No metadata.yaml (as after a killed recording): the folder is read file by file.
+    dataset = LogClips(prepare_logs([tmp_path / "bag"], tmp_path / "out", config()))
+    np.testing.assert_array_equal(np.concatenate([dataset[0]["video"], dataset[1]["video"]]),
+                                  frames)
+    assert dataset.clip_info(0)["start_ns"] == stamps(16)[0]
+
+
 def test_bare_storage_file_and_stride_and_fps(tmp_path):
     frames = moving(48)
     bag = write_image_bag(tmp_path / "bag", frames, stamps(48), storage="mcap")
