@@ -2,12 +2,25 @@
 
 import copy
 import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from bootstap_ros.tracking import CausalTracker
 from small_model import moving_clip, small_model
+from bootstap_ros.model import load_checkpoint, save_checkpoint
+from small_model import blob_clip
+from training.bootstrap import BootstrapConfig, bootstrap, bootstrap_loss, main, step_generators
+from training.logs import write_image_bag
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_a_model_that_tracked_on_cpu_can_be_deep_copied_and_saved():
@@ -32,3 +45,161 @@ def test_a_model_that_tracked_on_cpu_can_be_deep_copied_and_saved():
         for frame in frames:
             second = other.step(frame)
     np.testing.assert_allclose(second.xy, first.xy, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- the loss
+
+def _tiny_config(**changes):
+    values = dict(num_points=8, clip_frames=4, cycle_mask=False)
+    values.update(changes)
+    return BootstrapConfig(**values)
+
+
+def confident_model():
+    """The random-weight test model, made to call every point visible (occlusion and
+    uncertainty logits pushed far down), so that pseudo-labels have positions to teach."""
+    model = small_model()
+    with torch.no_grad():
+        model.torch_cost_volume_track_mods["occ_out"].bias.fill_(-8.0)
+    return model
+
+
+def _loss_gradients(siamese: bool):
+    """Gradients of one bootstrapping loss, the teacher a separate copy that could take them."""
+    student = confident_model().train()
+    teacher = copy.deepcopy(student).train()  # requires_grad on: only the code may cut the path
+    video = torch.from_numpy(moving_clip(num_frames=4, height=64, width=64))[None]
+    numpy_rng, torch_rng = step_generators(0, 0, 0)
+    loss, parts = bootstrap_loss(student, teacher, video, _tiny_config(siamese=siamese), numpy_rng,
+                                 torch_rng, True, True)
+    loss.backward()
+    assert loss.item() > 0 and parts["kept_tracks"].item() == 1.0
+    assert parts["position"].item() > 0  # the teacher's tracks are targets somewhere
+    student_grads = [p.grad for p in student.parameters()]
+    teacher_grads = [p.grad for p in teacher.parameters()]
+    return student_grads, teacher_grads
+
+
+def test_siamese_passes_gradients_through_the_teacher_and_the_default_does_not():
+    student_grads, teacher_grads = _loss_gradients(siamese=False)
+    assert sum(float(g.abs().sum()) for g in student_grads if g is not None) > 0
+    assert all(g is None for g in teacher_grads)  # stop-gradient: the teacher is a constant
+    student_grads, teacher_grads = _loss_gradients(siamese=True)
+    assert sum(float(g.abs().sum()) for g in student_grads if g is not None) > 0
+    assert sum(float(g.abs().sum()) for g in teacher_grads if g is not None) > 0
+
+
+# ----------------------------------------------------------------------------- runs
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """A robot-log-like bag (MCAP, raw rgb8) of a moving texture and a tiny causal model."""
+    folder = tmp_path_factory.mktemp("bootstrap_inputs")
+    frames = blob_clip(num_frames=16, height=64, width=80, dx=1.0, dy=0.5, blobs=60)
+    write_image_bag(folder / "bag", frames, [i * 50_000_000 for i in range(len(frames))],
+                    topic="/wrist/image_raw", storage="mcap")
+    save_checkpoint(folder / "tiny.pt", confident_model())
+    return folder
+
+
+def _run_args(inputs, output, steps=2, *extra):
+    """The command line of a tiny CPU run (a fraction of a second per step)."""
+    return ["--data", str(inputs / "bag"), "--init", str(inputs / "tiny.pt"), "--output", str(output),
+            "--steps", str(steps), "--batch-size", "1", "--device", "cpu", "num_points=8",
+            "supervised_points=8", "clip_frames=4", "num_workers=0", "log_every=1", "warmup=1",
+            "lr=1e-3", *extra]
+
+
+def _state(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_ema_teacher_is_the_moving_average_of_the_student(inputs, tmp_path):
+    # One step with decay 0.5 and no supervised task: the stored teacher must be exactly the
+    # average of the initial and the updated student (an optimiser step on the teacher, or a
+    # gradient reaching it, would break that).
+    assert main(_run_args(inputs, tmp_path / "run", 1, "ema_decay=0.5", "supervised_batch_size=0",
+                          "cycle_mask=false")) == 0
+    initial = _state(inputs / "tiny.pt")["state_dict"]
+    stored = _state(tmp_path / "run" / "checkpoint.pt")
+    student, teacher = stored["state_dict"], stored["teacher"]
+    assert stored["step"] == 1 and "supervised_optimizer" not in stored
+    moved = [k for k in student if not torch.equal(student[k], initial[k])]
+    assert len(moved) > len(student) // 2
+    for key in student:
+        torch.testing.assert_close(teacher[key], 0.5 * initial[key] + 0.5 * student[key],
+                                   atol=1e-7, rtol=1e-6, msg=key)
+
+
+def test_a_run_from_a_bag_writes_a_checkpoint_the_tracker_cli_and_the_node_load(inputs, tmp_path):
+    from bootstap_ros.cli import track
+    from bootstap_ros.ros.session import create_tracker
+    from bootstap_ros.ros.settings import TrackerNodeConfig
+
+    output = tmp_path / "run"
+    assert main(_run_args(inputs, output, 2, "--image-topic", "/wrist/image_raw")) == 0
+    final = output / "final.pt"
+    loaded = load_checkpoint(final)
+    assert loaded.config.causal and loaded.extra["step"] == 2
+    assert "teacher" not in loaded.extra and "bootstrap_optimizer" not in loaded.extra
+    assert loaded.extra["bootstrap_config"]["data"] == [str(inputs / "bag")]
+    # Trained: the weights moved away from the initial model.
+    initial = _state(inputs / "tiny.pt")["state_dict"]
+    assert any(not torch.equal(v, initial[k]) for k, v in loaded.model.state_dict().items())
+    with open(output / "train_log.csv") as file:
+        header = file.readline().strip().split(",")
+    assert {"loss", "kept_tracks", "supervised_loss"} <= set(header)
+
+    np.save(tmp_path / "clip.npy", moving_clip(num_frames=4, height=48, width=64))
+    assert track.main([str(tmp_path / "clip.npy"), "--checkpoint", str(final), "--grid", "2",
+                       "--output", str(tmp_path / "tracks.npz")]) == 0
+    assert np.load(tmp_path / "tracks.npz")["tracks"].shape[-1] == 2
+    tracker, info = create_tracker(TrackerNodeConfig(checkpoint=str(final), device="cpu"))
+    assert tracker.config == loaded.config
+
+
+def _clean_env():
+    # One thread: the same float reductions in every process (bit-exact resume), and no
+    # oversubscription of a loaded machine.
+    return {**os.environ, "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+
+
+def _command(args):
+    return [sys.executable, "-m", "training.bootstrap", *args]
+
+
+@pytest.mark.slow
+def test_resume_after_a_kill_gives_the_weights_of_an_uninterrupted_run(inputs, tmp_path):
+    steps = 6
+    straight = subprocess.run(_command(_run_args(inputs, tmp_path / "straight", steps)), cwd=REPO,
+                              env=_clean_env(), capture_output=True, timeout=600)
+    assert straight.returncode == 0, straight.stderr.decode()[-3000:]
+
+    killed = tmp_path / "killed"
+    args = _run_args(inputs, killed, steps, "checkpoint_every=2")
+    process = subprocess.Popen(_command(args), cwd=REPO, env=_clean_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        while not (killed / "checkpoint.pt").exists():
+            assert process.poll() is None, process.stderr.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint written within 300 s"
+            time.sleep(0.01)
+        process.send_signal(signal.SIGKILL)  # no handler runs: as a crash or an OOM kill
+        process.wait(timeout=60)
+    finally:
+        process.kill()
+    assert not (killed / "final.pt").exists(), "the run ended before it could be killed"
+    halfway = _state(killed / "checkpoint.pt")["step"]
+    assert halfway in (2, 4)
+
+    resumed = subprocess.run(_command(["--output", str(killed), "--resume"]), cwd=REPO,
+                             env=_clean_env(), capture_output=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr.decode()[-3000:]
+    want, got = _state(tmp_path / "straight" / "final.pt"), _state(killed / "final.pt")
+    assert got["step"] == want["step"] == steps
+    for key, value in want["state_dict"].items():
+        assert torch.equal(got["state_dict"][key], value), key
+    with open(killed / "train_log.csv") as file:
+        assert [int(line.split(",")[0]) for line in file.readlines()[1:]] == list(range(1, steps + 1))

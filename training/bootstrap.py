@@ -46,6 +46,7 @@ import json
 import os
 import sys
 import time
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
@@ -189,12 +190,15 @@ class BootstrapConfig:
 
     @classmethod
     def from_dict(cls, values: Dict) -> "BootstrapConfig":
+        """A config from loosely typed values (YAML, key=value): "1e-3" for a float field is
+        read as a number; a value of the wrong kind is an error naming the key."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown bootstrapping config keys {unknown}; known keys: "
                              f"{', '.join(sorted(known))}")
-        return cls(**values)
+        hints = typing.get_type_hints(cls)
+        return cls(**{key: _coerce(key, value, hints[key]) for key, value in values.items()})
 
     # Derived settings.
     @property
@@ -221,6 +225,36 @@ class BootstrapConfig:
         side = self.clip_size or size
         return SyntheticConfig(frames=self.supervised_frames or self.clip_frames, height=side,
                                width=side, num_points=self.supervised_points)
+
+
+def _coerce(key: str, value, hint):
+    """`value` as the field type `hint` (float, int, bool, str, their Optional, containers as is)."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is typing.Union and type(None) in args:
+        if value is None:
+            return None
+        hint = next(a for a in args if a is not type(None))
+    expected = {float: "a number", int: "an integer", bool: "true or false", str: "a string"}
+    if hint not in expected:
+        return value  # lists, tuples, the loss config: their own checks
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off"):
+            return value.lower() in ("true", "yes", "on")
+    elif hint is str:
+        if isinstance(value, (str, os.PathLike)):
+            return str(value)
+    elif not isinstance(value, bool):
+        try:
+            number = float(value) if isinstance(value, str) else value
+            if hint is float and isinstance(number, (int, float)):
+                return float(number)
+            if hint is int and isinstance(number, (int, float)) and float(number).is_integer():
+                return int(number)
+        except ValueError:
+            pass
+    raise ValueError(f"{key} expects {expected[hint]}, got {value!r}")
 
 
 # ----------------------------------------------------------------------------- models
