@@ -89,6 +89,19 @@ def test_bag_is_read_back_frame_exact(tmp_path, storage, kind):
     assert clip["topic"] == "/camera/image_raw" and clip["source"] == str(bag.resolve())
 
 
+@pytest.mark.parametrize("storage,compression", [("mcap", "file"), ("sqlite3", "message")])
+def test_zstd_compressed_bags(tmp_path, storage, compression):
+    frames = moving(16)
+    bag = write_image_bag(tmp_path / "bag", frames, stamps(16), storage=storage,
+                          compression=compression)
+    metadata = (bag / "metadata.yaml").read_text()
+    assert "compression_format: zstd" in metadata
+    assert f"compression_mode: {compression}" in metadata.lower()
+    dataset = LogClips(prepare_logs([bag], tmp_path / "out", config()))
+    np.testing.assert_array_equal(np.concatenate([dataset[0]["video"], dataset[1]["video"]]),
+                                  frames)
+
+
 @pytest.mark.parametrize("kind", ["rgb8", "png"])
 def test_bag_written_by_ros_itself_is_read_frame_exact(tmp_path, kind):
     # Independent of rosbags' writer and serializer: a Humble-layout SQLite3 bag made with

@@ -475,7 +475,8 @@ def write_image_bag(path, frames: np.ndarray, stamps_ns: Sequence[int],
                     compressed: bool = False, frame_id: str = "camera", encoding: str = "rgb8",
                     format: str = "jpeg", quality: int = 95,
                     receive_stamps_ns: Optional[Sequence[int]] = None,
-                    extra_topics: Optional[Mapping[str, str]] = None) -> Path:
+                    extra_topics: Optional[Mapping[str, str]] = None,
+                    compression: Optional[str] = None) -> Path:
     """Writes uint8 RGB frames [T, H, W, 3] as a rosbag2 bag (folder `path`, must not exist).
 
     storage: "mcap" or "sqlite3". Raw frames are sensor_msgs/Image in `encoding`
@@ -483,16 +484,20 @@ def write_image_bag(path, frames: np.ndarray, stamps_ns: Sequence[int],
     ("jpeg" at `quality`, or "png"). Header stamps are `stamps_ns`; the bag's
     receive stamps are `receive_stamps_ns` (default: the same). `extra_topics`
     maps more topics to "image", "compressed" (the same frames) or "string"
-    (std_msgs/String), to make bags with several topics.
+    (std_msgs/String), to make bags with several topics. `compression`: None, or
+    "file" / "message" for rosbag2's zstd compression of whole files or of each message.
     """
     from rosbags.rosbag2 import Writer
-    from rosbags.rosbag2.enums import StoragePlugin
+    from rosbags.rosbag2.enums import CompressionFormat, CompressionMode, StoragePlugin
 
     from bootstap_ros.images import encode_compressed
 
     plugins = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
     if storage not in plugins:
         raise LogError(f"storage must be one of {sorted(plugins)}, got {storage!r}")
+    modes = {None: None, "file": CompressionMode.FILE, "message": CompressionMode.MESSAGE}
+    if compression not in modes:
+        raise LogError(f"compression must be None, 'file' or 'message', got {compression!r}")
     if encoding not in ("rgb8", "bgr8"):
         raise LogError(f"encoding must be 'rgb8' or 'bgr8', got {encoding!r}")
     frames = np.asarray(frames)
@@ -534,7 +539,10 @@ def write_image_bag(path, frames: np.ndarray, stamps_ns: Sequence[int],
             step=width * 3, data=np.ascontiguousarray(pixels).reshape(-1))
 
     path = Path(path)
-    with Writer(path, version=8, storage_plugin=plugins[storage]) as writer:
+    writer = Writer(path, version=8, storage_plugin=plugins[storage])
+    if compression is not None:
+        writer.set_compression(modes[compression], CompressionFormat.ZSTD)
+    with writer:
         connections = {t: writer.add_connection(t, msgtypes[k], typestore=typestore)
                        for t, k in kinds.items()}
         for index in range(len(frames)):
