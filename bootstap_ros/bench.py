@@ -36,10 +36,11 @@ class RunSpec:
     backend: str
     device: str
     precision: str
+    compiled: bool = False  # torch backend with torch_compile=True
 
     @property
     def label(self) -> str:
-        return f"{self.backend}/{self.device}/{self.precision}"
+        return f"{self.backend}{'+compile' if self.compiled else ''}/{self.device}/{self.precision}"
 
 
 def synthetic_clip(num_frames: int, size: int = 256, seed: int = 0) -> np.ndarray:
@@ -95,10 +96,12 @@ def _make_tracker(model, spec: RunSpec, num_points: int, block_size: int, cache_
 
     block = min(block_size, num_points)
     max_points = -(-num_points // block) * block
-    if spec.backend == BASELINE:
-        backend = _reference_backend_class()(model, max_points, block, spec.device, "fp32")
+    if spec.backend == BASELINE:  # plain eager: no CUDA graphs either
+        backend = _reference_backend_class()(model, max_points, block, spec.device, "fp32", cuda_graphs=False)
         return CausalTracker(model, max_points, spec.device, block, backend=backend)
     options = {"cache_dir": cache_dir} if spec.backend in ("onnxruntime", "tensorrt") and cache_dir else {}
+    if spec.compiled:
+        options["torch_compile"] = True
     return CausalTracker(model, max_points, spec.device, block, backend=spec.backend,
                          precision=spec.precision, **options)
 
@@ -129,13 +132,18 @@ def run_benchmark(model, specs: Sequence[RunSpec], point_counts: Sequence[int], 
     all_specs = [RunSpec(BASELINE, "cpu" if not any(s.device.startswith("cuda") for s in specs) else
                          next(s.device for s in specs if s.device.startswith("cuda")), "fp32")]
     all_specs += [s for s in specs if s != all_specs[0]]
+    # One copy of the model per device, made once: every tracker on a device shares it
+    # (a backend copies a model that is not already on its device).
+    from bootstap_ros.backends.torch_backend import inference_model
+
+    models = {spec.device: inference_model(model, spec.device) for spec in all_specs}
     runs = []
     for num_points in point_counts:
         xy = rng.uniform(8, min(size) - 8, (num_points, 2)).astype(np.float32)
         trackers, latencies, outputs, visible, errors = {}, {}, {}, {}, {}
         for spec in all_specs:
             try:
-                trackers[spec] = _make_tracker(model, spec, num_points, block_size, cache_dir)
+                trackers[spec] = _make_tracker(models[spec.device], spec, num_points, block_size, cache_dir)
                 trackers[spec].add_points(clip[0], xy)
                 latencies[spec], outputs[spec], visible[spec] = [], [], []
             except Exception as error:  # a backend missing here is reported, not fatal
@@ -158,7 +166,7 @@ def run_benchmark(model, specs: Sequence[RunSpec], point_counts: Sequence[int], 
         baseline = all_specs[0]
         base_mean = float(np.mean(latencies[baseline])) if baseline in latencies else None
         for spec in all_specs:
-            row = {"backend": spec.backend, "device": spec.device, "precision": spec.precision,
+            row = {"backend": spec.label.split("/")[0], "device": spec.device, "precision": spec.precision,
                    "points": num_points, "resolution": list(size)}
             if spec in errors:
                 row["error"] = errors[spec]
@@ -239,12 +247,16 @@ def _load_model(args):
     from bootstap_ros.model import build_model, load_checkpoint
 
     overrides = json.loads(args.model_config) if args.model_config else {}
+    from bootstap_ros.model.checkpoint import with_settings
+
     if args.random_weights:
         torch.manual_seed(args.seed)
-        return build_model(ModelConfig(causal=True).replace(**overrides))
-    if overrides:
+        model = build_model(ModelConfig(causal=True).replace(**overrides))
+    elif overrides:
         raise SystemExit("--model-config goes with --random-weights (a checkpoint brings its architecture)")
-    return load_checkpoint(args.checkpoint, causal=True if args.causal is None else args.causal).model
+    else:
+        model = load_checkpoint(args.checkpoint, causal=True if args.causal is None else args.causal).model
+    return with_settings(model, softmax_temperature=args.softmax_temperature)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -256,13 +268,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--causal", action=argparse.BooleanOptionalAction, default=None,
                         help="for official checkpoints (default: causal)")
     parser.add_argument("--model-config", help="JSON overrides of the model config (with --random-weights)")
+    parser.add_argument("--softmax-temperature", type=float, default=None,
+                        help="cost-volume softmax temperature (default: the checkpoint's; BootsTAPIR 10, TAPIR 20)")
     parser.add_argument("--backends", default="torch", help="comma list: torch,onnxruntime,tensorrt,auto")
     parser.add_argument("--devices", default="cpu", help="comma list, e.g. cpu,cuda")
-    parser.add_argument("--precisions", default="fp32", help="comma list: fp32,fp16,bf16")
+    parser.add_argument("--precisions", default="auto",
+                        help="comma list: auto,fp32,fp16,bf16 (auto: fp16 for tensorrt, fp32 otherwise)")
     parser.add_argument("--points", default="8,32,128,256,1024", help="comma list of point counts")
     parser.add_argument("--frames", type=int, default=20, help="timed frames per run")
     parser.add_argument("--warmup", type=int, default=3, help="untimed frames first")
     parser.add_argument("--block-size", type=int, default=64)
+    parser.add_argument("--torch-compile", action="store_true",
+                        help="also run every torch configuration with torch.compile (compiles on the "
+                             "first frame: minutes), next to the uncompiled one")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--cache-dir", help="where ONNX exports and TensorRT engines are cached")
     parser.add_argument("--output", default="bench_results", help="directory for results.json and latency.png")
@@ -275,7 +293,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import torch
 
-    from bootstap_ros.backends import resolve_backend
+    from bootstap_ros.backends import resolve_backend, resolve_precision
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -287,11 +305,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             continue
         for backend in args.backends.split(","):
             for precision in args.precisions.split(","):
-                spec = RunSpec(resolve_backend(backend.strip(), device), device, precision)
-                if precision == "fp16" and device == "cpu" or precision != "fp32" and spec.backend == "onnxruntime":
+                name = resolve_backend(backend.strip(), device)
+                spec = RunSpec(name, device, resolve_precision(precision.strip(), name))
+                if (spec.precision == "fp16" and device == "cpu"
+                        or spec.precision != "fp32" and spec.backend == "onnxruntime"):
                     LOG.info("skipping %s: not offered (fp16 needs CUDA; onnxruntime runs fp32)", spec.label)
                     continue
                 specs.append(spec)
+    if args.torch_compile:
+        specs += [RunSpec(s.backend, s.device, s.precision, compiled=True) for s in specs if s.backend == "torch"]
     points = [int(p) for p in args.points.split(",")]
     results = run_benchmark(model, list(dict.fromkeys(specs)), points, args.frames, args.warmup,
                             args.block_size, args.cache_dir, args.seed)

@@ -60,7 +60,7 @@ class TorchBackend:
     name = "torch"
 
     def __init__(self, model: TAPIR, max_points: int, block_size: int, device: str = "cpu",
-                 precision: str = "fp32", cuda_graphs: bool = True):
+                 precision: str = "fp32", cuda_graphs: bool = True, torch_compile: bool = False):
         self.device = str(device)
         if precision == "fp16" and not self.device.startswith("cuda"):
             raise BackendError(f"the torch backend runs fp16 on CUDA only; use bf16 or fp32 on {self.device}")
@@ -74,6 +74,16 @@ class TorchBackend:
         self._state = model.initial_state(max_points, device=self.device) if c.causal else None
         # Graphs serve the causal step; a non-causal model (no state) runs eagerly.
         self.cuda_graphs = cuda_graphs and self.device.startswith("cuda") and c.causal
+        # torch.compile fuses the step's many small element-wise kernels (layer norms, the
+        # mixer's temporal update, GELU, residuals): on a GPU the step is bound by kernel
+        # count, not arithmetic. Compiled once per block shape, on the first frame.
+        # `torch_compile`: True (inductor) or the name of a torch.compile backend.
+        self.torch_compile = bool(torch_compile) and c.causal
+        self._compiled_encode = self._compiled_step = None
+        if self.torch_compile:
+            compiler = "inductor" if torch_compile is True else str(torch_compile)
+            self._compiled_encode = torch.compile(self.model.get_feature_grids, dynamic=False, backend=compiler)
+            self._compiled_step = torch.compile(self._functional_step, dynamic=False, backend=compiler)
         if self.cuda_graphs:
             height, width = c.resolution
             self._frame = torch.zeros(1, height, width, 3, device=self.device)
@@ -92,13 +102,29 @@ class TorchBackend:
 
     # ------------------------------------------------------------- eager parts
     def _encode(self, frame: torch.Tensor) -> FeatureGrids:
+        encode = self._compiled_encode or self.model.get_feature_grids
         with self._autocast():
-            return self.model.get_feature_grids(frame[:, None])
+            return encode(frame[:, None])
+
+    def _functional_step(self, features: FeatureGrids, queries: QueryFeatures, state: CausalState):
+        """One block's step without side effects (what torch.compile traces):
+        ([block_size, 4] outputs, new state)."""
+        with self._autocast():
+            result, new_state = self.model.track_step(features, queries, state, in_place=False)
+        packed = torch.cat([result.tracks[0, :, 0], result.occlusion[0, :, :1],
+                            result.expected_dist[0, :, :1]], dim=-1).float()
+        return packed, new_state
 
     def _step_block(self, features: FeatureGrids, block_index: int) -> torch.Tensor:
         """Advance one block by a frame; returns its [block_size, 4] outputs (float32)."""
         block = slice(block_index * self.block_size, (block_index + 1) * self.block_size)
         queries = QueryFeatures(self._query_lowres[:, block], self._query_hires[:, block])
+        if self._compiled_step is not None:
+            state = CausalState(self._state.conv1[:, :, :, block], self._state.conv2[:, :, :, block])
+            packed, new_state = self._compiled_step(features, queries, state)
+            state.conv1.copy_(new_state.conv1)
+            state.conv2.copy_(new_state.conv2)
+            return packed
         with self._autocast():
             if self._state is not None:
                 # Views into the backend's state: the step updates the block where it lies.
