@@ -13,11 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("rosbags")
-
-from bootstap_ros.video import VideoWriter  # noqa: E402
-from training.clips import ClipConfig, frame_change, thumbnail  # noqa: E402
-from training.logs import LogClips, LogError, main, prepare_logs, write_image_bag  # noqa: E402
+from bootstap_ros.video import VideoWriter
+from training.clips import ClipConfig, frame_change, thumbnail
+from training.logs import LogClips, LogError, main, prepare_logs, write_image_bag
 
 SIZE = 64
 PERIOD_NS = 33_333_333  # 30 Hz
