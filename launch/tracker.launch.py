@@ -17,12 +17,26 @@ Arguments (`ros2 launch bootstap_ros tracker.launch.py --show-args`):
                 and header frame_id (default camera)
   click_topic   geometry_msgs/Point topic whose messages add points, e.g. rqt_image_view's
                 <image_topic>_mouse_left (default: none, i.e. ~/add_point)
+  grid_points   an NxN grid of points seeded on the first frame (or a list [x0, y0, ...]);
+                not given: the params_file's (none), but 8 (64 points) with video:=,
+                so that `video:=clip.mp4` alone shows tracks on ~/debug_image
+  device, precision, resolution, max_points   the tracker parameters of those names
+  use_sim_time  both nodes use /clock (true | false)
+  log_level     both nodes' log level (debug | info | warn | error | fatal)
+
+Each of these is passed on only when given: otherwise the params_file's value holds.
+When either node exits (a missing video, a start-up error, the end of a video
+without loop), the whole launch stops; `ros2 launch` then exits with 1 if that node
+failed (launch turns an exception raised by an action into exit status 1).
 """
 
 from pathlib import Path
 
+import yaml
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, EmitEvent, OpaqueFunction, RegisterEventHandler
+from launch.event_handlers import OnProcessExit
+from launch.events import Shutdown
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
@@ -41,7 +55,53 @@ ARGUMENTS = (
     ("rate", "0.0", "video_source: frames per second (0: the file's)"),
     ("frame_id", "camera", "video_source: frame_id of the images"),
     ("click_topic", "", "Point topic that adds points (e.g. <image_topic>_mouse_left)"),
+    ("grid_points", "", "NxN grid of points seeded on the first frame, or [x0, y0, ...]; empty: "
+                        "the params_file's (none), or 8 with video:="),
+    ("device", "", "auto | cpu | cuda | cuda:N; empty: the params_file's"),
+    ("precision", "", "fp32 | fp16 | bf16 (or auto); empty: the params_file's"),
+    ("resolution", "", "Model input resolution, a multiple of 8; empty: the params_file's"),
+    ("max_points", "", "Most points tracked at once; empty: the params_file's"),
+    ("use_sim_time", "", "true | false: the nodes use /clock; empty: false"),
+    ("log_level", "", "debug | info | warn | error | fatal; empty: info"),
 )
+# grid_points when video:= is given and grid_points is not: a video alone shows tracks.
+VIDEO_GRID_POINTS = 8
+LOG_LEVELS = ("debug", "info", "warn", "error", "fatal")
+
+
+def _typed(name, text):
+    """A launch argument's text as the parameter's type; a clear error names the fix."""
+    def fail(expected):
+        return ValueError(f"launch argument {name}:={text} is not {expected}")
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise fail("valid YAML") from None
+    if name == "grid_points":
+        numbers = isinstance(value, list) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        if not (numbers or (isinstance(value, int) and not isinstance(value, bool))):
+            raise fail("an integer N (an NxN grid) or a list [x0, y0, x1, y1, ...]")
+    elif name in ("resolution", "max_points"):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise fail("an integer")
+    elif name == "use_sim_time":
+        if not isinstance(value, bool):
+            raise fail("true or false")
+    else:
+        value = text
+    return value
+
+
+def _stop_with(event, context):
+    """When a node exits, the launch stops; a failed node makes `ros2 launch` exit non-zero."""
+    name = event.action.name
+    if event.returncode and not context.is_shutdown:
+        # launch returns 1 when an action raises; a Shutdown event alone would return 0.
+        raise RuntimeError(f"{name} exited with code {event.returncode}: stopping the launch "
+                           "(its log above says why)")
+    return [EmitEvent(event=Shutdown(reason=f"{name} exited"))]
 
 
 def _nodes(context):
@@ -51,22 +111,38 @@ def _nodes(context):
     namespace, image_topic = value("namespace"), value("image_topic")
     parameters = [value("params_file")] if value("params_file") else []
     # Only arguments that were given override the file, so an empty one keeps its value.
-    overrides = {name: value(name) for name in ("checkpoint", "backend") if value(name)}
+    overrides = {name: _typed(name, value(name))
+                 for name in ("checkpoint", "backend", "grid_points", "device", "precision",
+                              "resolution", "max_points") if value(name)}
+    if value("video") and not value("grid_points"):
+        overrides["grid_points"] = VIDEO_GRID_POINTS
+    common = {}
+    if value("use_sim_time"):
+        common["use_sim_time"] = _typed("use_sim_time", value("use_sim_time"))
+    overrides.update(common)
     if overrides:
         parameters.append(overrides)
+    arguments = []
+    if value("log_level"):
+        if value("log_level").lower() not in LOG_LEVELS:
+            raise ValueError(f"launch argument log_level:={value('log_level')} is not one of "
+                             f"{', '.join(LOG_LEVELS)}")
+        arguments = ["--ros-args", "--log-level", value("log_level").lower()]
     remappings = [("image", image_topic), ("image/compressed", image_topic + "/compressed")]
     if value("click_topic"):
         remappings.append(("~/add_point", value("click_topic")))
     nodes = [Node(package=PACKAGE, executable="tracker_node", name="tracker_node",
                   namespace=namespace, parameters=parameters, remappings=remappings,
-                  output="screen", emulate_tty=True)]
+                  arguments=arguments, output="screen", emulate_tty=True)]
     if value("video"):
         nodes.append(Node(
             package=PACKAGE, executable="video_source", name="video_source", namespace=namespace,
             parameters=[{"source": value("video"), "loop": value("loop").lower() == "true",
-                         "rate": float(value("rate")), "frame_id": value("frame_id")}],
-            remappings=[("image", image_topic)], output="screen", emulate_tty=True))
-    return nodes
+                         "rate": float(value("rate")), "frame_id": value("frame_id"), **common}],
+            remappings=[("image", image_topic)], arguments=arguments, output="screen",
+            emulate_tty=True))
+    return nodes + [RegisterEventHandler(OnProcessExit(target_action=node, on_exit=_stop_with))
+                    for node in nodes]
 
 
 def generate_launch_description():

@@ -105,8 +105,11 @@ def load_launch_file(monkeypatch):
     """The launch module, with launch and launch_ros stood in for by recorders."""
     stubs = {
         "launch": types.SimpleNamespace(LaunchDescription=_Recorded),
-        "launch.actions": types.SimpleNamespace(DeclareLaunchArgument=_Recorded,
-                                                OpaqueFunction=_Recorded),
+        "launch.actions": types.SimpleNamespace(
+            DeclareLaunchArgument=_Recorded, OpaqueFunction=_Recorded, EmitEvent=_Recorded,
+            RegisterEventHandler=_Recorded),
+        "launch.event_handlers": types.SimpleNamespace(OnProcessExit=_Recorded),
+        "launch.events": types.SimpleNamespace(Shutdown=_Recorded),
         "launch.substitutions": types.SimpleNamespace(LaunchConfiguration=_LaunchConfiguration),
         "launch_ros": types.SimpleNamespace(),
         "launch_ros.actions": types.SimpleNamespace(Node=_Recorded),
@@ -130,7 +133,8 @@ def test_launch_arguments_and_nodes(monkeypatch):
     make_nodes = actions[-1].kwargs["function"]
 
     defaults = dict(arguments)
-    nodes = make_nodes(defaults)
+    actions = make_nodes(defaults)
+    nodes = [a for a in actions if "executable" in a.kwargs]
     assert len(nodes) == 1
     tracker = nodes[0].kwargs
     assert tracker["executable"] == "tracker_node" and tracker["package"] == PACKAGE
@@ -139,8 +143,10 @@ def test_launch_arguments_and_nodes(monkeypatch):
 
     given = dict(defaults, image_topic="/camera/image_raw", checkpoint="/m.pt", backend="torch",
                  namespace="robot", video="/clip.mp4", click_topic="/camera/image_raw_mouse_left")
-    tracker, source = (node.kwargs for node in make_nodes(given))
-    assert tracker["parameters"] == [arguments["params_file"], {"checkpoint": "/m.pt", "backend": "torch"}]
+    tracker, source = (a.kwargs for a in make_nodes(given) if "executable" in a.kwargs)
+    # With video:= and no grid_points, a default grid: the video alone shows tracks.
+    assert tracker["parameters"] == [arguments["params_file"], {
+        "checkpoint": "/m.pt", "backend": "torch", "grid_points": module.VIDEO_GRID_POINTS}]
     assert ("image", "/camera/image_raw") in tracker["remappings"]
     assert ("image/compressed", "/camera/image_raw/compressed") in tracker["remappings"]
     assert ("~/add_point", "/camera/image_raw_mouse_left") in tracker["remappings"]
@@ -148,6 +154,64 @@ def test_launch_arguments_and_nodes(monkeypatch):
     assert source["executable"] == "video_source"
     assert source["parameters"][0]["source"] == "/clip.mp4" and source["parameters"][0]["loop"] is True
     assert source["remappings"] == [("image", "/camera/image_raw")]
+
+
+def launch_nodes(module, **given):
+    """The nodes and the other actions the launch file makes for these arguments."""
+    description = module.generate_launch_description()
+    actions = description.args[0]
+    arguments = {a.args[0] if a.args else a.kwargs["name"]: a.kwargs["default_value"]
+                 for a in actions if "default_value" in a.kwargs}
+    unknown = set(given) - set(arguments)
+    assert not unknown, f"not declared: {unknown}"
+    made = actions[-1].kwargs["function"](dict(arguments, **given))
+    nodes = {a.kwargs["executable"]: a.kwargs for a in made if "executable" in a.kwargs}
+    return nodes, [a for a in made if "executable" not in a.kwargs]
+
+
+def test_launch_arguments_reach_the_nodes_only_when_given(monkeypatch):
+    module = load_launch_file(monkeypatch)
+    nodes, _ = launch_nodes(module)
+    assert nodes["tracker_node"]["parameters"][1:] == [] and nodes["tracker_node"]["arguments"] == []
+
+    nodes, _ = launch_nodes(module, video="/clip.mp4", grid_points="4", device="cpu",
+                            precision="bf16", resolution="192", max_points="64",
+                            use_sim_time="true", log_level="WARN")
+    tracker, source = nodes["tracker_node"], nodes["video_source"]
+    assert tracker["parameters"][1] == {"grid_points": 4, "device": "cpu", "precision": "bf16",
+                                        "resolution": 192, "max_points": 64, "use_sim_time": True}
+    assert source["parameters"][0]["use_sim_time"] is True
+    assert tracker["arguments"] == source["arguments"] == ["--ros-args", "--log-level", "warn"]
+    nodes, _ = launch_nodes(module, grid_points="[10.0, 20.5, 30, 40]")
+    assert nodes["tracker_node"]["parameters"][1] == {"grid_points": [10.0, 20.5, 30, 40]}
+    nodes, _ = launch_nodes(module, video="/clip.mp4", grid_points="0")  # explicitly none
+    assert nodes["tracker_node"]["parameters"][1] == {"grid_points": 0}
+
+    for name, bad in (("grid_points", "eight"), ("max_points", "1.5"), ("use_sim_time", "yes please"),
+                      ("log_level", "loud")):
+        with pytest.raises(ValueError, match=f"launch argument {name}:="):
+            launch_nodes(module, **{name: bad})
+
+
+def test_a_node_that_exits_stops_the_launch_and_a_failure_is_an_error(monkeypatch):
+    module = load_launch_file(monkeypatch)
+    nodes, handlers = launch_nodes(module, video="/missing.mp4")
+    watched = [h.args[0].kwargs for h in handlers]
+    assert len(watched) == 2  # both nodes
+    on_exit = watched[0]["on_exit"]
+    assert {h["target_action"].kwargs["executable"] for h in watched} == set(nodes)
+
+    def exited(returncode, shutting_down=False):
+        event = types.SimpleNamespace(action=types.SimpleNamespace(name="video_source-2"),
+                                      returncode=returncode)
+        return on_exit(event, types.SimpleNamespace(is_shutdown=shutting_down))
+
+    # A failure raises: launch logs it, shuts down and `ros2 launch` exits with 1.
+    with pytest.raises(RuntimeError, match="video_source-2 exited with code 1"):
+        exited(1)
+    for actions in (exited(0), exited(-2, shutting_down=True)):  # the end of a video; Ctrl-C
+        assert [type(a.kwargs["event"]).__name__ for a in actions] == ["_Recorded"]
+        assert "reason" in actions[0].kwargs["event"].kwargs
 
 
 # ------------------------------------------------------------------ the real `ros2 launch`
