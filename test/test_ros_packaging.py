@@ -267,3 +267,37 @@ def test_ros2_launch_runs_the_tracker_on_a_video(workspace, tmp_path):
         log.close()
     text = (tmp_path / "launch.log").read_text()
     assert text.count("process has finished cleanly") == 2, text[-3000:]
+
+
+# ------------------------------------------------------------------ package.xml
+# Python modules the ROS code imports that are not ROS packages: their rosdep keys.
+# torch has none on every platform (package.xml says to pip-install it).
+ROSDEP_KEYS = {"numpy": "python3-numpy", "cv2": "python3-opencv", "yaml": "python3-yaml",
+               "tqdm": "python3-tqdm", "torch": None}
+
+
+def imported_modules(paths):
+    """Top-level names of every module the files import, also inside functions."""
+    import ast
+
+    names = set()
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names.add(node.module.split(".")[0])
+    return names
+
+
+def test_package_xml_declares_every_ros_package_the_code_imports():
+    import xml.etree.ElementTree as ElementTree
+
+    root = ElementTree.parse(REPO / "package.xml").getroot()
+    declared = {element.text.strip() for tag in ("depend", "exec_depend")
+                for element in root.iter(tag)}
+    sources = sorted((REPO / PACKAGE / "ros").glob("*.py")) + sorted((REPO / "launch").glob("*.py"))
+    modules = imported_modules(sources) - set(sys.stdlib_module_names) - {PACKAGE, "__future__"}
+    assert {"rclpy", "sensor_msgs", "launch_ros"} <= modules  # the scan sees the code's imports
+    needed = {ROSDEP_KEYS.get(name, name) for name in modules} - {None}
+    assert not needed - declared, f"package.xml lacks <exec_depend> for {sorted(needed - declared)}"
