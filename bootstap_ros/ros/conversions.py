@@ -7,6 +7,9 @@ Pure functions, no node: they are tested on hand-built messages.
   `bootstap_ros.images`, which needs no rclpy (robot-log reading uses it too),
   and are re-exported here. `array_to_image` / `array_to_compressed` build the
   rclpy messages.
+* `depth_image_to_array` reads a 16UC1 / 32FC1 depth image; `tracks_3d_to_cloud`
+  packs the node's 3D tracks; `camera_info_to_model` / `camera_model_to_info`
+  convert CameraInfo to and from `depth.CameraModel`.
 * `tracks_to_cloud` packs a `TrackResult` into a sensor_msgs/PointCloud2 with the
   layout of `TRACK_FIELDS`; `cloud_to_array` reads any PointCloud2 back into a
   numpy structured array, following the field layout of sensor_msgs/PointField
@@ -20,7 +23,7 @@ import sys
 from typing import Iterable, Optional, Sequence, Tuple
 
 import numpy as np
-from sensor_msgs.msg import CompressedImage, Image, PointCloud2, PointField
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, PointField
 
 # The pixel logic lives in bootstap_ros.images (no rclpy); re-exported here for the node.
 from bootstap_ros.images import (  # noqa: F401
@@ -33,6 +36,45 @@ class CloudError(ValueError):
 
 
 # ---------------------------------------------------------------------------- images
+
+def depth_image_to_array(msg) -> Tuple[np.ndarray, str]:
+    """(uint16 millimetres or float32 metres [H, W], encoding) of a 16UC1 / 32FC1 depth image
+    (REP 118), honouring `step` padding and `is_bigendian`."""
+    dtypes = {"16UC1": "u2", "32FC1": "f4"}
+    if msg.encoding not in dtypes:
+        raise ImageError(f"unsupported depth encoding '{msg.encoding}' ({msg.width}x{msg.height}); "
+                         "expected 16UC1 (millimetres) or 32FC1 (metres), as REP 118")
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    item = np.dtype(dtypes[msg.encoding]).itemsize
+    where = f"{width}x{height} {msg.encoding} depth image"
+    if height == 0 or width == 0:
+        raise ImageError(f"empty {where}")
+    if step < width * item or len(msg.data) < step * height:
+        raise ImageError(f"{where}: step {step} and {len(msg.data)} bytes of data do not hold "
+                         f"{height} rows of {width * item} bytes")
+    rows = np.frombuffer(msg.data, np.uint8, count=step * height).reshape(height, step)[:, :width * item]
+    order = ">" if msg.is_bigendian else "<"
+    depth = np.ascontiguousarray(rows).view(order + dtypes[msg.encoding]).reshape(height, width)
+    return depth.astype(dtypes[msg.encoding]), msg.encoding  # native byte order
+
+
+def depth_array_to_image(depth: np.ndarray, header=None) -> Image:
+    """A 16UC1 (uint16 millimetres) or 32FC1 (float32 metres) sensor_msgs/Image of `depth` [H, W]."""
+    depth = np.asarray(depth)
+    encodings = {np.dtype(np.uint16): "16UC1", np.dtype(np.float32): "32FC1"}
+    if depth.ndim != 2 or depth.dtype not in encodings:
+        raise ImageError(f"expected depth [H, W] as uint16 millimetres or float32 metres, got "
+                         f"{depth.dtype} {tuple(depth.shape)}")
+    msg = Image()
+    if header is not None:
+        msg.header = header
+    msg.height, msg.width = int(depth.shape[0]), int(depth.shape[1])
+    msg.encoding = encodings[depth.dtype]
+    msg.is_bigendian = int(sys.byteorder == "big")
+    msg.step = msg.width * depth.dtype.itemsize
+    msg.data = np.ascontiguousarray(depth).tobytes()
+    return msg
+
 
 def array_to_image(array: np.ndarray, encoding: str = "rgb8", header=None) -> Image:
     """A sensor_msgs/Image holding uint8 [H, W, C] `array` (C = channels of `encoding`)."""
@@ -160,6 +202,48 @@ def query_points_to_cloud(ids, xy, header=None) -> PointCloud2:
     points = np.zeros(len(xy), fields_dtype(QUERY_POINT_FIELDS, 12))
     points["x"], points["y"], points["id"] = xy[:, 0], xy[:, 1], np.asarray(ids, np.uint32)
     return make_cloud(points, QUERY_POINT_FIELDS, header)
+
+
+#: Layout of `tracks_3d`: one point per track, in the order of `tracks`. x, y, z are metres in
+#: the image's optical frame (x right, y down, z forward), NaN where no depth was found.
+TRACK_3D_FIELDS: Tuple[Tuple[str, int, int], ...] = (
+    ("x", PointField.FLOAT32, 0), ("y", PointField.FLOAT32, 4), ("z", PointField.FLOAT32, 8),
+    ("id", PointField.UINT32, 12), ("visible", PointField.UINT8, 16))
+TRACK_3D_DTYPE = fields_dtype(TRACK_3D_FIELDS, 20)
+
+
+def tracks_3d_to_cloud(ids, xyz, visible, header=None) -> PointCloud2:
+    """The `tracks_3d` PointCloud2 (TRACK_3D_FIELDS); is_dense is False when a point is NaN."""
+    xyz = np.asarray(xyz, np.float32).reshape(-1, 3)
+    points = np.zeros(len(xyz), TRACK_3D_DTYPE)  # zeroed, so the padding bytes are too
+    points["x"], points["y"], points["z"] = xyz[:, 0], xyz[:, 1], xyz[:, 2]
+    points["id"], points["visible"] = np.asarray(ids, np.uint32), np.asarray(visible, np.uint8)
+    msg = make_cloud(points, TRACK_3D_FIELDS, header)
+    msg.is_dense = bool(np.isfinite(xyz).all())
+    return msg
+
+
+def camera_info_to_model(msg):
+    """A `depth.CameraModel` of a sensor_msgs/CameraInfo (K, D, R, P, size)."""
+    from bootstap_ros.depth import CameraModel
+
+    return CameraModel(width=int(msg.width), height=int(msg.height), K=np.asarray(msg.k, np.float64),
+                       D=np.asarray(msg.d, np.float64), distortion_model=msg.distortion_model,
+                       R=np.asarray(msg.r, np.float64), P=np.asarray(msg.p, np.float64))
+
+
+def camera_model_to_info(model, header=None) -> CameraInfo:
+    """The sensor_msgs/CameraInfo of a `depth.CameraModel`."""
+    msg = CameraInfo()
+    if header is not None:
+        msg.header = header
+    msg.width, msg.height = int(model.width), int(model.height)
+    msg.distortion_model = model.distortion_model
+    msg.d = [float(v) for v in model.D]
+    msg.k = [float(v) for v in model.K.reshape(-1)]
+    msg.r = [float(v) for v in model.R.reshape(-1)]
+    msg.p = [float(v) for v in model.P.reshape(-1)]
+    return msg
 
 
 def xy_to_cloud(xy, header=None) -> PointCloud2:

@@ -44,6 +44,9 @@ class TrackerNodeConfig:
     qos_tracks_depth: int = 10
     diagnostics_period: float = 1.0
     query_set: str = ""  # '' = none
+    use_depth: bool = False
+    depth_slop: float = 0.02  # seconds
+    depth_window: int = 5  # pixels
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,19 @@ PARAMETERS: Tuple[ParameterSpec, ...] = (
                   "file's order, tracked from the next frame on. It must come from the node's "
                   "model. Empty: none.",
                   read_only=False),
+    ParameterSpec("use_depth", "use_depth",
+                  "Also subscribe to `depth` (sensor_msgs/Image registered to the colour image, "
+                  "16UC1 millimetres or 32FC1 metres) and `camera_info` (of the colour image), and "
+                  "publish `tracks_3d` (PointCloud2 x, y, z metres in the optical frame, id, "
+                  "visible; one point per track, in the order of `tracks`)."),
+    ParameterSpec("depth_slop", "depth_slop",
+                  "Seconds between a colour image's stamp and its depth image's, when none has "
+                  "the same stamp. A frame without a depth image gets no tracks_3d.",
+                  read_only=False, float_range=(0.0, 1.0)),
+    ParameterSpec("depth_window", "depth_window",
+                  "Side in pixels of the window whose median valid depth is a track's depth "
+                  "(odd sizes are centred on the track's pixel).",
+                  read_only=False, integer_range=(1, 51)),
     ParameterSpec("diagnostics_period", "diagnostics_period",
                   "Seconds between /diagnostics messages.", float_range=(0.1, 60.0)),
 )

@@ -7,7 +7,9 @@ fields are in `conversions.TRACK_FIELDS` and the README), `~/debug_image` and
 rqt_image_view publishes clicks), `~/add_points` (PointCloud2 with x, y),
 removed through `~/remove_points` (std_msgs/UInt32MultiArray) and all dropped by
 the `~/reset` service (std_srvs/Trigger); every request takes effect on the next
-frame processed. The `query_set` parameter adds points defined on a demonstration
+frame processed. With `use_depth` it also reads `depth` and `camera_info` and
+publishes `tracks_3d` (sensor_msgs/PointCloud2, metres in the optical frame; see
+`bootstap_ros.depth`). The `query_set` parameter adds points defined on a demonstration
 image (`bootstap-queries`); their demonstration positions, in the live image's
 pixels, go out on `~/query_points` (latched) when they are added.
 
@@ -36,7 +38,7 @@ from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescr
                                 SetParametersResult)
 from rclpy.node import Node
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy)
-from sensor_msgs.msg import CompressedImage, Image, PointCloud2
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import UInt32MultiArray
 from std_srvs.srv import Trigger
 
@@ -56,6 +58,8 @@ _RELIABILITY = {
     "system_default": ReliabilityPolicy.SYSTEM_DEFAULT,
 }
 WARNING_PERIOD_S = 5.0
+# How long the worker waits, after tracking a frame, for a depth image that has not arrived yet.
+DEPTH_WAIT_S = 0.1
 PACKAGE_LOGGER = "bootstap_ros"  # the Python logger of the tracker, backends and model code
 
 
@@ -107,6 +111,8 @@ class _Stats:
         self.points = 0
         self.last_warning = ""
         self.window_warnings = 0
+        self.without_depth = 0  # frames that got no tracks_3d (no depth image, no camera_info)
+        self.depth_ms: List[float] = []  # depth lookup + tracks_3d cloud, per frame
 
 
 class TrackerNode(Node):
@@ -164,6 +170,16 @@ class TrackerNode(Node):
         self._query_points_pub = self.create_publisher(PointCloud2, "~/query_points", QoSProfile(
             history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE,
             durability=DurabilityPolicy.TRANSIENT_LOCAL))
+        if self.settings.use_depth:
+            from bootstap_ros.depth import DepthPairing
+
+            self._depth_pairing = DepthPairing()
+            self._camera_info: Optional[CameraInfo] = None
+            self._depth_notes: set = set()  # one-time warnings already given
+            self._depth_slop, self._depth_window = self.settings.depth_slop, self.settings.depth_window
+            self.create_subscription(Image, "depth", self._on_depth, image_qos)
+            self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, image_qos)
+            self._tracks_3d_pub = self.create_publisher(PointCloud2, "tracks_3d", output_qos)
         self.create_subscription(Point, "~/add_point", self._on_add_point, 10)
         self.create_subscription(PointCloud2, "~/add_points", self._on_add_points, 10)
         self.create_subscription(UInt32MultiArray, "~/remove_points", self._on_remove_points, 10)
@@ -219,6 +235,12 @@ class TrackerNode(Node):
         with self._stats.lock:
             self._stats.window_received += 1
 
+    def _on_depth(self, msg: Image) -> None:
+        self._depth_pairing.add(_stamp_ns(msg.header), msg)
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        self._camera_info = msg
+
     def _on_add_point(self, msg: Point) -> None:
         self.session.request_add([[msg.x, msg.y]])
 
@@ -245,6 +267,10 @@ class TrackerNode(Node):
                 self._debug_always = bool(parameter.value)
             elif parameter.name == "debug_trail":
                 self._trail_length = int(parameter.value)
+            elif parameter.name == "depth_slop":
+                self._depth_slop = float(parameter.value)
+            elif parameter.name == "depth_window":
+                self._depth_window = int(parameter.value)
         return SetParametersResult(successful=True)
 
     def _check_query_set(self, parameters):
@@ -316,8 +342,58 @@ class TrackerNode(Node):
             if age is not None:
                 self._stats.age_ms.append(age)
             self._stats.points = len(result)
+        if self.settings.use_depth:
+            self._publish_tracks_3d(result, msg.header)
         if self._debug_always or self._debug_pub.get_subscription_count() > 0:
             self._publish_debug_image(frame, encoding, result, msg.header)
+
+    def _note_once(self, key: str, message: str) -> None:
+        if key not in self._depth_notes:
+            self._depth_notes.add(key)
+            self.get_logger().warning(message)
+
+    def _publish_tracks_3d(self, result, header) -> None:
+        """tracks_3d for a frame: its depth image's median depth at each track, back-projected
+        with camera_info's K (bootstap_ros.depth); none when the frame has no depth pair."""
+        from bootstap_ros.depth import DepthError, camera_size_note, depth_in_metres, tracks_to_3d
+        from bootstap_ros.ros.conversions import (camera_info_to_model, depth_image_to_array,
+                                                  tracks_3d_to_cloud)
+
+        stamp = _stamp_ns(header)
+        depth_msg = self._depth_pairing.match(stamp, self._depth_slop, wait_s=DEPTH_WAIT_S)
+        start = time.perf_counter()
+        info = self._camera_info
+        problem = None
+        if depth_msg is None:
+            problem = (f"no depth image within depth_slop={self._depth_slop:g} s of the image "
+                       f"stamped {stamp / 1e9:.6f}: no tracks_3d for it")
+        elif info is None:
+            problem = "no camera_info received yet: no tracks_3d until one arrives"
+        if problem is None:
+            try:
+                depth = depth_in_metres(*depth_image_to_array(depth_msg))
+                model = camera_info_to_model(info)
+            except (ImageError, DepthError) as error:
+                problem = f"unusable depth image or camera_info ({error}): no tracks_3d for this frame"
+        if problem is not None:
+            with self._stats.lock:
+                self._stats.without_depth += 1
+            self._warning("no_depth", problem)
+            return
+        size = tuple(result.frame_size)
+        if depth.shape != size:
+            self._note_once("depth_size", f"the depth image is {depth.shape[1]}x{depth.shape[0]}, the "
+                            f"colour image {size[1]}x{size[0]}: looking depths up at the scaled positions")
+        if model.width and model.height and (model.height, model.width) != size:
+            self._note_once("info_size", camera_size_note((model.height, model.width), size))
+            model = model.scaled_to(size)
+        if np.any(model.D != 0):
+            self._note_once("distortion", "camera_info has distortion coefficients: tracks_3d use K "
+                            "only (as depth_image_proc does); feed rectified images for exact points")
+        xyz = tracks_to_3d(result.xy, depth, model.K, size, self._depth_window)
+        self._tracks_3d_pub.publish(tracks_3d_to_cloud(result.ids, xyz, result.visible, header))
+        with self._stats.lock:
+            self._stats.depth_ms.append((time.perf_counter() - start) * 1e3)
 
     def _publish_debug_image(self, frame, encoding, result, header) -> None:
         from bootstap_ros.render import colors_for_ids, draw_tracks
@@ -385,6 +461,12 @@ class TrackerNode(Node):
             "checkpoint": self.info.checkpoint,
             "warnings": str(sum(self.warning_counts.values())),
         }
+        if self.settings.use_depth:
+            with stats.lock:
+                depth_ms, stats.depth_ms = stats.depth_ms, []
+                without_depth = stats.without_depth
+            values["frames without tracks_3d (no depth pair or camera_info)"] = str(without_depth)
+            values["tracks_3d time, mean (ms)"] = ms(depth_ms, np.mean)
         status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
         message = DiagnosticArray(status=[status])
         message.header.stamp = self.get_clock().now().to_msg()
