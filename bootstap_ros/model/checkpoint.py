@@ -80,11 +80,20 @@ def read_checkpoint_file(path: Union[str, os.PathLike]) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types here; re-raise one with context
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = _load_failure_reason(error)
         raise CheckpointError(
             f"could not read checkpoint {path} ({size} bytes): it is truncated, corrupt or not a "
             f"PyTorch checkpoint saved with plain tensors ({type(error).__name__}: {reason})"
         ) from None
+
+
+def _load_failure_reason(error: Exception) -> str:
+    """torch.load's error without its advice to load with weights_only=False: that runs
+    whatever code the file holds, and a file that is not a checkpoint is not worth it."""
+    advice = ("weights_only", "Weights only load failed", "file an issue")
+    lines = [line.strip() for line in str(error).splitlines()
+             if line.strip() and not any(word in line for word in advice)]
+    return " ".join(lines) or type(error).__name__
 
 
 def infer_official_config(state_dict: Mapping[str, Any], causal: bool) -> ModelConfig:
