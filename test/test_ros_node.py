@@ -377,16 +377,21 @@ def test_compressed_transport(harness_factory):
 
 
 def test_start_up_errors_name_the_fix(ros, tmp_path, checkpoint):
+    not_a_checkpoint = tmp_path / "notes.pt"
+    not_a_checkpoint.write_text("not a checkpoint at all\n")
     cases = [
         ({"checkpoint": str(tmp_path / "missing.pt")}, "checkpoint not found"),
+        ({"checkpoint": str(not_a_checkpoint)}, "not a PyTorch checkpoint"),
         ({"checkpoint": checkpoint, "backend": "nonsense"}, "backend='nonsense' is not one of"),
         ({"checkpoint": checkpoint, "visibility_threshold": 1}, "decimal point"),
         ({"checkpoint": checkpoint, "resolution": 60}, "resolution"),
     ]
     for params, match in cases:
-        with pytest.raises(StartupError, match=match):
+        with pytest.raises(StartupError, match=match) as error:
             TrackerNode(namespace="/startup_" + uuid.uuid4().hex[:8], context=ros.context,
                         parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+        # torch's own message advises weights_only=False, which runs the file's code: never pass it on.
+        assert "weights_only" not in str(error.value)
 
 
 def test_main_exits_with_a_clear_error_without_a_model(tmp_path):
