@@ -7,6 +7,12 @@ starts over at its end (stamps keep increasing); without it the node exits
 after the last frame. Like a camera driver (REP-2003) it publishes with
 reliable, keep-last QoS, which best-effort subscribers accept too.
 
+With `camera_info_file` (a calibration in the ROS camera_calibration format) or
+`publish_camera_info` (a pinhole model from the image size: square pixels, the
+principal point at the centre, horizontal field of view `fov`, default 60 degrees)
+it also publishes a matching sensor_msgs/CameraInfo on `camera_info`, with each
+image's header; a calibration of another image size is scaled to the frames.
+
     ros2 run bootstap_ros video_source --ros-args -p source:=clip.mp4 -p loop:=true
     ros2 run bootstap_ros video_source --ros-args -p source:=0        # camera 0 (OpenCV)
 """
@@ -22,9 +28,9 @@ from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.task import Future
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CameraInfo, Image
 
-from bootstap_ros.ros.conversions import array_to_image
+from bootstap_ros.ros.conversions import array_to_image, camera_model_to_info
 from bootstap_ros.ros.entry import run_node
 
 DEFAULT_RATE = 30.0
@@ -118,6 +124,16 @@ class VideoSourceNode(Node):
         self.declare_parameter("encoding", "rgb8", ParameterDescriptor(
             description="Encoding of the published images", additional_constraints="one of: "
             + ", ".join(OUTPUT_ENCODINGS), **read_only))
+        self.declare_parameter("camera_info_file", "", ParameterDescriptor(
+            description="Calibration yaml (ROS camera_calibration format) published as CameraInfo "
+                        "on camera_info; empty: none, unless publish_camera_info", **read_only))
+        self.declare_parameter("publish_camera_info", False, ParameterDescriptor(
+            description="Publish CameraInfo on camera_info; without camera_info_file, a pinhole "
+                        "model from the image size and fov", **read_only))
+        self.declare_parameter("fov", 60.0, ParameterDescriptor(
+            description="Horizontal field of view (degrees) of the pinhole CameraInfo",
+            floating_point_range=[FloatingPointRange(from_value=1.0, to_value=179.0, step=0.0)],
+            **read_only))
         source = self.get_parameter("source").value
         self.frame_id = self.get_parameter("frame_id").value
         self.encoding = self.get_parameter("encoding").value
@@ -127,6 +143,21 @@ class VideoSourceNode(Node):
         if self.encoding not in OUTPUT_ENCODINGS:
             raise SourceError(f"parameter encoding={self.encoding!r} is not one of "
                               f"{', '.join(OUTPUT_ENCODINGS)}")
+        self._camera_model = None
+        self._camera_models = {}  # image size -> the model scaled to it
+        calibration = self.get_parameter("camera_info_file").value
+        if calibration:
+            from bootstap_ros.depth import CameraModel, DepthError
+
+            try:
+                self._camera_model = CameraModel.from_yaml(calibration)
+            except DepthError as error:
+                raise SourceError(f"parameter camera_info_file: {error}") from None
+        self.info_publisher = None
+        if calibration or self.get_parameter("publish_camera_info").value:
+            self.info_publisher = self.create_publisher(CameraInfo, "camera_info", QoSProfile(
+                history=HistoryPolicy.KEEP_LAST, depth=5, reliability=ReliabilityPolicy.RELIABLE,
+                durability=DurabilityPolicy.VOLATILE))
         self.frames = _Frames(source, bool(self.get_parameter("loop").value))
         rate = self.get_parameter("rate").value or self.frames.fps or DEFAULT_RATE
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5,
@@ -156,7 +187,25 @@ class VideoSourceNode(Node):
         msg.header.stamp = self.get_clock().now().to_msg()
         msg.header.frame_id = self.frame_id
         self.publisher.publish(msg)
+        if self.info_publisher is not None:
+            self.info_publisher.publish(camera_model_to_info(self._camera_for(frame.shape[:2]), msg.header))
         self.published += 1
+
+    def _camera_for(self, size):
+        """The camera model for frames of `size` (height, width), made once per size."""
+        if size not in self._camera_models:
+            from bootstap_ros.depth import CameraModel
+
+            if self._camera_model is None:
+                model = CameraModel.pinhole(size, self.get_parameter("fov").value)
+            else:
+                model = self._camera_model.scaled_to(size)
+                if model is not self._camera_model:
+                    self.get_logger().warning(
+                        f"camera_info_file is for {self._camera_model.width}x{self._camera_model.height} "
+                        f"images, the frames are {size[1]}x{size[0]}: publishing it scaled to them")
+            self._camera_models[size] = model
+        return self._camera_models[size]
 
     def destroy_node(self) -> None:
         frames = getattr(self, "frames", None)
