@@ -9,7 +9,18 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Mapping, Tuple
+from typing import Any, Mapping, Optional, Tuple
+
+#: Softmax temperature of the cost-volume estimate the official weights were trained with:
+#: BootsTAPIR (tapnet configs/tapir_bootstrap_config.py, and every JAX demo that loads it) 10,
+#: TAPIR the tapnet default 20. The official PyTorch code always uses 20.
+BOOTSTAPIR_SOFTMAX_TEMPERATURE = 10.0
+TAPIR_SOFTMAX_TEMPERATURE = 20.0
+
+
+def default_softmax_temperature(extra_conv_blocks: int) -> float:
+    """The temperature an architecture was trained with: BootsTAPIR (extra conv blocks) 10, TAPIR 20."""
+    return BOOTSTAPIR_SOFTMAX_TEMPERATURE if extra_conv_blocks > 0 else TAPIR_SOFTMAX_TEMPERATURE
 
 
 @dataclass(frozen=True)
@@ -38,8 +49,10 @@ class ModelConfig:
     patch_radius: int = 3
     # Causal (online) models use left-padded temporal convolutions.
     causal: bool = True
-    # Cost-volume initialisation.
-    softmax_temperature: float = 20.0
+    # Cost-volume initialisation. None: the temperature the architecture was trained with
+    # (`default_softmax_temperature`: 10 with extra conv blocks, else 20); it is resolved
+    # on construction, so a saved config always holds a number.
+    softmax_temperature: Optional[float] = None
     soft_argmax_radius: float = 5.0
     # Model input resolution (height, width); multiples of 8.
     resolution: Tuple[int, int] = (256, 256)
@@ -53,6 +66,11 @@ class ModelConfig:
         if tuple(self.backbone_strides) != (1, 2, 2, 1):
             # The coordinate maths assumes hires = 1/4 and lowres = 1/8 of the input.
             raise ValueError(f"backbone_strides must be (1, 2, 2, 1), got {self.backbone_strides}")
+        if self.softmax_temperature is None:
+            object.__setattr__(self, "softmax_temperature", default_softmax_temperature(self.extra_conv_blocks))
+        object.__setattr__(self, "softmax_temperature", float(self.softmax_temperature))
+        if not self.softmax_temperature > 0:
+            raise ValueError(f"softmax_temperature must be positive, got {self.softmax_temperature}")
         h, w = self.resolution
         if h % 8 or w % 8 or h <= 0 or w <= 0:
             raise ValueError(f"resolution must be positive multiples of 8, got {self.resolution}")

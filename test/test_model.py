@@ -140,3 +140,63 @@ def test_official_architecture_size():
     extra = sum(p.numel() for p in boots.parameters()) - sum(p.numel() for p in tapir.parameters())
     per_block = 2 * 256 * 1024 * 9 + 1024 + 256 + 2 * 256
     assert extra == 5 * per_block
+
+
+def test_softmax_temperature_follows_the_architecture(tmp_path):
+    """BootsTAPIR (extra convs) was trained at 10, TAPIR at 20; a stored value wins."""
+    from bootstap_ros.model import load_checkpoint, save_checkpoint
+    from bootstap_ros.model.checkpoint import infer_official_config
+
+    assert ModelConfig().softmax_temperature == 10.0
+    assert ModelConfig(extra_conv_blocks=0).softmax_temperature == 20.0
+    assert ModelConfig(softmax_temperature=15).softmax_temperature == 15.0
+    with pytest.raises(ValueError, match="softmax_temperature must be positive"):
+        ModelConfig(softmax_temperature=0)
+    # A project checkpoint written before the field existed: decided from its architecture.
+    stored = SMALL.to_dict()
+    assert stored["softmax_temperature"] == 10.0  # saved configs hold the number
+    del stored["softmax_temperature"]
+    assert ModelConfig.from_dict(stored).softmax_temperature == 10.0
+    assert ModelConfig.from_dict({**stored, "extra_conv_blocks": 0}).softmax_temperature == 20.0
+    # Official bare state_dicts: recognised from the extra conv keys.
+    model = small_model()
+    state = model.state_dict()
+    for name, weights, expected in [("boots", state, 10.0), ("tapir", {
+            k: v for k, v in state.items() if not k.startswith("extra_convs.")}, 20.0)]:
+        assert infer_official_config(weights, causal=True).softmax_temperature == expected
+    # A project checkpoint keeps its stored temperature.
+    save_checkpoint(tmp_path / "t15.pt", small_model(softmax_temperature=15.0))
+    assert load_checkpoint(tmp_path / "t15.pt").config.softmax_temperature == 15.0
+
+
+def test_embedded_model_keeps_the_temperature_it_was_trained_with():
+    from bootstap_ros.model import load_checkpoint
+    from bootstap_ros.model.checkpoint import EMBEDDED_CHECKPOINT
+
+    stored = torch.load(EMBEDDED_CHECKPOINT, weights_only=True)["model_config"]
+    assert load_checkpoint(EMBEDDED_CHECKPOINT).config.softmax_temperature == stored["softmax_temperature"] == 20.0
+
+
+def test_the_temperature_reaches_the_initial_estimate_and_overrides_copy_the_model():
+    from bootstap_ros.model.checkpoint import with_settings
+
+    model = small_model()
+    hotter = with_settings(model, softmax_temperature=40.0)
+    assert hotter is not model and model.config.softmax_temperature == 10.0  # the caller's model is untouched
+    assert with_settings(model, softmax_temperature=None) is model
+    video = preprocess_frames(torch.from_numpy(moving_clip(num_frames=3)))[None]
+    queries = torch.tensor([[[0.0, 20.0, 30.0], [1.0, 30.0, 50.0]]])
+    grids = model.get_feature_grids(video)
+    features = model.get_query_features(grids, queries)
+    cost = torch.einsum("bnc,bthwc->bnthw", features.lowres, grids.lowres)
+    # The initial estimate by hand: softmax of hid2's logits at the given temperature, soft-argmax.
+    mods = model.torch_cost_volume_track_mods
+    b, n, t, h, w = cost.shape
+    logits = mods["hid2"](torch.relu(mods["hid1"](cost.reshape(-1, 1, h, w)))).reshape(b, n, t, h * w)
+    for m, temperature in [(model, 10.0), (hotter, 40.0)]:
+        heatmap = torch.softmax(logits * temperature, -1).reshape(b, n, t, h, w)
+        expected = _soft_argmax(heatmap, 5.0) * torch.tensor([64 / w, 64 / h])
+        points, _, _ = m._cost_volume_estimate(features.lowres, grids.lowres, None)
+        torch.testing.assert_close(points, expected, atol=1e-4, rtol=1e-4)
+    other, _, _ = hotter._cost_volume_estimate(features.lowres, grids.lowres, None)
+    assert (other - model._cost_volume_estimate(features.lowres, grids.lowres, None)[0]).abs().max() > 1e-3

@@ -1,10 +1,12 @@
 """bootstap-track against the official tapnet PyTorch TAPIR, on stored reference outputs.
 
 test/data/official_reference.npz was produced by the official code
-(tools/make_official_reference.py) for the full BootsTAPIR architecture with the
-deterministic weights below, a non-square clip and points queried on different
-frames: online as its live demo runs (one causal step per frame, the last
-refinement iteration), offline as its forward with refinement_resolutions=[(256, 256)].
+(tools/make_official_reference.py) for each case in `CASES`: the full BootsTAPIR or
+TAPIR architecture with the deterministic weights below, a non-square clip and points
+queried on different frames, online as its live demo runs (one causal step per frame,
+the last refinement iteration) and offline as its forward. Both sides run the same
+softmax temperature: the official model is given it explicitly, the project infers it
+from the checkpoint (BootsTAPIR 10, TAPIR 20) or takes --softmax-temperature.
 """
 
 import hashlib
@@ -33,6 +35,27 @@ def reference_clip():
     return video, queries_tyx
 
 
+def without_extra_convs(state_dict):
+    """The TAPIR layout: BootsTAPIR's weights less its extra conv blocks."""
+    return {k: v for k, v in state_dict.items() if not k.startswith("extra_convs.")}
+
+
+CLIPS = {"small": reference_clip}
+
+# name -> the official model's settings (used by the tool) and the project's extra arguments.
+CASES = {
+    # BootsTAPIR weights: the project infers the temperature they were trained with (10).
+    "bootstapir": dict(clip="small", extra_convs=True, softmax_temperature=10.0, refine_resolution=None,
+                       args=[]),
+    # The override: BootsTAPIR weights at TAPIR's temperature (the official PyTorch default).
+    "bootstapir_t20": dict(clip="small", extra_convs=True, softmax_temperature=20.0, refine_resolution=None,
+                           args=["--softmax-temperature", "20"]),
+    # TAPIR weights (no extra convs): inferred 20.
+    "tapir": dict(clip="small", extra_convs=False, softmax_temperature=20.0, refine_resolution=None,
+                  args=[]),
+}
+
+
 def reference_weights():
     """Deterministic weights in the official key layout (numpy PCG64, stable by seed)."""
     template = build_model(ModelConfig(causal=True)).state_dict()
@@ -59,41 +82,69 @@ def weights_checksum(state_dict):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
+    return prepare_reference(tmp_path_factory.mktemp("parity"))
+
+
+def prepare_reference(folder):
+    """(the reference outputs, a folder with the weights, clips and query CSVs)."""
     data = np.load(REFERENCE)
     weights = reference_weights()
     assert weights_checksum(weights) == str(data["weights_checksum"]), (
         "the deterministic reference weights changed (numpy RNG?): regenerate the reference")
-    folder = tmp_path_factory.mktemp("parity")
-    torch.save(weights, folder / "official_layout.pt")
-    video, queries_tyx = reference_clip()
-    np.save(folder / "clip.npy", video)
-    with open(folder / "queries.csv", "w") as f:
-        f.write("t,x,y\n")
-        for t, y, x in queries_tyx:
-            f.write(f"{int(t)},{x},{y}\n")
+    torch.save(weights, folder / "bootstapir_layout.pt")
+    torch.save(without_extra_convs(weights), folder / "tapir_layout.pt")
+    for name, make_clip in CLIPS.items():
+        video, queries_tyx = make_clip()
+        np.save(folder / f"{name}.npy", video)
+        with open(folder / f"{name}.csv", "w") as f:
+            f.write("t,x,y\n")
+            for t, y, x in queries_tyx:
+                f.write(f"{int(t)},{x},{y}\n")
     return data, folder
 
 
-@pytest.mark.parametrize("mode", ["online", "offline"])
-def test_track_command_equals_official_model(reference, mode):
+def run_case(reference, case_name, mode):
+    """The project's outputs for a case (bootstap-track) and the official ones."""
     data, folder = reference
-    out = folder / f"{mode}.npz"
-    code = track.main([str(folder / "clip.npy"), "--checkpoint", str(folder / "official_layout.pt"),
-                       "--queries", str(folder / "queries.csv"), "--output", str(out), "--mode", mode])
+    case = CASES[case_name]
+    out = folder / f"{case_name}-{mode}.npz"
+    layout = "bootstapir_layout.pt" if case["extra_convs"] else "tapir_layout.pt"
+    code = track.main([str(folder / f"{case['clip']}.npy"), "--checkpoint", str(folder / layout),
+                       "--queries", str(folder / f"{case['clip']}.csv"), "--output", str(out),
+                       "--mode", mode, *case["args"]])
     assert code == 0
-    ours = np.load(out)
-    expected_tracks = data[f"{mode}_tracks"]
+    expected = {key: data[f"{case_name}/{mode}_{key}"] for key in ("tracks", "occlusion", "expected_dist")}
+    return np.load(out), expected
+
+
+def assert_equal_to_official(ours, expected):
     # Frames before a point's query frame are NaN online, in both files.
-    np.testing.assert_array_equal(np.isnan(ours["tracks"]), np.isnan(expected_tracks))
-    np.testing.assert_allclose(ours["tracks"], expected_tracks, atol=1e-3, equal_nan=True)
-    np.testing.assert_allclose(ours["occlusion_logits"], data[f"{mode}_occlusion"], atol=1e-3, equal_nan=True)
-    np.testing.assert_allclose(ours["expected_dist_logits"], data[f"{mode}_expected_dist"], atol=1e-3,
+    np.testing.assert_array_equal(np.isnan(ours["tracks"]), np.isnan(expected["tracks"]))
+    np.testing.assert_allclose(ours["tracks"], expected["tracks"], atol=1e-3, equal_nan=True)
+    np.testing.assert_allclose(ours["occlusion_logits"], expected["occlusion"], atol=1e-3, equal_nan=True)
+    np.testing.assert_allclose(ours["expected_dist_logits"], expected["expected_dist"], atol=1e-3,
                                equal_nan=True)
     # The tracks move (the clip drifts), so the comparison is not between constants.
-    assert np.nanstd(expected_tracks) > 1.0
+    assert np.nanstd(expected["tracks"]) > 1.0
     # Visibility follows the official rule from the official logits.
-    occ, expd = data[f"{mode}_occlusion"], data[f"{mode}_expected_dist"]
+    occ, expd = expected["occlusion"], expected["expected_dist"]
     started = ~np.isnan(occ)
     official_visible = (1 - 1 / (1 + np.exp(-occ[started]))) * (1 - 1 / (1 + np.exp(-expd[started]))) > 0.5
     np.testing.assert_array_equal(ours["occluded"][started], ~official_visible)
     assert ours["occluded"][~started].all()
+
+
+@pytest.mark.parametrize("case_name, mode", [
+    ("bootstapir", "online"), ("bootstapir", "offline"), ("tapir", "online"), ("tapir", "offline"),
+    ("bootstapir_t20", "offline"),  # the override takes the same path in both modes
+])
+def test_track_command_equals_official_model(reference, case_name, mode):
+    ours, expected = run_case(reference, case_name, mode)
+    assert_equal_to_official(ours, expected)
+
+
+def test_the_temperature_changes_the_outputs(reference):
+    """10 and 20 give different official outputs, so the cases above tell them apart."""
+    data, _ = reference
+    difference = np.nanmax(np.abs(data["bootstapir/offline_occlusion"] - data["bootstapir_t20/offline_occlusion"]))
+    assert difference > 1e-2

@@ -2,6 +2,7 @@
 
     bootstap-track VIDEO --checkpoint CKPT --output OUT.npz [--queries Q.csv | --grid N]
         [--mode online|offline] [--causal|--no-causal] [--resolution 256]
+        [--softmax-temperature T]
         [--device cpu|cuda] [--render OUT.mp4]
 
 Online mode (default) runs the causal model frame by frame as a live camera
@@ -38,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="model resolution (square, multiple of 8); default: the checkpoint's (256)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime", "tensorrt"),
+    parser.add_argument("--softmax-temperature", type=float, default=None,
+                        help="softmax temperature of the initial cost-volume estimate (default: the "
+                        "checkpoint's; official BootsTAPIR weights 10, TAPIR 20)")
                         help="online inference backend (auto: the fastest available here)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"),
                         help="online inference precision (bf16: CPU or CUDA; fp16: CUDA)")
@@ -63,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from bootstap_ros.model import build_model, load_checkpoint
-    from bootstap_ros.model.checkpoint import resolve_checkpoint
+    from bootstap_ros.model import load_checkpoint
+    from bootstap_ros.model.checkpoint import resolve_checkpoint, with_settings
     from bootstap_ros.queries import grid_queries, read_queries_csv
     from bootstap_ros.tracking import track_offline, track_online
     from bootstap_ros.video import open_video
@@ -83,12 +87,14 @@ def run(args: argparse.Namespace) -> int:
     # ones follow the mode (online = causal) unless --causal/--no-causal says otherwise.
     loaded = load_checkpoint(args.checkpoint, causal=args.causal,
                              official_default_causal=args.mode == "online")
-    model = loaded.model
-    if args.resolution is not None:
-        config = loaded.config.replace(resolution=(args.resolution, args.resolution))
-        model = build_model(config, model.state_dict(), args.checkpoint)
+    if args.softmax_temperature is not None and not args.softmax_temperature > 0:
+        raise ValueError(f"--softmax-temperature must be positive, got {args.softmax_temperature}")
+    model = with_settings(
+        loaded.model, softmax_temperature=args.softmax_temperature,
+        resolution=None if args.resolution is None else (args.resolution, args.resolution))
     print(f"{loaded.source} checkpoint {args.checkpoint}: {'causal' if model.config.causal else 'non-causal'}, "
-          f"{model.config.resolution[0]}x{model.config.resolution[1]}, {args.mode} mode, "
+          f"{model.config.resolution[0]}x{model.config.resolution[1]}, "
+          f"softmax temperature {model.config.softmax_temperature:g}, {args.mode} mode, "
           f"{len(queries)} points, video {width}x{height} ({source.num_frames} frames)")
 
     start = time.perf_counter()

@@ -8,6 +8,7 @@ the summary table.
     bootstap-eval DATASET --checkpoint CKPT --output RESULTS.json \
         [--format auto|robotap|davis|rgb_stacking] [--query-mode first|strided] \
         [--mode online|offline] [--causal|--no-causal] [--resolution 256] \
+        [--softmax-temperature T] \
         [--save-predictions PREDS.npz] [--max-videos K] [--tracker bootstapir|lk] \
         [--device cpu|cuda] [--report DIR]
 """
@@ -52,6 +53,7 @@ class EvalConfig:
     save_predictions: str | None = None
     max_videos: int | None = None
     tracker: str = "bootstapir"
+    softmax_temperature: float | None = None  # None: the checkpoint's (BootsTAPIR 10, TAPIR 20)
     backend: str = "auto"  # online inference backend: auto|torch|onnxruntime|tensorrt
     precision: str = "fp32"  # online inference precision: fp32|bf16|fp16
     device: str | None = None  # None: cuda when available (bootstapir only).
@@ -82,6 +84,10 @@ class ModelPredictor:
         queries = query_points[:, [0, 2, 1]]  # (t, y, x) -> the engine's (t, x, y)
         if self.forward_only:
             result = track_online(self.model, video, queries, device=self.device, backend=self.backend,
+    from bootstap_ros.model.checkpoint import with_settings
+
+    model = with_settings(loaded.model, softmax_temperature=config.softmax_temperature)
+    config.softmax_temperature = model.config.softmax_temperature
                                   precision=self.precision)
         else:
             result = track_offline(self.model, video, queries, device=self.device)
@@ -108,7 +114,7 @@ def make_bootstapir_predictor(config: EvalConfig) -> Predictor:
     # trained at and resizes frames to it itself (256 for the official checkpoints).
     if config.mode == "offline" and config.precision != "fp32":
         raise ValueError("--precision applies to online tracking; offline runs float32")
-    return ModelPredictor(loaded.model, config.mode, config.device, config.backend, config.precision)
+    return ModelPredictor(model, config.mode, config.device, config.backend, config.precision)
 
 
 def make_predictor(config: EvalConfig) -> Predictor:
@@ -120,6 +126,9 @@ def make_predictor(config: EvalConfig) -> Predictor:
 
 
 # ---------------------------------------------------------------------------
+    parser.add_argument("--softmax-temperature", type=float, default=None,
+                        help="softmax temperature of the initial cost-volume estimate (default: the "
+                        "checkpoint's; official BootsTAPIR weights 10, TAPIR 20)")
 # Command line.
 # ---------------------------------------------------------------------------
 
@@ -141,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run an official checkpoint causal (default: on for online, off for "
                         "offline); project checkpoints say whether they are causal")
     parser.add_argument("--resolution", type=int, default=256,
+    if args.softmax_temperature is not None and not args.softmax_temperature > 0:
+        parser.error(f"--softmax-temperature must be positive, got {args.softmax_temperature}")
                         help="evaluation raster size; the papers use 256")
     parser.add_argument("--save-predictions", metavar="PREDS.npz")
     parser.add_argument("--max-videos", type=int, metavar="K")

@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 
 import torch
 
-from bootstap_ros.config import ModelConfig
+from bootstap_ros.config import ModelConfig, default_softmax_temperature
 
 #: The embedded default model, installed inside the package (a pip or colcon install carries it).
 EMBEDDED_CHECKPOINT = Path(__file__).resolve().parents[1] / "data" / "default.pt"
@@ -107,7 +107,9 @@ def infer_official_config(state_dict: Mapping[str, Any], causal: bool) -> ModelC
     blocks = {int(m.group(1)) for k in state_dict
               for m in [re.match(r"extra_convs\.blocks\.(\d+)\.", k)] if m}
     extra = max(blocks) + 1 if blocks else 0
-    return ModelConfig(extra_conv_blocks=extra, causal=causal)
+    # The temperature follows the architecture: BootsTAPIR weights were trained with 10, TAPIR's with 20.
+    return ModelConfig(extra_conv_blocks=extra, causal=causal,
+                       softmax_temperature=default_softmax_temperature(extra))
 
 
 def _check_state_dict(model: torch.nn.Module, state_dict: Mapping[str, Any], path: str) -> None:
@@ -142,6 +144,18 @@ def build_model(config: ModelConfig, state_dict: Optional[Mapping[str, Any]] = N
         _check_state_dict(model, state_dict, path)
         model.load_state_dict(state_dict, strict=True)
     return model.eval()
+
+
+def with_settings(model: torch.nn.Module, **changes: Any) -> torch.nn.Module:
+    """`model` with inference settings of its config changed (e.g. `softmax_temperature`,
+    `resolution`); a change of None means "keep". Returns `model` itself when nothing
+    changes, else a new model with the same weights: the caller's model is never modified."""
+    changes = {k: v for k, v in changes.items() if v is not None}
+    config = model.config.replace(**changes) if changes else model.config
+    if config == model.config:
+        return model
+    rebuilt = build_model(config, model.state_dict())
+    return rebuilt.to(next(model.parameters()).device).train(model.training)
 
 
 def load_checkpoint(path: Union[str, os.PathLike], causal: Optional[bool] = None,

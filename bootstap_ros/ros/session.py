@@ -71,7 +71,7 @@ def _resolve_device(device: str) -> str:
 
 def create_tracker(config: TrackerNodeConfig):
     """(CausalTracker, TrackerInfo) for `config`; StartupError says what to fix."""
-    from bootstap_ros.model import CheckpointError, build_model, load_checkpoint
+    from bootstap_ros.model import CheckpointError, load_checkpoint
     from bootstap_ros.tracking import CausalTracker
 
     path = _checkpoint_path(config.checkpoint)
@@ -86,10 +86,10 @@ def create_tracker(config: TrackerNodeConfig):
         raise StartupError(
             f"cannot load the model: {error}. Set the checkpoint parameter to a causal BootsTAPIR "
             f"checkpoint (official: {OFFICIAL_CAUSAL_URL}) or a bootstap_ros checkpoint") from None
-    model = loaded.model
-    if config.resolution and tuple(model.config.resolution) != (config.resolution,) * 2:
-        model = build_model(model.config.replace(resolution=(config.resolution,) * 2),
-                            model.state_dict(), str(path))
+    from bootstap_ros.model.checkpoint import with_settings
+
+    model = with_settings(loaded.model, resolution=(config.resolution,) * 2 if config.resolution else None,
+                          softmax_temperature=config.softmax_temperature or None)
     notes = []
     if not model.config.causal:
         notes.append("the model runs non-causally (causal:=false): each frame is tracked without "

@@ -31,6 +31,7 @@ class TrackerNodeConfig:
     precision: str = "auto"  # fp16 for tensorrt, else fp32
     cpu_threads: int = 0  # 0 = torch's default
     resolution: int = 0  # 0 = the checkpoint's own
+    softmax_temperature: float = 0.0  # 0 = the checkpoint's own
     max_points: int = 256
     grid_points: Union[int, Tuple[float, ...]] = 0
     visibility_threshold: float = 0.5
@@ -96,6 +97,10 @@ PARAMETERS: Tuple[ParameterSpec, ...] = (
                   "Square model input resolution in pixels, a multiple of 8; 0 keeps the "
                   "checkpoint's (256). Lower is faster and less accurate.",
                   integer_range=(0, 2048)),
+    ParameterSpec("softmax_temperature", "softmax_temperature",
+                  "Softmax temperature of the initial cost-volume estimate; 0 keeps the "
+                  "checkpoint's (official BootsTAPIR weights: 10, TAPIR: 20, as they were trained).",
+                  float_range=(0.0, 1000.0)),
     ParameterSpec("max_points", "max_points",
                   "Capacity: the most points tracked at once (rounded up to the tracker's block "
                   "size). Additions beyond it are dropped with a warning.",
