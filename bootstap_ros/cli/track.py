@@ -37,11 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="causal model (default: on for online, off for offline)")
     parser.add_argument("--resolution", type=int, default=None,
                         help="model resolution (square, multiple of 8); default: the checkpoint's (256)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    parser.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime", "tensorrt"),
     parser.add_argument("--softmax-temperature", type=float, default=None,
                         help="softmax temperature of the initial cost-volume estimate (default: the "
                         "checkpoint's; official BootsTAPIR weights 10, TAPIR 20)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime", "tensorrt"),
                         help="online inference backend (auto: the fastest available here)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"),
                         help="online inference precision (bf16: CPU or CUDA; fp16: CUDA)")

@@ -50,10 +50,10 @@ class EvalConfig:
     mode: str = "online"
     causal: bool | None = None  # None: causal for online, non-causal for offline
     resolution: int = 256
+    softmax_temperature: float | None = None  # None: the checkpoint's (BootsTAPIR 10, TAPIR 20)
     save_predictions: str | None = None
     max_videos: int | None = None
     tracker: str = "bootstapir"
-    softmax_temperature: float | None = None  # None: the checkpoint's (BootsTAPIR 10, TAPIR 20)
     backend: str = "auto"  # online inference backend: auto|torch|onnxruntime|tensorrt
     precision: str = "fp32"  # online inference precision: fp32|bf16|fp16
     device: str | None = None  # None: cuda when available (bootstapir only).
@@ -84,10 +84,6 @@ class ModelPredictor:
         queries = query_points[:, [0, 2, 1]]  # (t, y, x) -> the engine's (t, x, y)
         if self.forward_only:
             result = track_online(self.model, video, queries, device=self.device, backend=self.backend,
-    from bootstap_ros.model.checkpoint import with_settings
-
-    model = with_settings(loaded.model, softmax_temperature=config.softmax_temperature)
-    config.softmax_temperature = model.config.softmax_temperature
                                   precision=self.precision)
         else:
             result = track_offline(self.model, video, queries, device=self.device)
@@ -110,6 +106,10 @@ def make_bootstapir_predictor(config: EvalConfig) -> Predictor:
     # whether the model is causal (project checkpoints say so themselves).
     config.checkpoint = loaded.path
     config.causal = loaded.config.causal
+    from bootstap_ros.model.checkpoint import with_settings
+
+    model = with_settings(loaded.model, softmax_temperature=config.softmax_temperature)
+    config.softmax_temperature = model.config.softmax_temperature
     # --resolution is the evaluation raster; the model keeps the resolution it was
     # trained at and resizes frames to it itself (256 for the official checkpoints).
     if config.mode == "offline" and config.precision != "fp32":
@@ -126,9 +126,6 @@ def make_predictor(config: EvalConfig) -> Predictor:
 
 
 # ---------------------------------------------------------------------------
-    parser.add_argument("--softmax-temperature", type=float, default=None,
-                        help="softmax temperature of the initial cost-volume estimate (default: the "
-                        "checkpoint's; official BootsTAPIR weights 10, TAPIR 20)")
 # Command line.
 # ---------------------------------------------------------------------------
 
@@ -150,9 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run an official checkpoint causal (default: on for online, off for "
                         "offline); project checkpoints say whether they are causal")
     parser.add_argument("--resolution", type=int, default=256,
-    if args.softmax_temperature is not None and not args.softmax_temperature > 0:
-        parser.error(f"--softmax-temperature must be positive, got {args.softmax_temperature}")
                         help="evaluation raster size; the papers use 256")
+    parser.add_argument("--softmax-temperature", type=float, default=None,
+                        help="softmax temperature of the initial cost-volume estimate (default: the "
+                        "checkpoint's; official BootsTAPIR weights 10, TAPIR 20)")
     parser.add_argument("--save-predictions", metavar="PREDS.npz")
     parser.add_argument("--max-videos", type=int, metavar="K")
     parser.add_argument("--tracker", default="bootstapir", choices=TRACKERS)
@@ -170,6 +168,8 @@ def parse_config(argv=None) -> EvalConfig:
     args = parser.parse_args(argv)
     if args.resolution < 8:
         parser.error(f"--resolution must be at least 8, got {args.resolution}")
+    if args.softmax_temperature is not None and not args.softmax_temperature > 0:
+        parser.error(f"--softmax-temperature must be positive, got {args.softmax_temperature}")
     if args.max_videos is not None and args.max_videos < 1:
         parser.error(f"--max-videos must be positive, got {args.max_videos}")
     return EvalConfig(**vars(args))
