@@ -51,6 +51,7 @@ setup(
     install_requires=[
         'numpy',
         'opencv-python-headless',
+        'pyyaml',  # camera calibration files (video_source camera_info_file)
         'pillow',  # eval resizes videos with Pillow's Lanczos, as the official TAP-Vid code does
         'tqdm',
         'torch',

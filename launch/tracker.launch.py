@@ -22,6 +22,11 @@ Arguments (`ros2 launch bootstap_ros tracker.launch.py --show-args`):
                 so that `video:=clip.mp4` alone shows tracks on ~/debug_image
   device, precision, resolution, max_points   the tracker parameters of those names
   use_sim_time  both nodes use /clock (true | false)
+  query_set     a query set (.npz made by bootstap-queries): points defined on a
+                demonstration image, tracked from the start
+  use_depth     true: also read depth_topic and camera_info_topic and publish tracks_3d
+  depth_topic, camera_info_topic   the depth image (registered to the colour image) and
+                the colour image's CameraInfo (defaults: depth, camera_info)
   log_level     both nodes' log level (debug | info | warn | error | fatal)
 
 Each of these is passed on only when given: otherwise the params_file's value holds.
@@ -63,6 +68,12 @@ ARGUMENTS = (
     ("max_points", "", "Most points tracked at once; empty: the params_file's"),
     ("use_sim_time", "", "true | false: the nodes use /clock; empty: false"),
     ("log_level", "", "debug | info | warn | error | fatal; empty: info"),
+    ("query_set", "", "Query set (.npz from bootstap-queries) tracked from the start; empty: the "
+                      "params_file's (none)"),
+    ("use_depth", "", "true | false: also read depth_topic and camera_info_topic and publish "
+                      "tracks_3d; empty: the params_file's (false)"),
+    ("depth_topic", "depth", "Depth image registered to the colour image (16UC1 mm or 32FC1 m)"),
+    ("camera_info_topic", "camera_info", "CameraInfo of the colour image"),
 )
 # grid_points when video:= is given and grid_points is not: a video alone shows tracks.
 VIDEO_GRID_POINTS = 8
@@ -86,7 +97,7 @@ def _typed(name, text):
     elif name in ("resolution", "max_points"):
         if not isinstance(value, int) or isinstance(value, bool):
             raise fail("an integer")
-    elif name == "use_sim_time":
+    elif name in ("use_sim_time", "use_depth"):
         if not isinstance(value, bool):
             raise fail("true or false")
     else:
@@ -113,7 +124,7 @@ def _nodes(context):
     # Only arguments that were given override the file, so an empty one keeps its value.
     overrides = {name: _typed(name, value(name))
                  for name in ("checkpoint", "backend", "grid_points", "device", "precision",
-                              "resolution", "max_points") if value(name)}
+                              "resolution", "max_points", "query_set", "use_depth") if value(name)}
     if value("video") and not value("grid_points"):
         overrides["grid_points"] = VIDEO_GRID_POINTS
     common = {}
@@ -128,7 +139,8 @@ def _nodes(context):
             raise ValueError(f"launch argument log_level:={value('log_level')} is not one of "
                              f"{', '.join(LOG_LEVELS)}")
         arguments = ["--ros-args", "--log-level", value("log_level").lower()]
-    remappings = [("image", image_topic), ("image/compressed", image_topic + "/compressed")]
+    remappings = [("image", image_topic), ("image/compressed", image_topic + "/compressed"),
+                  ("depth", value("depth_topic")), ("camera_info", value("camera_info_topic"))]
     if value("click_topic"):
         remappings.append(("~/add_point", value("click_topic")))
     nodes = [Node(package=PACKAGE, executable="tracker_node", name="tracker_node",

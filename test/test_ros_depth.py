@@ -174,3 +174,19 @@ def test_camera_info_of_another_size_is_scaled_and_depth_off_means_no_subscripti
         assert plain.client.count_publishers(plain.namespace + "/tracks_3d") == 0
     finally:
         plain.close()
+
+
+def test_launch_arguments_for_depth_and_query_sets(monkeypatch):
+    from test_ros_packaging import launch_nodes, load_launch_file
+
+    module = load_launch_file(monkeypatch)
+    nodes, _ = launch_nodes(module)
+    assert ("depth", "depth") in nodes["tracker_node"]["remappings"]
+    nodes, _ = launch_nodes(module, use_depth="true", depth_topic="/cam/aligned_depth",
+                            camera_info_topic="/cam/color/camera_info", query_set="/sets/demo.npz")
+    tracker = nodes["tracker_node"]
+    assert tracker["parameters"][1] == {"use_depth": True, "query_set": "/sets/demo.npz"}
+    assert ("depth", "/cam/aligned_depth") in tracker["remappings"]
+    assert ("camera_info", "/cam/color/camera_info") in tracker["remappings"]
+    with pytest.raises(ValueError, match="launch argument use_depth:=maybe is not true or false"):
+        launch_nodes(module, use_depth="maybe")
