@@ -301,3 +301,23 @@ def test_package_xml_declares_every_ros_package_the_code_imports():
     assert {"rclpy", "sensor_msgs", "launch_ros"} <= modules  # the scan sees the code's imports
     needed = {ROSDEP_KEYS.get(name, name) for name in modules} - {None}
     assert not needed - declared, f"package.xml lacks <exec_depend> for {sorted(needed - declared)}"
+
+
+# ------------------------------------------------------------------ Python 3.10 (ROS 2 Humble)
+def test_code_needs_at_most_python_3_10(tmp_path):
+    # Humble (JetPack 6) runs Python 3.10 and has no wheels to test with; vermin reads the
+    # code for the newest syntax, module or member it needs. A file with 3.11-only code
+    # is checked alongside, so the check is seen to fail where it should.
+    executable = Path(sys.executable).parent / "vermin"
+    if not executable.exists():
+        pytest.fail(f"vermin not found at {executable}: run `make setup`")
+    canary = tmp_path / "needs_3_11.py"
+    canary.write_text("import tomllib\ntry:\n    pass\nexcept* ValueError:\n    pass\n")
+    result = run([str(executable), "--no-tips", "--violations", "--eval-annotations",
+                  "--target=3.10-", str(REPO / PACKAGE), str(REPO / "launch"),
+                  str(REPO / "training"), str(canary)], timeout=300)
+    assert result.returncode != 0 and "except*" in result.stdout, tail(result)
+    # One unindented line per file that needs more ("!2, 3.11     path.py"), its reasons below.
+    flagged = [line.split()[-1] for line in result.stdout.splitlines()
+               if line.rstrip().endswith(".py") and not line[:1].isspace()]
+    assert flagged == [str(canary)], f"code that needs Python > 3.10:\n{result.stdout}"
