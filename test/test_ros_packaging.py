@@ -321,3 +321,28 @@ def test_code_needs_at_most_python_3_10(tmp_path):
     flagged = [line.split()[-1] for line in result.stdout.splitlines()
                if line.rstrip().endswith(".py") and not line[:1].isspace()]
     assert flagged == [str(canary)], f"code that needs Python > 3.10:\n{result.stdout}"
+
+
+# rclpy APIs that appeared after Humble (Iron and later): the node must run on Humble too.
+AFTER_HUMBLE_METHODS = {"add_post_set_parameters_callback", "add_pre_set_parameters_callback",
+                        "get_type_description"}
+AFTER_HUMBLE_MODULES = {"rclpy.event_handler", "rclpy.type_hash", "rclpy.service_introspection"}
+
+
+def test_ros_code_uses_only_apis_humble_has():
+    import ast
+
+    found = []
+    for path in sorted((REPO / PACKAGE / "ros").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Attribute):
+                names = [node.attr] if node.attr in AFTER_HUMBLE_METHODS else []
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            found += [f"{path.name}:{node.lineno}: {name}" for name in names
+                      if name in AFTER_HUMBLE_METHODS or name in AFTER_HUMBLE_MODULES]
+    assert not found, "APIs ROS 2 Humble lacks:\n" + "\n".join(found)
