@@ -6,6 +6,7 @@ isolated domain test/conftest.py sets. Every wait is on a condition with a deadl
 """
 
 import itertools
+import json
 import os
 import subprocess
 import sys
@@ -486,3 +487,19 @@ def test_python_logging_warnings_reach_rosout_rate_limited(harness_factory):
     h.send(h.frame(small))  # one more frame, so that a second warning would have arrived by now
     assert sum(map(from_tracker, rosout.messages)) == 1
     assert sum(n for kind, n in h.node.warning_counts.items() if "input size changed" in kind) == 4
+
+
+def test_latency_bench_reports_rate_latency_and_cpu(tmp_path):
+    from bootstap_ros.ros import latency_bench
+
+    output = tmp_path / "bench.json"
+    status = latency_bench.main(["--random", "small", "--points", "4", "--size", "160x120",
+                                 "--fps", "15", "--warmup", "1", "--duration", "2",
+                                 "--image-reliability", "reliable", "--output", str(output)])
+    assert status == 0
+    report = json.loads(output.read_text())
+    figures = report["figures"]
+    assert report["setup"]["points"] == 4
+    assert figures["frames_tracked"] > 0 and figures["output_rate_hz"] > 0
+    assert 0 < figures["latency_ms"]["p50"] < 10_000
+    assert 0 < figures["node_cpu_cores"] < os.cpu_count() + 1

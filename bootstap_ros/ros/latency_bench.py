@@ -3,8 +3,10 @@
 Starts tracker_node as its own process (as `ros2 run` would), publishes synthetic
 frames at a fixed rate from this process with the publication time as header stamp,
 and measures, for every `tracks` message received, image stamp -> receipt latency,
-plus the sustained output rate and how many frames the node skipped (it always
-works on the newest frame, so a slow model lowers the output rate, not the latency).
+plus the sustained output rate, how many frames the node skipped (it always
+works on the newest frame, so a slow model lowers the output rate, not the latency)
+and the node process's CPU use (user + system time over the window, in cores).
+`--points 0` measures the node with no point to track (it then runs no network).
 
     python -m bootstap_ros.ros.latency_bench --checkpoint model.pt --fps 30 --points 64
     python -m bootstap_ros.ros.latency_bench --random bootstapir --output bench.json
@@ -47,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds measured (default 10)")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds before measuring (default 3)")
     parser.add_argument("--points", type=int, default=64,
-                        help="points tracked: a grid of round(sqrt(N))^2 (default 64)")
+                        help="points tracked: a grid of round(sqrt(N))^2 (default 64; 0: none)")
     parser.add_argument("--size", default="640x480", help="image WIDTHxHEIGHT (default 640x480)")
     parser.add_argument("--resolution", type=int, default=0, help="model resolution (0: the model's)")
     parser.add_argument("--backend", default="auto")
@@ -86,6 +88,12 @@ def _random_checkpoint(kind: str, folder: Path) -> str:
     return str(path)
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` and its threads so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
 def _percentile(values, q) -> Optional[float]:
     return float(np.percentile(values, q)) if len(values) else None
 
@@ -104,7 +112,7 @@ def run(args) -> dict:
     os.environ.setdefault("ROS_LOCALHOST_ONLY", "1")
     os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 101))
     width, height = (int(v) for v in args.size.lower().split("x"))
-    grid = max(1, round(math.sqrt(args.points)))
+    grid = round(math.sqrt(max(args.points, 0)))
     namespace = "/latency_bench_" + uuid.uuid4().hex[:8]
     scratch = tempfile.TemporaryDirectory(prefix="bootstap_latency_")
     checkpoint = args.checkpoint
@@ -182,10 +190,12 @@ def run(args) -> dict:
             executor.spin_once(timeout_sec=0.05)
         with lock:
             window_start = time.time_ns()
+        cpu_start = _cpu_seconds(tracker.pid)
         end = time.monotonic() + args.duration
         while time.monotonic() < end:
             executor.spin_once(timeout_sec=0.05)
         window_end = time.time_ns()
+        node_cpu = _cpu_seconds(tracker.pid) - cpu_start
         timer.cancel()
         settle = time.monotonic() + 2.0  # let the last frames' tracks arrive
         while time.monotonic() < settle:
@@ -223,6 +233,8 @@ def run(args) -> dict:
         "frames_tracked": len(answered),
         "frames_skipped": len(sent) - len(answered),
         "node_counters_over_window": node_counts,  # from /diagnostics, about 1 s apart
+        # CPU time of the node process (every thread) over the window, in cores.
+        "node_cpu_cores": node_cpu / seconds,
         "latency_ms": {"mean": float(np.mean(latencies)) if latencies else None,
                        "p50": _percentile(latencies, 50), "p95": _percentile(latencies, 95),
                        "max": float(np.max(latencies)) if latencies else None},
@@ -262,6 +274,7 @@ def main(argv=None) -> int:
         c = f["node_counters_over_window"]
         print(f"  node over {c['seconds']} s: {c['frames_received']} frames reached it, "
               f"{c['dropped_frames']} skipped by its newest-frame queue")
+    print(f"  node CPU use {f['node_cpu_cores']:.2f} cores (user + system time over the window)")
     print(f"  latency image stamp -> tracks received: mean {ms(latency['mean'])}, "
           f"p50 {ms(latency['p50'])}, p95 {ms(latency['p95'])}, max {ms(latency['max'])}")
     if args.output:
