@@ -1,7 +1,9 @@
 """The bootstrapping loop (training/bootstrap.py) and what it needs from the model code."""
 
 import copy
+import csv
 import io
+import json
 import os
 import signal
 import subprocess
@@ -21,6 +23,15 @@ from training.bootstrap import BootstrapConfig, bootstrap, bootstrap_loss, main,
 from training.logs import write_image_bag
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and a loaded CI machine loses much to them."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def test_a_model_that_tracked_on_cpu_can_be_deep_copied_and_saved():
@@ -89,6 +100,23 @@ def test_siamese_passes_gradients_through_the_teacher_and_the_default_does_not()
     assert sum(float(g.abs().sum()) for g in teacher_grads if g is not None) > 0
 
 
+@pytest.mark.parametrize("causal, amp", [(False, "auto"), (True, "bf16")], ids=["offline-fp32", "causal-bf16"])
+def test_the_loss_trains_offline_students_and_under_bf16_autocast(causal, amp):
+    student = confident_model().train()
+    if not causal:
+        student = type(student)(student.config.replace(causal=False))
+        student.load_state_dict(confident_model().state_dict())
+    teacher = copy.deepcopy(student).eval().requires_grad_(False)
+    video = torch.from_numpy(moving_clip(num_frames=4, height=64, width=64))[None]
+    numpy_rng, torch_rng = step_generators(0, 3, 0)
+    loss, parts = bootstrap_loss(student, teacher, video, _tiny_config(amp=amp), numpy_rng, torch_rng,
+                                 causal, causal)
+    loss.backward()
+    assert loss.dtype == torch.float32 and torch.isfinite(loss) and loss.item() > 0
+    grads = [p.grad for p in student.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
 # ----------------------------------------------------------------------------- runs
 
 @pytest.fixture(scope="module")
@@ -100,6 +128,31 @@ def inputs(tmp_path_factory):
                     topic="/wrist/image_raw", storage="mcap")
     save_checkpoint(folder / "tiny.pt", confident_model())
     return folder
+
+
+def test_a_fixed_offline_teacher_a_capacity_expanded_student_and_periodic_evaluation(inputs, tmp_path):
+    from training.synthetic import SyntheticConfig, generate_clip, write_tapvid_pickle
+
+    save_checkpoint(tmp_path / "plain.pt", small_model(extra_conv_blocks=0))
+    clips = [generate_clip(seed, SyntheticConfig(frames=4, height=64, width=64, num_points=4))
+             for seed in range(2)]
+    write_tapvid_pickle(tmp_path / "eval.pkl", clips)
+    args = _run_args(inputs, tmp_path / "run", 2, "--teacher", str(inputs / "tiny.pt"),
+                     "--eval", str(tmp_path / "eval.pkl"), "teacher_causal=false",
+                     "expand_capacity=true", "eval_every=1")
+    args[args.index("--init") + 1] = str(tmp_path / "plain.pt")
+    assert main(args) == 0
+    final = load_checkpoint(tmp_path / "run" / "final.pt")
+    assert final.config.extra_conv_blocks == 5 and final.config.causal
+    stored = _state(tmp_path / "run" / "checkpoint.pt")
+    assert "teacher" not in stored  # a fixed teacher is read from its file again on resume
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["teacher_model"]["causal"] is False and config["model"]["extra_conv_blocks"] == 5
+    with open(tmp_path / "run" / "eval_log.csv") as file:
+        rows = list(csv.DictReader(file))
+    assert [int(row["step"]) for row in rows] == [1, 2]
+    assert all(0.0 <= float(row["average_jaccard"]) <= 1.0 for row in rows)
+    assert (tmp_path / "run" / "eval" / "step_0000002.json").exists()
 
 
 def _run_args(inputs, output, steps=2, *extra):

@@ -708,7 +708,7 @@ def read_yaml(path: str) -> Dict:
 
 def main(argv=None) -> int:
     try:
-        options = vars(build_parser().parse_args(argv))
+        options = vars(build_parser().parse_intermixed_args(argv))
         resume, stop_at = options.pop("resume"), options.pop("stop_at")
         output, config_file = options.pop("output"), options.pop("config")
         settings = parse_settings(options.pop("settings"))
