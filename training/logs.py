@@ -578,13 +578,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--size", type=int, default=defaults.size,
                         help="clips are SIZE x SIZE pixels (default %(default)s)")
     parser.add_argument("--static-threshold", type=float, default=defaults.static_threshold,
-                        help="mean grey-level change (0-255, 64x64 thumbnail) below which two "
-                             "frames count as static (default %(default)s)")
+                        help="frames whose motion from a stretch's first frame (the 8th largest "
+                             "grey-level change of 64x64 thumbnails, 0-255) stays below this "
+                             "are still (default %(default)s)")
     parser.add_argument("--static-frames", type=int, default=defaults.static_frames,
-                        help="this many static frames in a row are dropped (default "
+                        help="this many still frames in a row are dropped (default "
                              "%(default)s)")
     parser.add_argument("--cut-threshold", type=float, default=defaults.cut_threshold,
-                        help="mean grey-level change above which two frames are a scene cut "
+                        help="mean grey-level change (64x64 thumbnails, 0-255) above which two "
+                             "consecutive frames are a scene cut (default %(default)s)")
+    parser.add_argument("--cut-min", type=float, default=defaults.cut_min,
+                        help="a smaller change is a cut too when above this ... (default "
+                             "%(default)s)")
+    parser.add_argument("--cut-ratio", type=float, default=defaults.cut_ratio,
+                        help="... and this many times the median change of the frames before "
                              "(default %(default)s)")
     parser.add_argument("--gap-factor", type=float, default=defaults.gap_factor,
                         help="a stamp jump over this many times the usual frame interval is a "
@@ -601,7 +608,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         config = ClipConfig(
             frames=args.frames, stride=args.stride, fps=args.fps, size=args.size,
             static_threshold=args.static_threshold, static_frames=args.static_frames,
-            cut_threshold=args.cut_threshold, gap_factor=args.gap_factor,
+            cut_threshold=args.cut_threshold, cut_min=args.cut_min, cut_ratio=args.cut_ratio,
+            gap_factor=args.gap_factor,
             max_gap_s=args.max_gap or None, folder_fps=args.folder_fps)
         manifest = prepare_logs(args.paths, args.output, config, args.image_topic)
     except (LogError, ValueError) as error:
