@@ -318,3 +318,22 @@ def test_expand_capacity_appends_after_existing_blocks():
         expand_capacity(original, num_blocks=1, multiplier=3)
     with pytest.raises(ValueError, match="at least one"):
         expand_capacity(original, num_blocks=0)
+
+
+def test_capacity_command_writes_an_expanded_checkpoint_and_a_report(tmp_path, capsys):
+    import json
+
+    from bootstap_ros.model.checkpoint import load_checkpoint, save_checkpoint
+    from training.capacity import main
+
+    source = tmp_path / "small.pt"
+    save_checkpoint(source, small_model(seed=5, extra_conv_blocks=0))
+    output = tmp_path / "expanded.pt"
+    main(["--checkpoint", str(source), "--output", str(output), "--blocks", "2", "--clips", "1", "--frames", "3"])
+    loaded = load_checkpoint(output)
+    assert loaded.config.extra_conv_blocks == 2 and loaded.extra["added_extra_conv_blocks"] == 2
+    assert not loaded.model.state_dict()["extra_convs.blocks.1.conv_1.weight"].any()
+    report = json.loads((tmp_path / "expanded.json").read_text())
+    assert report["clips"] == 1 and 0 <= report["track_difference_px_median"] <= report["track_difference_px_max"]
+    assert 0 <= report["visibility_agreement"] <= 1 and 0 <= report["expanded"]["average_jaccard"] <= 1
+    assert "visibility agrees" in capsys.readouterr().out
