@@ -1,14 +1,20 @@
 """Backends: the fast torch step, onnxruntime vs torch, the registry, TensorRT's pure parts."""
 
+import json
+import logging
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from bootstap_ros.backends import BackendError, available_backends, create_backend, resolve_backend
+from bootstap_ros.backends import (BackendError, available_backends, create_backend, resolve_backend,
+                                   resolve_precision)
 from bootstap_ros.model.layers import gelu_tanh, inference_linear
-from bootstap_ros.model.tapir import CausalState, QueryFeatures
+from bootstap_ros.model.tapir import CausalState, QueryFeatures, preprocess_frames, resize_video
 from bootstap_ros.tracking import CausalTracker, track_online
 from small_model import moving_clip, small_model
 
@@ -66,6 +72,10 @@ def test_registry_names_and_errors(model):
         create_backend("torch", model, 8, 8, "cpu", "fp16")
     with pytest.raises(BackendError, match="unknown precision"):
         create_backend("torch", model, 8, 8, "cpu", "int3")
+    # "auto": what each backend's users expect (TensorRT: fp16; the others: fp32).
+    assert [resolve_precision("auto", b) for b in ("torch", "onnxruntime", "tensorrt")] == ["fp32", "fp32", "fp16"]
+    assert resolve_precision("bf16", "tensorrt") == "bf16"
+    assert create_backend("torch", model, 8, 8, "cpu").precision == "fp32"
 
 
 # Operations a CUDA graph cannot capture: a tensor built from host data, a host sync,
@@ -285,3 +295,276 @@ def test_tensorrt_backend_says_what_is_missing(model):
         pytest.skip("TensorRT is installed here: the error path does not apply")
     with pytest.raises(BackendError, match="tensorrt|CUDA"):
         create_backend("tensorrt", model, 8, 8, "cuda")
+
+
+# ----------------------------------------------------------------- the caller's model is left alone
+def _snapshot(model):
+    return ({k: v.clone() for k, v in model.state_dict().items()},
+            {p.device for p in model.parameters()}, [m.training for m in model.modules()])
+
+
+def _assert_unchanged(model, before):
+    weights, devices, modes = before
+    assert {p.device for p in model.parameters()} == devices
+    assert [m.training for m in model.modules()] == modes
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, weights[name]), name
+
+
+def test_tracker_and_export_leave_a_training_model_as_it_is(model, tmp_path):
+    """A model in training mode (as the training loop's evaluation hands it over) keeps its
+    mode, device and weights through tracker creation, tracking and the ONNX export."""
+    pytest.importorskip("onnxruntime")
+    from bootstap_ros.backends.onnx_export import export_onnx
+
+    trained = small_model()
+    trained.train()
+    before = _snapshot(trained)
+    clip = moving_clip(num_frames=2)
+    for backend, options in (("torch", {}), ("onnxruntime", {"cache_dir": tmp_path})):
+        tracker = CausalTracker(trained, max_points=4, backend=backend, **options)
+        tracker.add_points(clip[0], POINTS[:2])
+        tracker.step(clip[1])
+        _assert_unchanged(trained, before)
+    export_onnx(trained, tmp_path / "direct", 4, check=False)
+    _assert_unchanged(trained, before)
+    # Tracking in training mode would differ from eval mode if the copy were not eval'd:
+    # the results equal those of the same weights in eval mode.
+    reference = CausalTracker(model, max_points=4)
+    reference.add_points(clip[0], POINTS[:2])
+    tracker = CausalTracker(trained, max_points=4)
+    tracker.add_points(clip[0], POINTS[:2])
+    np.testing.assert_allclose(tracker.step(clip[1]).xy, reference.step(clip[1]).xy, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_a_cpu_model_stays_on_the_cpu_when_tracking_on_cuda(model):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    before = _snapshot(model)
+    tracker = CausalTracker(model, max_points=4, device="cuda")
+    clip = moving_clip(num_frames=2)
+    tracker.add_points(clip[0], POINTS[:2])
+    tracker.step(clip[1])
+    _assert_unchanged(model, before)
+
+
+# ----------------------------------------------------------------- the export: opset, cache, checks
+def test_export_uses_opset_18_and_the_ops_tensorrt_runs(model, tmp_path):
+    """NVIDIA/TensorRT#4646: GridSample is wrong at opset 20 on TensorRT 10.13, right at 18."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from bootstap_ros.backends.onnx_export import cached_export
+
+    export = cached_export(model, 4, tmp_path)
+    allowed = {"Add", "ArgMax", "AveragePool", "Cast", "Clip", "Concat", "Constant", "ConstantOfShape", "Conv",
+               "Div", "Expand", "Gather", "Gemm", "GridSample", "Identity", "InstanceNormalization",
+               "LayerNormalization", "Less", "MatMul", "Mod", "Mul", "Pad", "ReduceMean", "ReduceSum", "Relu",
+               "Reshape", "Shape", "Sigmoid", "Slice", "Softmax", "Sqrt", "Sub", "Tanh", "Transpose",
+               "Unsqueeze"}
+    for name, path in export.paths.items():
+        proto = onnx.load(str(path))
+        assert [(o.domain, o.version) for o in proto.opset_import] == [("", 18)], name
+        ops = {node.op_type for node in proto.graph.node}
+        assert ops <= allowed, (name, ops - allowed)
+        if name in ("queries", "step"):
+            assert "GridSample" in ops
+
+
+def test_export_cache_key_has_the_versions_and_a_damaged_export_is_made_again(model, tmp_path, monkeypatch,
+                                                                                caplog):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from bootstap_ros.backends import onnx_export
+
+    first = onnx_export.cached_export(model, 4, tmp_path)
+    info = json.loads((first.directory / "export.json").read_text())
+    assert info["torch"] == torch.__version__ and info["opset"] == 18 and info["onnx"]
+    # Another torch version gets its own entry.
+    monkeypatch.setattr(torch, "__version__", "0.0.0-other")
+    assert onnx_export.cache_directory(model, 4, tmp_path) != first.directory
+    monkeypatch.undo()
+    assert onnx_export.cache_directory(model, 4, tmp_path) == first.directory
+    # A graph file replaced behind the cache's back is noticed and exported again.
+    step = first.paths["step"]
+    good = step.read_bytes()
+    step.write_bytes(first.paths["queries"].read_bytes())
+    with caplog.at_level(logging.WARNING, logger="bootstap_ros.backends.onnx_export"):
+        again = onnx_export.cached_export(model, 4, tmp_path)
+    assert "step.onnx changed since it was exported" in caplog.text
+    assert again.paths["step"].read_bytes() == good
+    # An export.json that lies about the versions is made again too.
+    info = json.loads((first.directory / "export.json").read_text())
+    (first.directory / "export.json").write_text(json.dumps({**info, "torch": "1.0"}))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="bootstap_ros.backends.onnx_export"):
+        onnx_export.cached_export(model, 4, tmp_path)
+    assert "made by another torch (1.0 ->" in caplog.text
+    assert not list(tmp_path.glob("onnx/*.tmp-*"))  # no staging directory left behind
+
+
+def test_export_check_names_wrong_inputs_and_outputs(model, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from bootstap_ros.backends import onnx_export
+
+    export = onnx_export.cached_export(model, 4, tmp_path)
+    info = json.loads((export.directory / "export.json").read_text())
+    assert onnx_export.export_problem(export, model.config, info) is None
+    # The same files judged as a block of 8 (or another model) do not fit.
+    other = onnx_export.OnnxExport(export.directory, 8, export.paths)
+    assert "block size 4, expected 8" in onnx_export.export_problem(other, model.config, info)
+    wider = model.config.replace(mixer_hidden_dim=model.config.mixer_hidden_dim * 2)
+    problem = onnx_export.export_problem(export, wider, info)
+    assert "'conv1'" in problem and "expected" in problem
+    # A graph whose input was renamed (hashes updated, so only the signature check can tell).
+    proto = onnx.load(str(export.paths["queries"]))
+    proto.graph.input[2].name = "xy"
+    for node in proto.graph.node:
+        node.input[:] = ["xy" if name == "points" else name for name in node.input]
+    onnx.save(proto, str(export.paths["queries"]))
+    info["sha256"]["queries"] = onnx_export.file_sha256(export.paths["queries"])
+    assert "has tensors" in onnx_export.export_problem(export, model.config, info)
+
+
+# ----------------------------------------------------------------- onnxruntime: IO binding
+def test_onnxruntime_io_binding_equals_plain_session_runs(model, tmp_path):
+    """The backend (graphs run through IO bindings, state kept in ORT values) against the
+    exported graphs run plainly with numpy feeds, the state carried by hand."""
+    ort = pytest.importorskip("onnxruntime")
+    from bootstap_ros.backends.onnx_export import cached_export
+
+    backend = create_backend("onnxruntime", model, 8, 4, "cpu", cache_dir=tmp_path)
+    export = cached_export(model, 4, tmp_path)
+    sessions = {name: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+                for name, path in export.paths.items()}
+    clip = moving_clip(num_frames=4)
+    frames = [resize_video(preprocess_frames(torch.from_numpy(f)[None, None]), model.config.resolution)[:, 0]
+              .numpy() for f in clip]
+    points = np.ascontiguousarray(POINTS[:4] * 0.5)  # model raster of the 64x64 small model
+    slots = np.array([0, 1, 2, 4])  # block 0 and block 1
+    backend.set_queries(backend.encode(frames[0]), slots, points)
+    hires, lowres = sessions["encoder"].run(None, {"frame": frames[0]})
+    padded = np.zeros((4, 2), np.float32)
+    padded[:4] = points
+    query_hires, query_lowres = sessions["queries"].run(None, {"hires": hires, "lowres": lowres, "points": padded})
+    c = model.config
+    shape = (c.refinement_iters, c.mixer_blocks, 4, c.mixer_kernel - 1)
+    state = [[np.zeros(shape + (c.mixer_hidden_dim,), np.float32),
+              np.zeros(shape + (4 * c.mixer_hidden_dim,), np.float32)] for _ in range(2)]
+    rows = {0: [0, 1, 2], 1: [3]}  # rows of the query batch per block
+    for frame in frames[1:]:
+        ours = backend.step(backend.encode(frame), [0, 1])
+        hires, lowres = sessions["encoder"].run(None, {"frame": frame})
+        expected = []
+        for block in (0, 1):
+            qh = np.zeros((4, c.hires_dim), np.float32)
+            ql = np.zeros((4, c.lowres_dim), np.float32)
+            n = len(rows[block])
+            qh[:n], ql[:n] = query_hires[rows[block]], query_lowres[rows[block]]
+            out, state[block][0], state[block][1] = sessions["step"].run(None, {
+                "hires": hires, "lowres": lowres, "query_hires": qh, "query_lowres": ql,
+                "conv1": state[block][0], "conv2": state[block][1]})
+            expected.append(out)
+        expected = np.concatenate(expected)
+        active = [0, 1, 2, 4]
+        np.testing.assert_allclose(ours[active], expected[active], atol=1e-6, rtol=1e-6)
+        assert np.abs(ours[active]).max() > 0
+
+
+# ----------------------------------------------------------------- TensorRT: FP32 islands, engine writes
+def test_fp32_nodes_cover_the_softmax_soft_argmax_and_position_sums(model, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from bootstap_ros.backends.onnx_export import cached_export
+    from bootstap_ros.backends.tensorrt_backend import fp32_node_names
+
+    export = cached_export(model, 4, tmp_path)
+    step = onnx.load(str(export.paths["step"])).graph
+    keep = fp32_node_names(step)
+    nodes = {node.name: node for node in step.node}
+    producer = {out: node for node in step.node for out in node.output}
+    kinds = {nodes[name].op_type for name in keep}
+    assert {"Softmax", "ArgMax", "ReduceSum", "Div", "GridSample"} <= kinds
+    assert not kinds & {"Conv", "MatMul", "Gemm", "LayerNormalization"}  # learned layers stay reduced
+    assert all(node.name in keep for node in step.node if node.op_type in ("Softmax", "GridSample"))
+    assert producer["outputs"].name in keep
+    # The temperature scaling in front of the softmax: back to the convolution.
+    softmax = next(node for node in step.node if node.op_type == "Softmax")
+    before = producer[softmax.input[0]]
+    while before.op_type != "Conv":
+        assert before.name in keep, before.op_type
+        before = producer[before.input[0]]
+    # The position sums: one `tracks + delta` per refinement iteration, delta sliced from the mixer.
+    sums = [nodes[name] for name in keep if nodes[name].op_type == "Add"
+            and any(i in producer and producer[i].op_type == "Slice" for i in nodes[name].input)]
+    assert len(sums) == model.config.refinement_iters
+    assert len(keep) < len(step.node) / 5
+    # The sampled correlations go back to the engine's precision (as under torch autocast).
+    samples = {out for node in step.node if node.op_type == "GridSample" for out in node.output}
+    assert not [node.op_type for node in step.node if node.name in keep and set(node.input) & samples]
+    # The query graph: its coordinates and samplers.
+    queries = onnx.load(str(export.paths["queries"])).graph
+    assert {n.op_type for n in queries.node if n.name in fp32_node_names(queries)} >= {"GridSample", "Mul"}
+    encoder = onnx.load(str(export.paths["encoder"])).graph
+    assert fp32_node_names(encoder) == set()
+
+
+class _Tensor:
+    def __init__(self, dtype):
+        self.dtype = dtype
+
+
+class _Layer:
+    """What constrain_to_fp32 uses of a TensorRT ILayer."""
+
+    def __init__(self, name, metadata, dtypes):
+        self.name, self.metadata, self._outputs = name, metadata, [_Tensor(d) for d in dtypes]
+        self.precision, self.output_types = None, {}
+
+    @property
+    def num_outputs(self):
+        return len(self._outputs)
+
+    def get_output(self, index):
+        return self._outputs[index]
+
+    def set_output_type(self, index, dtype):
+        self.output_types[index] = dtype
+
+
+def test_constrain_to_fp32_pins_the_matching_float_layers():
+    from types import SimpleNamespace
+
+    from bootstap_ros.backends.tensorrt_backend import constrain_to_fp32
+
+    trt = SimpleNamespace(float32="f32", float16="f16", bfloat16="bf16", int64="i64")
+    layers = [_Layer("/Softmax", "[ONNX Layer: /Softmax]", ["f32"]),
+              _Layer("parser_made_7", "[ONNX Layer: /Add_76]", ["f32"]),  # a helper layer of a node
+              _Layer("/ArgMax", "[ONNX Layer: /ArgMax]", ["i64"]),  # indices: left alone
+              _Layer("/MatMul", "[ONNX Layer: /MatMul]", ["f32"]),  # not listed: left alone
+              _Layer("/Mul_3", "", ["f32"])]  # no metadata: matched by name
+    network = SimpleNamespace(num_layers=len(layers), get_layer=lambda i: layers[i])
+    assert constrain_to_fp32(trt, network, {"/Softmax", "/Add_76", "/ArgMax", "/Mul_3"}) == 3
+    assert [layer.precision for layer in layers] == ["f32", "f32", None, None, "f32"]
+    assert layers[0].output_types == {0: "f32"} and layers[3].output_types == {}
+
+
+def test_engine_writes_are_atomic_and_never_share_a_temporary_file(tmp_path, monkeypatch):
+    from bootstap_ros.backends import tensorrt_backend
+
+    target = tmp_path / "tensorrt" / "step.engine"
+    seen = []
+    real_replace = os.replace
+
+    def replace(src, dst):
+        seen.append(Path(src).name)
+        assert Path(src).read_bytes() in (b"engine-a", b"engine-b")  # complete before the rename
+        real_replace(src, dst)
+
+    monkeypatch.setattr(tensorrt_backend.os, "replace", replace)
+    tensorrt_backend.write_atomically(target, b"engine-a")
+    tensorrt_backend.write_atomically(target, b"engine-b")
+    assert target.read_bytes() == b"engine-b"
+    assert len(set(seen)) == 2 and all(name.startswith("step.engine.") for name in seen)
+    assert [p.name for p in target.parent.iterdir()] == ["step.engine"]

@@ -52,7 +52,57 @@ def test_project_checkpoint_carries_its_config(tmp_path):
     for name, tensor in model.state_dict().items():
         assert torch.equal(loaded.model.state_dict()[name], tensor)
     assert load_checkpoint(path, causal=False).config.causal is False
-    assert not list(path.parent.glob("*.tmp"))  # the atomic write left nothing behind
+    assert [p.name for p in path.parent.iterdir()] == ["small.pt"]  # the atomic write left nothing behind
+
+
+def _umask_of_this_process():
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1], 8) for line in status if line.startswith("Umask:"))
+    except (OSError, StopIteration):
+        return None
+
+
+def test_checkpoint_write_is_fsynced_before_the_rename_and_leaves_the_umask_alone(tmp_path, monkeypatch):
+    import os
+
+    from bootstap_ros.model import checkpoint
+
+    path = tmp_path / "model.pt"
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", str(src), str(dst)))
+        real_replace(src, dst)
+
+    def umask(mask):
+        raise AssertionError("save_checkpoint changed the process-wide umask")
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "umask", umask)
+    save_checkpoint(path, small_model())
+    rename = next(i for i, e in enumerate(events) if e[0] == "replace")
+    temporary = events[rename][1]
+    assert events[rename][2] == str(path) and temporary != str(path)
+    assert ("fsync", temporary) in events[:rename]  # the data is on disk before the name points at it
+    assert ("fsync", str(tmp_path)) in events[rename + 1:]  # and the rename itself is
+    mask = _umask_of_this_process()
+    if mask is not None:  # the usual permissions, from the kernel's own umask
+        assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+    # A write that fails half-way leaves the old checkpoint and no temporary file.
+    monkeypatch.setattr(checkpoint.torch, "save", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, small_model(seed=1))
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+    monkeypatch.undo()
+    assert torch.equal(load_checkpoint(path).model.state_dict()["torch_cost_volume_track_mods.hid1.weight"],
+                       small_model().state_dict()["torch_cost_volume_track_mods.hid1.weight"])
 
 
 def test_truncated_file_is_named_with_its_size(official_file, tmp_path):

@@ -140,3 +140,42 @@ def test_video_without_visible_points_is_skipped_and_listed(tmp_path):
     results = json.loads(out.read_text())
     assert results["skipped_videos"] == ["hidden"]
     assert list(results["per_video"]) == ["fine"] and results["num_videos"] == 1
+
+
+def test_frame_stride_keeps_every_kth_frame_and_requeries_on_them():
+    from bootstap_ros.eval.cli import keep_every_kth_frame
+    from bootstap_ros.eval.datasets import EvalSample
+
+    num_frames = 7
+    occluded = np.array([[True, False, False, False, False, False, False],   # first visible on frame 1
+                         [False, False, True, True, True, False, True],     # visible on 0, 5
+                         [True, True, True, True, True, True, False]])      # visible on 6 only
+    points = np.stack(np.meshgrid(np.arange(num_frames), np.arange(3)), -1)[..., ::-1].astype(np.float64)
+    points = points * [10.0, 1.0] + [0.5, 0.5]  # x = 10 * track + 0.5, y = t + 0.5
+    video = np.arange(num_frames, dtype=np.uint8)[:, None, None, None] * np.ones((1, 4, 4, 3), np.uint8)
+    from bootstap_ros.eval.datasets import sample_queries
+
+    # The kept frames 0, 3, 6 become frames 0, 1, 2, and the queries are sampled on them by the
+    # dataset's rule. first: track 0 is first seen on frame 1 (was 3), track 1 on 0, track 2 on 2
+    # (was 6). strided (every 5th kept frame: frame 0 only): track 1 alone is visible there.
+    expected = {"first": ([0, 1, 2], [[1, 3.5, 0.5], [0, 0.5, 10.5], [2, 6.5, 20.5]]),
+                "strided": ([1], [[0, 0.5, 10.5]])}
+    for mode, (expected_ids, expected_queries) in expected.items():
+        query_points, target, occ, ids = sample_queries(occluded, points, mode)
+        sample = EvalSample("v", video, query_points, target, occ, ids, "x.pkl", (4, 4))
+        kept = keep_every_kth_frame(sample, 3, mode)
+        assert kept.video[:, 0, 0, 0].tolist() == [0, 3, 6]
+        assert kept.track_ids.tolist() == expected_ids
+        assert kept.occluded.tolist() == [occluded[i, ::3].tolist() for i in expected_ids]
+        np.testing.assert_array_equal(kept.target_points, points[expected_ids][:, ::3])
+        np.testing.assert_array_equal(kept.query_points, expected_queries)
+
+
+def test_frame_stride_on_the_command_line(tmp_path, square_dataset):
+    results_path = tmp_path / "results.json"
+    assert main([square_dataset, "--tracker", "lk", "--output", str(results_path), "--frame-stride", "3"]) == 0
+    results = json.loads(results_path.read_text())
+    assert results["config"]["frame_stride"] == 3
+    assert {v["num_frames"] for v in results["per_video"].values()} == {4, 3}  # 10 and 8 frames
+    with pytest.raises(SystemExit):
+        parse_config([square_dataset, "--output", "x.json", "--frame-stride", "0"])

@@ -407,7 +407,8 @@ def evaluate_dataset(model: TAPIR, dataset, output, device: torch.device, query_
     """AJ, <delta_avg and OA of `model` on a TAP-Vid / RoboTAP pickle, as `bootstap-eval` scores
     it: online (the CausalTracker, as the ROS node runs) for causal models, offline otherwise.
     The results json goes to `output`."""
-    from bootstap_ros.eval.cli import EvalConfig, ModelPredictor, run_evaluation
+    from bootstap_ros.eval.cli import EvalConfig, run_evaluation
+    from bootstap_ros.eval.predictors import ModelPredictor
 
     mode = "online" if model.config.causal else "offline"
     eval_config = EvalConfig(dataset=str(dataset), output=str(output), query_mode=query_mode,

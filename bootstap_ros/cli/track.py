@@ -18,6 +18,8 @@ import sys
 import time
 from typing import List, Optional
 
+from bootstap_ros.backends.base import BACKEND_CHOICES, PRECISION_CHOICES
+
 DEFAULT_FPS = 30.0
 
 
@@ -41,10 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="softmax temperature of the initial cost-volume estimate (default: the "
                         "checkpoint's; official BootsTAPIR weights 10, TAPIR 20)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    parser.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime", "tensorrt"),
+    parser.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
                         help="online inference backend (auto: the fastest available here)")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"),
-                        help="online inference precision (bf16: CPU or CUDA; fp16: CUDA)")
+    parser.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
+                        help="online inference precision (auto: fp16 for tensorrt, else fp32; bf16: CPU "
+                        "or CUDA; fp16: CUDA)")
     parser.add_argument("--render", help="also write the video with the tracks drawn (.mp4 or a folder)")
     parser.add_argument("--fps", type=float, default=None,
                         help=f"frame rate for --render when the input has none (default {DEFAULT_FPS:g})")

@@ -16,6 +16,7 @@ the summary table.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import hashlib
 import importlib.metadata
@@ -28,9 +29,11 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from bootstap_ros.eval.datasets import FORMATS, QUERY_MODES, DatasetFormatError, TapVidDataset
+from bootstap_ros.backends.base import BACKEND_CHOICES, PRECISION_CHOICES
+from bootstap_ros.eval.datasets import (FORMATS, QUERY_MODES, DatasetFormatError, EvalSample, TapVidDataset,
+                                        sample_queries)
 from bootstap_ros.eval.metrics import THRESHOLDS, compute_video_metrics, mean_over_videos
-from bootstap_ros.eval.predictors import Predictor, predict_tracks
+from bootstap_ros.eval.predictors import ModelPredictor, Predictor, predict_tracks
 
 TRACKERS = ("bootstapir", "lk")
 MODES = ("online", "offline")
@@ -55,7 +58,8 @@ class EvalConfig:
     max_videos: int | None = None
     tracker: str = "bootstapir"
     backend: str = "auto"  # online inference backend: auto|torch|onnxruntime|tensorrt
-    precision: str = "fp32"  # online inference precision: fp32|bf16|fp16
+    precision: str = "auto"  # online inference precision: auto|fp32|bf16|fp16 (auto: fp16 on tensorrt)
+    frame_stride: int = 1  # feed every K-th frame only (as a node that drops frames under load)
     device: str | None = None  # None: cuda when available (bootstapir only).
     report: str | None = None
 
@@ -63,32 +67,6 @@ class EvalConfig:
 # ---------------------------------------------------------------------------
 # The BootsTAPIR hook.
 # ---------------------------------------------------------------------------
-
-
-class ModelPredictor:
-    """BootsTAPIR through the project's tracking code: online as the ROS node runs it
-    (each point added on its query frame, causal state from zero), or offline
-    (the whole-clip forward with the query points given)."""
-
-    def __init__(self, model, mode: str, device: str, backend: str = "auto", precision: str = "fp32"):
-        self.model = model
-        self.mode = mode
-        self.device = device
-        self.backend = backend
-        self.precision = precision
-        self.forward_only = mode == "online"
-
-    def predict(self, video, query_points):
-        from bootstap_ros.tracking import track_offline, track_online
-
-        queries = query_points[:, [0, 2, 1]]  # (t, y, x) -> the engine's (t, x, y)
-        if self.forward_only:
-            result = track_online(self.model, video, queries, device=self.device, backend=self.backend,
-                                  precision=self.precision)
-        else:
-            result = track_offline(self.model, video, queries, device=self.device)
-        return result.tracks, result.occluded
-
 
 def make_bootstapir_predictor(config: EvalConfig) -> Predictor:
     """The BootsTAPIR predictor for `config` (torch is imported only here)."""
@@ -112,7 +90,7 @@ def make_bootstapir_predictor(config: EvalConfig) -> Predictor:
     config.softmax_temperature = model.config.softmax_temperature
     # --resolution is the evaluation raster; the model keeps the resolution it was
     # trained at and resizes frames to it itself (256 for the official checkpoints).
-    if config.mode == "offline" and config.precision != "fp32":
+    if config.mode == "offline" and config.precision not in ("auto", "fp32"):
         raise ValueError("--precision applies to online tracking; offline runs float32")
     return ModelPredictor(model, config.mode, config.device, config.backend, config.precision)
 
@@ -154,10 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--save-predictions", metavar="PREDS.npz")
     parser.add_argument("--max-videos", type=int, metavar="K")
     parser.add_argument("--tracker", default="bootstapir", choices=TRACKERS)
-    parser.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime", "tensorrt"),
+    parser.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
                         help="online inference backend (auto: the fastest available here)")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
-                        help="online inference precision (bf16: CPU or CUDA; fp16: CUDA)")
+    parser.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
+                        help="online inference precision (auto: fp16 for tensorrt, else fp32; bf16: CPU "
+                        "or CUDA; fp16: CUDA)")
+    parser.add_argument("--frame-stride", type=int, default=1, metavar="K",
+                        help="give the tracker every K-th frame only and score those frames (the node "
+                        "drops frames under load: K=2 measures dropping every other one)")
     parser.add_argument("--device", choices=DEVICES, help="default: cuda when available")
     parser.add_argument("--report", metavar="DIR", help="write a per-video CSV, plots and frame strips")
     return parser
@@ -172,6 +154,8 @@ def parse_config(argv=None) -> EvalConfig:
         parser.error(f"--softmax-temperature must be positive, got {args.softmax_temperature}")
     if args.max_videos is not None and args.max_videos < 1:
         parser.error(f"--max-videos must be positive, got {args.max_videos}")
+    if args.frame_stride < 1:
+        parser.error(f"--frame-stride must be at least 1, got {args.frame_stride}")
     return EvalConfig(**vars(args))
 
 
@@ -293,6 +277,23 @@ def _resolve_device(config: EvalConfig) -> None:
         config.device = "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def keep_every_kth_frame(sample: EvalSample, stride: int, query_mode: str) -> EvalSample:
+    """`sample` as a tracker sees it when it gets frames 0, K, 2K, ... only.
+
+    The video and the ground truth keep those frames; the queries are sampled
+    again on them by the dataset's own rule (a track first visible on a dropped
+    frame is queried on the next kept frame where it is visible), so only frames
+    the tracker saw are scored.
+    """
+    _, first = np.unique(sample.track_ids, return_index=True)  # strided mode repeats tracks
+    tracks = np.sort(first)
+    query_points, target_points, occluded, rows = sample_queries(
+        sample.occluded[tracks, ::stride], sample.target_points[tracks, ::stride], query_mode)
+    return dataclasses.replace(sample, video=np.ascontiguousarray(sample.video[::stride]),
+                               query_points=query_points, target_points=target_points, occluded=occluded,
+                               track_ids=sample.track_ids[tracks][rows])
+
+
 def run_evaluation(config: EvalConfig, predictor: Predictor | None = None) -> dict:
     """Evaluate ``predictor`` (built from ``config`` when None); return RESULTS.json's content."""
     from tqdm import tqdm
@@ -313,6 +314,8 @@ def run_evaluation(config: EvalConfig, predictor: Predictor | None = None) -> di
     progress = tqdm(dataset, total=config.max_videos, unit="video", desc="bootstap-eval")
     try:
         for sample in progress:
+            if config.frame_stride > 1:
+                sample = keep_every_kth_frame(sample, config.frame_stride, config.query_mode)
             name = sample.name
             if name in per_video or name in skipped:
                 name = f"{os.path.basename(sample.source)}:{name}"

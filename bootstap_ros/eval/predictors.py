@@ -1,4 +1,4 @@
-"""The predictor protocol of the evaluation and how a video is run through it.
+"""The predictor protocol of the evaluation, the model's predictor, and how a video is run through it.
 
 This module owns the contract between the evaluation and a tracker, and the
 time-reversal trick that lets a forward-only (causal, online) tracker answer
@@ -95,3 +95,28 @@ def predict_tracks(
     tracks[unscored] = np.broadcast_to(query_xy[:, None, :], tracks.shape)[unscored]
     occluded[unscored] = True
     return tracks, occluded
+
+
+class ModelPredictor:
+    """BootsTAPIR through the project's tracking code: online as the ROS node runs it
+    (each point added on its query frame, causal state from zero), or offline
+    (the whole-clip forward with the query points given)."""
+
+    def __init__(self, model, mode: str, device: str, backend: str = "auto", precision: str = "auto"):
+        self.model = model
+        self.mode = mode
+        self.device = device
+        self.backend = backend
+        self.precision = precision
+        self.forward_only = mode == "online"
+
+    def predict(self, video, query_points):
+        from bootstap_ros.tracking import track_offline, track_online
+
+        queries = query_points[:, [0, 2, 1]]  # (t, y, x) -> the engine's (t, x, y)
+        if self.forward_only:
+            result = track_online(self.model, video, queries, device=self.device, backend=self.backend,
+                                  precision=self.precision)
+        else:
+            result = track_offline(self.model, video, queries, device=self.device)
+        return result.tracks, result.occluded

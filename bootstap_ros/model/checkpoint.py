@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Union
@@ -223,14 +223,38 @@ def save_checkpoint(path: Union[str, os.PathLike], model: torch.nn.Module,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         **extra,
     }
-    handle, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; a checkpoint is not
+    atomic_torch_save(content, path)
+
+
+def atomic_torch_save(content: Any, path: Union[str, os.PathLike]) -> None:
+    """`torch.save(content)` to `path` so that a crash or power loss leaves either the old
+    file or the whole new one under that name, never a truncated file.
+
+    The data goes to a uniquely named file beside `path` (so concurrent writers never
+    share one), is fsync'd, renamed into place, and the folder is fsync'd so the rename
+    itself is on disk. The file is created with mode 0o666 and the kernel applies the
+    process's umask: no process-wide umask change (which would race other threads).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
     try:
-        torch.save(content, tmp)
+        descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(descriptor, "wb") as file:
+            torch.save(content, file)
+            file.flush()
+            os.fsync(file.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+    try:
+        directory = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return  # e.g. a platform without directory descriptors
+    try:
+        os.fsync(directory)
+    except OSError:
+        pass  # some filesystems cannot fsync a directory
+    finally:
+        os.close(directory)
