@@ -2,10 +2,12 @@
 
 import copy
 import csv
+import dataclasses
 import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,12 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.multiprocessing as mp
 
-from bootstap_ros.tracking import CausalTracker
-from small_model import moving_clip, small_model
 from bootstap_ros.model import load_checkpoint, save_checkpoint
-from small_model import blob_clip
-from training.bootstrap import BootstrapConfig, bootstrap, bootstrap_loss, main, step_generators
+from bootstap_ros.tracking import CausalTracker
+from small_model import blob_clip, moving_clip, small_model
+from training.bootstrap import (BootstrapConfig, bootstrap, bootstrap_loss, build_parser, main,
+                                step_generators)
 from training.logs import write_image_bag
 
 REPO = Path(__file__).resolve().parents[1]
@@ -257,3 +260,51 @@ def test_resume_after_a_kill_gives_the_weights_of_an_uninterrupted_run(inputs, t
         assert torch.equal(got["state_dict"][key], value), key
     with open(killed / "train_log.csv") as file:
         assert [int(line.split(",")[0]) for line in file.readlines()[1:]] == list(range(1, steps + 1))
+
+
+def test_help_documents_every_setting():
+    text = build_parser().format_help()
+    for name in (f.name for f in dataclasses.fields(BootstrapConfig)):
+        if name not in ("output", "data"):
+            assert f"  {name}=" in text, name
+    for flag in ("--config", "--data", "--image-topic", "--init", "--teacher", "--steps",
+                 "--batch-size", "--device", "--eval", "--resume", "--output"):
+        assert flag in text, flag
+    with pytest.raises(ValueError, match="lr expects a number"):
+        BootstrapConfig.from_dict({"lr": "fast"})
+    with pytest.raises(ValueError, match="unknown bootstrapping config keys"):
+        BootstrapConfig.from_dict({"learning_rate": 1.0})
+    assert BootstrapConfig.from_dict({"lr": "1e-3", "affine": "false"}).lr == 1e-3
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _ddp_worker(rank, world_size, port, config, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size))
+    torch.set_num_threads(1)
+    model = bootstrap(config)
+    torch.save(model.state_dict(), os.path.join(out_dir, f"rank{rank}.pt"))
+
+
+@pytest.mark.slow
+def test_ddp_gloo_two_processes_end_with_identical_weights(inputs, tmp_path):
+    config = BootstrapConfig(output=str(tmp_path / "run"), data=[str(inputs / "bag")],
+                             init=str(inputs / "tiny.pt"), steps=2, batch_size=1, device="cpu",
+                             num_points=8, supervised_points=8, clip_frames=4, num_workers=0,
+                             log_every=1, warmup=1, lr=1e-3, cycle_mask=False)
+    mp.spawn(_ddp_worker, args=(2, _free_port(), config, str(tmp_path)), nprocs=2, join=True)
+    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    initial = _state(inputs / "tiny.pt")["state_dict"]
+    assert any(not torch.equal(rank0[k], initial[k]) for k in rank0)
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key
+    final = _state(tmp_path / "run" / "final.pt")["state_dict"]
+    for key in rank0:
+        assert torch.equal(final[key], rank0[key]), key
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["world_size"] == 2

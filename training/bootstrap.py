@@ -89,68 +89,126 @@ TRAIN_COLUMNS = ("step", "lr", "loss", "position", "occlusion", "uncertainty", "
 _FIXED_ON_RESUME = ("init", "causal", "expand_capacity", "teacher", "teacher_causal", "siamese")
 
 
+#: What each setting does (`--help` lists them with their defaults).
+KEY_HELP = {
+    "output": "run directory (--output)",
+    "data": "inputs (--data): bag folders, .mcap/.db3 files, videos, image folders",
+    "image_topic": "the bags' image topic (default: each bag's only image topic)",
+    "cache": "where decoded clips go (default: OUTPUT/clips); reused when inputs and clip settings match",
+    "clip_frames": "frames per clip (the paper: 24; its clip-length ablation: 2 and 6)",
+    "clip_stride": "keep every n-th frame of the logs",
+    "clip_fps": "or resample the logs to this frame rate, by their stamps",
+    "clip_size": "clips' side in pixels (default: the model's resolution)",
+    "init": "the student's starting weights (--init; default: the embedded model)",
+    "causal": "student causality: null keeps a project checkpoint's, official state_dicts default to true",
+    "expand_capacity": "add BootsTAP's 5 zero-initialised conv blocks to a model that has none",
+    "teacher": "ema, or a checkpoint that teaches unchanged (--teacher)",
+    "teacher_causal": "causality of a --teacher checkpoint (null: stored; official state_dicts: false, offline)",
+    "ema_decay": "EMA teacher = decay * teacher + (1 - decay) * student after each step "
+                 "(project choice: the paper does not state it)",
+    "steps": "total steps (--steps)",
+    "batch_size": "log clips per step and process (--batch-size)",
+    "supervised_batch_size": "synthetic clips per step and process (null: 2 x batch_size; 0: no "
+                             "supervised task)",
+    "lr": "self-supervised peak learning rate (warmup, then cosine decay to 0 at steps)",
+    "supervised_lr": "supervised peak learning rate (null: 2 x lr)",
+    "warmup": "linear warmup steps of both learning rates",
+    "weight_decay": "decoupled weight decay of both optimisers (0: Adam, as the paper)",
+    "beta2": "Adam beta2 of both optimisers",
+    "grad_clip": "max gradient norm per task (0: off)",
+    "loss": "TAPIR loss weights and thresholds (a mapping of LossConfig fields)",
+    "num_points": "teacher queries per log clip (the paper: 128)",
+    "same_query_prob": "probability that the student queries the teacher's own point",
+    "same_query": "ablation: the student always queries the teacher's point",
+    "uniform_queries": "ablation: the student's query drawn uniformly over the visible frames",
+    "cycle_mask": "drop tracks whose student track misses the teacher's query (false: ablation)",
+    "cycle_threshold": "cycle-consistency distance in px, measured at 256x256",
+    "proximity_mask": "drop frames closer in time to the student's query frame than the teacher's",
+    "siamese": "ablation: no teacher copy and no stop-gradient (the student labels itself)",
+    "affine": "the student's view shrunk and pasted at a moving offset (false: ablation)",
+    "jpeg": "JPEG-compress the student's frames (false: ablation)",
+    "min_scale": "smallest student frame side, as a fraction of the clip's",
+    "max_scale": "largest student frame side, as a fraction of the clip's",
+    "jpeg_quality": "[low, high] JPEG quality range",
+    "supervised_frames": "frames per synthetic clip (null: clip_frames)",
+    "supervised_points": "labelled tracks per synthetic clip",
+    "synthetic_clips": "cycle through this many synthetic clips (0: always new ones)",
+    "seed": "seed of the clip order, the synthetic clips, views and queries",
+    "device": "auto, cpu or cuda (--device)",
+    "amp": "autocast: auto (bf16 on CUDA, float32 on CPU), bf16, fp16 (CUDA) or off",
+    "num_workers": "DataLoader worker processes",
+    "log_every": "steps between log rows",
+    "checkpoint_every": "steps between resumable checkpoints",
+    "eval": "TAP-Vid / RoboTAP pickle to score (--eval)",
+    "eval_every": "steps between evaluations (0: only at the end)",
+    "eval_query_mode": "first or strided",
+    "eval_max_videos": "score only the first N videos (null: all)",
+}
+
+
 @dataclass
 class BootstrapConfig:
-    """Everything a bootstrapping run depends on; stored in every checkpoint."""
+    """Everything a bootstrapping run depends on; stored in every checkpoint. The meaning of
+    each field: `KEY_HELP`."""
 
     output: str = "runs/bootstrap"
     # Unlabelled data: rosbag2 bag folders, video files and image folders (training.logs).
     data: List[str] = field(default_factory=list)
-    image_topic: Optional[str] = None  # the bag's image topic (default: its only one)
-    cache: Optional[str] = None  # where decoded clips go (default: OUTPUT/clips)
-    clip_frames: int = 24  # frames per clip (the paper: 24; its ablation: 2 and 6)
-    clip_stride: int = 1  # keep every n-th frame of the logs
-    clip_fps: Optional[float] = None  # or resample the logs to this frame rate
-    clip_size: Optional[int] = None  # clips' side in pixels (default: the model's resolution)
+    image_topic: Optional[str] = None
+    cache: Optional[str] = None
+    clip_frames: int = 24
+    clip_stride: int = 1
+    clip_fps: Optional[float] = None
+    clip_size: Optional[int] = None
     # Student: the embedded default model (None), or a project / official checkpoint.
     init: Optional[str] = None
-    causal: Optional[bool] = None  # None: as stored (project) or causal (official state_dict)
-    expand_capacity: bool = False  # add BootsTAP's 5 zero-initialised conv blocks if missing
+    causal: Optional[bool] = None
+    expand_capacity: bool = False
     # Teacher: "ema" (an exponential moving average of the student) or a checkpoint path
     # (fixed; an offline model may teach a causal student).
     teacher: str = "ema"
-    teacher_causal: Optional[bool] = None  # for an official teacher state_dict (default offline)
-    ema_decay: float = 0.99  # project choice (the paper does not state it): ~100-step horizon
+    teacher_causal: Optional[bool] = None
+    ema_decay: float = 0.99
     # Optimisation: AdamW per task (weight_decay 0 = the paper's Adam), warmup then cosine.
     steps: int = 1000
-    batch_size: int = 2  # self-supervised clips per step and process
-    supervised_batch_size: Optional[int] = None  # default 2 x batch_size; 0: no supervised task
-    lr: float = 5e-5  # self-supervised peak learning rate
-    supervised_lr: Optional[float] = None  # default 2 x lr
+    batch_size: int = 2
+    supervised_batch_size: Optional[int] = None
+    lr: float = 5e-5
+    supervised_lr: Optional[float] = None
     warmup: int = 50
     weight_decay: float = 0.0
     beta2: float = 0.95
     grad_clip: float = 1.0
     loss: LossConfig = field(default_factory=LossConfig)
     # Queries and pseudo-label filtering.
-    num_points: int = 128  # teacher queries per clip
-    same_query_prob: float = 0.5  # the student queries the teacher's own point this often
-    same_query: bool = False  # ablation: always the teacher's query
-    uniform_queries: bool = False  # ablation: a uniform draw over the visible frames
-    cycle_mask: bool = True  # ablation switch: False keeps every track
-    cycle_threshold: float = 4.0  # px in a 256x256 raster
+    num_points: int = 128
+    same_query_prob: float = 0.5
+    same_query: bool = False
+    uniform_queries: bool = False
+    cycle_mask: bool = True
+    cycle_threshold: float = 4.0
     proximity_mask: bool = True
-    siamese: bool = False  # ablation: the student is its own teacher, gradients through both
+    siamese: bool = False
     # The student's view (training.views.ViewConfig).
-    affine: bool = True  # ablation switch: False = no resize / paste / motion
-    jpeg: bool = True  # ablation switch
+    affine: bool = True
+    jpeg: bool = True
     min_scale: float = 0.5
     max_scale: float = 0.9
     jpeg_quality: Tuple[int, int] = (15, 95)
     # The supervised task's synthetic clips (training.synthetic).
-    supervised_frames: Optional[int] = None  # default clip_frames
+    supervised_frames: Optional[int] = None
     supervised_points: int = 128
-    synthetic_clips: int = 0  # 0: a new clip every time; K: cycle through K clips
+    synthetic_clips: int = 0
     seed: int = 0
     # Runtime.
-    device: str = "auto"  # auto | cpu | cuda
-    amp: str = "auto"  # auto (bf16 on CUDA, float32 on CPU) | bf16 | fp16 (CUDA) | off
+    device: str = "auto"
+    amp: str = "auto"
     num_workers: int = 2
     log_every: int = 10
     checkpoint_every: int = 100
     # Evaluation: a TAP-Vid / RoboTAP pickle scored as bootstap-eval does.
     eval: Optional[str] = None
-    eval_every: int = 100  # 0: only at the end
+    eval_every: int = 100
     eval_query_mode: str = "first"
     eval_max_videos: Optional[int] = None
 
@@ -639,8 +697,8 @@ _FLAGS = {  # flag -> (field, type, help)
 def build_parser() -> argparse.ArgumentParser:
     defaults = BootstrapConfig()
     keys = "\n".join(
-        f"  {f.name}={_shown(getattr(defaults, f.name))}" for f in dataclasses.fields(BootstrapConfig)
-        if f.name not in ("output", "data"))
+        f"  {f.name}={_shown(getattr(defaults, f.name))}\n      {KEY_HELP[f.name]}"
+        for f in dataclasses.fields(BootstrapConfig) if f.name not in ("output", "data"))
     parser = argparse.ArgumentParser(
         prog="bootstap-train-bootstrap", argument_default=argparse.SUPPRESS,
         formatter_class=argparse.RawDescriptionHelpFormatter,
