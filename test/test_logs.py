@@ -271,6 +271,24 @@ def test_truncated_bag_is_skipped_with_a_warning_naming_it(tmp_path, caplog, sto
     assert len(LogClips(tmp_path / "out" / "manifest.json")) == 4
 
 
+def test_sqlite_bag_cut_short_keeps_the_frames_before_the_damage(tmp_path, caplog):
+    # Its last page lost: SQLite opens the file and fails only when the reading gets there.
+    frames = moving(64)
+    bag = write_image_bag(tmp_path / "bag", frames, stamps(64), storage="sqlite3",
+                          compressed=True)
+    data = next(bag.glob("*.db3"))
+    os.truncate(data, data.stat().st_size * 99 // 100)
+    with caplog.at_level(logging.WARNING, logger="training.logs"):
+        manifest = manifest_of(prepare_logs([bag], tmp_path / "out", config()))
+    warning = next(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert str(bag.resolve()) in warning and "partly read" in warning and "malformed" in warning
+    source = manifest["sources"][0]
+    assert source["status"] == "partial" and 0 < source["stats"]["frames"] < 64
+    dataset = LogClips(tmp_path / "out" / "manifest.json")
+    assert len(dataset) == source["stats"]["frames"] // 8
+    assert np.abs(dataset[0]["video"].astype(int) - frames[:8]).mean() < 3
+
+
 def test_damaged_split_bag_keeps_the_readable_files(tmp_path, caplog):
     # A recording killed mid-way: no metadata.yaml and a truncated last file.
     frames = moving(32)
