@@ -495,7 +495,8 @@ def test_latency_bench_reports_rate_latency_and_cpu(tmp_path):
     output = tmp_path / "bench.json"
     status = latency_bench.main(["--random", "small", "--points", "4", "--size", "160x120",
                                  "--fps", "15", "--warmup", "1", "--duration", "2",
-                                 "--image-reliability", "reliable", "--output", str(output)])
+                                 "--image-reliability", "reliable", "--depth",
+                                 "--output", str(output)])
     assert status == 0
     report = json.loads(output.read_text())
     figures = report["figures"]
@@ -503,3 +504,4 @@ def test_latency_bench_reports_rate_latency_and_cpu(tmp_path):
     assert figures["frames_tracked"] > 0 and figures["output_rate_hz"] > 0
     assert 0 < figures["latency_ms"]["p50"] < 10_000
     assert 0 < figures["node_cpu_cores"] < os.cpu_count() + 1
+    assert figures["node_counters_over_window"]["tracks_3d_published"] > 0  # --depth

@@ -7,6 +7,8 @@ plus the sustained output rate, how many frames the node skipped (it always
 works on the newest frame, so a slow model lowers the output rate, not the latency)
 and the node process's CPU use (user + system time over the window, in cores).
 `--points 0` measures the node with no point to track (it then runs no network).
+`--depth` also publishes a depth image (16UC1) and a CameraInfo with every image and
+runs the node with `use_depth`, to measure what `tracks_3d` costs.
 
     python -m bootstap_ros.ros.latency_bench --checkpoint model.pt --fps 30 --points 64
     python -m bootstap_ros.ros.latency_bench --random bootstapir --output bench.json
@@ -60,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-reliability", default="best_effort",
                         choices=("best_effort", "reliable"),
                         help="the node's qos.image.reliability (default best_effort, REP-2003)")
+    parser.add_argument("--depth", action="store_true",
+                        help="also publish depth and camera_info; the node runs with use_depth")
     parser.add_argument("--output", help="write the figures as JSON here")
     return parser
 
@@ -104,7 +108,7 @@ def run(args) -> dict:
     from rclpy.executors import SingleThreadedExecutor
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from sensor_msgs.msg import Image, PointCloud2
+    from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
     from bootstap_ros.ros.conversions import array_to_image
 
@@ -128,9 +132,8 @@ def run(args) -> dict:
                "-p", f"device:={args.device}", "-p", f"precision:={args.precision}",
                "-p", f"cpu_threads:={args.cpu_threads}",
                "-p", f"qos.image.reliability:={args.image_reliability}"]
-    node_log = open(Path(scratch.name) / "tracker_node.log", "w")
-    tracker = subprocess.Popen(command, stdout=node_log, stderr=subprocess.STDOUT,
-                               stdin=subprocess.DEVNULL, start_new_session=True)
+    if args.depth:
+        command += ["-p", "use_depth:=true"]
 
     context = Context()
     rclpy.init(context=context)
@@ -149,6 +152,27 @@ def run(args) -> dict:
 
     node.create_subscription(PointCloud2, "tracks", on_tracks, QoSProfile(
         depth=50, reliability=ReliabilityPolicy.RELIABLE))
+    received_3d = []  # stamp ns of each tracks_3d
+    if args.depth:
+        # A slanted plane 1-2 m away, registered to the colour image, and a pinhole camera.
+        depth_mm = np.linspace(1000, 2000, width, dtype=np.float32)[None].repeat(height, 0)
+        depth_msg = Image(height=height, width=width, encoding="16UC1", step=2 * width,
+                          is_bigendian=int(sys.byteorder == "big"),
+                          data=depth_mm.round().astype(np.uint16).tobytes())
+        focal = 0.8 * width
+        camera_info = CameraInfo(width=width, height=height, distortion_model="plumb_bob",
+                                 d=[0.0] * 5, k=[focal, 0.0, (width - 1) / 2, 0.0, focal,
+                                                 (height - 1) / 2, 0.0, 0.0, 1.0])
+        reliable = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+        depth_publisher = node.create_publisher(Image, "depth", reliable)
+        info_publisher = node.create_publisher(CameraInfo, "camera_info", reliable)
+
+        def on_tracks_3d(msg):
+            with lock:
+                received_3d.append(msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec)
+
+        node.create_subscription(PointCloud2, "tracks_3d", on_tracks_3d, QoSProfile(
+            depth=50, reliability=ReliabilityPolicy.RELIABLE))
     diagnostics = []  # (time ns, {key: value}) of the node's status
 
     def on_diagnostics(msg):
@@ -166,12 +190,21 @@ def run(args) -> dict:
         stamp = time.time_ns()  # the node's clock is the system clock too
         msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 1_000_000_000)
         msg.header.frame_id = "bench"
+        if args.depth:  # first, so that the depth image is there when the image is tracked
+            for extra in (depth_msg, camera_info):
+                extra.header = msg.header
+            depth_publisher.publish(depth_msg)
+            info_publisher.publish(camera_info)
         publisher.publish(msg)
         with lock:
             published.append(stamp)
 
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)
+    # Started last, so that nothing above can fail and leave it running.
+    node_log = open(Path(scratch.name) / "tracker_node.log", "w")
+    tracker = subprocess.Popen(command, stdout=node_log, stderr=subprocess.STDOUT,
+                               stdin=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
         while not received:  # the node is up once the first frame came back
@@ -224,6 +257,13 @@ def run(args) -> dict:
         for key in ("frames received", "dropped frames"):
             node_counts[key.replace(" ", "_")] = int(inside[-1][key]) - int(inside[0][key])
         node_counts["seconds"] = len(inside) - 1
+    if args.depth:
+        times = [float(v["tracks_3d time, mean (ms)"]) for v in inside
+                 if v.get("tracks_3d time, mean (ms)", "n/a") != "n/a"]
+        node_counts["tracks_3d_ms_mean"] = float(np.mean(times)) if times else None
+        with lock:
+            node_counts["tracks_3d_published"] = sum(
+                window_start <= s < window_end for s in received_3d)
     latencies = [(r - s) / 1e6 for s, r in answered]
     seconds = (window_end - window_start) / 1e9
     figures = {
@@ -246,7 +286,7 @@ def run(args) -> dict:
                   "duration_s": args.duration, "resolution": args.resolution or "model's",
                   "backend": args.backend, "device": args.device, "precision": args.precision,
                   "cpu_threads": args.cpu_threads,
-                  "image_reliability": args.image_reliability},
+                  "image_reliability": args.image_reliability, "depth": args.depth},
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version()},
     }
@@ -275,6 +315,11 @@ def main(argv=None) -> int:
         print(f"  node over {c['seconds']} s: {c['frames_received']} frames reached it, "
               f"{c['dropped_frames']} skipped by its newest-frame queue")
     print(f"  node CPU use {f['node_cpu_cores']:.2f} cores (user + system time over the window)")
+    if "tracks_3d_published" in f["node_counters_over_window"]:
+        c = f["node_counters_over_window"]
+        spent = "n/a" if c["tracks_3d_ms_mean"] is None else f"{c['tracks_3d_ms_mean']:.2f} ms"
+        print(f"  tracks_3d: {c['tracks_3d_published']} published, the node's time for them "
+              f"(depth lookup + cloud) mean {spent} per frame")
     print(f"  latency image stamp -> tracks received: mean {ms(latency['mean'])}, "
           f"p50 {ms(latency['p50'])}, p95 {ms(latency['p95'])}, max {ms(latency['max'])}")
     if args.output:
