@@ -2,6 +2,7 @@
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -337,3 +338,28 @@ def test_capacity_command_writes_an_expanded_checkpoint_and_a_report(tmp_path, c
     assert report["clips"] == 1 and 0 <= report["track_difference_px_median"] <= report["track_difference_px_max"]
     assert 0 <= report["visibility_agreement"] <= 1 and 0 <= report["expanded"]["average_jaccard"] <= 1
     assert "visibility agrees" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_parts_keep_tensors_on_the_models_device(device):
+    from training.views import ViewConfig, invert_affine, map_queries, map_tracks, student_batch
+
+    g = _generator(9)
+    videos = torch.randint(0, 256, (2, 3, 32, 32, 3), generator=g, dtype=torch.uint8).to(device)
+    student_video, affines = student_batch(videos, ViewConfig(), np.random.default_rng(0))
+    assert student_video.device == videos.device and affines.device == videos.device
+    teacher_queries = sample_teacher_queries(g, 2, 5, 3, 32, device=device)
+    tracks = (torch.rand(2, 5, 3, 2, generator=g) * 32).to(device)
+    visible = torch.ones(2, 5, 3, dtype=torch.bool, device=device)
+    student_queries = resample_student_queries(g, teacher_queries, tracks, visible, size=32)
+    assert student_queries.device == videos.device
+    mapped = map_queries(student_queries, affines)
+    back = map_tracks(map_tracks(tracks, affines), invert_affine(affines))
+    assert mapped.device == videos.device and torch.allclose(back, tracks, atol=1e-4)
+    cycle = cycle_consistency_mask(tracks, visible, teacher_queries, 32)
+    proximity = proximity_mask(teacher_queries[..., 0], student_queries[..., 0], 3)
+    assert cycle.device == proximity.device == videos.device
+    student = small_model(seed=6).to(device)
+    teacher = make_ema_teacher(student)
+    assert next(teacher.parameters()).device == next(student.parameters()).device
+    ema_update(teacher, student, 0.5)
