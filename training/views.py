@@ -164,7 +164,9 @@ def render_student_clip(frames: np.ndarray, affine: np.ndarray, config: ViewConf
 
     Each frame is JPEG-compressed at a random quality (when config.jpeg; before
     any resizing, as the paper does), then warped by its map onto a black canvas
-    of the same size (bilinear). Pixels outside the pasted frame are 0.
+    of the same size (bilinear). Pixels outside the pasted frame are 0. There is
+    no anti-aliasing filter, as in the model's own input resize (bilinear, no
+    antialias), which the student meets at inference.
     """
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
