@@ -308,3 +308,18 @@ def test_ddp_gloo_two_processes_end_with_identical_weights(inputs, tmp_path):
     for key in rank0:
         assert torch.equal(final[key], rank0[key]), key
     assert json.loads((tmp_path / "run" / "config.json").read_text())["world_size"] == 2
+
+
+def test_training_installs_under_its_own_name_not_as_a_top_level_training(tmp_path):
+    # Outside the checkout (no repository on the path): the installed package is
+    # bootstap_ros_training, and no generic `training` package comes from this project.
+    code = ("import importlib.util, bootstap_ros_training.bootstrap as b\n"
+            "spec = importlib.util.find_spec('training')\n"
+            "print(b.__name__, spec.origin if spec else None)\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    name, origin = result.stdout.split()
+    assert name == "bootstap_ros_training.bootstrap"
+    assert origin == "None" or not Path(origin).is_relative_to(REPO), origin
