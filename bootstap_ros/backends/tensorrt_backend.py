@@ -302,22 +302,8 @@ class TensorRTBackend:
         return self._grids
 
     def set_queries(self, features, slots: np.ndarray, points: np.ndarray) -> None:
-        import torch
-
-        slots = np.asarray(slots, np.int64)
-        for start in range(0, len(slots), self.block_size):
-            chunk = np.zeros((self.block_size, 2), np.float32)
-            part = points[start:start + self.block_size]
-            chunk[:len(part)] = part
-            self._points.copy_(torch.from_numpy(chunk))
-            self.engines["queries"].run({**features, "points": self._points, **self._query_out}, self._stream)
-            rows = torch.from_numpy(slots[start:start + self.block_size]).to(self.device)
-            self._query_hires[rows] = self._query_out["query_hires"][:len(part)].float()
-            self._query_lowres[rows] = self._query_out["query_lowres"][:len(part)].float()
-        for slot in slots:
-            block, row = divmod(int(slot), self.block_size)
-            self._state[block][0][:, :, row] = 0
-            self._state[block][1][:, :, row] = 0
+        # Through the host: points are added rarely, and one path serves both ways of adding.
+        self.set_query_features(slots, self.query_features(features, points))
 
     def query_features(self, features, points: np.ndarray) -> Dict[str, np.ndarray]:
         import torch
