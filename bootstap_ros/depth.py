@@ -156,6 +156,12 @@ class DepthPairing:
                 or any(s > stamp_ns + slop_ns for s in self._items), timeout=wait_s)
             return self._nearest(stamp_ns, slop_ns) if found else None
 
+    @property
+    def latest_stamp(self) -> Optional[int]:
+        """The newest stamp held (ns), or None."""
+        with self._condition:
+            return max(self._items, default=None)
+
     def clear(self) -> None:
         with self._condition:
             self._items.clear()

@@ -83,9 +83,11 @@ def test_a_known_tilted_plane_comes_back_as_that_plane():
 
 def test_pairing_exact_nearest_slop_capacity_and_waiting():
     pairing = DepthPairing(capacity=3)
+    assert pairing.latest_stamp is None
     for stamp in (1_000_000_000, 1_010_000_000, 1_030_000_000):
         pairing.add(stamp, stamp)
     assert pairing.match(1_010_000_000, 0.02) == 1_010_000_000
+    assert pairing.latest_stamp == 1_030_000_000
     assert pairing.match(1_024_000_000, 0.02) == 1_030_000_000  # nearest within slop
     assert pairing.match(1_100_000_000, 0.02) is None
     pairing.add(1_040_000_000, "new")  # drops the oldest

@@ -360,7 +360,11 @@ class TrackerNode(Node):
                                                   tracks_3d_to_cloud)
 
         stamp = _stamp_ns(header)
-        depth_msg = self._depth_pairing.match(stamp, self._depth_slop, wait_s=DEPTH_WAIT_S)
+        # Wait for a depth image still on its way only while the depth stream is alive (one
+        # within the last second): without one, waiting would only slow every frame down.
+        latest = self._depth_pairing.latest_stamp
+        alive = latest is not None and stamp - latest < 1_000_000_000
+        depth_msg = self._depth_pairing.match(stamp, self._depth_slop, wait_s=DEPTH_WAIT_S if alive else 0.0)
         start = time.perf_counter()
         info = self._camera_info
         problem = None
