@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from bootstap_ros import bench
 
 TINY = ('{"backbone_channels": [16, 32, 32, 48], "backbone_blocks": [1, 1, 1, 1], "stem_channels": 16, '
@@ -10,6 +12,7 @@ TINY = ('{"backbone_channels": [16, 32, 32, 48], "backbone_blocks": [1, 1, 1, 1]
 
 
 def test_bench_writes_json_plot_and_table(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
     code = bench.main(["--random-weights", "--model-config", TINY, "--backends", "torch,onnxruntime",
                        "--points", "3,8", "--frames", "2", "--warmup", "1", "--block-size", "4",
                        "--cache-dir", str(tmp_path / "cache"), "--output", str(tmp_path / "out")])
