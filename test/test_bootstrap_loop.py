@@ -323,3 +323,17 @@ def test_training_installs_under_its_own_name_not_as_a_top_level_training(tmp_pa
     name, origin = result.stdout.split()
     assert name == "bootstap_ros_training.bootstrap"
     assert origin == "None" or not Path(origin).is_relative_to(REPO), origin
+
+
+def test_log_batches_visit_every_clip_once_per_epoch_and_resume_in_place():
+    from training.bootstrap import LogBatches
+
+    one = list(LogBatches(5, 0, 5, batch_size=2, seed=3, rank=0, world_size=1))
+    flat = [index for batch in one for index in batch]
+    assert sorted(flat[:5]) == list(range(5)) and sorted(flat[5:10]) == list(range(5))
+    assert flat[:5] != flat[5:10]  # a new order every epoch
+    assert list(LogBatches(5, 3, 5, batch_size=2, seed=3)) == one[3:]  # resumed at step 3
+    ranks = [list(LogBatches(4, 0, 2, batch_size=1, seed=0, rank=r, world_size=2)) for r in (0, 1)]
+    assert sorted(ranks[0][0] + ranks[1][0] + ranks[0][1] + ranks[1][1]) == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="no clips"):
+        LogBatches(0, 0, 1, batch_size=1, seed=0)

@@ -231,3 +231,48 @@ def test_ddp_gloo_two_processes_end_with_identical_weights(tmp_path):
         assert torch.equal(value, rank0[key]), key
     with open(tmp_path / "run" / "config.json") as file:
         assert json.load(file)["world_size"] == 2
+
+
+def test_training_checkpoints_hold_several_parts_and_load_as_project_checkpoints(tmp_path):
+    from training.train import _CsvLog, load_training_parts, make_adamw, save_training_checkpoint
+
+    torch.manual_seed(0)
+    student, teacher = build_model(SMALL).train(), build_model(SMALL)
+    optimizer = make_adamw(student, 1e-3, 0.0, 0.95)
+    student(torch.zeros(1, 2, 64, 64, 3), torch.zeros(1, 1, 3)).tracks.sum().backward()
+    optimizer.step()
+    scaler = torch.amp.GradScaler("cuda", enabled=False)  # disabled: left out
+    path = tmp_path / "run" / "checkpoint.pt"
+    save_training_checkpoint(path, student, {"teacher": teacher, "optimizer": optimizer,
+                                             "scaler": scaler}, step=3)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["checkpoint.pt"]  # no temp file left
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+    loaded = load_checkpoint(path)  # what bootstap-track does: no flags
+    assert loaded.extra["step"] == 3 and "scaler" not in loaded.extra
+    for key, value in student.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[key], value), key
+
+    other_teacher, other_optimizer = build_model(SMALL), make_adamw(loaded.model, 1e-3, 0.0, 0.95)
+    content = torch.load(path, weights_only=True)
+    load_training_parts(content, {"teacher": other_teacher, "optimizer": other_optimizer,
+                                  "scaler": scaler})
+    for key, value in teacher.state_dict().items():
+        assert torch.equal(other_teacher.state_dict()[key], value), key
+    assert other_optimizer.state_dict()["state"][0]["step"] == 1
+    with pytest.raises(ValueError, match="no 'missing' state"):
+        load_training_parts(content, {"missing": optimizer})
+
+    # Logs take new columns as they come, keeping the rows already written.
+    log = _CsvLog(tmp_path / "log.csv", ("step", "loss"), 0)
+    log.write({"step": 1, "loss": 0.5})
+    log.write({"step": 2, "loss": 0.25, "kept_tracks": 0.75})
+    with open(tmp_path / "log.csv") as file:
+        rows = list(csv.DictReader(file))
+    assert rows == [{"step": "1", "loss": "0.5", "kept_tracks": ""},
+                    {"step": "2", "loss": "0.25", "kept_tracks": "0.75"}]
+    resumed = _CsvLog(tmp_path / "log.csv", ("step", "loss"), 1)  # a resume at step 1
+    assert resumed.columns == ["step", "loss", "kept_tracks"]
+    with open(tmp_path / "log.csv") as file:
+        assert [row["step"] for row in csv.DictReader(file)] == ["1"]

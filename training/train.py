@@ -51,7 +51,7 @@ import torch.distributed as dist
 
 from bootstap_ros.config import ModelConfig
 from bootstap_ros.model import TAPIR, build_model, load_checkpoint, preprocess_frames
-from bootstap_ros.model.checkpoint import FORMAT_NAME, FORMAT_VERSION, read_checkpoint_file
+from bootstap_ros.model.checkpoint import read_checkpoint_file, save_checkpoint
 from .configs import resolve_model_config
 from .data import StepBatches, SyntheticClips, heldout_path, make_loader, write_heldout_set
 from .losses import LossConfig, tapir_loss
@@ -422,35 +422,6 @@ def evaluate_dataset(model: TAPIR, dataset, output, device: torch.device, query_
 
 # ----------------------------------------------------------------------------- checkpoints
 
-def atomic_save(content: Dict, path: Path) -> None:
-    """torch.save to a temporary file beside `path`, fsync, then rename into place: a crash
-    or kill never leaves a truncated file under the final name. The file gets the usual
-    permissions (0o666 less the umask, applied by the kernel at creation)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-        with os.fdopen(descriptor, "wb") as file:
-            torch.save(content, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        directory = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(directory)
-    except OSError:
-        pass  # some filesystems cannot fsync a directory
-    finally:
-        os.close(directory)
-
-
 def _state_dict_of(part) -> Dict:
     if isinstance(part, torch.nn.Module):
         return {k: v.detach().cpu() for k, v in part.state_dict().items()}
@@ -462,18 +433,11 @@ def save_training_checkpoint(path: Path, model: TAPIR, parts: Optional[Dict[str,
     """A project checkpoint of `model` (loads in bootstap-track, bootstap-eval and the node)
     holding besides it the state_dict of each of `parts` (further models, optimisers,
     GradScalers; a disabled scaler is left out) and `extra` (step, configs)."""
-    content = {
-        "format": FORMAT_NAME,
-        "version": FORMAT_VERSION,
-        "model_config": model.config.to_dict(),
-        "state_dict": _state_dict_of(model),
-        **extra,
-    }
     for name, part in (parts or {}).items():
         if isinstance(part, torch.amp.GradScaler) and not part.is_enabled():
             continue
-        content[name] = _state_dict_of(part)
-    atomic_save(content, path)
+        extra[name] = _state_dict_of(part)
+    save_checkpoint(path, model, **extra)  # atomic: a kill never leaves a truncated file
 
 
 def load_training_parts(content: Dict, parts: Dict[str, object], path="checkpoint") -> None:
