@@ -337,3 +337,33 @@ def test_log_batches_visit_every_clip_once_per_epoch_and_resume_in_place():
     assert sorted(ranks[0][0] + ranks[1][0] + ranks[0][1] + ranks[1][1]) == [0, 1, 2, 3]
     with pytest.raises(ValueError, match="no clips"):
         LogBatches(0, 0, 1, batch_size=1, seed=0)
+
+
+def _logged_steps(path):
+    if not path.exists():
+        return []
+    with open(path) as file:
+        return [int(row["step"]) for row in csv.DictReader(file)]
+
+
+@pytest.mark.slow
+def test_sigterm_writes_a_checkpoint_and_stops(inputs, tmp_path):
+    args = _run_args(inputs, tmp_path, 100000, "checkpoint_every=100000")
+    process = subprocess.Popen(_command(args), cwd=REPO, env=_clean_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        while len(_logged_steps(tmp_path / "train_log.csv")) < 2:
+            assert process.poll() is None, process.stderr.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "no bootstrapping steps logged within 300 s"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=300)
+    finally:
+        process.kill()
+    assert process.returncode == 0, stderr.decode()[-3000:]
+    checkpoint = _state(tmp_path / "checkpoint.pt")
+    assert checkpoint["step"] == _logged_steps(tmp_path / "train_log.csv")[-1] >= 2
+    assert "teacher" in checkpoint and "bootstrap_optimizer" in checkpoint
+    assert not (tmp_path / "final.pt").exists()
+    assert b"stopped by SIGTERM" in stdout + stderr
