@@ -213,6 +213,15 @@ def test_a_run_from_a_bag_writes_a_checkpoint_the_tracker_cli_and_the_node_load(
     tracker, info = create_tracker(TrackerNodeConfig(checkpoint=str(final), device="cpu"))
     assert tracker.config == loaded.config
 
+    from bootstap_ros.eval import cli as eval_cli
+    from training.synthetic import SyntheticConfig, generate_clip, write_tapvid_pickle
+
+    write_tapvid_pickle(tmp_path / "eval.pkl",
+                        [generate_clip(0, SyntheticConfig(frames=4, height=64, width=64, num_points=4))])
+    assert eval_cli.main([str(tmp_path / "eval.pkl"), "--checkpoint", str(final), "--device", "cpu",
+                          "--output", str(tmp_path / "results.json")]) == 0
+    assert 0.0 <= json.loads((tmp_path / "results.json").read_text())["average_jaccard"] <= 1.0
+
 
 def _clean_env():
     # One thread: the same float reductions in every process (bit-exact resume), and no
