@@ -89,12 +89,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--output", default="depth_cost.json")
     args = parser.parse_args(argv)
     width, height = (int(v) for v in args.size.lower().split("x"))
+    import os
+
     import torch
 
+    load_before = os.getloadavg()[0]
     results = [measure(int(n), (height, width), args.window, args.repeats, args.step_repeats)
                for n in args.points.split(",")]
+    load = (load_before + os.getloadavg()[0]) / 2  # the machine's other work skews every figure
     print(f"{width}x{height} 16UC1 depth, window {args.window}, torch threads {torch.get_num_threads()}, "
-          f"{platform.processor() or platform.machine()}")
+          f"{os.cpu_count()} CPUs ({platform.machine()}), load average {load:.1f}")
     print("points | tracks_3d mean / p50 / p95 (ms) | tracking step mean (ms) | tracks_3d / step")
     for r in results:
         d, s = r["tracks_3d_ms"], r["tracking_step_ms"]
@@ -102,7 +106,8 @@ def main(argv: Optional[List[str]] = None) -> int:
               f"{100 * r['tracks_3d_over_step']:.2f}%")
     with open(args.output, "w") as file:
         json.dump({"size": [width, height], "window": args.window, "encoding": "16UC1",
-                   "torch_threads": torch.get_num_threads(), "results": results}, file, indent=2)
+                   "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+                   "load_average": load, "results": results}, file, indent=2)
     print(f"wrote {args.output}")
     return 0
 
