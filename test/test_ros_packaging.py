@@ -215,10 +215,14 @@ def test_a_node_that_exits_stops_the_launch_and_a_failure_is_an_error(monkeypatc
 
 
 # ------------------------------------------------------------------ the real `ros2 launch`
-@pytest.mark.skipif(importlib.util.find_spec("ros2launch") is None
-                    or importlib.util.find_spec("launch_ros") is None,
-                    reason="ros2launch/launch_ros are not installed (not on PyPI; a full ROS 2 "
-                           "install or a checkout on PYTHONPATH has them)")
+needs_ros2_launch = pytest.mark.skipif(
+    importlib.util.find_spec("ros2launch") is None or importlib.util.find_spec("launch_ros") is None,
+    reason="ros2launch/launch_ros are not installed (not on PyPI; a full ROS 2 install or a "
+           "checkout on PYTHONPATH has them)")
+ROS2 = "from ros2cli.cli import main; import sys; sys.argv[0] = 'ros2'; sys.exit(main())"
+
+
+@needs_ros2_launch
 def test_ros2_launch_runs_the_tracker_on_a_video(workspace, tmp_path):
     import rclpy
     from rclpy.context import Context
@@ -232,12 +236,12 @@ def test_ros2_launch_runs_the_tracker_on_a_video(workspace, tmp_path):
     np.save(tmp_path / "clip.npy", moving_clip(num_frames=10))
     namespace = "launch_" + uuid.uuid4().hex[:8]
     log = open(tmp_path / "launch.log", "w")
-    ros2 = "from ros2cli.cli import main; import sys; sys.argv[0] = 'ros2'; sys.exit(main())"
     process = subprocess.Popen(
         ["bash", "-c", 'source "$1/setup.bash" && shift && exec "$@"', "bash",
-         str(workspace / "install"), sys.executable, "-c", ros2, "launch", PACKAGE,
+         str(workspace / "install"), sys.executable, "-c", ROS2, "launch", PACKAGE,
          "tracker.launch.py", f"namespace:={namespace}", f"video:={tmp_path / 'clip.npy'}",
-         f"checkpoint:={tmp_path / 'small.pt'}", "image_topic:=camera/image", "rate:=20.0"],
+         f"checkpoint:={tmp_path / 'small.pt'}", "image_topic:=camera/image", "rate:=20.0",
+         "grid_points:=4"],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         # Background jobs may inherit an ignored SIGINT; launch must get it to stop.
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
@@ -245,7 +249,13 @@ def test_ros2_launch_runs_the_tracker_on_a_video(workspace, tmp_path):
     rclpy.init(context=context)
     node = rclpy.create_node("launch_listener", context=context)
     received = threading.Event()
-    node.create_subscription(PointCloud2, f"/{namespace}/tracks", lambda msg: received.set(), 10)
+    sizes = []
+
+    def on_tracks(msg):
+        sizes.append(msg.width)
+        received.set()
+
+    node.create_subscription(PointCloud2, f"/{namespace}/tracks", on_tracks, 10)
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)
     try:
@@ -267,6 +277,17 @@ def test_ros2_launch_runs_the_tracker_on_a_video(workspace, tmp_path):
         log.close()
     text = (tmp_path / "launch.log").read_text()
     assert text.count("process has finished cleanly") == 2, text[-3000:]
+    assert set(sizes) == {16}  # grid_points:=4 on the launch line: a 4x4 grid
+
+
+@needs_ros2_launch
+def test_ros2_launch_exits_non_zero_when_a_node_fails(workspace, tmp_path):
+    result = sourced(workspace / "install", sys.executable, "-c", ROS2, "launch", PACKAGE,
+                     "tracker.launch.py", f"namespace:=fail_{uuid.uuid4().hex[:8]}",
+                     f"video:={tmp_path / 'missing.mp4'}", timeout=180)
+    assert result.returncode == 1, tail(result)
+    assert "video_source-2 exited with code 1" in result.stdout + result.stderr, tail(result)
+    assert "finished cleanly" in result.stdout + result.stderr  # the tracker was stopped
 
 
 # ------------------------------------------------------------------ package.xml
