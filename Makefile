@@ -59,8 +59,9 @@ demo: setup
 # The embedded model's figures in the README: accuracy on 50 held-out synthetic clips
 # (seeds 0..49; training seeds start at 2**31) and on 20 clips of the second generator
 # (training/real_warps.py) next to Lucas-Kanade on the same clips,
-# its per-frame CPU latency for 32 and 256 points (fp32 and bf16), and the node's end-to-end latency
-# and output rate against a 30 FPS camera.
+# its per-frame CPU latency for 32 and 256 points (fp32 and bf16), and the node's end-to-end latency,
+# output rate and CPU use against a 30 FPS camera: 64 points (fp32, bf16, and with tracks_3d)
+# and no point at all.
 FIGURES := outputs/figures
 figures: setup
 	@mkdir -p $(FIGURES)
@@ -73,9 +74,13 @@ figures: setup
 	$(VENV)/bin/bootstap-eval $(FIGURES)/real_warps.pkl --tracker lk --output $(FIGURES)/real_warps_lk.json
 	$(VENV)/bin/bootstap-bench --checkpoint bootstap_ros/data/default.pt --points 32,256 \
 	    --backends torch,onnxruntime --precisions fp32,bf16 --frames 50 --output $(FIGURES)/bench
-	for precision in fp32 bf16; do $(PY) -m bootstap_ros.ros.latency_bench --points 32 \
+	for precision in fp32 bf16; do $(PY) -m bootstap_ros.ros.latency_bench --points 64 \
 	    --image-reliability reliable --precision $$precision \
 	    --output $(FIGURES)/ros_latency_$$precision.json || exit 1; done
+	$(PY) -m bootstap_ros.ros.latency_bench --points 64 --depth --image-reliability reliable \
+	    --output $(FIGURES)/ros_latency_tracks_3d.json
+	$(PY) -m bootstap_ros.ros.latency_bench --points 0 --image-reliability reliable \
+	    --output $(FIGURES)/ros_no_points.json
 
 clean:
 	rm -rf $(VENV) $(VENV_JAZZY) build install log .pytest_cache *.egg-info
