@@ -329,8 +329,8 @@ def load_student(config: BootstrapConfig) -> TAPIR:
     return model
 
 
-def load_fixed_teacher(config: BootstrapConfig, student: TAPIR) -> TAPIR:
-    """A fixed teacher from a checkpoint: eval mode, no gradients, same resolution as the student."""
+def load_fixed_teacher(config: BootstrapConfig) -> TAPIR:
+    """A fixed teacher from a checkpoint (`config.teacher`): eval mode, no gradients."""
     loaded = load_checkpoint(config.teacher, causal=config.teacher_causal, official_default_causal=False)
     teacher = loaded.model
     teacher.eval().requires_grad_(False)
@@ -473,6 +473,44 @@ def bootstrap_loss(student: torch.nn.Module, teacher: torch.nn.Module, video: to
     return loss, parts
 
 
+def bootstrap_step(trained: torch.nn.Module, teacher: torch.nn.Module, optimizers: Dict, scaler,
+                   video: torch.Tensor, supervised: Optional[Dict[str, torch.Tensor]],
+                   config: BootstrapConfig, step: int, rank: int, teacher_causal: bool,
+                   ema: bool) -> Tuple[Dict[str, torch.Tensor], float, bool]:
+    """One step of the run: a supervised update on `supervised` (when given, with
+    optimizers["supervised_optimizer"]), a self-supervised update on the log clips `video`
+    (uint8 [B, T, S, S, 3] on the device, optimizers["bootstrap_optimizer"]), each at its
+    own point of the learning-rate schedule, then the EMA teacher update (when `ema`).
+    `trained` is the student (or its DDP wrapper). Returns (loss parts, the self-supervised
+    gradient norm, whether both updates stepped)."""
+    student = _unwrap(trained)
+    causal = student.config.causal
+    device = video.device
+    parts: Dict[str, torch.Tensor] = {}
+    stepped = True
+    if supervised is not None:
+        set_learning_rate(optimizers["supervised_optimizer"], cosine_learning_rate(
+            step, config.ssl_supervised_lr, config.warmup, config.steps))
+        loss, supervised_parts = supervised_loss(trained, supervised, device, config.loss, config.amp,
+                                                 causal)
+        _, stepped = optimizer_step(trained, optimizers["supervised_optimizer"], scaler, loss,
+                                    config.grad_clip)
+        parts["supervised_loss"] = supervised_parts["loss"]
+    set_learning_rate(optimizers["bootstrap_optimizer"],
+                      cosine_learning_rate(step, config.lr, config.warmup, config.steps))
+    numpy_rng, torch_rng = step_generators(config.seed, step, rank)
+    loss, ssl_parts = bootstrap_loss(trained, teacher, video, config, numpy_rng, torch_rng, causal,
+                                     teacher_causal)
+    parts.update(ssl_parts)
+    grad_norm, ssl_stepped = optimizer_step(trained, optimizers["bootstrap_optimizer"], scaler, loss,
+                                            config.grad_clip)
+    if ema:
+        from .pseudo_labels import ema_update
+
+        ema_update(teacher, student, config.ema_decay)
+    return parts, grad_norm, stepped and ssl_stepped
+
+
 # ----------------------------------------------------------------------------- the run
 
 def _resolve_resume(config: BootstrapConfig, overrides: Dict) -> Tuple[BootstrapConfig, dict]:
@@ -533,7 +571,7 @@ def _bootstrap(config: BootstrapConfig, runtime: Runtime, resumed: Optional[dict
 
         teacher, teacher_causal = make_ema_teacher(model), causal
     else:
-        teacher = load_fixed_teacher(config, model).to(device)
+        teacher = load_fixed_teacher(config).to(device)
         teacher_causal = teacher.config.causal
 
     supervised_batch = config.ssl_supervised_batch
@@ -595,29 +633,9 @@ def _bootstrap(config: BootstrapConfig, runtime: Runtime, resumed: Optional[dict
     try:
         for video, supervised in zip(log_loader, supervised_loader):
             lr = cosine_learning_rate(step, config.lr, config.warmup, config.steps)
-            set_learning_rate(optimizers["bootstrap_optimizer"], lr)
-            parts: Dict[str, torch.Tensor] = {}
-            grad_norm, stepped = 0.0, True
-            if supervised is not None:
-                set_learning_rate(optimizers["supervised_optimizer"],
-                                  cosine_learning_rate(step, config.ssl_supervised_lr, config.warmup,
-                                                       config.steps))
-                loss, supervised_parts = supervised_loss(trained, supervised, device, config.loss,
-                                                         config.amp, causal)
-                _, stepped = optimizer_step(trained, optimizers["supervised_optimizer"], scaler, loss,
-                                            config.grad_clip)
-                parts["supervised_loss"] = supervised_parts["loss"]
-            numpy_rng, torch_rng = step_generators(config.seed, step, runtime.rank)
-            loss, ssl_parts = bootstrap_loss(trained, teacher, video.to(device, non_blocking=True),
-                                             config, numpy_rng, torch_rng, causal, teacher_causal)
-            parts.update(ssl_parts)
-            grad_norm, ssl_stepped = optimizer_step(trained, optimizers["bootstrap_optimizer"], scaler,
-                                                    loss, config.grad_clip)
-            stepped = stepped and ssl_stepped
-            if "teacher" in state:
-                from .pseudo_labels import ema_update
-
-                ema_update(teacher, model, config.ema_decay)
+            parts, grad_norm, stepped = bootstrap_step(
+                trained, teacher, optimizers, scaler, video.to(device, non_blocking=True), supervised,
+                config, step, runtime.rank, teacher_causal, ema="teacher" in state)
             skipped += not stepped
             step += 1
             window_steps += 1
