@@ -231,3 +231,14 @@ def test_cli_errors(tmp_path, checkpoint, capsys):
     assert queries_cli.main([str(tmp_path / "clip.npy"), "--queries", str(tmp_path / "q.csv")] + common) == 2
     assert "outside the 80x48" in capsys.readouterr().err
     assert not (tmp_path / "set.npz").exists()
+
+
+def test_a_set_larger_than_the_free_slots_is_cut_with_a_warning(model, checkpoint):
+    tracker = CausalTracker(model, max_points=4, block_size=4, backend="torch")
+    warnings = []
+    session = TrackingSession(tracker, warn=lambda kind, message: warnings.append((kind, message)))
+    session.query_set = make_set(model, checkpoint, n=6)
+    result = session.process(moving_clip(num_frames=1, height=48, width=80)[0], "rgb8")
+    assert result.ids.tolist() == [0, 1, 2, 3]
+    assert [kind for kind, _ in warnings] == ["capacity"] and "adding 4 of the 6 points" in warnings[0][1]
+    assert session.added_query_sets[0].labels == ["p0", "p1", "p2", "p3"]
