@@ -242,3 +242,19 @@ def test_a_set_larger_than_the_free_slots_is_cut_with_a_warning(model, checkpoin
     assert result.ids.tolist() == [0, 1, 2, 3]
     assert [kind for kind, _ in warnings] == ["capacity"] and "adding 4 of the 6 points" in warnings[0][1]
     assert session.added_query_sets[0].labels == ["p0", "p1", "p2", "p3"]
+
+
+def test_onnxruntime_query_features_match_torch_and_feed_its_tracker(model, tmp_path):
+    pytest.importorskip("onnxruntime")
+    clip = moving_clip(num_frames=4, height=48, width=80)
+    xy = np.array([[10.5, 12.5], [40.0, 30.0]], np.float32)
+    reference = CausalTracker(model, max_points=4, block_size=4, backend="torch")
+    features = reference.query_features(clip[0], xy)
+    onnx = CausalTracker(model, max_points=4, block_size=4, backend="onnxruntime", cache_dir=tmp_path)
+    exported = onnx.query_features(clip[0], xy)
+    for name in ("lowres", "hires"):
+        np.testing.assert_allclose(exported[name], features[name], atol=1e-4)
+    reference.add_points_from_features(features)
+    onnx.add_points_from_features(features)
+    for frame in clip[1:]:
+        np.testing.assert_allclose(onnx.step(frame).xy, reference.step(frame).xy, atol=1e-3)
