@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import threading
 from typing import Callable, Tuple, Type
 
@@ -30,7 +32,7 @@ def run_node(name: str, make_node: Callable[[], Node], startup_errors: Tuple[Typ
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        _shut_down(node)
+        _shut_down(node, name, status)
     return status
 
 
@@ -56,10 +58,19 @@ def _ignore_stop_signals() -> None:
                 continue
 
 
-def _shut_down(node) -> None:
+def _shut_down(node, name: str, status: int) -> None:
     _ignore_stop_signals()
     if node is not None:
         node.destroy_node()
     rclpy.try_shutdown()
     # rclpy restores the handlers it replaced at init (Python's): ignore again.
     _ignore_stop_signals()
+    if getattr(node, "worker_alive", False):
+        # Its frame takes too long (e.g. a first TensorRT engine build). Python would stop
+        # the thread at exit wherever it is, and inside the network's C++ code that aborts
+        # the process; leave without the interpreter's clean-up instead.
+        rclpy.logging.get_logger(name).error(
+            "the worker did not finish its frame in time: exiting without waiting for it")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status or 1)

@@ -58,6 +58,9 @@ _RELIABILITY = {
     "system_default": ReliabilityPolicy.SYSTEM_DEFAULT,
 }
 WARNING_PERIOD_S = 5.0
+# How long shutdown waits for the worker to finish its frame (then the process leaves
+# without it, see entry.py). ros2 launch itself escalates to SIGKILL after about 10 s.
+WORKER_STOP_TIMEOUT_S = 10.0
 # How long the worker waits, after tracking a frame, for a depth image that has not arrived yet.
 DEPTH_WAIT_S = 0.1
 PACKAGE_LOGGER = "bootstap_ros"  # the Python logger of the tracker, backends and model code
@@ -490,7 +493,13 @@ class TrackerNode(Node):
             slot.close()
         worker = getattr(self, "_worker", None)
         if worker is not None and worker.is_alive():
-            worker.join(timeout=30)
+            worker.join(timeout=WORKER_STOP_TIMEOUT_S)
+
+    @property
+    def worker_alive(self) -> bool:
+        """True while the worker thread still runs (after destroy_node: it did not stop in time)."""
+        worker = getattr(self, "_worker", None)
+        return worker is not None and worker.is_alive()
 
     def destroy_node(self) -> None:
         self._stop_worker()
