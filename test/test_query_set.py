@@ -100,6 +100,7 @@ def test_model_identity_names_what_differs(tmp_path, model, checkpoint):
     assert "resolution [64, 64] vs [96, 96]" in mine.mismatch(other_size)
     # Causality does not change query features: the same weights run non-causally still fit.
     assert mine.mismatch(ModelIdentity.of(checkpoint, model.config.replace(causal=False))) is None
+    assert mine.mismatch(ModelIdentity.of(checkpoint, model.config.replace(softmax_temperature=10.0))) is None
 
     info = TrackerInfo(checkpoint=str(tmp_path / "other.pt"), source="project", backend="torch",
                        device="cpu", resolution=(64, 64), causal=True, identity=other_weights)

@@ -37,9 +37,10 @@ import numpy as np
 FORMAT_NAME = "bootstap_ros.query_set"
 FORMAT_VERSION = 1
 FEATURE_NAMES = ("lowres", "hires")
-#: Model config fields that do not change query features or how they are used:
-#: a set made with the causal model serves the same weights run non-causally.
-_IGNORED_CONFIG_FIELDS = ("causal",)
+#: Model config fields that act only after the query features are sampled (the temporal
+#: mixer's causality, the cost volume's softmax): with the same weights, a set made under one
+#: value serves another, e.g. the node's `softmax_temperature` or `causal` overrides.
+_IGNORED_CONFIG_FIELDS = ("causal", "softmax_temperature", "soft_argmax_radius")
 
 
 class QuerySetError(ValueError):
