@@ -376,3 +376,17 @@ def test_sigterm_writes_a_checkpoint_and_stops(inputs, tmp_path):
     assert "teacher" in checkpoint and "bootstrap_optimizer" in checkpoint
     assert not (tmp_path / "final.pt").exists()
     assert b"stopped by SIGTERM" in stdout + stderr
+
+
+def test_settings_come_from_yaml_then_flags_then_key_value_pairs(tmp_path):
+    from training.bootstrap import parse_command
+
+    (tmp_path / "run.yaml").write_text("steps: 5\nlr: 1e-3\ndata: [a.bag]\naffine: true\n"
+                                       "loss: {position_weight: 0.1}\n")
+    given, output, resume, stop_at = parse_command(
+        ["--config", str(tmp_path / "run.yaml"), "affine=false", "--output", "out", "--steps", "7",
+         "lr=2e-3", "--data", "b.bag", "--data", "c", "jpeg_quality=[30, 60]"])
+    config = BootstrapConfig.from_dict({**given, "output": output})
+    assert (config.steps, config.lr, config.affine, config.data) == (7, 2e-3, False, ["b.bag", "c"])
+    assert config.jpeg_quality == (30, 60) and config.loss.position_weight == 0.1
+    assert output == "out" and not resume and stop_at is None

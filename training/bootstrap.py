@@ -782,14 +782,21 @@ def read_yaml(path: str) -> Dict:
     return values
 
 
+def parse_command(argv=None) -> Tuple[Dict, str, bool, Optional[int]]:
+    """(settings given, output, resume, stop_at) of a command line: the YAML file's settings,
+    overridden by the flags and the key=value pairs."""
+    options = vars(build_parser().parse_intermixed_args(argv))
+    resume, stop_at = options.pop("resume"), options.pop("stop_at")
+    output, config_file = options.pop("output"), options.pop("config")
+    settings = parse_settings(options.pop("settings"))
+    given = {**(read_yaml(config_file) if config_file else {}), **options, **settings}
+    given.pop("output", None)
+    return given, output, resume, stop_at
+
+
 def main(argv=None) -> int:
     try:
-        options = vars(build_parser().parse_intermixed_args(argv))
-        resume, stop_at = options.pop("resume"), options.pop("stop_at")
-        output, config_file = options.pop("output"), options.pop("config")
-        settings = parse_settings(options.pop("settings"))
-        given = {**(read_yaml(config_file) if config_file else {}), **options, **settings}
-        given.pop("output", None)
+        given, output, resume, stop_at = parse_command(argv)
         if resume:
             BootstrapConfig.from_dict({**given, "output": output})  # checks the keys and values
             bootstrap(BootstrapConfig(output=output), resume=True, overrides=given, stop_at=stop_at)
