@@ -85,6 +85,8 @@ def _typed(name, text):
     def fail(expected):
         return ValueError(f"launch argument {name}:={text} is not {expected}")
 
+    if name not in ("grid_points", "resolution", "max_points", "use_sim_time", "use_depth"):
+        return text  # a string parameter: a path or a choice, never parsed
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
@@ -100,8 +102,6 @@ def _typed(name, text):
     elif name in ("use_sim_time", "use_depth"):
         if not isinstance(value, bool):
             raise fail("true or false")
-    else:
-        value = text
     return value
 
 

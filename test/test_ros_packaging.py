@@ -186,6 +186,8 @@ def test_launch_arguments_reach_the_nodes_only_when_given(monkeypatch):
     assert nodes["tracker_node"]["parameters"][1] == {"grid_points": [10.0, 20.5, 30, 40]}
     nodes, _ = launch_nodes(module, video="/clip.mp4", grid_points="0")  # explicitly none
     assert nodes["tracker_node"]["parameters"][1] == {"grid_points": 0}
+    nodes, _ = launch_nodes(module, checkpoint="/models/[new]: best.pt")  # not YAML, a path
+    assert nodes["tracker_node"]["parameters"][1] == {"checkpoint": "/models/[new]: best.pt"}
 
     for name, bad in (("grid_points", "eight"), ("max_points", "1.5"), ("use_sim_time", "yes please"),
                       ("log_level", "loud")):
