@@ -44,6 +44,7 @@ from launch.event_handlers import OnProcessExit
 from launch.events import Shutdown
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
 
 PACKAGE = "bootstap_ros"
 # Installed as share/bootstap_ros/launch/, beside share/bootstap_ros/config/ (as in the source tree).
@@ -86,7 +87,9 @@ def _typed(name, text):
         return ValueError(f"launch argument {name}:={text} is not {expected}")
 
     if name not in ("grid_points", "resolution", "max_points", "use_sim_time", "use_depth"):
-        return text  # a string parameter: a path or a choice, never parsed
+        # A string parameter (a path, a choice): launch_ros would read a bare string as
+        # YAML, so that a path with ': ' became a mapping or an error.
+        return ParameterValue(text, value_type=str)
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError:

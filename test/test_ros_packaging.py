@@ -93,6 +93,15 @@ class _Recorded:
         self.args, self.kwargs = args, kwargs
 
 
+class _ParameterValue(str):
+    """launch_ros's ParameterValue for a string: compares as the string, keeps value_type."""
+
+    def __new__(cls, value, value_type=None):
+        made = super().__new__(cls, value)
+        made.value_type = value_type
+        return made
+
+
 class _LaunchConfiguration:
     def __init__(self, name):
         self.name = name
@@ -113,6 +122,7 @@ def load_launch_file(monkeypatch):
         "launch.substitutions": types.SimpleNamespace(LaunchConfiguration=_LaunchConfiguration),
         "launch_ros": types.SimpleNamespace(),
         "launch_ros.actions": types.SimpleNamespace(Node=_Recorded),
+        "launch_ros.parameter_descriptions": types.SimpleNamespace(ParameterValue=_ParameterValue),
     }
     for name, module in stubs.items():
         monkeypatch.setitem(sys.modules, name, module)
@@ -186,8 +196,11 @@ def test_launch_arguments_reach_the_nodes_only_when_given(monkeypatch):
     assert nodes["tracker_node"]["parameters"][1] == {"grid_points": [10.0, 20.5, 30, 40]}
     nodes, _ = launch_nodes(module, video="/clip.mp4", grid_points="0")  # explicitly none
     assert nodes["tracker_node"]["parameters"][1] == {"grid_points": 0}
-    nodes, _ = launch_nodes(module, checkpoint="/models/[new]: best.pt")  # not YAML, a path
-    assert nodes["tracker_node"]["parameters"][1] == {"checkpoint": "/models/[new]: best.pt"}
+    nodes, _ = launch_nodes(module, checkpoint="/models/run: 2.pt", device="cuda:1")
+    strings = nodes["tracker_node"]["parameters"][1]
+    assert strings == {"checkpoint": "/models/run: 2.pt", "device": "cuda:1"}
+    # Strings reach the node as strings: launch_ros would read a bare one as YAML.
+    assert all(value.value_type is str for value in strings.values())
 
     for name, bad in (("grid_points", "eight"), ("max_points", "1.5"), ("use_sim_time", "yes please"),
                       ("log_level", "loud")):
