@@ -143,15 +143,19 @@ def test_cuda_graphs_equal_the_eager_cuda_step(model, precision):
     clip = moving_clip(num_frames=8)
     adds = {0: POINTS[:3], 2: POINTS[3:], 5: POINTS[:1]}
     runs = {}
-    for graphs in (False, True):
-        tracker = CausalTracker(model, max_points=8, block_size=4, device="cuda", backend="torch",
-                                precision=precision, cuda_graphs=graphs)
-        runs[graphs] = _run(tracker, clip, adds)
-        if graphs:
-            assert tracker.backend.cuda_graphs and tracker.backend._step_graphs, "capture failed"
-            tracker.remove_points([0])
-            tracker.step(clip[0])  # removing keeps the graphs serving the others
-    tolerance = 1e-4 if precision == "fp32" else 0.05
+    # cuDNN's TF32 convolutions (on by default) rounded differently between the eager and the
+    # captured run (0.009 px apart on an H200): compare true float32 in both.
+    with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True, allow_tf32=False):
+        for graphs in (False, True):
+            tracker = CausalTracker(model, max_points=8, block_size=4, device="cuda", backend="torch",
+                                    precision=precision, cuda_graphs=graphs)
+            runs[graphs] = _run(tracker, clip, adds)
+            if graphs:
+                assert tracker.backend.cuda_graphs and tracker.backend._step_graphs, "capture failed"
+                tracker.remove_points([0])
+                tracker.step(clip[0])  # removing keeps the graphs serving the others
+    # A graph replaying stale inputs or state is off by pixels; rounding stays far under this.
+    tolerance = 3e-4 if precision == "fp32" else 0.05
     for eager, graphed in zip(runs[False], runs[True]):
         assert np.array_equal(eager.ids, graphed.ids)
         np.testing.assert_allclose(graphed.xy, eager.xy, atol=tolerance * 64)
