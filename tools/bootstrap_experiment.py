@@ -15,8 +15,7 @@ From the embedded default model (trained on Kubric-lite only):
 4. "after": `bootstap-eval` of each final checkpoint on both sets;
 5. `results.json` and `table.md` (AJ, <delta_avg, OA per set and model) in --out.
 
-    python tools/bootstrap_experiment.py --out outputs/bootstrap_experiment --device cuda \
-        --steps 300 --batch-size 4
+    python tools/bootstrap_experiment.py --out outputs/bootstrap_experiment --device cuda
 
 Each job writes a log beside its output and is skipped when its output exists, so an
 interrupted run continues where it stopped. With `--train-budget SECONDS` the four
@@ -39,6 +38,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
+CPUS = os.cpu_count() or 1
 DEFAULT_MODEL = ROOT / "bootstap_ros" / "data" / "default.pt"
 RUNS = ("bootstrap", "no_affine", "siamese", "supervised")
 SETS = ("robot", "real_warps")
@@ -160,6 +160,11 @@ def summarize(out: Path, args, steps: int, timings: Dict[str, float], wall: floa
             cells += [f"{values[k]:.1f}" for k in METRICS] if values else ["n/a"] * 3
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     per_step = {name: seconds_per_step(out / "runs" / name) for name in RUNS}
+    # Job times add up over invocations (an interrupted experiment continued later).
+    timing_file = out / "job_seconds.json"
+    if timing_file.exists():
+        timings = {**json.loads(timing_file.read_text()), **timings}
+    timing_file.write_text(json.dumps(timings, indent=2) + "\n")
     summary = {"steps": steps, "batch_size": args.batch_size, "supervised_batch_size": 2 * args.batch_size,
                "frames": args.frames, "lr_self_supervised": args.lr, "lr_supervised": 2 * args.lr,
                "warmup": args.warmup, "device": args.device, "heldout_clips": args.heldout_clips,
@@ -175,24 +180,25 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python tools/bootstrap_experiment.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="outputs/bootstrap_experiment", help="everything goes here")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="training device")
-    parser.add_argument("--steps", type=int, default=200, help="steps of every run (the most, with --train-budget)")
+    parser.add_argument("--steps", type=int, default=100, help="steps of every run (the most, with --train-budget)")
     parser.add_argument("--train-budget", type=float, default=0,
                         help="seconds for the four runs together: calibrate and fit the step count (0: off)")
     parser.add_argument("--min-steps", type=int, default=20)
     parser.add_argument("--calibration-steps", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=2, help="log clips per step (the supervised task: 2x)")
-    parser.add_argument("--frames", type=int, default=24, help="frames per training clip (both tasks)")
-    parser.add_argument("--lr", type=float, default=5e-5, help="self-supervised peak lr (supervised: 2x)")
-    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--frames", type=int, default=12, help="frames per training clip (both tasks)")
+    parser.add_argument("--lr", type=float, default=1e-4, help="self-supervised peak lr (supervised: 2x)")
+    parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--heldout-clips", type=int, default=20, help="labeled robot clips (seeds 0..)")
     parser.add_argument("--heldout-frames", type=int, default=24, help="frames per held-out clip (both sets)")
     parser.add_argument("--real-warp-clips", type=int, default=20)
-    parser.add_argument("--episodes", type=int, default=32, help="unlabeled episodes (half per bag)")
+    parser.add_argument("--episodes", type=int, default=16, help="unlabeled episodes (half per bag)")
     parser.add_argument("--episode-frames", type=int, default=48)
-    parser.add_argument("--parallel", type=int, default=4, help="jobs at a time")
+    parser.add_argument("--parallel", type=int, default=max(1, CPUS // 2), help="jobs at a time")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per training run")
-    parser.add_argument("--workers", type=int, default=1, help="data workers per training run")
+    parser.add_argument("--workers", type=int, default=max(0, min(3, CPUS // 4 - 1)),
+                        help="data workers per training run")
     parser.add_argument("--eval-threads", type=int, default=2)
     parser.add_argument("--python", default=sys.executable)
     parser.add_argument("--stages", default="data,before,train,after",

@@ -165,7 +165,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--amp", default="off", help="autocast: off, bf16 (CPU with AVX512-BF16/AMX, CUDA), fp16")
+    parser.add_argument("--amp", default="auto",
+                        help="autocast as the trainers take it: auto (bf16 on CUDA, float32 on CPU), bf16, fp16, off")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", required=True, help="JSON file to write")
