@@ -132,6 +132,14 @@ def test_deterministic_per_seed():
     assert not np.array_equal(first.video, other.video)
 
 
+def test_clean_and_sensor_clips_of_a_seed_share_every_label():
+    """`photometric=False` changes pixels only: the scene, queries, tracks and occlusion stay."""
+    seen, clean = generate_robot_clip(8, SMALL), generate_robot_clip(8, SMALL.replace(photometric=False))
+    for name in ("tracks", "occluded", "query_frames", "layer_ids"):
+        np.testing.assert_array_equal(getattr(seen, name), getattr(clean, name))
+    assert np.abs(seen.video.astype(int) - clean.video).mean() > 5
+
+
 def _high_frequency(video):
     grey = video.astype(np.float32).mean(-1)
     return float(np.mean([np.abs(cv2.Laplacian(frame, cv2.CV_32F)).mean() for frame in grey]))

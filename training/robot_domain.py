@@ -347,22 +347,21 @@ def sample_robot_scene(rng: np.random.Generator, config: RobotConfig) -> Scene:
         textures.append(sprite)
         image_from_layer[-1] = _arm_path(rng, config, sprite.shape[:2])
 
-    if config.photometric:
-        # Motion blur along the camera's motion at the image centre, as long as the
-        # exposure lets the image move; gain drift is the auto exposure.
-        centre = np.array([width / 2, height / 2])
-        canvas_centre = apply_homography(np.linalg.inv(cameras), centre)
-        seen = apply_homography(cameras, canvas_centre[np.clip(np.arange(frames) - 1, 0, None)])
-        velocity = centre - seen
-        exposure = rng.uniform(*config.exposure_time)
-        blur = np.round(np.linalg.norm(velocity, axis=-1) * exposure).astype(np.int32)
-        blur_length = np.where(blur >= 2, blur + 1 - blur % 2, 0).astype(np.int32)  # odd: centred kernel
-        blur_angle = np.degrees(np.arctan2(velocity[:, 1], velocity[:, 0])).astype(np.float32)
-        gain = 1 + np.cumsum(rng.uniform(-1, 1, frames)) * config.exposure_flicker / np.sqrt(frames)
-        light_gain = np.clip(gain, 0.6, 1.4).astype(np.float32)
-    else:
+    # Motion blur along the camera's motion at the image centre, as long as the exposure
+    # lets the image move; gain drift is the auto exposure. Drawn even for a clean clip,
+    # so that clean and photometric clips of one seed share scene, queries and tracks.
+    centre = np.array([width / 2, height / 2])
+    canvas_centre = apply_homography(np.linalg.inv(cameras), centre)
+    seen = apply_homography(cameras, canvas_centre[np.clip(np.arange(frames) - 1, 0, None)])
+    velocity = centre - seen
+    exposure = rng.uniform(*config.exposure_time)
+    blur = np.round(np.linalg.norm(velocity, axis=-1) * exposure).astype(np.int32)
+    blur_length = np.where(blur >= 2, blur + 1 - blur % 2, 0).astype(np.int32)  # odd: centred kernel
+    blur_angle = np.degrees(np.arctan2(velocity[:, 1], velocity[:, 0])).astype(np.float32)
+    gain = 1 + np.cumsum(rng.uniform(-1, 1, frames)) * config.exposure_flicker / np.sqrt(frames)
+    light_gain = np.clip(gain, 0.6, 1.4).astype(np.float32)
+    if not config.photometric:
         blur_length = np.zeros(frames, np.int32)
-        blur_angle = np.zeros(frames, np.float32)
         light_gain = np.ones(frames, np.float32)
     return Scene(textures=textures, image_from_layer=image_from_layer,
                  wobble_amplitude=np.zeros((layers, 2)), wobble_vector=np.zeros((layers, 2, 2)),
@@ -490,6 +489,8 @@ def main(argv=None) -> int:
     labeled.add_argument("--seed", type=int, default=0, help=f"first clip's seed (below {UNLABELED_SEED_OFFSET})")
     labeled.add_argument("--frames", type=int, default=24)
     labeled.add_argument("--num-points", type=int, default=64)
+    labeled.add_argument("--clean", action="store_true",
+                         help="no sensor effects (the same scenes, to tell the sensor's look from the rest)")
     bag = commands.add_parser("bag", help="unlabeled episodes as a rosbag2 bag")
     bag.add_argument("--out", required=True, help="bag folder to create (must not exist)")
     bag.add_argument("--episodes", type=int, default=24)
@@ -505,7 +506,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     started = time.perf_counter()
     if args.command == "labeled":
-        config = RobotConfig(frames=args.frames, num_points=args.num_points, height=args.height, width=args.width)
+        config = RobotConfig(frames=args.frames, num_points=args.num_points, height=args.height, width=args.width,
+                             photometric=not args.clean)
         path = write_labeled(args.out, args.seed, args.num_clips, config)
         print(f"wrote {args.num_clips} labeled clips (seeds {args.seed}..{args.seed + args.num_clips - 1}) "
               f"to {path} in {time.perf_counter() - started:.1f} s")
