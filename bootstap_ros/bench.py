@@ -15,6 +15,7 @@ all of them alike. Results go to JSON and a PNG plot, and a table is printed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import platform
@@ -23,7 +24,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -37,10 +38,12 @@ class RunSpec:
     device: str
     precision: str
     compiled: bool = False  # torch backend with torch_compile=True
+    refine: Optional[Tuple[int, int]] = None  # top of the refinement ladder (None: one level)
 
     @property
     def label(self) -> str:
-        return f"{self.backend}{'+compile' if self.compiled else ''}/{self.device}/{self.precision}"
+        ladder = f"@{self.refine[0]}x{self.refine[1]}" if self.refine else ""
+        return f"{self.backend}{'+compile' if self.compiled else ''}{ladder}/{self.device}/{self.precision}"
 
 
 def synthetic_clip(num_frames: int, size: int = 256, seed: int = 0) -> np.ndarray:
@@ -125,7 +128,10 @@ def run_benchmark(model, specs: Sequence[RunSpec], point_counts: Sequence[int], 
     """Measure every spec (plus the eager baseline) for every point count; returns the results dict."""
     import torch
 
-    size = model.config.resolution
+    # The input frames: the model resolution, or the largest refinement top asked for (every
+    # configuration gets the same frames; each resizes them to its own levels).
+    tops = [s.refine for s in specs if s.refine] + [model.config.resolution]
+    size = (max(t[0] for t in tops), max(t[1] for t in tops))
     clip = synthetic_clip(frames + warmup + 1, size=max(size), seed=seed)
     clip = clip[:, :size[0], :size[1]]
     rng = np.random.default_rng(seed)
@@ -136,14 +142,21 @@ def run_benchmark(model, specs: Sequence[RunSpec], point_counts: Sequence[int], 
     # (a backend copies a model that is not already on its device).
     from bootstap_ros.backends.torch_backend import inference_model
 
-    models = {spec.device: inference_model(model, spec.device) for spec in all_specs}
+    from bootstap_ros.model.checkpoint import with_settings
+
+    models = {}
+    for spec in all_specs:
+        if (spec.device, spec.refine) not in models:
+            models[spec.device, spec.refine] = with_settings(inference_model(model, spec.device),
+                                                             refine_resolution=spec.refine)
     runs = []
     for num_points in point_counts:
         xy = rng.uniform(8, min(size) - 8, (num_points, 2)).astype(np.float32)
         trackers, latencies, outputs, visible, errors = {}, {}, {}, {}, {}
         for spec in all_specs:
             try:
-                trackers[spec] = _make_tracker(models[spec.device], spec, num_points, block_size, cache_dir)
+                trackers[spec] = _make_tracker(models[spec.device, spec.refine], spec, num_points, block_size,
+                                               cache_dir)
                 trackers[spec].add_points(clip[0], xy)
                 latencies[spec], outputs[spec], visible[spec] = [], [], []
             except Exception as error:  # a backend missing here is reported, not fatal
@@ -167,7 +180,10 @@ def run_benchmark(model, specs: Sequence[RunSpec], point_counts: Sequence[int], 
         base_mean = float(np.mean(latencies[baseline])) if baseline in latencies else None
         for spec in all_specs:
             row = {"backend": spec.label.split("/")[0], "device": spec.device, "precision": spec.precision,
-                   "points": num_points, "resolution": list(size)}
+                   "points": num_points, "resolution": list(model.config.resolution), "input": list(size),
+                   "refine_resolution": list(spec.refine or model.config.resolution),
+                   "refinement_resolutions": [list(r) for r in
+                                              models[spec.device, spec.refine].config.refinement_resolutions]}
             if spec in errors:
                 row["error"] = errors[spec]
                 runs.append(row)
@@ -270,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-config", help="JSON overrides of the model config (with --random-weights)")
     parser.add_argument("--softmax-temperature", type=float, default=None,
                         help="cost-volume softmax temperature (default: the checkpoint's; BootsTAPIR 10, TAPIR 20)")
+    parser.add_argument("--refine-resolutions", default=None, metavar="HxW,...",
+                        help="comma list of refinement-ladder tops (e.g. 256x256,512x512): every "
+                        "configuration runs at each, on the same input frames (the largest size)")
     parser.add_argument("--backends", default="torch", help="comma list: torch,onnxruntime,tensorrt,auto")
     parser.add_argument("--devices", default="cpu", help="comma list, e.g. cpu,cuda")
     parser.add_argument("--precisions", default="auto",
@@ -314,6 +333,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 specs.append(spec)
     if args.torch_compile:
         specs += [RunSpec(s.backend, s.device, s.precision, compiled=True) for s in specs if s.backend == "torch"]
+    if args.refine_resolutions:
+        from bootstap_ros.config import parse_size
+
+        tops = [parse_size(text) for text in args.refine_resolutions.split(",")]
+        tops = [None if top == tuple(model.config.resolution) else top for top in tops]
+        specs = [dataclasses.replace(s, refine=top) for top in tops for s in specs]
     points = [int(p) for p in args.points.split(",")]
     results = run_benchmark(model, list(dict.fromkeys(specs)), points, args.frames, args.warmup,
                             args.block_size, args.cache_dir, args.seed)

@@ -8,6 +8,7 @@ checkpoints. The defaults are the official BootsTAPIR network.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Tuple
 
@@ -21,6 +22,37 @@ TAPIR_SOFTMAX_TEMPERATURE = 20.0
 def default_softmax_temperature(extra_conv_blocks: int) -> float:
     """The temperature an architecture was trained with: BootsTAPIR (extra conv blocks) 10, TAPIR 20."""
     return BOOTSTAPIR_SOFTMAX_TEMPERATURE if extra_conv_blocks > 0 else TAPIR_SOFTMAX_TEMPERATURE
+
+
+def refinement_ladder(top: Tuple[int, int], initial: Tuple[int, int]) -> Tuple[Tuple[int, int], ...]:
+    """The refinement resolutions from `initial` up to `top`, as the official model picks them
+    (tapnet `generate_default_resolutions(top, initial)`): log-spaced, each under twice the
+    one before, rounded down to multiples of 8; one level when `top` is not larger."""
+    if tuple(top) == tuple(initial):
+        return (tuple(initial),)
+    ratio = max(top[0] / initial[0], top[1] / initial[1])
+    levels = int(math.ceil(math.log2(ratio))) + 1
+    if levels <= 1:
+        return (tuple(initial),)
+    (h, w), (low_h, low_w) = top, initial
+    # The same float expression as the official code, so the sizes agree exactly.
+    return tuple((int(round((low_h * (h / low_h) ** (i / (levels - 1))) // 8)) * 8,
+                  int(round((low_w * (w / low_w) ** (i / (levels - 1))) // 8)) * 8)
+                 for i in range(levels))
+
+
+def parse_size(text: str) -> Tuple[int, int]:
+    """'HxW' (or 'N' for NxN) -> (height, width), as the command lines take a resolution."""
+    parts = str(text).lower().replace(",", "x").split("x")
+    try:
+        size = tuple(int(p) for p in parts)
+    except ValueError:
+        size = ()
+    if len(size) == 1:
+        size = size * 2
+    if len(size) != 2 or min(size) <= 0:
+        raise ValueError(f"expected a size HxW (e.g. 512x512) or N, got {text!r}")
+    return size
 
 
 @dataclass(frozen=True)
@@ -54,13 +86,25 @@ class ModelConfig:
     # on construction, so a saved config always holds a number.
     softmax_temperature: Optional[float] = None
     soft_argmax_radius: float = 5.0
-    # Model input resolution (height, width); multiples of 8.
+    # Model input resolution (height, width); multiples of 8. The initial (cost-volume)
+    # estimate runs here, and the first refinement level.
     resolution: Tuple[int, int] = (256, 256)
+    # Top of the refinement ladder (height, width), multiples of 8; None: `resolution`
+    # (one level). Above `resolution`, refinement repeats at each level of
+    # `refinement_resolutions`, each level's frames resized from the input (official TAPIR).
+    refine_resolution: Optional[Tuple[int, int]] = None
 
     def __post_init__(self):
         # Accept lists (as read back from a checkpoint or yaml) but store tuples.
         for name in ("backbone_channels", "backbone_blocks", "backbone_strides", "resolution"):
             object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+        if self.refine_resolution is not None:
+            top = tuple(int(v) for v in self.refine_resolution)
+            if len(top) != 2 or top[0] % 8 or top[1] % 8 or min(top) <= 0:
+                raise ValueError(f"refine_resolution must be two positive multiples of 8 (height, width), "
+                                 f"got {self.refine_resolution}")
+            # Equal to the resolution means one level: store None, so configs compare equal.
+            object.__setattr__(self, "refine_resolution", None if top == self.resolution else top)
         if len(self.backbone_channels) != 4 or len(self.backbone_blocks) != 4:
             raise ValueError("backbone_channels and backbone_blocks need 4 entries (one per group)")
         if tuple(self.backbone_strides) != (1, 2, 2, 1):
@@ -76,6 +120,35 @@ class ModelConfig:
             raise ValueError(f"resolution must be positive multiples of 8, got {self.resolution}")
         if self.mixer_kernel < 1 or self.refinement_iters < 0 or self.pyramid_level < 0:
             raise ValueError("mixer_kernel >= 1, refinement_iters >= 0 and pyramid_level >= 0 are required")
+
+    @property
+    def refinement_resolutions(self) -> Tuple[Tuple[int, int], ...]:
+        """The refinement levels, lowest first; the first is always `resolution`."""
+        return refinement_ladder(self.refine_resolution or self.resolution, self.resolution)
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.refinement_resolutions)
+
+    @property
+    def grid_resolutions(self) -> Tuple[Tuple[int, int], ...]:
+        """The frame sizes the backbone runs at: `resolution` (the initial estimate and the
+        first level share it), then every further level."""
+        return (self.resolution,) + self.refinement_resolutions[1:]
+
+    @property
+    def state_iterations(self) -> int:
+        """Refinement iterations per frame, all levels together (the causal state's first axis)."""
+        return self.refinement_iters * self.num_levels
+
+    @property
+    def query_lowres_dim(self) -> int:
+        """Width of a point's lowres query features: one `lowres_dim` vector per level."""
+        return self.lowres_dim * self.num_levels
+
+    @property
+    def query_hires_dim(self) -> int:
+        return self.hires_dim * self.num_levels
 
     @property
     def hires_dim(self) -> int:

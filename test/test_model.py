@@ -200,3 +200,75 @@ def test_the_temperature_reaches_the_initial_estimate_and_overrides_copy_the_mod
         torch.testing.assert_close(points, expected, atol=1e-4, rtol=1e-4)
     other, _, _ = hotter._cost_volume_estimate(features.lowres, grids.lowres, None)
     assert (other - model._cost_volume_estimate(features.lowres, grids.lowres, None)[0]).abs().max() > 1e-3
+
+
+def test_refinement_ladder_hand_computed():
+    from bootstap_ros.config import refinement_ladder
+
+    # 1080x1920 over 256x256: ratios 4.22 and 7.5, ceil(log2 7.5) + 1 = 4 levels at
+    # 256 * ratio^(i/3), rounded down to multiples of 8: h 256, 413.8, 668.8, 1080 and
+    # w 256, 501.1, 980.9, 1920.
+    assert refinement_ladder((1080, 1920), (256, 256)) == ((256, 256), (408, 496), (664, 976), (1080, 1920))
+    assert refinement_ladder((512, 512), (256, 256)) == ((256, 256), (512, 512))
+    assert refinement_ladder((384, 512), (256, 256)) == ((256, 256), (384, 512))
+    assert refinement_ladder((256, 256), (256, 256)) == ((256, 256),)
+    assert refinement_ladder((128, 128), (256, 256)) == ((256, 256),)  # never below the model resolution
+    config = ModelConfig(refine_resolution=(512, 512))
+    assert config.grid_resolutions == ((256, 256), (512, 512)) and config.state_iterations == 8
+    assert config.query_lowres_dim == 2 * 256 and ModelConfig.from_dict(config.to_dict()) == config
+    assert ModelConfig(refine_resolution=(256, 256)) == ModelConfig()  # one level: the same model
+    with pytest.raises(ValueError, match="multiples of 8"):
+        ModelConfig(refine_resolution=(500, 512))
+
+
+LADDER = dict(refine_resolution=(128, 96))  # SMALL is 64x64: levels 64x64 and 128x96
+
+
+def test_ladder_streaming_and_the_fast_step_equal_the_whole_clip():
+    model = small_model(**LADDER)
+    assert model.config.refinement_resolutions == ((64, 64), (128, 96))
+    video = preprocess_frames(torch.from_numpy(moving_clip(num_frames=4, height=80, width=112)))[None]
+    grids = model.get_feature_grids(video)
+    assert grids.finer[0].hires.shape[2:4] == (32, 24)  # the second level's grids: 128x96 / 4
+    queries = torch.tensor([[[0, 10.0, 12.0], [0, 30.5, 40.25], [0, 50.0, 5.0]]])
+    features = model.get_query_features(grids, queries)
+    whole, _ = model.estimate_trajectories(grids, features)
+    assert len(whole.unrefined) == 1 + 2 * SMALL.refinement_iters - 1
+    state, fast_state = model.initial_state(3), model.initial_state(3)
+    assert state.conv1.shape[0] == 2 * SMALL.refinement_iters
+    for t in range(video.shape[1]):
+        frame_grids = model.get_feature_grids(video[:, t:t + 1])
+        result, state = model.estimate_trajectories(frame_grids, features, state)
+        fast, fast_state = model.track_step(frame_grids, features, fast_state)
+        for name in ("tracks", "occlusion", "expected_dist"):
+            torch.testing.assert_close(getattr(result, name), getattr(whole, name)[:, :, t:t + 1],
+                                       atol=2e-4, rtol=1e-4)
+            torch.testing.assert_close(getattr(fast, name), getattr(result, name), atol=2e-4, rtol=1e-4)
+        torch.testing.assert_close(fast_state.conv2, state.conv2, atol=2e-4, rtol=1e-4)
+
+
+def test_ladder_refines_on_each_levels_own_frames():
+    """The second level sees the input resized to 128x96 (not the 64x64 frames upsampled),
+    its updates move the points, and the offline forward averages the levels' results."""
+    model = small_model(**LADDER)
+    one_level = small_model()  # the same weights (seed), no ladder
+    video = preprocess_frames(torch.from_numpy(moving_clip(num_frames=3, height=80, width=112)))[None]
+    queries = torch.tensor([[[0, 20.0, 30.0], [1, 50.0, 70.0]]])  # (t, y, x) in the 80x112 video
+    ladder = model(video, queries)
+    plain = one_level(video, queries)
+    iters = SMALL.refinement_iters
+    to_video = torch.tensor([112 / 64, 80 / 64])
+    # The first level is the one-level model exactly (the same grids, queries and state).
+    first_level = ladder.unrefined[iters][0]
+    torch.testing.assert_close(first_level, plain.tracks)
+    # The second level's last iteration, from the staged API in the model raster.
+    grids = model.get_feature_grids(video)
+    in_model = queries * torch.tensor([1.0, 64 / 80, 64 / 112])
+    second, _ = model.estimate_trajectories(grids, model.get_query_features(grids, in_model), None, in_model)
+    second_level = second.tracks * to_video
+    assert (second_level - first_level).abs().max() > 1e-3
+    torch.testing.assert_close(ladder.tracks, (first_level + second_level) / 2, atol=1e-4, rtol=1e-4)
+    # Each level's frames come from the input: grids of the input already at 128x96 agree.
+    resized = F.interpolate(video[0].permute(0, 3, 1, 2), size=(128, 96), mode="bilinear", align_corners=False)
+    direct = model.get_feature_grids(resized.permute(0, 2, 3, 1)[None])
+    torch.testing.assert_close(grids.finer[0].hires, direct.finer[0].hires, atol=1e-5, rtol=1e-5)

@@ -40,7 +40,20 @@ def without_extra_convs(state_dict):
     return {k: v for k, v in state_dict.items() if not k.startswith("extra_convs.")}
 
 
-CLIPS = {"small": reference_clip}
+def large_clip():
+    """A 3-frame 336x464 clip (neither the model's 256x256 nor any refinement level) and queries."""
+    t, y, x = np.meshgrid(np.arange(3), np.arange(336), np.arange(464), indexing="ij")
+    xs, ys = x - 6.0 * t, y - 3.0 * t
+    red = 128 + 90 * np.sin(xs / 15.0) * np.cos(ys / 21.0)
+    green = 128 + 90 * np.sin((xs + ys) / 27.0)
+    blue = 128 + 60 * np.cos(xs / 33.0 - ys / 12.0)
+    video = np.stack([red, green, blue], -1).round().clip(0, 255).astype(np.uint8)
+    queries_tyx = np.array([[0, 100.5, 150.5], [0, 250.0, 400.25], [1, 170.5, 50.5], [2, 300.0, 440.0]],
+                           np.float32)
+    return video, queries_tyx
+
+
+CLIPS = {"small": reference_clip, "large": large_clip}
 
 # name -> the official model's settings (used by the tool) and the project's extra arguments.
 CASES = {
@@ -53,6 +66,11 @@ CASES = {
     # TAPIR weights (no extra convs): inferred 20.
     "tapir": dict(clip="small", extra_convs=False, softmax_temperature=20.0, refine_resolution=None,
                   args=[]),
+    # Refinement ladders: the initial estimate at 256x256, refinement at 256x256 then at the top.
+    "ladder_512": dict(clip="large", extra_convs=True, softmax_temperature=10.0, refine_resolution=(512, 512),
+                       args=["--refine-resolution", "512x512"]),
+    "ladder_384x512": dict(clip="large", extra_convs=True, softmax_temperature=10.0,
+                           refine_resolution=(384, 512), args=["--refine-resolution", "384x512"]),
 }
 
 
@@ -141,6 +159,25 @@ def assert_equal_to_official(ours, expected):
 def test_track_command_equals_official_model(reference, case_name, mode):
     ours, expected = run_case(reference, case_name, mode)
     assert_equal_to_official(ours, expected)
+
+
+@pytest.mark.parametrize("case_name, mode", [
+    ("ladder_512", "online"), ("ladder_512", "offline"), ("ladder_384x512", "online"),
+    ("ladder_384x512", "offline"),
+])
+def test_refinement_ladder_equals_official_model(reference, case_name, mode):
+    ours, expected = run_case(reference, case_name, mode)
+    assert_equal_to_official(ours, expected)
+
+
+def test_the_ladder_changes_the_outputs(reference):
+    """Refining at 512 differs from refining at 256 only, so the ladder cases are not one-level ones."""
+    data, folder = reference
+    out = folder / "large-one-level.npz"
+    assert track.main([str(folder / "large.npy"), "--checkpoint", str(folder / "bootstapir_layout.pt"),
+                       "--queries", str(folder / "large.csv"), "--output", str(out), "--mode", "offline"]) == 0
+    one_level = np.load(out)["tracks"]
+    assert np.abs(one_level - data["ladder_512/offline_tracks"]).max() > 0.1
 
 
 def test_the_temperature_changes_the_outputs(reference):

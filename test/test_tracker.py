@@ -159,3 +159,44 @@ def test_track_online_equals_the_engine_step_by_step(model):
         assert (result.occluded[:, t][step.ids] == ~step.visible).all()
     assert np.isnan(result.tracks[1, :2]).all() and result.occluded[1, :2].all()
     assert np.isnan(result.tracks[2, :4]).all() and np.isfinite(result.tracks[2, 4]).all()
+
+
+def test_refinement_ladder_in_the_tracker_and_every_backend(tmp_path):
+    """A two-level ladder (64x64 then 128x96) online: the torch backend equals the model's
+    staged API on frames resized by hand, and the ONNX export (per-level frames and grids,
+    all levels' state) equals the torch backend."""
+    import torch
+
+    from bootstap_ros.backends.onnx_export import expected_shapes
+    from bootstap_ros.model import preprocess_frames, resize_video
+
+    ladder = small_model(refine_resolution=(128, 96))
+    clip = moving_clip(num_frames=4, height=72, width=100)
+    runs = {}
+    for name, options in (("torch", {}), ("onnxruntime", {"cache_dir": tmp_path})):
+        if name == "onnxruntime":
+            pytest.importorskip("onnxruntime")
+        tracker = CausalTracker(ladder, max_points=4, backend=name, **options)
+        runs[name] = [tracker.step(frame, add=POINTS[:2] if t == 0 else None) for t, frame in enumerate(clip)]
+    # The model by hand: each level's frame resized from the input, queries in the model raster.
+    video = preprocess_frames(torch.from_numpy(clip))[None]
+    levels = tuple(resize_video(video, size) for size in ((64, 64), (128, 96)))
+    queries = torch.cat([torch.zeros(2, 1), torch.from_numpy(POINTS[:2, ::-1] * [64 / 72, 64 / 100])], -1)
+    with torch.no_grad():
+        first = ladder.get_feature_grids(tuple(v[:, :1] for v in levels))
+        features = ladder.get_query_features(first, queries[None].float())
+        state = ladder.initial_state(2)
+        for t in range(len(clip)):
+            grids = ladder.get_feature_grids(tuple(v[:, t:t + 1] for v in levels))
+            result, state = ladder.estimate_trajectories(grids, features, state)
+            xy = result.tracks[0, :, 0].numpy() * [100 / 64, 72 / 64]
+            np.testing.assert_allclose(runs["torch"][t].xy, xy, atol=1e-4)
+    if "onnxruntime" in runs:
+        for ours, ref in zip(runs["onnxruntime"], runs["torch"]):
+            np.testing.assert_allclose(ours.xy, ref.xy, atol=1e-3)
+            np.testing.assert_allclose(ours.occlusion_logit, ref.occlusion_logit, atol=1e-3)
+    shapes = expected_shapes(ladder.config, 4)
+    assert shapes["encoder"]["frame_1"] == (1, 128, 96, 3) and shapes["step"]["hires_1"] == (1, 32, 24, 32)
+    assert shapes["step"]["conv1"][0] == 2 * ladder.config.refinement_iters
+    # One level: the graphs keep their names and shapes.
+    assert set(expected_shapes(small_model().config, 4)["encoder"]) == {"frame", "hires", "lowres"}

@@ -11,6 +11,12 @@
   new state ``conv1_out``/``conv2_out``. The state is an explicit input and
   output, so the runtime owns it and a point's history never leaves its row.
 
+With a refinement ladder (`ModelConfig.refine_resolution`), every further level k
+adds an encoder input ``frame_k`` (the frame at that level's resolution) and grids
+``hires_k``/``lowres_k``, which the query and step graphs also take; the query
+features hold every level's vectors (``[Q, C * L]``) and the state every level's
+iterations (I = iterations x levels). With one level the graphs are as above.
+
 Q is the tracker's block size. `export_onnx` writes the three files, runs them
 with onnxruntime on a synthetic frame, random queries and a random state, and
 raises `OnnxExportError` when any output differs from torch by more than the
@@ -39,7 +45,7 @@ import uuid
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -74,14 +80,33 @@ class OnnxExport:
         return self.paths["step"]
 
 
+def frame_names(config) -> List[str]:
+    """The encoder's inputs: one frame per backbone resolution (`config.grid_resolutions`)."""
+    return ["frame"] + [f"frame_{k}" for k in range(1, len(config.grid_resolutions))]
+
+
+def grid_names(config) -> List[str]:
+    """The grids, in graph order: hires, lowres, then hires_k, lowres_k for each further level."""
+    names = ["hires", "lowres"]
+    for k in range(1, len(config.grid_resolutions)):
+        names += [f"hires_{k}", f"lowres_{k}"]
+    return names
+
+
+def _grids_from_flat(flat) -> FeatureGrids:
+    """[1, h, w, C] grids in `grid_names` order -> one-frame FeatureGrids."""
+    levels = [FeatureGrids(flat[i + 1][:, None], flat[i][:, None]) for i in range(0, len(flat), 2)]
+    return FeatureGrids(levels[0].lowres, levels[0].hires, tuple(levels[1:]))
+
+
 class EncoderGraph(nn.Module):
     def __init__(self, model: TAPIR):
         super().__init__()
         self.model = model
 
-    def forward(self, frame: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        grids = self.model.get_feature_grids(frame[:, None])
-        return grids.hires[:, 0], grids.lowres[:, 0]
+    def forward(self, *frames: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        grids = self.model.get_feature_grids(tuple(f[:, None] for f in frames))
+        return tuple(t[:, 0] for level in grids.levels() for t in (level.hires, level.lowres))
 
 
 def sample_query_features(grid: torch.Tensor, points: torch.Tensor, resolution) -> torch.Tensor:
@@ -100,9 +125,14 @@ class QueryGraph(nn.Module):
         super().__init__()
         self.resolution = model.config.resolution
 
-    def forward(self, hires, lowres, points):
-        return (sample_query_features(hires, points, self.resolution),
-                sample_query_features(lowres, points, self.resolution))
+    def forward(self, *grids_and_points):
+        *grids, points = grids_and_points
+        # Every level at the same normalised position; levels concatenated (QueryFeatures).
+        hires = [sample_query_features(g, points, self.resolution) for g in grids[0::2]]
+        lowres = [sample_query_features(g, points, self.resolution) for g in grids[1::2]]
+        if len(hires) == 1:
+            return hires[0], lowres[0]
+        return torch.cat(hires, -1), torch.cat(lowres, -1)
 
 
 class StepGraph(nn.Module):
@@ -110,8 +140,9 @@ class StepGraph(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, hires, lowres, query_hires, query_lowres, conv1, conv2):
-        grids = FeatureGrids(lowres[:, None], hires[:, None])
+    def forward(self, *inputs):
+        *grids, query_hires, query_lowres, conv1, conv2 = inputs
+        grids = _grids_from_flat(grids)
         queries = QueryFeatures(query_lowres[None], query_hires[None])
         state = CausalState(conv1[:, :, None], conv2[:, :, None])
         result, new_state = self.model.track_step(grids, queries, state, in_place=False)
@@ -132,16 +163,18 @@ def model_fingerprint(model: TAPIR) -> str:
 def expected_shapes(config, block_size: int) -> Dict[str, Dict[str, Tuple[int, ...]]]:
     """The static shape of every input and output of the three graphs."""
     c = config
-    height, width = c.resolution
-    hires = (1, height // 4, width // 4, c.hires_dim)
-    lowres = (1, height // 8, width // 8, c.lowres_dim)
-    state = (c.refinement_iters, c.mixer_blocks, block_size, c.mixer_kernel - 1)
+    frames, grids = {}, {}
+    for k, (height, width) in enumerate(c.grid_resolutions):
+        suffix = f"_{k}" if k else ""
+        frames["frame" + suffix] = (1, height, width, 3)
+        grids["hires" + suffix] = (1, height // 4, width // 4, c.hires_dim)
+        grids["lowres" + suffix] = (1, height // 8, width // 8, c.lowres_dim)
+    state = (c.state_iterations, c.mixer_blocks, block_size, c.mixer_kernel - 1)
+    query = {"query_hires": (block_size, c.query_hires_dim), "query_lowres": (block_size, c.query_lowres_dim)}
     return {
-        "encoder": {"frame": (1, height, width, 3), "hires": hires, "lowres": lowres},
-        "queries": {"hires": hires, "lowres": lowres, "points": (block_size, 2),
-                    "query_hires": (block_size, c.hires_dim), "query_lowres": (block_size, c.lowres_dim)},
-        "step": {"hires": hires, "lowres": lowres, "query_hires": (block_size, c.hires_dim),
-                 "query_lowres": (block_size, c.lowres_dim), "conv1": state + (c.mixer_hidden_dim,),
+        "encoder": {**frames, **grids},
+        "queries": {**grids, "points": (block_size, 2), **query},
+        "step": {**grids, **query, "conv1": state + (c.mixer_hidden_dim,),
                  "conv2": state + (4 * c.mixer_hidden_dim,), "outputs": (block_size, 4),
                  "conv1_out": state + (c.mixer_hidden_dim,), "conv2_out": state + (4 * c.mixer_hidden_dim,)},
     }
@@ -154,16 +187,20 @@ def default_cache_dir() -> Path:
 
 
 def example_inputs(model: TAPIR, block_size: int, seed: int = 0):
-    """Deterministic inputs for export and checking: a smooth frame, spread queries, random state."""
+    """Deterministic inputs for export and checking: a smooth frame (one per backbone
+    resolution), spread queries, random state."""
     c = model.config
     height, width = c.resolution
     generator = torch.Generator().manual_seed(seed)
-    y, x = torch.meshgrid(torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32),
-                          indexing="ij")
-    frame = torch.stack([torch.sin(x / 7) * torch.cos(y / 5), torch.sin((x + y) / 11),
-                         torch.cos(x / 13 - y / 4)], -1)[None] * 0.9
+    frames = []
+    for level_h, level_w in c.grid_resolutions:
+        y, x = torch.meshgrid(torch.arange(level_h, dtype=torch.float32) * height / level_h,
+                              torch.arange(level_w, dtype=torch.float32) * width / level_w, indexing="ij")
+        frames.append(torch.stack([torch.sin(x / 7) * torch.cos(y / 5), torch.sin((x + y) / 11),
+                                   torch.cos(x / 13 - y / 4)], -1)[None] * 0.9)
+    frame = tuple(frames)
     points = torch.rand(block_size, 2, generator=generator) * torch.tensor([width - 1.0, height - 1.0]) + 0.5
-    shape = (c.refinement_iters, c.mixer_blocks, block_size, c.mixer_kernel - 1)
+    shape = (c.state_iterations, c.mixer_blocks, block_size, c.mixer_kernel - 1)
     conv1 = torch.randn(*shape, c.mixer_hidden_dim, generator=generator)
     conv2 = torch.randn(*shape, 4 * c.mixer_hidden_dim, generator=generator)
     return frame, points, conv1, conv2
@@ -191,15 +228,16 @@ def export_onnx(model: TAPIR, directory, block_size: int, check: bool = True,
     directory.mkdir(parents=True, exist_ok=True)
     model = inference_model(model, "cpu")  # the caller's model stays where and as it is
     paths = {name: directory / f"{name}.onnx" for name in GRAPHS}
-    frame, points, conv1, conv2 = example_inputs(model, block_size)
+    frames, points, conv1, conv2 = example_inputs(model, block_size)
+    grids = grid_names(model.config)
     with torch.no_grad():
-        hires, lowres = EncoderGraph(model)(frame)
-        query_hires, query_lowres = QueryGraph(model)(hires, lowres, points)
-        _export(EncoderGraph(model), (frame,), paths["encoder"], ["frame"], ["hires", "lowres"])
-        _export(QueryGraph(model), (hires, lowres, points), paths["queries"],
-                ["hires", "lowres", "points"], ["query_hires", "query_lowres"])
-        _export(StepGraph(model), (hires, lowres, query_hires, query_lowres, conv1, conv2), paths["step"],
-                ["hires", "lowres", "query_hires", "query_lowres", "conv1", "conv2"],
+        grid_values = EncoderGraph(model)(*frames)
+        query_hires, query_lowres = QueryGraph(model)(*grid_values, points)
+        _export(EncoderGraph(model), frames, paths["encoder"], frame_names(model.config), grids)
+        _export(QueryGraph(model), (*grid_values, points), paths["queries"],
+                grids + ["points"], ["query_hires", "query_lowres"])
+        _export(StepGraph(model), (*grid_values, query_hires, query_lowres, conv1, conv2), paths["step"],
+                grids + ["query_hires", "query_lowres", "conv1", "conv2"],
                 ["outputs", "conv1_out", "conv2_out"])
     export = OnnxExport(directory, block_size, paths)
     if check:
@@ -215,24 +253,24 @@ def check_export(model: TAPIR, export: OnnxExport, atol: float = 1e-3) -> Dict[s
     """Max abs difference per output between onnxruntime (CPU) and torch; raises above atol."""
     import onnxruntime as ort
 
-    frame, points, conv1, conv2 = example_inputs(model, export.block_size, seed=1)
+    frames, points, conv1, conv2 = example_inputs(model, export.block_size, seed=1)
+    names = grid_names(model.config)
     with torch.no_grad():
-        hires, lowres = EncoderGraph(model)(frame)
-        query_hires, query_lowres = QueryGraph(model)(hires, lowres, points)
-        expected_step = StepGraph(model)(hires, lowres, query_hires, query_lowres, conv1, conv2)
+        grid_values = EncoderGraph(model)(*frames)
+        query_hires, query_lowres = QueryGraph(model)(*grid_values, points)
+        expected_step = StepGraph(model)(*grid_values, query_hires, query_lowres, conv1, conv2)
     options = ort.SessionOptions()
     options.log_severity_level = 3
     sessions = {name: ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
                 for name, path in export.paths.items()}
-    np_frame = frame.numpy()
-    enc = sessions["encoder"].run(None, {"frame": np_frame})
-    qry = sessions["queries"].run(None, {"hires": enc[0], "lowres": enc[1], "points": points.numpy()})
+    enc = sessions["encoder"].run(None, {name: f.numpy() for name, f in zip(frame_names(model.config), frames)})
+    qry = sessions["queries"].run(None, {**dict(zip(names, enc)), "points": points.numpy()})
     # The step is checked on torch's own grids and queries, so each graph is judged alone.
     stp = sessions["step"].run(None, {
-        "hires": hires.numpy(), "lowres": lowres.numpy(), "query_hires": query_hires.numpy(),
+        **{name: g.numpy() for name, g in zip(names, grid_values)}, "query_hires": query_hires.numpy(),
         "query_lowres": query_lowres.numpy(), "conv1": conv1.numpy(), "conv2": conv2.numpy()})
     pairs = {
-        "hires": (enc[0], hires), "lowres": (enc[1], lowres),
+        **{name: (ours, theirs) for name, ours, theirs in zip(names, enc, grid_values)},
         "query_hires": (qry[0], query_hires), "query_lowres": (qry[1], query_lowres),
         "outputs": (stp[0], expected_step[0]), "conv1_out": (stp[1], expected_step[1]),
         "conv2_out": (stp[2], expected_step[2]),

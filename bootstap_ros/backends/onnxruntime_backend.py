@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from bootstap_ros.backends.base import BackendError
-from bootstap_ros.backends.onnx_export import cached_export, expected_shapes
+from bootstap_ros.backends.onnx_export import cached_export, expected_shapes, frame_names, grid_names
 
 
 def physical_cores() -> int:
@@ -77,15 +77,16 @@ class OnnxRuntimeBackend:
         shapes = expected_shapes(model.config, block_size)["step"]
         blocks = max_points // block_size
         # Host copies of the query features (they change only when points are added).
-        self._query_host = {"hires": np.zeros((max_points, model.config.hires_dim), np.float32),
-                            "lowres": np.zeros((max_points, model.config.lowres_dim), np.float32)}
+        self._query_host = {"hires": np.zeros((max_points, model.config.query_hires_dim), np.float32),
+                            "lowres": np.zeros((max_points, model.config.query_lowres_dim), np.float32)}
         self._query = [{name: self._zeros(shapes[f"query_{name}"]) for name in ("hires", "lowres")}
                        for _ in range(blocks)]
         self._state = [(self._zeros(shapes["conv1"]), self._zeros(shapes["conv2"])) for _ in range(blocks)]
         self._spare = (self._zeros(shapes["conv1"]), self._zeros(shapes["conv2"]))
         encoder = expected_shapes(model.config, block_size)["encoder"]
-        self._frame = self._zeros(encoder["frame"])
-        self._grids = (self._zeros(encoder["hires"]), self._zeros(encoder["lowres"]))
+        # One frame and two grids per backbone resolution (more than one with a refinement ladder).
+        self._frames = {name: self._zeros(encoder[name]) for name in frame_names(model.config)}
+        self._grids = {name: self._zeros(encoder[name]) for name in grid_names(model.config)}
         # The step's [Q, 4] outputs are bound to host memory: their one transfer per block.
         self._outputs = np.zeros((blocks, block_size, 4), np.float32)
         self._output_values = [ort.OrtValue.ortvalue_from_numpy(self._outputs[b]) for b in range(blocks)]
@@ -110,29 +111,28 @@ class OnnxRuntimeBackend:
         binding.synchronize_outputs()
 
     def encode(self, frame):
-        """The frame's feature grids, ORT values on the device (overwritten by the next frame)."""
-        frame = np.ascontiguousarray(np.asarray(frame, np.float32))
-        self._frame.update_inplace(frame)
-        self._run("encoder", {"frame": self._frame}, {"hires": self._grids[0], "lowres": self._grids[1]})
+        """The frame's feature grids, {name: ORT value} on the device (overwritten by the next
+        frame). frame: [1, H, W, 3], or a tuple of them at the grid resolutions."""
+        for value, part in zip(self._frames.values(), frame if isinstance(frame, tuple) else (frame,)):
+            value.update_inplace(np.ascontiguousarray(np.asarray(part, np.float32)))
+        self._run("encoder", self._frames, self._grids)
         return self._grids
 
     def set_queries(self, features, slots: np.ndarray, points: np.ndarray) -> None:
         self.set_query_features(slots, self.query_features(features, points))
 
     def query_features(self, features, points: np.ndarray) -> Dict[str, np.ndarray]:
-        hires, lowres = features
         parts: Dict[str, List[np.ndarray]] = {"lowres": [], "hires": []}
-        out = {name: np.zeros((self.block_size, dim), np.float32)
-               for name, dim in (("hires", self.config.hires_dim), ("lowres", self.config.lowres_dim))}
+        dims = {"lowres": self.config.query_lowres_dim, "hires": self.config.query_hires_dim}
+        out = {name: np.zeros((self.block_size, dim), np.float32) for name, dim in dims.items()}
         out_values = {f"query_{name}": self._ort.OrtValue.ortvalue_from_numpy(array) for name, array in out.items()}
         for start in range(0, len(points), self.block_size):  # the query graph takes a fixed Q
             chunk = points[start:start + self.block_size]
             padded = np.zeros((self.block_size, 2), np.float32)
             padded[:len(chunk)] = chunk
-            self._run("queries", {"hires": hires, "lowres": lowres, "points": padded}, out_values)
+            self._run("queries", {**features, "points": padded}, out_values)
             parts["hires"].append(out["hires"][:len(chunk)].copy())
             parts["lowres"].append(out["lowres"][:len(chunk)].copy())
-        dims = {"lowres": self.config.lowres_dim, "hires": self.config.hires_dim}
         return {name: np.concatenate(arrays) if arrays else np.zeros((0, dims[name]), np.float32)
                 for name, arrays in parts.items()}
 
@@ -152,11 +152,10 @@ class OnnxRuntimeBackend:
                 value.update_inplace(np.ascontiguousarray(state))
 
     def step(self, features, blocks: Sequence[int]) -> np.ndarray:
-        hires, lowres = features
         for block in blocks:
             conv1, conv2 = self._state[block]
             out1, out2 = self._spare
-            self._run("step", {"hires": hires, "lowres": lowres, "query_hires": self._query[block]["hires"],
+            self._run("step", {**features, "query_hires": self._query[block]["hires"],
                                "query_lowres": self._query[block]["lowres"], "conv1": conv1, "conv2": conv2},
                       {"outputs": self._output_values[block], "conv1_out": out1, "conv2_out": out2})
             # The new state becomes this block's, the old one the spare (both stay on the device).

@@ -35,7 +35,8 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple
 import numpy as np
 
 from bootstap_ros.backends.base import BackendError
-from bootstap_ros.backends.onnx_export import cached_export, default_cache_dir, expected_shapes, file_sha256
+from bootstap_ros.backends.onnx_export import (cached_export, default_cache_dir, expected_shapes, file_sha256,
+                                               frame_names, grid_names)
 
 LOG = logging.getLogger(__name__)
 ENGINE_PRECISIONS = ("fp16", "bf16", "fp32")
@@ -282,13 +283,14 @@ class TensorRTBackend:
                                                        device=self.device)
         step = shapes["step"]
         blocks = max_points // block_size
-        self._query_hires = torch.zeros((max_points, model.config.hires_dim), device=self.device)
-        self._query_lowres = torch.zeros((max_points, model.config.lowres_dim), device=self.device)
+        self._query_hires = torch.zeros((max_points, model.config.query_hires_dim), device=self.device)
+        self._query_lowres = torch.zeros((max_points, model.config.query_lowres_dim), device=self.device)
         self._state = [(zeros(step["conv1"], "conv1", "step"), zeros(step["conv2"], "conv2", "step"))
                        for _ in range(blocks)]
         self._spare = (zeros(step["conv1_out"], "conv1_out", "step"), zeros(step["conv2_out"], "conv2_out", "step"))
-        self._grids = {name: zeros(shapes["encoder"][name], name, "encoder") for name in ("hires", "lowres")}
-        self._frame = zeros(shapes["encoder"]["frame"], "frame", "encoder")
+        # One frame and two grids per backbone resolution (more than one with a refinement ladder).
+        self._grids = {name: zeros(shapes["encoder"][name], name, "encoder") for name in grid_names(model.config)}
+        self._frames = {name: zeros(shapes["encoder"][name], name, "encoder") for name in frame_names(model.config)}
         self._points = zeros(shapes["queries"]["points"], "points", "queries")
         self._query_out = {name: zeros(shapes["queries"][name], name, "queries")
                            for name in ("query_hires", "query_lowres")}
@@ -297,8 +299,9 @@ class TensorRTBackend:
     def encode(self, frame):
         import torch
 
-        self._frame.copy_(torch.as_tensor(frame), non_blocking=True)
-        self.engines["encoder"].run({"frame": self._frame, **self._grids}, self._stream)
+        for buffer, part in zip(self._frames.values(), frame if isinstance(frame, tuple) else (frame,)):
+            buffer.copy_(torch.as_tensor(part), non_blocking=True)
+        self.engines["encoder"].run({**self._frames, **self._grids}, self._stream)
         return self._grids
 
     def set_queries(self, features, slots: np.ndarray, points: np.ndarray) -> None:
@@ -317,7 +320,7 @@ class TensorRTBackend:
             self.engines["queries"].run({**features, "points": self._points, **self._query_out}, self._stream)
             parts["hires"].append(self._query_out["query_hires"][:len(part)].float().cpu().numpy())
             parts["lowres"].append(self._query_out["query_lowres"][:len(part)].float().cpu().numpy())
-        dims = {"lowres": self.config.lowres_dim, "hires": self.config.hires_dim}
+        dims = {"lowres": self.config.query_lowres_dim, "hires": self.config.query_hires_dim}
         return {name: np.concatenate(arrays) if arrays else np.zeros((0, dims[name]), np.float32)
                 for name, arrays in parts.items()}
 

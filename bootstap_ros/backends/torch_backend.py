@@ -69,8 +69,8 @@ class TorchBackend:
         self.max_points = max_points
         self.block_size = block_size
         c = model.config
-        self._query_lowres = torch.zeros(1, max_points, c.lowres_dim, device=self.device)
-        self._query_hires = torch.zeros(1, max_points, c.hires_dim, device=self.device)
+        self._query_lowres = torch.zeros(1, max_points, c.query_lowres_dim, device=self.device)
+        self._query_hires = torch.zeros(1, max_points, c.query_hires_dim, device=self.device)
         self._state = model.initial_state(max_points, device=self.device) if c.causal else None
         # Graphs serve the causal step; a non-causal model (no state) runs eagerly.
         self.cuda_graphs = cuda_graphs and self.device.startswith("cuda") and c.causal
@@ -85,8 +85,8 @@ class TorchBackend:
             self._compiled_encode = torch.compile(self.model.get_feature_grids, dynamic=False, backend=compiler)
             self._compiled_step = torch.compile(self._functional_step, dynamic=False, backend=compiler)
         if self.cuda_graphs:
-            height, width = c.resolution
-            self._frame = torch.zeros(1, height, width, 3, device=self.device)
+            # One input buffer per backbone resolution (more than one with a refinement ladder).
+            self._frames = tuple(torch.zeros(1, h, w, 3, device=self.device) for h, w in c.grid_resolutions)
             self._outputs = torch.zeros(max_points, 4, device=self.device)
             self._grids: Optional[FeatureGrids] = None  # the encode graph's outputs
             self._encode_graph = None
@@ -101,10 +101,12 @@ class TorchBackend:
                               cache_enabled=not self.cuda_graphs)
 
     # ------------------------------------------------------------- eager parts
-    def _encode(self, frame: torch.Tensor) -> FeatureGrids:
+    def _encode(self, frame) -> FeatureGrids:
+        """frame: [1, H, W, 3], or a tuple of them at the grid resolutions (refinement ladder)."""
         encode = self._compiled_encode or self.model.get_feature_grids
+        video = tuple(f[:, None] for f in frame) if isinstance(frame, tuple) else frame[:, None]
         with self._autocast():
-            return encode(frame[:, None])
+            return encode(video)
 
     def _functional_step(self, features: FeatureGrids, queries: QueryFeatures, state: CausalState):
         """One block's step without side effects (what torch.compile traces):
@@ -154,14 +156,16 @@ class TorchBackend:
             self.cuda_graphs = False
             return None
 
-    def _graph_encode(self, frame: torch.Tensor) -> FeatureGrids:
-        self._frame.copy_(frame)
+    def _graph_encode(self, frame) -> FeatureGrids:
+        for buffer, part in zip(self._frames, frame if isinstance(frame, tuple) else (frame,)):
+            buffer.copy_(part)
+        staged = self._frames if len(self._frames) > 1 else self._frames[0]
         if self._encode_graph is None:
             def run():
-                self._grids = self._encode(self._frame)
+                self._grids = self._encode(staged)
             self._encode_graph = self._capture(run)
             if self._encode_graph is None:
-                return self._encode(self._frame)
+                return self._encode(staged)
         self._encode_graph.replay()
         return self._grids
 
@@ -193,9 +197,11 @@ class TorchBackend:
 
     # ------------------------------------------------------------- the protocol
     @torch.inference_mode()
-    def encode(self, frame: torch.Tensor) -> FeatureGrids:
+    def encode(self, frame) -> FeatureGrids:
         if self.cuda_graphs:
             return self._graph_encode(frame)
+        if isinstance(frame, tuple):
+            return self._encode(tuple(f.to(self.device, non_blocking=True) for f in frame))
         return self._encode(frame.to(self.device, non_blocking=True))
 
     def _sample_queries(self, features: FeatureGrids, points: np.ndarray) -> QueryFeatures:

@@ -2,7 +2,7 @@
 
     bootstap-track VIDEO --checkpoint CKPT --output OUT.npz [--queries Q.csv | --grid N]
         [--mode online|offline] [--causal|--no-causal] [--resolution 256]
-        [--softmax-temperature T]
+        [--refine-resolution HxW] [--softmax-temperature T]
         [--device cpu|cuda] [--render OUT.mp4]
 
 Online mode (default) runs the causal model frame by frame as a live camera
@@ -38,7 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--causal", action=argparse.BooleanOptionalAction, default=None,
                         help="causal model (default: on for online, off for offline)")
     parser.add_argument("--resolution", type=int, default=None,
-                        help="model resolution (square, multiple of 8); default: the checkpoint's (256)")
+                        help="model resolution (square, multiple of 8): the initial estimate and the first "
+                        "refinement level run here; default: the checkpoint's (256)")
+    parser.add_argument("--refine-resolution", default=None, metavar="HxW",
+                        help="top of the refinement ladder (multiples of 8), e.g. 512x512: above "
+                        "--resolution, refinement repeats on log-spaced levels up to it, as the official "
+                        "model does for large input; default: --resolution (one level)")
     parser.add_argument("--softmax-temperature", type=float, default=None,
                         help="softmax temperature of the initial cost-volume estimate (default: the "
                         "checkpoint's; official BootsTAPIR weights 10, TAPIR 20)")
@@ -70,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
+    from bootstap_ros.config import parse_size
     from bootstap_ros.model import load_checkpoint
     from bootstap_ros.model.checkpoint import resolve_checkpoint, with_settings
     from bootstap_ros.queries import grid_queries, read_queries_csv
@@ -92,11 +98,15 @@ def run(args: argparse.Namespace) -> int:
                              official_default_causal=args.mode == "online")
     if args.softmax_temperature is not None and not args.softmax_temperature > 0:
         raise ValueError(f"--softmax-temperature must be positive, got {args.softmax_temperature}")
+    resolution = None if args.resolution is None else (args.resolution, args.resolution)
+    refine = parse_size(args.refine_resolution) if args.refine_resolution else None
     model = with_settings(
-        loaded.model, softmax_temperature=args.softmax_temperature,
-        resolution=None if args.resolution is None else (args.resolution, args.resolution))
+        loaded.model, softmax_temperature=args.softmax_temperature, resolution=resolution,
+        # With only --resolution, the ladder collapses to that one level.
+        refine_resolution=refine or (resolution if resolution else None))
     print(f"{loaded.source} checkpoint {args.checkpoint}: {'causal' if model.config.causal else 'non-causal'}, "
-          f"{model.config.resolution[0]}x{model.config.resolution[1]}, "
+          f"{model.config.resolution[0]}x{model.config.resolution[1]}, refinement at "
+          f"{', '.join(f'{h}x{w}' for h, w in model.config.refinement_resolutions)}, "
           f"softmax temperature {model.config.softmax_temperature:g}, {args.mode} mode, "
           f"{len(queries)} points, video {width}x{height} ({source.num_frames} frames)")
 

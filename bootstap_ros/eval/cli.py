@@ -8,7 +8,7 @@ the summary table.
     bootstap-eval DATASET --checkpoint CKPT --output RESULTS.json \
         [--format auto|robotap|davis|rgb_stacking] [--query-mode first|strided] \
         [--mode online|offline] [--causal|--no-causal] [--resolution 256] \
-        [--softmax-temperature T] \
+        [--refine-resolution HxW] [--softmax-temperature T] \
         [--save-predictions PREDS.npz] [--max-videos K] [--tracker bootstapir|lk] \
         [--device cpu|cuda] [--report DIR]
 """
@@ -54,6 +54,7 @@ class EvalConfig:
     causal: bool | None = None  # None: causal for online, non-causal for offline
     resolution: int = 256
     softmax_temperature: float | None = None  # None: the checkpoint's (BootsTAPIR 10, TAPIR 20)
+    refine_resolution: str | None = None  # HxW top of the refinement ladder; None: the model's (one level)
     save_predictions: str | None = None
     max_videos: int | None = None
     tracker: str = "bootstapir"
@@ -86,8 +87,14 @@ def make_bootstapir_predictor(config: EvalConfig) -> Predictor:
     config.causal = loaded.config.causal
     from bootstap_ros.model.checkpoint import with_settings
 
-    model = with_settings(loaded.model, softmax_temperature=config.softmax_temperature)
+    from bootstap_ros.config import parse_size
+
+    model = with_settings(loaded.model, softmax_temperature=config.softmax_temperature,
+                          refine_resolution=parse_size(config.refine_resolution) if config.refine_resolution
+                          else None)
     config.softmax_temperature = model.config.softmax_temperature
+    top = model.config.refinement_resolutions[-1]
+    config.refine_resolution = f"{top[0]}x{top[1]}"
     # --resolution is the evaluation raster; the model keeps the resolution it was
     # trained at and resizes frames to it itself (256 for the official checkpoints).
     if config.mode == "offline" and config.precision not in ("auto", "fp32"):
@@ -126,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "offline); project checkpoints say whether they are causal")
     parser.add_argument("--resolution", type=int, default=256,
                         help="evaluation raster size; the papers use 256")
+    parser.add_argument("--refine-resolution", metavar="HxW",
+                        help="top of the model's refinement ladder (e.g. 512x512; default: the model "
+                        "resolution, one level); the ladder refines the evaluation frames, so evaluate at "
+                        "--resolution 512 for 512 detail")
     parser.add_argument("--softmax-temperature", type=float, default=None,
                         help="softmax temperature of the initial cost-volume estimate (default: the "
                         "checkpoint's; official BootsTAPIR weights 10, TAPIR 20)")
@@ -150,6 +161,15 @@ def parse_config(argv=None) -> EvalConfig:
     args = parser.parse_args(argv)
     if args.resolution < 8:
         parser.error(f"--resolution must be at least 8, got {args.resolution}")
+    if args.refine_resolution:
+        from bootstap_ros.config import parse_size
+
+        try:
+            size = parse_size(args.refine_resolution)
+        except ValueError as error:
+            parser.error(f"--refine-resolution: {error}")
+        if size[0] % 8 or size[1] % 8:
+            parser.error(f"--refine-resolution must be multiples of 8, got {args.refine_resolution}")
     if args.softmax_temperature is not None and not args.softmax_temperature > 0:
         parser.error(f"--softmax-temperature must be positive, got {args.softmax_temperature}")
     if args.max_videos is not None and args.max_videos < 1:

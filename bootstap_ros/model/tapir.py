@@ -7,6 +7,11 @@ x right / y down, pixel centres at +0.5; query points are [t, y, x]):
 2. `get_query_features(grids, query_points)` -> QueryFeatures (per point)
 3. `estimate_trajectories(grids, query_features, state)` -> (Trajectories, CausalState)
 
+With a refinement ladder (`ModelConfig.refine_resolution` above `resolution`), the
+initial estimate runs at `resolution` and refinement repeats at every level of
+`ModelConfig.refinement_resolutions`, each on grids of the input resized to that
+level, as the official model does for input larger than 256x256.
+
 Only the refinement mixer couples frames in time. For causal models that
 coupling is a left-padded depthwise convolution whose last K-1 inputs per
 point, refinement iteration and mixer block form the `CausalState`: two plain
@@ -29,23 +34,38 @@ from bootstap_ros.model import layers
 class FeatureGrids(NamedTuple):
     """Backbone features, L2-normalised over channels.
 
-    lowres: [B, T, H/8, W/8, C_lowres]
+    lowres: [B, T, H/8, W/8, C_lowres]   at the model resolution (H, W)
     hires:  [B, T, H/4, W/4, C_hires]
+    finer:  the grids of the further refinement levels (FeatureGrids without `finer`),
+            one per level above the first; empty with one level.
     """
 
     lowres: torch.Tensor
     hires: torch.Tensor
+    finer: Tuple["FeatureGrids", ...] = ()
+
+    def levels(self) -> Tuple["FeatureGrids", ...]:
+        """The grids of each refinement level: the first level shares the model resolution's."""
+        return (FeatureGrids(self.lowres, self.hires),) + tuple(self.finer)
 
 
 class QueryFeatures(NamedTuple):
     """Features sampled at each query point on its query frame.
 
-    lowres: [B, N, C_lowres]
-    hires:  [B, N, C_hires]
+    lowres: [B, N, C_lowres * L]
+    hires:  [B, N, C_hires * L]
+    with one vector per refinement level (L = `ModelConfig.num_levels`), concatenated
+    along channels, first level first: a point's query is one flat vector per kind, so
+    backends and stored query sets hold it like a one-level query.
     """
 
     lowres: torch.Tensor
     hires: torch.Tensor
+
+    def level(self, index: int, lowres_dim: int, hires_dim: int) -> "QueryFeatures":
+        """The features of refinement level `index`."""
+        return QueryFeatures(self.lowres[..., index * lowres_dim:(index + 1) * lowres_dim],
+                             self.hires[..., index * hires_dim:(index + 1) * hires_dim])
 
 
 class CausalState(NamedTuple):
@@ -53,7 +73,8 @@ class CausalState(NamedTuple):
 
     conv1: [I, M, B, N, K-1, D]   inputs of the first depthwise conv (D = mixer width)
     conv2: [I, M, B, N, K-1, 4D]  inputs of the second depthwise conv
-    with I refinement iterations, M mixer blocks, B batch, N points, K kernel size.
+    with I refinement iterations (all levels', level by level), M mixer blocks, B batch,
+    N points, K kernel size.
     A point starts from zeros (equal to the zero padding of a whole-clip run).
     """
 
@@ -93,11 +114,12 @@ def _point_index(index):
 class Trajectories(NamedTuple):
     """Tracks for B videos, N points, T frames (model-resolution raster).
 
-    tracks:        [B, N, T, 2]  x, y of the last refinement iteration
+    tracks:        [B, N, T, 2]  x, y of the last refinement iteration (of the last level)
     occlusion:     [B, N, T]     logit, higher = more likely occluded
     expected_dist: [B, N, T]     logit, higher = more likely off by > 6 px (at 256)
     unrefined:     ((tracks, occlusion, expected_dist), ...) for the cost-volume
                    estimate and every refinement iteration but the last, oldest first
+                   (with a ladder: every level's iterations, level by level)
     """
 
     tracks: torch.Tensor
@@ -185,9 +207,26 @@ class TAPIR(nn.Module):
         return self._constants[key]
 
     # ------------------------------------------------------------------ stage 1
-    def get_feature_grids(self, video: torch.Tensor, chunk_size: int = 16) -> FeatureGrids:
-        """video [B, T, H, W, 3] float in [-1, 1], any size (resized to the model resolution)."""
-        video = resize_video(video, self.config.resolution)
+    def resize_for_grids(self, video: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """video [B, T, H, W, C] resized to each of `config.grid_resolutions`, each from the
+        input (bilinear, as the official model resizes for every refinement level)."""
+        return tuple(resize_video(video, size) for size in self.config.grid_resolutions)
+
+    def get_feature_grids(self, video, chunk_size: int = 16) -> FeatureGrids:
+        """video [B, T, H, W, 3] float in [-1, 1], any size (resized to every grid resolution),
+        or a tuple of such videos already at `config.grid_resolutions` (`resize_for_grids`)."""
+        if isinstance(video, torch.Tensor):
+            videos = self.resize_for_grids(video)
+        else:
+            videos = tuple(video)
+            sizes = tuple(tuple(v.shape[2:4]) for v in videos)
+            if sizes != self.config.grid_resolutions:
+                raise ValueError(f"expected videos at the grid resolutions {self.config.grid_resolutions}, "
+                                 f"got {sizes}")
+        grids = [self._backbone_grids(v, chunk_size) for v in videos]
+        return FeatureGrids(grids[0].lowres, grids[0].hires, tuple(grids[1:]))
+
+    def _backbone_grids(self, video: torch.Tensor, chunk_size: int) -> FeatureGrids:
         b, t = video.shape[:2]
         images = video.reshape(b * t, *video.shape[2:]).permute(0, 3, 1, 2)
         hires_parts, lowres_parts = [], []
@@ -205,11 +244,26 @@ class TAPIR(nn.Module):
 
     # ------------------------------------------------------------------ stage 2
     def get_query_features(self, grids: FeatureGrids, query_points: torch.Tensor) -> QueryFeatures:
-        """query_points [B, N, 3] as (t, y, x) in the model raster; t indexes grids' frames."""
-        return QueryFeatures(
-            self._sample_query(grids.lowres, query_points),
-            self._sample_query(grids.hires, query_points),
-        )
+        """query_points [B, N, 3] as (t, y, x) in the model raster; t indexes grids' frames.
+        Every level's grids are sampled at the same normalised position."""
+        levels = grids.levels()
+        lowres = [self._sample_query(g.lowres, query_points) for g in levels]
+        hires = [self._sample_query(g.hires, query_points) for g in levels]
+        if len(levels) == 1:
+            return QueryFeatures(lowres[0], hires[0])
+        return QueryFeatures(torch.cat(lowres, -1), torch.cat(hires, -1))
+
+    def _level_queries(self, query_features: QueryFeatures, level: int) -> QueryFeatures:
+        if self.config.num_levels == 1:
+            return query_features
+        return query_features.level(level, self.config.lowres_dim, self.config.hires_dim)
+
+    def _update_scale(self, level_grids: FeatureGrids) -> Optional[Tuple[float, float]]:
+        """(x, y) factor from a level's raster to the model raster for the mixer's position
+        updates (the official `pos_update`); None at the model resolution itself."""
+        height, width = self.config.resolution
+        level_h, level_w = level_grids.hires.shape[2] * 4, level_grids.hires.shape[3] * 4
+        return None if (level_h, level_w) == (height, width) else (width / level_w, height / level_h)
 
     def _sample_query(self, grid: torch.Tensor, query_points: torch.Tensor) -> torch.Tensor:
         # Trilinear sampling (frame centres at t + 0.5), clamped to the border, as TAPIR does.
@@ -227,7 +281,7 @@ class TAPIR(nn.Module):
                       dtype: torch.dtype = torch.float32) -> CausalState:
         """Zero causal state for `num_points` points (the state of a newly added point)."""
         c = self.config
-        shape = (c.refinement_iters, c.mixer_blocks, batch, num_points, c.mixer_kernel - 1)
+        shape = (c.state_iterations, c.mixer_blocks, batch, num_points, c.mixer_kernel - 1)
         return CausalState(
             torch.zeros(*shape, c.mixer_hidden_dim, device=device, dtype=dtype),
             torch.zeros(*shape, 4 * c.mixer_hidden_dim, device=device, dtype=dtype),
@@ -251,21 +305,28 @@ class TAPIR(nn.Module):
         if state is not None and not c.causal:
             raise ValueError("a causal state was given to a non-causal model")
         tracks, occlusion, expected_dist = self._cost_volume_estimate(
-            query_features.lowres, grids.lowres, query_points)
+            self._level_queries(query_features, 0).lowres, grids.lowres, query_points)
         iterations = [(tracks, occlusion, expected_dist)]
-        pyramid = [grids.hires, grids.lowres]
-        for _ in range(c.pyramid_level):
-            pyramid.append(_avg_pool_spatial(pyramid[-1]))
-        mixer_features = None
+        initial_logits = (occlusion, expected_dist)
         new_conv1, new_conv2 = [], []
-        for i in range(c.refinement_iters):
-            history = (None, None) if state is None else (state.conv1[i], state.conv2[i])
-            tracks, occlusion, expected_dist, mixer_features, h1, h2 = self._refine(
-                query_features, pyramid, tracks, occlusion, expected_dist, mixer_features, history)
-            iterations.append((tracks, occlusion, expected_dist))
-            if h1 is not None:
-                new_conv1.append(h1)
-                new_conv2.append(h2)
+        for level, level_grids in enumerate(grids.levels()):
+            queries = self._level_queries(query_features, level)
+            scale = self._update_scale(level_grids)
+            pyramid = [level_grids.hires, level_grids.lowres]
+            for _ in range(c.pyramid_level):
+                pyramid.append(_avg_pool_spatial(pyramid[-1]))
+            # Each level starts again from the query features and the initial logits;
+            # the positions carry over (official TAPIR).
+            mixer_features = None
+            occlusion, expected_dist = initial_logits
+            for i in range(level * c.refinement_iters, (level + 1) * c.refinement_iters):
+                history = (None, None) if state is None else (state.conv1[i], state.conv2[i])
+                tracks, occlusion, expected_dist, mixer_features, h1, h2 = self._refine(
+                    queries, pyramid, tracks, occlusion, expected_dist, mixer_features, history, scale)
+                iterations.append((tracks, occlusion, expected_dist))
+                if h1 is not None:
+                    new_conv1.append(h1)
+                    new_conv2.append(h2)
         new_state = CausalState(torch.stack(new_conv1), torch.stack(new_conv2)) if new_conv1 else None
         final = iterations[-1]
         return Trajectories(final[0], final[1], final[2], tuple(iterations[:-1])), new_state
@@ -327,51 +388,63 @@ class TAPIR(nn.Module):
         if grids.lowres.shape[1] != 1:
             raise ValueError(f"track_step takes the grids of one frame, got {grids.lowres.shape[1]}")
         height, width = c.resolution
-        b, n = query_features.lowres.shape[:2]
-        levels = [grids.hires[:, 0], grids.lowres[:, 0]]  # [B, h, w, C]
 
-        def correlation_maps(hires_query, lowres_query):
-            maps = [torch.matmul(query, grid.flatten(1, 2).transpose(1, 2)).unflatten(-1, grid.shape[1:3])
-                    for query, grid in zip((hires_query, lowres_query), levels)]
+        def correlation_maps(level_grids, hires_query, lowres_query):
+            maps = [torch.matmul(query, grid[:, 0].flatten(1, 2).transpose(1, 2)).unflatten(-1, grid.shape[2:4])
+                    for query, grid in zip((hires_query, lowres_query), (level_grids.hires, level_grids.lowres))]
             for _ in range(c.pyramid_level):
                 maps.append(F.avg_pool2d(maps[-1], 2))
-            return maps  # [B, N, h, w] per level
+            return maps  # [B, N, h, w] per pyramid level
 
-        maps = correlation_maps(query_features.hires, query_features.lowres)
+        first = self._level_queries(query_features, 0)
+        maps = correlation_maps(grids, first.hires, first.lowres)
         tracks, occlusion, expected_dist = self._cost_volume_head(maps[1][:, :, None], None)
         tracks, occlusion, expected_dist = tracks[:, :, 0], occlusion[:, :, 0], expected_dist[:, :, 0]
         iterations = [(tracks, occlusion, expected_dist)]
-        mixer_features = torch.cat([query_features.hires, query_features.lowres], dim=-1)
+        initial_logits = (occlusion, expected_dist)
         new_conv1, new_conv2 = [], []
-        for i in range(c.refinement_iters):
-            if i:
-                maps = correlation_maps(mixer_features[..., :c.hires_dim], mixer_features[..., c.hires_dim:])
-            correlations = []
-            for grid in maps:
-                gh, gw = grid.shape[-2:]
-                centres = tracks * self._constant((gw / width, gh / height), tracks)
-                correlations.append(_sample_maps(grid, centres[:, :, None, :] + self.patch_offsets,
-                                                 self._constant((2.0 / gw, 2.0 / gh), tracks)))
-            mixer_input = torch.cat([
-                torch.zeros_like(tracks), occlusion[..., None], expected_dist[..., None],
-                mixer_features, *correlations,
-            ], dim=-1)
-            out, h1, h2 = self.torch_pips_mixer.step(mixer_input, state.conv1[i], state.conv2[i], in_place)
-            new_conv1.append(h1)
-            new_conv2.append(h2)
-            tracks = tracks + out[..., :2]
-            occlusion = occlusion + out[..., 2]
-            expected_dist = expected_dist + out[..., 3]
-            mixer_features = mixer_features + out[..., 4:]
-            iterations.append((tracks, occlusion, expected_dist))
+        for level, level_grids in enumerate(grids.levels()):
+            queries = self._level_queries(query_features, level)
+            scale = self._update_scale(level_grids)
+            if level:  # a level starts from its query features and the initial logits
+                maps = correlation_maps(level_grids, queries.hires, queries.lowres)
+                occlusion, expected_dist = initial_logits
+            mixer_features = torch.cat([queries.hires, queries.lowres], dim=-1)
+            for i in range(level * c.refinement_iters, (level + 1) * c.refinement_iters):
+                if i > level * c.refinement_iters:
+                    maps = correlation_maps(level_grids, mixer_features[..., :c.hires_dim],
+                                            mixer_features[..., c.hires_dim:])
+                correlations = []
+                for grid in maps:
+                    gh, gw = grid.shape[-2:]
+                    centres = tracks * self._constant((gw / width, gh / height), tracks)
+                    correlations.append(_sample_maps(grid, centres[:, :, None, :] + self.patch_offsets,
+                                                     self._constant((2.0 / gw, 2.0 / gh), tracks)))
+                mixer_input = torch.cat([
+                    torch.zeros_like(tracks), occlusion[..., None], expected_dist[..., None],
+                    mixer_features, *correlations,
+                ], dim=-1)
+                out, h1, h2 = self.torch_pips_mixer.step(mixer_input, state.conv1[i], state.conv2[i], in_place)
+                new_conv1.append(h1)
+                new_conv2.append(h2)
+                update = out[..., :2] if scale is None else out[..., :2] * self._constant(scale, tracks)
+                tracks = tracks + update
+                occlusion = occlusion + out[..., 2]
+                expected_dist = expected_dist + out[..., 3]
+                mixer_features = mixer_features + out[..., 4:]
+                iterations.append((tracks, occlusion, expected_dist))
         new_state = state if in_place else CausalState(torch.stack(new_conv1), torch.stack(new_conv2))
         framed = [(p[:, :, None], o[:, :, None], e[:, :, None]) for p, o, e in iterations]
         final = framed[-1]
         return Trajectories(final[0], final[1], final[2], tuple(framed[:-1])), new_state
 
     def _refine(self, query_features: QueryFeatures, pyramid: Sequence[torch.Tensor],
-                tracks, occlusion, expected_dist, mixer_features, history):
-        """One PIPs-style refinement iteration over all frames."""
+                tracks, occlusion, expected_dist, mixer_features, history,
+                scale: Optional[Tuple[float, float]] = None):
+        """One PIPs-style refinement iteration over all frames, on one level's pyramid.
+
+        scale: (x, y) factor from the level's raster to the model raster for the
+        position update (None at the model resolution)."""
         c = self.config
         height, width = c.resolution
         b, n, t, _ = tracks.shape
@@ -406,8 +479,9 @@ class TAPIR(nn.Module):
         if h1 is not None:
             h1 = h1.unflatten(1, (b, n))
             h2 = h2.unflatten(1, (b, n))
+        update = out[..., :2] if scale is None else out[..., :2] * torch.tensor(scale, device=out.device)
         return (
-            tracks + out[..., :2],  # refinement runs at the model resolution: no rescale
+            tracks + update,  # the mixer's update is in the level's pixels
             occlusion + out[..., 2],
             expected_dist + out[..., 3],
             mixer_features + out[..., 4:],
@@ -416,18 +490,22 @@ class TAPIR(nn.Module):
         )
 
     # ------------------------------------------------------------------ whole clip
-    def forward(self, video: torch.Tensor, query_points: torch.Tensor,
+    def forward(self, video, query_points: torch.Tensor,
                 state: Optional[CausalState] = None, query_chunk_size: int = 64,
                 constrain_query_points: bool = True) -> Trajectories:
         """Tracks over a whole clip, in the clip's own pixel raster.
 
-        video: [B, T, H, W, 3] float in [-1, 1]; query_points [B, N, 3] (t, y, x) in
-        the video's raster. Points are processed in chunks to bound memory; points
-        are independent, so chunking does not change the result.
+        video: [B, T, H, W, 3] float in [-1, 1], or a tuple of such videos at
+        `config.grid_resolutions` (`resize_for_grids`; the raster is then the first's);
+        query_points [B, N, 3] (t, y, x) in the video's raster. Points are processed in
+        chunks to bound memory; points are independent, so chunking does not change the
+        result. With a refinement ladder the outputs are the mean over levels of each
+        level's last iteration, as the official forward reports them.
         """
-        height, width = video.shape[2:4]
+        first = video if isinstance(video, torch.Tensor) else video[0]
+        height, width = first.shape[2:4]
         model_h, model_w = self.config.resolution
-        to_model = torch.tensor([1.0, model_h / height, model_w / width], device=video.device)
+        to_model = torch.tensor([1.0, model_h / height, model_w / width], device=first.device)
         queries = query_points.float() * to_model
         grids = self.get_feature_grids(video)
         pieces = []
@@ -438,7 +516,7 @@ class TAPIR(nn.Module):
                 grids, self.get_query_features(grids, chunk), chunk_state,
                 chunk if constrain_query_points else None)
             pieces.append(result)
-        to_video = torch.tensor([width / model_w, height / model_h], device=video.device)
+        to_video = torch.tensor([width / model_w, height / model_h], device=first.device)
 
         def join(get, scale=False):
             joined = torch.cat([get(p) for p in pieces], dim=1)
@@ -449,8 +527,12 @@ class TAPIR(nn.Module):
              join(lambda p, i=i: p.unrefined[i][2]))
             for i in range(len(pieces[0].unrefined))
         )
-        return Trajectories(join(lambda p: p.tracks, True), join(lambda p: p.occlusion),
-                            join(lambda p: p.expected_dist), unrefined)
+        final = (join(lambda p: p.tracks, True), join(lambda p: p.occlusion), join(lambda p: p.expected_dist))
+        iters = self.config.refinement_iters
+        if self.config.num_levels > 1 and iters:
+            finals = (unrefined + (final,))[iters::iters]  # each level's last iteration
+            final = tuple(torch.stack(parts).mean(0) for parts in zip(*finals))
+        return Trajectories(*final, unrefined)
 
 
 def _sample_maps(maps: torch.Tensor, xy: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

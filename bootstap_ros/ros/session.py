@@ -88,7 +88,9 @@ def create_tracker(config: TrackerNodeConfig):
             f"checkpoint (official: {OFFICIAL_CAUSAL_URL}) or a bootstap_ros checkpoint") from None
     from bootstap_ros.model.checkpoint import with_settings
 
-    model = with_settings(loaded.model, resolution=(config.resolution,) * 2 if config.resolution else None,
+    resolution = (config.resolution,) * 2 if config.resolution else None
+    refine = tuple(config.refine_resolution) if tuple(config.refine_resolution) != (0, 0) else resolution
+    model = with_settings(loaded.model, resolution=resolution, refine_resolution=refine,
                           softmax_temperature=config.softmax_temperature or None)
     notes = []
     if not model.config.causal:

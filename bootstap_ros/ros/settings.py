@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from bootstap_ros.backends.base import BACKEND_CHOICES, PRECISION_CHOICES
 
@@ -32,6 +32,8 @@ class TrackerNodeConfig:
     cpu_threads: int = 0  # 0 = torch's default
     resolution: int = 0  # 0 = the checkpoint's own
     softmax_temperature: float = 0.0  # 0 = the checkpoint's own
+    # [H, W] top of the refinement ladder; [0, 0] = resolution. A list, as ROS gives it back.
+    refine_resolution: List[int] = dataclasses.field(default_factory=lambda: [0, 0])
     max_points: int = 256
     grid_points: Union[int, Tuple[float, ...]] = 0
     visibility_threshold: float = 0.5
@@ -97,6 +99,12 @@ PARAMETERS: Tuple[ParameterSpec, ...] = (
                   "Square model input resolution in pixels, a multiple of 8; 0 keeps the "
                   "checkpoint's (256). Lower is faster and less accurate.",
                   integer_range=(0, 2048)),
+    ParameterSpec("refine_resolution", "refine_resolution",
+                  "[H, W], multiples of 8: the top of the refinement ladder. Above the model "
+                  "resolution, refinement repeats on log-spaced levels up to it (official TAPIR for "
+                  "large input; BootsTAPIR is most accurate at 512x512), each on the camera image "
+                  "resized to that level; the initial estimate stays at the model resolution. "
+                  "[0, 0]: the model resolution (one level, fastest)."),
     ParameterSpec("softmax_temperature", "softmax_temperature",
                   "Softmax temperature of the initial cost-volume estimate; 0 keeps the "
                   "checkpoint's (official BootsTAPIR weights: 10, TAPIR: 20, as they were trained).",
@@ -182,6 +190,12 @@ def config_from_parameters(values: Dict[str, Any]) -> TrackerNodeConfig:
     if config.resolution and config.resolution % 8:
         raise SettingsError(f"parameter resolution={config.resolution} must be a multiple of 8 "
                             "(or 0 for the checkpoint's own)")
+    top = tuple(config.refine_resolution)
+    if top != (0, 0) and (len(top) != 2 or any(not isinstance(v, int) or isinstance(v, bool) or v <= 0 or v % 8
+                                                 for v in top)):
+        raise SettingsError(f"parameter refine_resolution={list(top)} must be [H, W], two positive "
+                            "multiples of 8 (e.g. [512, 512]), or [0, 0] for the model resolution")
+    config = dataclasses.replace(config, refine_resolution=list(top))
     device = config.device
     if not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
         raise SettingsError(f"parameter device={device!r} is not auto, cpu, cuda or cuda:N")

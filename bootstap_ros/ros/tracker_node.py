@@ -195,10 +195,12 @@ class TrackerNode(Node):
 
         self._worker = threading.Thread(target=self._work, name="tracker_worker", daemon=True)
         self._worker.start()
+        top = self.settings.refine_resolution
+        refined = "" if tuple(top) == (0, 0) else f", refined up to {top[1]}x{top[0]}"
         self.get_logger().info(
             f"tracking {self._image_sub.topic_name} with the {self.info.source} checkpoint "
             f"{self.info.checkpoint} ({'causal' if self.info.causal else 'non-causal'}, "
-            f"{self.info.resolution[1]}x{self.info.resolution[0]}) on {self.info.backend}/"
+            f"{self.info.resolution[1]}x{self.info.resolution[0]}{refined}) on {self.info.backend}/"
             f"{self.info.device}, up to {tracker.max_points} points; publishing "
             f"{self._tracks_pub.topic_name}")
 
@@ -220,7 +222,8 @@ class TrackerNode(Node):
                 value = self.declare_parameter(spec.name, spec.default, descriptor).value
             except Exception as error:  # rclpy's type/range exceptions have no common base
                 expected = {bool: "true or false", int: "an integer", float: "a number with a "
-                            "decimal point (1.0, not 1)", str: "a string"}[type(spec.default)]
+                            "decimal point (1.0, not 1)", str: "a string"}.get(type(spec.default),
+                                                                                "a list of integers")
                 raise StartupError(
                     f"parameter {spec.name}: {error}. Expected {expected}"
                     f"{' (' + spec.constraints + ')' if spec.constraints else ''}") from None

@@ -88,8 +88,9 @@ def track_offline(model: TAPIR, video: np.ndarray, queries: np.ndarray, device: 
     """The model's whole-clip forward with the query points given.
 
     video: uint8 RGB [T, H, W, 3]; queries [N, 3] (t, x, y) in its pixels.
-    Frames are resized to the model resolution one at a time (the same bilinear
-    resize the model would do) so long clips do not need a float copy in memory.
+    Frames are resized to the model resolution (and, with a refinement ladder, to every
+    further level's) one at a time, each from the input frame (the same bilinear resize
+    the model would do), so long clips do not need a float copy in memory.
     """
     queries = np.asarray(queries, np.float32).reshape(-1, 3)
     _query_frames(queries)
@@ -98,11 +99,10 @@ def track_offline(model: TAPIR, video: np.ndarray, queries: np.ndarray, device: 
         raise ValueError(f"a query frame ({int(queries[:, 0].max())}) is beyond the clip's {num_frames} frames")
     model = inference_model(model, device)  # the caller's model stays where and as it is
     model_h, model_w = model.config.resolution
-    resized = torch.cat([
-        resize_video(preprocess_frames(torch.from_numpy(np.ascontiguousarray(f)).to(device)[None, None]),
-                     (model_h, model_w))
+    resized = tuple(torch.cat([
+        resize_video(preprocess_frames(torch.from_numpy(np.ascontiguousarray(f)).to(device)[None, None]), size)
         for f in video
-    ], dim=1)
+    ], dim=1) for size in model.config.grid_resolutions)
     scale = np.array([1.0, model_h / height, model_w / width], np.float32)
     tyx = queries[:, [0, 2, 1]] * scale
     if query_chunk_size is None:

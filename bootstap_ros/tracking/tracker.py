@@ -140,8 +140,10 @@ class CausalTracker:
         self.backend.reset()
 
     # ------------------------------------------------------------- frames
-    def _prepare(self, frame: np.ndarray, encoding: str) -> torch.Tensor:
-        """Frame -> [1, h, w, 3] float in [-1, 1] at the model resolution (CPU)."""
+    def _prepare(self, frame: np.ndarray, encoding: str):
+        """Frame -> [1, h, w, 3] float in [-1, 1] at the model resolution (CPU); with a
+        refinement ladder a tuple of them, one per `config.grid_resolutions`, each resized
+        from the input frame."""
         rgb = to_rgb(frame, encoding)
         size = rgb.shape[:2]
         if self.frame_size is not None and size != self.frame_size and self.num_points:
@@ -151,8 +153,9 @@ class CausalTracker:
         if not rgb.flags.writeable:  # e.g. a memory-mapped .npy; torch wants writable memory
             rgb = rgb.copy()
         # Preprocessing runs in torch on the CPU for every backend, so all see the same input.
-        video = torch.from_numpy(rgb)[None, None]
-        return resize_video(preprocess_frames(video), self.config.resolution)[:, 0]
+        video = preprocess_frames(torch.from_numpy(rgb)[None, None])
+        frames = tuple(resize_video(video, size)[:, 0] for size in self.config.grid_resolutions)
+        return frames[0] if len(frames) == 1 else frames
 
     def _to_model(self, xy: np.ndarray) -> np.ndarray:
         height, width = self.frame_size
@@ -206,7 +209,7 @@ class CausalTracker:
         demonstration image); returns their new ids, in the rows' order. They are tracked from
         the next `step` on, with zero causal state. Raises ValueError for features of another
         shape than this model's and TrackerFullError when the free slots do not suffice."""
-        dims = {"lowres": self.config.lowres_dim, "hires": self.config.hires_dim}
+        dims = {"lowres": self.config.query_lowres_dim, "hires": self.config.query_hires_dim}
         if set(features) != set(dims):
             raise ValueError(f"query features must be {sorted(dims)}, got {sorted(features)}")
         features = {k: np.ascontiguousarray(v, np.float32) for k, v in features.items()}
