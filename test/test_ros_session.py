@@ -115,6 +115,19 @@ def test_create_tracker_loads_a_checkpoint_at_a_chosen_resolution(checkpoint):
     assert info.backend == "torch"
 
 
+def test_refine_resolution_and_softmax_temperature_reach_the_model(checkpoint):
+    config = config_from_parameters({"checkpoint": str(checkpoint), "refine_resolution": [128, 96],
+                                     "softmax_temperature": 15.0, "max_points": 8})
+    tracker, info = create_tracker(config)
+    assert tracker.config.refinement_resolutions == ((64, 64), (128, 96))  # the small model is 64x64
+    assert tracker.config.softmax_temperature == 15.0 and info.resolution == (64, 64)
+    # [0, 0] (the default) and a resolution alone: one level at that resolution.
+    tracker, _ = create_tracker(config_from_parameters({"checkpoint": str(checkpoint), "resolution": 32}))
+    assert tracker.config.refinement_resolutions == ((32, 32),)
+    with pytest.raises(SettingsError, match="refine_resolution"):
+        config_from_parameters({"refine_resolution": [128]})
+
+
 def test_cpu_threads_sets_the_inference_pool(checkpoint):
     import torch
 
