@@ -86,7 +86,7 @@ figures: setup
 # robot-domain data written as rosbag2 bags, the embedded model before and after
 # bootstrapping, the no-affine and Siamese ablations and the supervised-only control,
 # one table in $(BOOTSTRAP_OUT)/table.md. Trains on CUDA by default (about 3 minutes on
-# one H100/H200); BOOTSTRAP_DEVICE=cpu runs it on the CPU (hours); every job is skipped
+# one H200 with 16 CPU cores); BOOTSTRAP_DEVICE=cpu runs it on the CPU (hours); every job is skipped
 # when its output exists, so an interrupted run continues.
 BOOTSTRAP_OUT    := outputs/bootstrap_experiment
 BOOTSTRAP_DEVICE ?= cuda
