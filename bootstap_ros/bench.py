@@ -176,6 +176,17 @@ def run_benchmark(model, specs: Sequence[RunSpec], point_counts: Sequence[int], 
                     latencies[spec].append(elapsed)
                 outputs[spec].append(result.xy)
                 visible[spec].append(result.visible)
+        # Arithmetic per frame (convolutions and matmuls, torch backends only; after the
+        # timed frames): a cost figure that, unlike latency, does not move with the load.
+        from torch.utils.flop_counter import FlopCounterMode
+
+        gflop = {}
+        for spec, tracker in trackers.items():
+            if spec.backend in ("torch", BASELINE) and not spec.compiled:
+                with FlopCounterMode(display=False) as counter:
+                    tracker.step(clip[-1])
+                if counter.get_total_flops():  # a replayed CUDA graph dispatches nothing to count
+                    gflop[spec] = counter.get_total_flops() / 1e9
         baseline = all_specs[0]
         base_mean = float(np.mean(latencies[baseline])) if baseline in latencies else None
         for spec in all_specs:
@@ -189,6 +200,8 @@ def run_benchmark(model, specs: Sequence[RunSpec], point_counts: Sequence[int], 
                 runs.append(row)
                 continue
             row.update(_stats(latencies[spec]))
+            if spec in gflop:
+                row["gflop_per_frame"] = gflop[spec]
             row["peak_rss_mb"] = _peak_rss_mb()
             if spec.device.startswith("cuda"):
                 row["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated(spec.device) / 2 ** 20
@@ -209,7 +222,7 @@ def run_benchmark(model, specs: Sequence[RunSpec], point_counts: Sequence[int], 
 
 def format_table(results: dict) -> str:
     header = (f"{'backend/device/precision':<28} {'points':>6} {'mean':>8} {'p50':>8} {'p95':>8} {'max':>8} "
-              f"{'fps':>7} {'rss MB':>7} {'speed-up':>8} {'dmax px':>8} {'dmed px':>8} {'vis':>6}")
+              f"{'fps':>7} {'rss MB':>7} {'speed-up':>8} {'dmax px':>8} {'dmed px':>8} {'vis':>6} {'GFLOP':>7}")
     lines = [header, "-" * len(header)]
     for r in results["runs"]:
         label = f"{r['backend']}/{r['device']}/{r['precision']}"
@@ -221,8 +234,9 @@ def format_table(results: dict) -> str:
             f"{r['max_ms']:>8.1f} {r['fps']:>7.2f} {r['peak_rss_mb']:>7.0f} "
             f"{r.get('speedup_vs_eager_fp32', float('nan')):>7.2f}x "
             f"{r.get('track_diff_max_px', float('nan')):>8.1e} {r.get('track_diff_median_px', float('nan')):>8.1e} "
-            f"{r.get('visibility_agreement', float('nan')):>6.3f}")
-    lines.append("latencies in ms per frame (CausalTracker.step: preprocessing, network, outputs); "
+            f"{r.get('visibility_agreement', float('nan')):>6.3f} {r.get('gflop_per_frame', float('nan')):>7.2f}")
+    lines.append("GFLOP: convolutions and matmuls of one step (torch backends; independent of the load); "
+                 "latencies in ms per frame (CausalTracker.step: preprocessing, network, outputs); "
                  "speed-up and differences against the plain eager float32 torch step")
     return "\n".join(lines)
 

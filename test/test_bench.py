@@ -36,3 +36,17 @@ def test_synthetic_clip_moves():
     clip = bench.synthetic_clip(3, size=32)
     assert clip.shape == (3, 32, 32, 3) and clip.dtype.name == "uint8"
     assert (clip[0] != clip[1]).any()
+
+
+def test_refine_resolutions_run_on_the_same_frames_and_count_the_ladders_arithmetic(tmp_path):
+    code = bench.main(["--random-weights", "--model-config", TINY, "--refine-resolutions", "64x64,128x128",
+                       "--points", "4", "--frames", "2", "--warmup", "1", "--output", str(tmp_path / "out")])
+    assert code == 0
+    runs = {r["backend"]: r for r in json.loads((tmp_path / "out" / "results.json").read_text())["runs"]}
+    assert set(runs) == {"torch-eager", "torch", "torch@128x128"}
+    one, ladder = runs["torch"], runs["torch@128x128"]
+    assert one["refinement_resolutions"] == [[64, 64]]
+    assert ladder["refinement_resolutions"] == [[64, 64], [128, 128]]
+    assert one["input"] == ladder["input"] == [128, 128]  # every configuration gets the same frames
+    # The ladder adds a backbone pass at 4x the pixels (convolutions dominate): 3x to 6x the one level.
+    assert 3 < ladder["gflop_per_frame"] / one["gflop_per_frame"] < 6
