@@ -297,12 +297,21 @@ def test_ros2_launch_runs_the_tracker_on_a_video(workspace, tmp_path):
 
 @needs_ros2_launch
 def test_ros2_launch_exits_non_zero_when_a_node_fails(workspace, tmp_path):
-    result = sourced(workspace / "install", sys.executable, "-c", ROS2, "launch", PACKAGE,
-                     "tracker.launch.py", f"namespace:=fail_{uuid.uuid4().hex[:8]}",
-                     f"video:={tmp_path / 'missing.mp4'}", timeout=180)
-    assert result.returncode == 1, tail(result)
-    assert "video_source-2 exited with code 1" in result.stdout + result.stderr, tail(result)
-    assert "finished cleanly" in result.stdout + result.stderr  # the tracker was stopped
+    process = subprocess.Popen(
+        ["bash", "-c", 'source "$1/setup.bash" && shift && exec "$@"', "bash",
+         str(workspace / "install"), sys.executable, "-c", ROS2, "launch", PACKAGE,
+         "tracker.launch.py", f"namespace:=fail_{uuid.uuid4().hex[:8]}",
+         f"video:={tmp_path / 'missing.mp4'}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+        start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=180)
+    except subprocess.TimeoutExpired:  # the launch did not stop: stop it and all it started
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate(timeout=30)
+    assert process.returncode == 1, output[-3000:]
+    assert "video_source-2 exited with code 1" in output, output[-3000:]
+    assert "finished cleanly" in output  # the tracker was stopped
 
 
 # ------------------------------------------------------------------ package.xml
