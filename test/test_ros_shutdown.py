@@ -122,3 +122,51 @@ def test_signals_to_the_process_group_end_every_node_cleanly(listener, tmp_path,
         assert code == 0, f"{name} exited with {code} after {scenario}:\n{errors[name][-3000:]}"
         assert "terminate called" not in errors[name], errors[name][-3000:]
         assert "Traceback" not in errors[name], errors[name][-3000:]
+
+
+# A node whose worker is inside a long torch computation that does not end (as a frame
+# that takes minutes: a first TensorRT engine build, a huge resolution on a CPU).
+BUSY_NODE = textwrap.dedent("""
+    import sys, threading
+    import torch
+    from rclpy.node import Node
+    from bootstap_ros.ros.entry import run_node
+
+    class BusyNode(Node):
+        def __init__(self):
+            super().__init__("busy_node")
+            self.worker = threading.Thread(target=self.work, daemon=True)
+            self.worker.start()
+
+        def work(self):
+            a = torch.randn(1000, 1000)
+            print("working", flush=True)
+            while True:
+                a = torch.tanh(a @ a)
+
+        @property
+        def worker_alive(self):
+            return self.worker.is_alive()
+
+        def destroy_node(self):
+            self.worker.join(timeout=1.0)  # TrackerNode waits longer; the test need not
+            super().destroy_node()
+
+    sys.exit(run_node("busy_node", BusyNode, ()))
+""")
+
+
+def test_a_worker_that_does_not_stop_in_time_gives_status_1_not_an_abort():
+    process = subprocess.Popen([sys.executable, "-c", BUSY_NODE], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                               start_new_session=True)
+    try:
+        assert process.stdout.readline().strip() == "working"  # blocks until the worker runs
+        os.killpg(process.pid, signal.SIGINT)
+        _, errors = process.communicate(timeout=EXIT_TIMEOUT)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+    assert process.returncode == 1, errors[-3000:]
+    assert "did not finish its frame in time" in errors and "terminate called" not in errors
