@@ -12,7 +12,9 @@ import bootstap_ros
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = 'bootstap_ros'
-SCRIPTS = ('bootstap-track', 'bootstap-eval')
+# Every command a user runs with `ros2 run bootstap_ros <name>` (setup.py's console scripts).
+SCRIPTS = ('bootstap-track', 'bootstap-eval', 'bootstap-bench', 'bootstap-queries',
+           'bootstap-prepare-logs', 'bootstap-train-bootstrap')
 
 HEAVY_MODULES = ('torch', 'rclpy', 'onnxruntime', 'cv2')
 EXEC_DEPENDS = {
@@ -123,3 +125,10 @@ def test_colcon_build_installs_package(tmp_path, symlink_install):
         f'bootstap_ros imported from {module_file}, not from the colcon workspace {tmp_path}'
     )
     assert Path(share_dir) == prefix / 'share' / PACKAGE
+
+    # Each command starts from the sourced workspace (the training commands import the
+    # training code under its installed name, bootstap_ros_training).
+    for script in SCRIPTS:
+        result = run(['bash', '-c', 'source "$1/setup.bash" && exec "$2" --help', 'bash', str(install),
+                      str(prefix / 'lib' / PACKAGE / script)], cwd=tmp_path, env=env, timeout=120)
+        assert result.returncode == 0 and 'usage:' in result.stdout, f'{script} --help failed:\n{tail(result)}'

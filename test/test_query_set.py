@@ -259,3 +259,25 @@ def test_onnxruntime_query_features_match_torch_and_feed_its_tracker(model, tmp_
     onnx.add_points_from_features(features)
     for frame in clip[1:]:
         np.testing.assert_allclose(onnx.step(frame).xy, reference.step(frame).xy, atol=1e-3)
+
+
+def test_cli_makes_sets_for_a_refinement_ladder(tmp_path, model, checkpoint):
+    from bootstap_ros.model.checkpoint import with_settings
+
+    clip = moving_clip(num_frames=2, height=48, width=80)
+    np.save(tmp_path / "clip.npy", clip)
+    out = tmp_path / "ladder.npz"
+    assert queries_cli.main([str(tmp_path / "clip.npy"), "--grid", "2", "--refine-resolution", "128x128",
+                             "--output", str(out), "--checkpoint", str(checkpoint)]) == 0
+    query_set = QuerySet.load(out)
+    ladder = with_settings(model, refine_resolution=(128, 128))  # the small model is 64x64
+    assert len(ladder.config.refinement_resolutions) == 2
+    assert query_set.model.mismatch(ModelIdentity.of(checkpoint, ladder.config)) is None
+    expected = CausalTracker(ladder, max_points=4, backend="torch").query_features(clip[0], query_set.xy)
+    for name in ("lowres", "hires"):
+        np.testing.assert_allclose(query_set.features[name], expected[name], atol=1e-6)
+    # A node running the ladder takes the set; one refining at a single level cannot.
+    assert len(CausalTracker(ladder, max_points=4, backend="torch").add_points_from_features(
+        query_set.features)) == 4
+    with pytest.raises(ValueError, match="another model"):
+        CausalTracker(model, max_points=4, backend="torch").add_points_from_features(query_set.features)

@@ -1,7 +1,8 @@
 """`bootstap-queries`: define points on a demonstration image and save them as a query set.
 
     bootstap-queries IMAGE_OR_VIDEO [--frame K] (--queries Q.csv | --grid N) --output SET.npz
-        [--checkpoint CKPT] [--labels a,b,...] [--resolution R] [--causal|--no-causal]
+        [--checkpoint CKPT] [--labels a,b,...] [--resolution R] [--refine-resolution HxW]
+        [--causal|--no-causal]
         [--device cpu|cuda]
 
 The points lie on frame K (default 0) of the input: an image file, a video, an
@@ -42,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="comma-separated labels, one per point (instead of a label column)")
     parser.add_argument("--resolution", type=int, default=None,
                         help="model resolution (square); must equal the node's `resolution` if that is set")
+    parser.add_argument("--refine-resolution", default=None, metavar="HxW",
+                        help="top of the refinement ladder, as the node's `refine_resolution` that will "
+                        "track the set (each ladder level has its own query features); default: one level")
     parser.add_argument("--causal", action=argparse.BooleanOptionalAction, default=True,
                         help="how an official checkpoint is loaded (default causal, as the node does)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
@@ -93,8 +97,9 @@ def read_labels(path, count: int) -> List[str]:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from bootstap_ros.model import build_model, load_checkpoint
-    from bootstap_ros.model.checkpoint import resolve_checkpoint
+    from bootstap_ros.config import parse_size
+    from bootstap_ros.model import load_checkpoint
+    from bootstap_ros.model.checkpoint import resolve_checkpoint, with_settings
     from bootstap_ros.queries import grid_queries, read_queries_csv
     from bootstap_ros.tracking import CausalTracker
     from bootstap_ros.tracking.query_set import ModelIdentity, QuerySet
@@ -116,10 +121,11 @@ def run(args: argparse.Namespace) -> int:
 
     checkpoint = resolve_checkpoint(args.checkpoint)
     loaded = load_checkpoint(checkpoint, causal=args.causal)
-    model = loaded.model
-    if args.resolution is not None:
-        model = build_model(model.config.replace(resolution=(args.resolution,) * 2), model.state_dict(),
-                            str(checkpoint))
+    resolution = None if args.resolution is None else (args.resolution, args.resolution)
+    refine = parse_size(args.refine_resolution) if args.refine_resolution else None
+    # As bootstap-track: with only --resolution the ladder collapses to that one level.
+    model = with_settings(loaded.model, resolution=resolution,
+                          refine_resolution=refine or (resolution if resolution else None))
     tracker = CausalTracker(model, max_points=max(len(xy), 1), device=args.device, backend="torch")
     features = tracker.query_features(frame, xy)
     query_set = QuerySet(xy=xy, features=features, image_size=size, labels=labels,
