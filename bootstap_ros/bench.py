@@ -96,8 +96,9 @@ def _peak_rss_mb() -> float:
 
 def _make_tracker(model, spec: RunSpec, num_points: int, block_size: int, cache_dir):
     from bootstap_ros.tracking import CausalTracker
+    from bootstap_ros.tracking.tracker import default_block_size
 
-    block = min(block_size, num_points)
+    block = min(block_size or default_block_size(spec.device), num_points)
     max_points = -(-num_points // block) * block
     if spec.backend == BASELINE:  # plain eager: no CUDA graphs either
         backend = _reference_backend_class()(model, max_points, block, spec.device, "fp32", cuda_graphs=False)
@@ -124,7 +125,7 @@ def _accuracy(outputs: List[np.ndarray], reference: List[np.ndarray], visible, v
 
 
 def run_benchmark(model, specs: Sequence[RunSpec], point_counts: Sequence[int], frames: int = 20,
-                  warmup: int = 3, block_size: int = 64, cache_dir=None, seed: int = 0) -> dict:
+                  warmup: int = 3, block_size: Optional[int] = None, cache_dir=None, seed: int = 0) -> dict:
     """Measure every spec (plus the eager baseline) for every point count; returns the results dict."""
     import torch
 
@@ -310,7 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--points", default="8,32,128,256,1024", help="comma list of point counts")
     parser.add_argument("--frames", type=int, default=20, help="timed frames per run")
     parser.add_argument("--warmup", type=int, default=3, help="untimed frames first")
-    parser.add_argument("--block-size", type=int, default=64)
+    parser.add_argument("--block-size", type=int, default=None,
+                        help="points per block (default: 64 on the CPU, 256 on CUDA)")
     parser.add_argument("--torch-compile", action="store_true",
                         help="also run every torch configuration with torch.compile (compiles on the "
                              "first frame: minutes), next to the uncompiled one")

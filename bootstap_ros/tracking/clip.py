@@ -43,7 +43,7 @@ def _query_frames(queries: np.ndarray) -> np.ndarray:
 
 
 def track_online(model: TAPIR, frames: Iterable[np.ndarray], queries: np.ndarray,
-                 device: str = "cpu", block_size: int = 64, progress=None, backend="auto",
+                 device: str = "cpu", block_size: Optional[int] = None, progress=None, backend="auto",
                  precision: str = "auto", **backend_options) -> ClipTracks:
     """Run the causal tracker frame by frame; each point starts on its query frame.
 

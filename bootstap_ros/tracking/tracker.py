@@ -83,16 +83,24 @@ class TrackResult:
         return len(self.ids)
 
 
+def default_block_size(device) -> int:
+    """Points per block when none is given: 64 on the CPU; 256 on a GPU, where each block is
+    one CUDA-graph replay of the whole refinement and fewer, larger blocks cost less (H200,
+    bf16: 256 points 19.4 -> 7.2 ms, 1024 points 71.9 -> 23.2 ms per frame; README)."""
+    return 256 if torch.device(device).type == "cuda" else 64
+
+
 class CausalTracker:
     """Online TAPIR tracking with per-point causal state (see module docstring)."""
 
     def __init__(self, model: TAPIR, max_points: int = 256, device: str = "cpu",
-                 block_size: int = 64, visibility_threshold: float = 0.5, backend="auto",
+                 block_size: Optional[int] = None, visibility_threshold: float = 0.5, backend="auto",
                  precision: str = "auto", **backend_options):
         """backend: a name ("torch", "onnxruntime", "tensorrt", or "auto" for the fastest
         available here) or a ready `bootstap_ros.backends.Backend`; precision ("auto": fp16
         for tensorrt, fp32 otherwise) and backend_options (e.g. cache_dir) go to the backend
-        it creates. The model is not changed (mode, device, weights)."""
+        it creates. block_size: points per block (None: `default_block_size(device)`).
+        The model is not changed (mode, device, weights)."""
         if max_points < 1:
             raise ValueError(f"max_points must be >= 1, got {max_points}")
         if not model.config.causal:
@@ -101,6 +109,8 @@ class CausalTracker:
         self.model = model  # never changed here: the backend runs its own copy where it must
         self.config = model.config
         self.device = torch.device(device)
+        if block_size is None:
+            block_size = default_block_size(device)
         self.block_size = max(1, min(block_size, max_points))
         self.max_points = -(-max_points // self.block_size) * self.block_size
         self.visibility_threshold = visibility_threshold
