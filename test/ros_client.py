@@ -47,6 +47,7 @@ class Ros:
         self.context = Context()
         rclpy.init(context=self.context)
         self.executor = MultiThreadedExecutor(num_threads=4, context=self.context)
+        self.errors = []
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._spin, daemon=True)
         self.thread.start()
@@ -57,8 +58,8 @@ class Ros:
                 self.executor.spin_once(timeout_sec=0.05)
             except ExternalShutdownException:
                 break
-            except Exception:  # a node destroyed while the executor waited on it
-                pass
+            except Exception as error:  # e.g. a node destroyed while the executor waited on it
+                self.errors.append(error)
 
     def close(self):
         self.stopping.set()

@@ -19,8 +19,6 @@ import pytest
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import Point
-from rclpy.context import Context
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.parameter_client import AsyncParameterClient
 from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -35,46 +33,11 @@ from bootstap_ros.model.checkpoint import EMBEDDED_CHECKPOINT
 from bootstap_ros.ros.session import StartupError
 from bootstap_ros.ros.tracker_node import TrackerNode
 from small_model import blob_clip, moving_clip, small_model
+from ros_client import Ros, Topic, stamp_of, wait_until
 
 TIMEOUT = 20.0
 RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
 STAMPS = itertools.count(1_000_000_000)  # ns; increasing across the module
-
-
-def wait_until(predicate, timeout=TIMEOUT, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.005)
-
-
-class Ros:
-    """The module's context and executor, spun by a background thread."""
-
-    def __init__(self):
-        self.context = Context()
-        rclpy.init(context=self.context)
-        self.executor = MultiThreadedExecutor(num_threads=4, context=self.context)
-        self.errors = []
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._spin, daemon=True)
-        self.thread.start()
-
-    def _spin(self):
-        while not self.stopping.is_set() and self.context.ok():
-            try:
-                self.executor.spin_once(timeout_sec=0.05)
-            except ExternalShutdownException:
-                break
-            except Exception as error:  # e.g. a node destroyed while the executor waited on it
-                self.errors.append(error)
-
-    def close(self):
-        self.stopping.set()
-        self.thread.join(timeout=10)
-        self.executor.shutdown(timeout_sec=10)
-        rclpy.try_shutdown(context=self.context)
 
 
 @pytest.fixture(scope="module")
@@ -91,31 +54,6 @@ def checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "small.pt"
     save_checkpoint(path, small_model())
     return str(path)
-
-
-class Topic:
-    """Messages of one subscription, kept in arrival order, with waits on them."""
-
-    def __init__(self):
-        self.messages = []
-        self.condition = threading.Condition()
-
-    def __call__(self, msg):
-        with self.condition:
-            self.messages.append(msg)
-            self.condition.notify_all()
-
-    def wait_for(self, predicate, timeout=TIMEOUT, what="a message"):
-        with self.condition:
-            found = self.condition.wait_for(
-                lambda: next((m for m in self.messages if predicate(m)), None), timeout)
-        if found is None:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        return found
-
-
-def stamp_of(msg):
-    return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
 
 
 class Harness:
