@@ -1,6 +1,8 @@
 """tracks_3d with the real rclpy: an independent client publishes colour, depth and camera_info
 and checks the node's 3D tracks against its own back-projection (plain loops, written here)."""
 
+import time
+
 import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray
@@ -190,3 +192,28 @@ def test_launch_arguments_for_depth_and_query_sets(monkeypatch):
     assert ("camera_info", "/cam/color/camera_info") in tracker["remappings"]
     with pytest.raises(ValueError, match="launch argument use_depth:=maybe is not true or false"):
         launch_nodes(module, use_depth="maybe")
+
+
+def test_depth_wait_pairs_a_depth_image_that_lags_the_colour_image(ros, checkpoint):
+    # A depth stream 0.5 s behind its colour images (a slow depth pipeline, or a loaded
+    # computer): the default 0.1 s wait gives up on it, depth_wait=1.5 pairs it.
+    h = Client(ros, checkpoint=checkpoint, grid_points=2, use_depth=True, depth_window=1, depth_wait=1.5)
+    try:
+        tracks_3d = h.subscribe(PointCloud2, "tracks_3d")
+        depth_pub = h.publisher(Image, "depth")
+        info_pub = h.publisher(CameraInfo, "camera_info")
+        clip = moving_clip(num_frames=2, height=HEIGHT, width=WIDTH)
+        depth = np.full((HEIGHT, WIDTH), 2.0, np.float32)
+        first = next(STAMPS)  # an on-time pair first: the node then knows depth is coming
+        info_pub.publish(set_stamp(camera_info(), first))
+        depth_pub.publish(depth_message(depth, first))
+        h.send(h.frame(clip[0], stamp=first))
+        tracks_3d.wait_for(lambda m: stamp_of(m) == first, what="tracks_3d of the on-time pair")
+        late = next(STAMPS)
+        tracks = h.send(h.frame(clip[1], stamp=late))  # tracked; the node now waits for depth
+        time.sleep(0.5)  # the lag under test, not a wait for a condition
+        depth_pub.publish(depth_message(depth, late))
+        check_cloud(tracks_3d.wait_for(lambda m: stamp_of(m) == late, what="tracks_3d of the late depth"),
+                    tracks, depth, 1)
+    finally:
+        h.close()

@@ -50,6 +50,7 @@ class TrackerNodeConfig:
     use_depth: bool = False
     depth_slop: float = 0.02  # seconds
     depth_window: int = 5  # pixels
+    depth_wait: float = 0.1  # seconds
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,11 @@ PARAMETERS: Tuple[ParameterSpec, ...] = (
                   "Side in pixels of the window whose median valid depth is a track's depth "
                   "(odd sizes are centred on the track's pixel).",
                   read_only=False, integer_range=(1, 51)),
+    ParameterSpec("depth_wait", "depth_wait",
+                  "Seconds the node waits, after tracking a frame, for its depth image if that "
+                  "has not arrived yet (only while depth images are coming in). Raise it when "
+                  "depth lags the colour image, e.g. on a loaded computer.",
+                  read_only=False, float_range=(0.0, 2.0)),
     ParameterSpec("diagnostics_period", "diagnostics_period",
                   "Seconds between /diagnostics messages.", float_range=(0.1, 60.0)),
 )

@@ -61,8 +61,6 @@ WARNING_PERIOD_S = 5.0
 # How long shutdown waits for the worker to finish its frame (then the process leaves
 # without it, see entry.py). ros2 launch itself escalates to SIGKILL after about 10 s.
 WORKER_STOP_TIMEOUT_S = 10.0
-# How long the worker waits, after tracking a frame, for a depth image that has not arrived yet.
-DEPTH_WAIT_S = 0.1
 PACKAGE_LOGGER = "bootstap_ros"  # the Python logger of the tracker, backends and model code
 
 
@@ -180,6 +178,7 @@ class TrackerNode(Node):
             self._camera_info: Optional[CameraInfo] = None
             self._depth_notes: set = set()  # one-time warnings already given
             self._depth_slop, self._depth_window = self.settings.depth_slop, self.settings.depth_window
+            self._depth_wait = self.settings.depth_wait
             self.create_subscription(Image, "depth", self._on_depth, image_qos)
             self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, image_qos)
             self._tracks_3d_pub = self.create_publisher(PointCloud2, "tracks_3d", output_qos)
@@ -277,6 +276,8 @@ class TrackerNode(Node):
                 self._depth_slop = float(parameter.value)
             elif parameter.name == "depth_window":
                 self._depth_window = int(parameter.value)
+            elif parameter.name == "depth_wait":
+                self._depth_wait = float(parameter.value)
         return SetParametersResult(successful=True)
 
     def _check_query_set(self, parameters):
@@ -370,7 +371,7 @@ class TrackerNode(Node):
         # within the last second): without one, waiting would only slow every frame down.
         latest = self._depth_pairing.latest_stamp
         alive = latest is not None and stamp - latest < 1_000_000_000
-        depth_msg = self._depth_pairing.match(stamp, self._depth_slop, wait_s=DEPTH_WAIT_S if alive else 0.0)
+        depth_msg = self._depth_pairing.match(stamp, self._depth_slop, wait_s=self._depth_wait if alive else 0.0)
         start = time.perf_counter()
         info = self._camera_info
         problem = None
