@@ -53,7 +53,6 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.utils.data import DataLoader, Sampler
 
 from bootstap_ros.model import TAPIR, Trajectories, build_model, load_checkpoint
@@ -66,6 +65,7 @@ from .synthetic import SyntheticConfig
 from .train import (
     EVAL_COLUMNS,
     Logs,
+    LossWindow,
     Runtime,
     StopRequest,
     cosine_learning_rate,
@@ -77,7 +77,8 @@ from .train import (
     optimizer_step,
     save_training_checkpoint,
     set_learning_rate,
-    setup_runtime,
+    metrics_line,
+    run_with_runtime,
     supervised_loss,
 )
 
@@ -541,12 +542,7 @@ def bootstrap(config: BootstrapConfig, resume: bool = False, overrides: Optional
     elif (Path(config.output) / CHECKPOINT).exists():
         raise ValueError(f"{Path(config.output) / CHECKPOINT} exists: pass --resume to continue that "
                          "run, or choose another --output")
-    runtime = setup_runtime(config.device)
-    try:
-        return _bootstrap(config, runtime, resumed, stop_at)
-    finally:
-        if runtime.distributed:
-            dist.destroy_process_group()
+    return run_with_runtime(config.device, lambda runtime: _bootstrap(config, runtime, resumed, stop_at))
 
 
 def _bootstrap(config: BootstrapConfig, runtime: Runtime, resumed: Optional[dict],
@@ -625,9 +621,8 @@ def _bootstrap(config: BootstrapConfig, runtime: Runtime, resumed: Optional[dict
         save_training_checkpoint(path, model, state if full else None, step=step,
                                  bootstrap_config=asdict(config))
 
-    started = window_start = time.perf_counter()
-    window_steps, skipped = 0, 0
-    sums: Dict[str, torch.Tensor] = {}
+    started = time.perf_counter()
+    window, skipped = LossWindow(), 0
     stop_request = StopRequest()
     stop_request.install()
     try:
@@ -638,27 +633,21 @@ def _bootstrap(config: BootstrapConfig, runtime: Runtime, resumed: Optional[dict
                 config, step, runtime.rank, teacher_causal, ema="teacher" in state)
             skipped += not stepped
             step += 1
-            window_steps += 1
-            for key, value in parts.items():
-                sums[key] = sums.get(key, 0.0) + value.detach().float()
+            window.add(parts)
             stopping = stop_request.agreed(runtime)
 
             if step % config.log_every == 0 or step == last_step or stopping:
-                names = sorted(sums)
-                means = torch.stack([sums[k] for k in names]) / window_steps
-                if runtime.distributed:
-                    dist.all_reduce(means)
-                    means /= runtime.world_size
-                elapsed = time.perf_counter() - window_start
+                means = window.means(runtime)
+                elapsed = window.elapsed_s
                 if runtime.is_main:
-                    row = {"step": step, "lr": lr, **dict(zip(names, means.tolist())),
+                    row = {"step": step, "lr": lr, **means,
                            "grad_norm": grad_norm, "skipped_steps": skipped,
-                           "steps_per_s": window_steps / elapsed,
+                           "steps_per_s": window.steps / elapsed,
                            "elapsed_s": time.perf_counter() - started}
                     logs.scalars(logs.train, "train", row)
                     progress.set_postfix(loss=f"{row['loss']:.3f}", kept=f"{row['kept_tracks']:.2f}",
                                          refresh=False)
-                sums, window_steps, window_start = {}, 0, time.perf_counter()
+                window.reset()
             if progress is not None:
                 progress.update(1)
 
@@ -678,9 +667,7 @@ def _bootstrap(config: BootstrapConfig, runtime: Runtime, resumed: Optional[dict
                     metrics = evaluate_dataset(model, config.eval, out / "eval" / f"step_{step:07d}.json",
                                                device, config.eval_query_mode, config.eval_max_videos)
                     logs.scalars(logs.eval, "eval", {"step": step, **metrics})
-                    progress.write(f"step {step}: AJ {100 * metrics['average_jaccard']:.1f}  "
-                                   f"<delta_avg {100 * metrics['average_pts_within_thresh']:.1f}  "
-                                   f"OA {100 * metrics['occlusion_accuracy']:.1f}")
+                    progress.write(metrics_line(step, metrics))
                 runtime.barrier()
         if runtime.is_main and step == config.steps:
             save(out / FINAL_MODEL, full=False)

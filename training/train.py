@@ -332,6 +332,54 @@ class StopRequest:
 
 # ----------------------------------------------------------------------------- logs
 
+class LossWindow:
+    """The loss parts of the steps since the last log line, for the next one: their means
+    (averaged over the ranks of a distributed run), step count and time. One per loop."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums: Dict[str, torch.Tensor] = {}
+        self.steps = 0
+        self.start = time.perf_counter()
+
+    def add(self, parts: Dict[str, torch.Tensor]) -> None:
+        self.steps += 1
+        for key, value in parts.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value.detach().float()
+
+    def means(self, runtime: "Runtime") -> Dict[str, float]:
+        """Each part's mean over the window (and the ranks); collective under DDP."""
+        names = sorted(self.sums)
+        means = torch.stack([self.sums[k] for k in names]) / self.steps
+        if runtime.distributed:
+            dist.all_reduce(means)
+            means /= runtime.world_size
+        return dict(zip(names, means.tolist()))
+
+    @property
+    def elapsed_s(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def metrics_line(step: int, metrics: Dict[str, float]) -> str:
+    """The progress line of an evaluation: AJ, <delta_avg and OA in percent."""
+    return (f"step {step}: AJ {100 * metrics['average_jaccard']:.1f}  "
+            f"<delta_avg {100 * metrics['average_pts_within_thresh']:.1f}  "
+            f"OA {100 * metrics['occlusion_accuracy']:.1f}")
+
+
+def run_with_runtime(device: str, run):
+    """`run(runtime)` with the process's runtime (DDP under torchrun), torn down after."""
+    runtime = setup_runtime(device)
+    try:
+        return run(runtime)
+    finally:
+        if runtime.distributed:
+            dist.destroy_process_group()
+
+
 class Logs:
     """CSV logs (always) and TensorBoard (when importable); only the main process writes.
 
@@ -489,12 +537,7 @@ def train(config: TrainConfig, resume: bool = False, overrides: Optional[Dict] =
     elif (Path(config.out) / CHECKPOINT).exists():
         raise ValueError(f"{Path(config.out) / CHECKPOINT} exists: pass --resume to continue that run, "
                          "or choose another --out")
-    runtime = setup_runtime(config.device)
-    try:
-        return _train(config, runtime, resumed, stop_at)
-    finally:
-        if runtime.distributed:
-            dist.destroy_process_group()
+    return run_with_runtime(config.device, lambda runtime: _train(config, runtime, resumed, stop_at))
 
 
 def _train(config: TrainConfig, runtime: Runtime, resumed: Optional[dict],
@@ -539,9 +582,8 @@ def _train(config: TrainConfig, runtime: Runtime, resumed: Optional[dict],
         save_training_checkpoint(path, model, state if full else None, step=step,
                                  train_config=asdict(config))
 
-    started = window_start = time.perf_counter()
-    window_steps, skipped = 0, 0
-    sums: Dict[str, torch.Tensor] = {}
+    started = time.perf_counter()
+    window, skipped = LossWindow(), 0
     stop_request = StopRequest()
     stop_request.install()
     try:
@@ -553,26 +595,21 @@ def _train(config: TrainConfig, runtime: Runtime, resumed: Optional[dict],
             grad_norm, stepped = optimizer_step(trained, optimizer, scaler, loss, config.grad_clip)
             skipped += not stepped
             step += 1
-            window_steps += 1
-            for key, value in parts.items():
-                sums[key] = sums.get(key, 0.0) + value.float()
+            window.add(parts)
             stopping = stop_request.agreed(runtime)
 
             if step % config.log_every == 0 or step == last_step or stopping:
-                means = torch.stack([sums[k] for k in sorted(sums)]) / window_steps
-                if runtime.distributed:
-                    dist.all_reduce(means)
-                    means /= runtime.world_size
-                elapsed = time.perf_counter() - window_start
+                means = window.means(runtime)
+                elapsed = window.elapsed_s
                 if runtime.is_main:
-                    row = {"step": step, "lr": lr, **dict(zip(sorted(sums), means.tolist())),
+                    row = {"step": step, "lr": lr, **means,
                            "grad_norm": grad_norm, "skipped_steps": skipped,
-                           "steps_per_s": window_steps / elapsed,
-                           "clips_per_s": window_steps * config.batch_size * runtime.world_size / elapsed,
+                           "steps_per_s": window.steps / elapsed,
+                           "clips_per_s": window.steps * config.batch_size * runtime.world_size / elapsed,
                            "elapsed_s": time.perf_counter() - started}
                     logs.scalars(logs.train, "train", row)
                     progress.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{lr:.2e}", refresh=False)
-                sums, window_steps, window_start = {}, 0, time.perf_counter()
+                window.reset()
             if progress is not None:
                 progress.update(1)
 
@@ -590,9 +627,7 @@ def _train(config: TrainConfig, runtime: Runtime, resumed: Optional[dict],
                     progress.clear()
                     metrics = evaluate(model, config, step, device)
                     logs.scalars(logs.eval, "eval", {"step": step, **metrics})
-                    progress.write(f"step {step}: AJ {100 * metrics['average_jaccard']:.1f}  "
-                                   f"<delta_avg {100 * metrics['average_pts_within_thresh']:.1f}  "
-                                   f"OA {100 * metrics['occlusion_accuracy']:.1f}")
+                    progress.write(metrics_line(step, metrics))
                 runtime.barrier()
         if runtime.is_main and step == config.steps:
             save(out / FINAL_MODEL, full=False)
