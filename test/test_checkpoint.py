@@ -170,3 +170,15 @@ def test_project_checkpoint_with_wrong_weights_names_the_mismatch(tmp_path):
     torch.save(content, path)
     with pytest.raises(CheckpointError, match="shape mismatches.*torch_pips_mixer"):
         load_checkpoint(path)
+
+
+def test_a_new_resolution_alone_refines_at_that_one_level():
+    from bootstap_ros.model.checkpoint import with_settings
+    from small_model import small_model
+
+    ladder = with_settings(small_model(), refine_resolution=(128, 128))  # the small model is 64x64
+    assert ladder.config.refinement_resolutions == ((64, 64), (128, 128))
+    assert with_settings(ladder, resolution=(96, 96)).config.refinement_resolutions == ((96, 96),)
+    both = with_settings(ladder, resolution=(96, 96), refine_resolution=(192, 192))
+    assert both.config.refinement_resolutions[0] == (96, 96)
+    assert both.config.refinement_resolutions[-1] == (192, 192)

@@ -123,9 +123,7 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_checkpoint(checkpoint, causal=args.causal)
     resolution = None if args.resolution is None else (args.resolution, args.resolution)
     refine = parse_size(args.refine_resolution) if args.refine_resolution else None
-    # As bootstap-track: with only --resolution the ladder collapses to that one level.
-    model = with_settings(loaded.model, resolution=resolution,
-                          refine_resolution=refine or (resolution if resolution else None))
+    model = with_settings(loaded.model, resolution=resolution, refine_resolution=refine)
     tracker = CausalTracker(model, max_points=max(len(xy), 1), device=args.device, backend="torch")
     features = tracker.query_features(frame, xy)
     query_set = QuerySet(xy=xy, features=features, image_size=size, labels=labels,

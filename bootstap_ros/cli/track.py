@@ -102,8 +102,7 @@ def run(args: argparse.Namespace) -> int:
     refine = parse_size(args.refine_resolution) if args.refine_resolution else None
     model = with_settings(
         loaded.model, softmax_temperature=args.softmax_temperature, resolution=resolution,
-        # With only --resolution, the ladder collapses to that one level.
-        refine_resolution=refine or (resolution if resolution else None))
+        refine_resolution=refine)
     print(f"{loaded.source} checkpoint {args.checkpoint}: {'causal' if model.config.causal else 'non-causal'}, "
           f"{model.config.resolution[0]}x{model.config.resolution[1]}, refinement at "
           f"{', '.join(f'{h}x{w}' for h, w in model.config.refinement_resolutions)}, "

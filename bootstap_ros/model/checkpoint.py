@@ -148,9 +148,13 @@ def build_model(config: ModelConfig, state_dict: Optional[Mapping[str, Any]] = N
 
 def with_settings(model: torch.nn.Module, **changes: Any) -> torch.nn.Module:
     """`model` with inference settings of its config changed (e.g. `softmax_temperature`,
-    `resolution`); a change of None means "keep". Returns `model` itself when nothing
-    changes, else a new model with the same weights: the caller's model is never modified."""
+    `resolution`); a change of None means "keep". A new `resolution` without a
+    `refine_resolution` refines at that one level (the ladder collapses to it). Returns
+    `model` itself when nothing changes, else a new model with the same weights: the
+    caller's model is never modified."""
     changes = {k: v for k, v in changes.items() if v is not None}
+    if "resolution" in changes and "refine_resolution" not in changes:
+        changes["refine_resolution"] = changes["resolution"]
     config = model.config.replace(**changes) if changes else model.config
     if config == model.config:
         return model

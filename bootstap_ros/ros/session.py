@@ -89,7 +89,7 @@ def create_tracker(config: TrackerNodeConfig):
     from bootstap_ros.model.checkpoint import with_settings
 
     resolution = (config.resolution,) * 2 if config.resolution else None
-    refine = tuple(config.refine_resolution) if tuple(config.refine_resolution) != (0, 0) else resolution
+    refine = tuple(config.refine_resolution) if tuple(config.refine_resolution) != (0, 0) else None
     model = with_settings(loaded.model, resolution=resolution, refine_resolution=refine,
                           softmax_temperature=config.softmax_temperature or None)
     notes = []
