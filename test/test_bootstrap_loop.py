@@ -7,7 +7,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from bootstap_ros.model import load_checkpoint, save_checkpoint
 from bootstap_ros.tracking import CausalTracker
+from ddp import run_ddp
 from small_model import blob_clip, moving_clip, small_model
 from training.bootstrap import (BootstrapConfig, bootstrap, bootstrap_loss, build_parser, main,
                                 step_generators)
@@ -286,27 +285,13 @@ def test_help_documents_every_setting():
     assert BootstrapConfig.from_dict({"lr": "1e-3", "affine": "false"}).lr == 1e-3
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _ddp_worker(rank, world_size, port, config, out_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size))
-    torch.set_num_threads(1)
-    model = bootstrap(config)
-    torch.save(model.state_dict(), os.path.join(out_dir, f"rank{rank}.pt"))
-
-
 @pytest.mark.slow
 def test_ddp_gloo_two_processes_end_with_identical_weights(inputs, tmp_path):
     config = BootstrapConfig(output=str(tmp_path / "run"), data=[str(inputs / "bag")],
                              init=str(inputs / "tiny.pt"), steps=2, batch_size=1, device="cpu",
                              num_points=8, supervised_points=8, clip_frames=4, num_workers=0,
                              log_every=1, warmup=1, lr=1e-3, cycle_mask=False)
-    mp.spawn(_ddp_worker, args=(2, _free_port(), config, str(tmp_path)), nprocs=2, join=True)
+    run_ddp(bootstrap, config, tmp_path)
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     initial = _state(inputs / "tiny.pt")["state_dict"]

@@ -4,7 +4,6 @@ import csv
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from bootstap_ros.model import build_model, load_checkpoint
+from ddp import run_ddp
 from small_model import SMALL
 from training.configs import SMALL as SMALL_TRAINING_MODEL
 from training.configs import resolve_model_config
@@ -201,24 +200,10 @@ def test_named_model_configs():
         resolve_model_config("huge", causal=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _ddp_worker(rank, world_size, port, config, out_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size))
-    torch.set_num_threads(1)
-    model = train(config)
-    torch.save(model.state_dict(), os.path.join(out_dir, f"rank{rank}.pt"))
-
-
 @pytest.mark.slow
 def test_ddp_gloo_two_processes_end_with_identical_weights(tmp_path):
     config = tiny_config(tmp_path / "run", steps=2, checkpoint_every=1, device="cpu")
-    mp.spawn(_ddp_worker, args=(2, _free_port(), config, str(tmp_path)), nprocs=2, join=True)
+    run_ddp(train, config, tmp_path)
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     torch.manual_seed(config.seed)
