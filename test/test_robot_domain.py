@@ -11,27 +11,12 @@ import pytest
 from bootstap_ros.eval.datasets import TapVidDataset
 from training.robot_domain import (UNLABELED_SEED_OFFSET, RobotConfig, episode_stamps, generate_robot_clip,
                                    labeled_seeds, main, unlabeled_seeds, write_bag)
+from test_synthetic import bilinear  # the independent sampler of the synthetic tests
 from training.synthetic import SyntheticConfig, generate_clip
 
 # Small clips keep the tests fast; `photometric=False` renders colours as the textures hold them.
 SMALL = RobotConfig(frames=12, height=120, width=160, num_points=128)
 CLEAN = SMALL.replace(photometric=False)
-
-
-def bilinear(image, points):
-    """Samples image [H, W, C] at raster points [..., 2] (pixel centres at +0.5), border
-    replicated. Written independently of the generator."""
-    height, width = image.shape[:2]
-    x, y = points[..., 0] - 0.5, points[..., 1] - 0.5
-    x0, y0 = np.floor(x), np.floor(y)
-    fx, fy = (x - x0)[..., None], (y - y0)[..., None]
-
-    def at(yy, xx):
-        return image[np.clip(yy, 0, height - 1).astype(int), np.clip(xx, 0, width - 1).astype(int)]
-
-    top = at(y0, x0) * (1 - fx) + at(y0, x0 + 1) * fx
-    bottom = at(y0 + 1, x0) * (1 - fx) + at(y0 + 1, x0 + 1) * fx
-    return top * (1 - fy) + bottom * fy
 
 
 def to_layer(scene, layer, t, image_points):
