@@ -14,6 +14,11 @@ what capture needs. A graph is captured on first use (after warm-up runs whose
 effect on the state is undone); if capture fails the backend logs a warning and
 runs eagerly.
 
+With `torch_compile` the backbone pass and one mixer block are compiled with
+torch.compile when the backend is made; every mixer block of every refinement
+iteration runs that one compilation, and the rest of the step stays eager (and,
+on CUDA, all of it is still captured in the graphs).
+
 Reduced precision runs the network under autocast (the state, the positions and
 the soft-argmax stay float32): fp16 or bf16 on CUDA, bf16 on CPU. On a CPU with
 AVX512-BF16 or AMX, bf16 runs the backbone about 2.5x faster than fp32 with the
@@ -25,12 +30,14 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import time
 from typing import Dict, Optional, Sequence
 
 import numpy as np
 import torch
 
 from bootstap_ros.backends.base import BackendError
+from bootstap_ros.model.layers import mixer_block_step
 from bootstap_ros.model.tapir import TAPIR, CausalState, FeatureGrids, QueryFeatures
 
 LOG = logging.getLogger(__name__)
@@ -76,14 +83,19 @@ class TorchBackend:
         self.cuda_graphs = cuda_graphs and self.device.startswith("cuda") and c.causal
         # torch.compile fuses the step's many small element-wise kernels (layer norms, the
         # mixer's temporal update, GELU, residuals): on a GPU the step is bound by kernel
-        # count, not arithmetic. Compiled once per block shape, on the first frame.
-        # `torch_compile`: True (inductor) or the name of a torch.compile backend.
+        # count, not arithmetic. What is compiled is the backbone pass and one mixer block
+        # (`layers.mixer_block_step`): the mixer blocks are 90% of the step's kernels, and
+        # all blocks of all refinement iterations share one compilation (their weights are
+        # inputs of the graph), so compiling costs a small part of compiling the unrolled
+        # step (12 blocks x 4 iterations). Compiled here, at start-up (see `_compile`).
+        # `torch_compile`: True (inductor), or a torch.compile backend (its name, or the callable).
         self.torch_compile = bool(torch_compile) and c.causal
-        self._compiled_encode = self._compiled_step = None
+        self._compiled_encode = self._compiled_block = None
         if self.torch_compile:
-            compiler = "inductor" if torch_compile is True else str(torch_compile)
+            compiler = "inductor" if torch_compile is True else torch_compile
             self._compiled_encode = torch.compile(self.model.get_feature_grids, dynamic=False, backend=compiler)
-            self._compiled_step = torch.compile(self._functional_step, dynamic=False, backend=compiler)
+            self._compiled_block = torch.compile(mixer_block_step, dynamic=False, backend=compiler)
+            self._compile()
         if self.cuda_graphs:
             # One input buffer per backbone resolution (more than one with a refinement ladder).
             self._frames = tuple(torch.zeros(1, h, w, 3, device=self.device) for h, w in c.grid_resolutions)
@@ -100,38 +112,61 @@ class TorchBackend:
         return torch.autocast(torch.device(self.device).type, dtype=_DTYPES[self.precision],
                               cache_enabled=not self.cuda_graphs)
 
+    def _compile(self) -> None:
+        """Compile now, on a blank frame and blank copies of the slots, as the first frame would.
+
+        So the first tracked frame is not held up, and a compiler that cannot work here (no
+        C++ compiler, no Triton) leaves the backend uncompiled, with a warning, before any
+        point exists. The blank copies have the real buffers' shapes, strides, dtypes and
+        kind (made outside inference mode, as the buffers are), so the real frames reuse
+        these compilations.
+        """
+        c = self.model.config
+        block = slice(0, self.block_size)
+        frames = tuple(torch.zeros(1, h, w, 3, device=self.device) for h, w in c.grid_resolutions)
+        queries = QueryFeatures(torch.zeros_like(self._query_lowres)[:, block],
+                                torch.zeros_like(self._query_hires)[:, block])
+        state = CausalState(torch.zeros_like(self._state.conv1)[:, :, :, block],
+                            torch.zeros_like(self._state.conv2)[:, :, :, block])
+        LOG.info("torch.compile: compiling the backbone pass and a mixer block on %s (seconds to minutes; "
+                 "the compiler caches its kernels on disk, so later starts take less)", self.device)
+        start = time.perf_counter()
+        try:
+            with torch.inference_mode():
+                features = self._encode(frames if len(frames) > 1 else frames[0])
+                with self._autocast():
+                    self.model.track_step(features, queries, state, in_place=True,
+                                          block_step=self._compiled_block)
+            LOG.info("torch.compile: compiled in %.1f s", time.perf_counter() - start)
+        except Exception as error:  # the compiler's failures have no common type
+            LOG.warning("torch.compile failed here (%s: %s); the torch backend runs uncompiled",
+                        type(error).__name__, str(error).splitlines()[0] if str(error) else "")
+            self.torch_compile = False
+            self._compiled_encode = self._compiled_block = None
+
     # ------------------------------------------------------------- eager parts
     def _encode(self, frame) -> FeatureGrids:
         """frame: [1, H, W, 3], or a tuple of them at the grid resolutions (refinement ladder)."""
         encode = self._compiled_encode or self.model.get_feature_grids
+        if self._compiled_encode is not None:
+            # Every frame in one form (resized ones come channels-first in memory, others not),
+            # so that all meet the compilation's guards: a fresh contiguous copy (tiny).
+            frame = (tuple(f.clone(memory_format=torch.contiguous_format) for f in frame)
+                     if isinstance(frame, tuple) else frame.clone(memory_format=torch.contiguous_format))
         video = tuple(f[:, None] for f in frame) if isinstance(frame, tuple) else frame[:, None]
         with self._autocast():
             return encode(video)
-
-    def _functional_step(self, features: FeatureGrids, queries: QueryFeatures, state: CausalState):
-        """One block's step without side effects (what torch.compile traces):
-        ([block_size, 4] outputs, new state)."""
-        with self._autocast():
-            result, new_state = self.model.track_step(features, queries, state, in_place=False)
-        packed = torch.cat([result.tracks[0, :, 0], result.occlusion[0, :, :1],
-                            result.expected_dist[0, :, :1]], dim=-1).float()
-        return packed, new_state
 
     def _step_block(self, features: FeatureGrids, block_index: int) -> torch.Tensor:
         """Advance one block by a frame; returns its [block_size, 4] outputs (float32)."""
         block = slice(block_index * self.block_size, (block_index + 1) * self.block_size)
         queries = QueryFeatures(self._query_lowres[:, block], self._query_hires[:, block])
-        if self._compiled_step is not None:
-            state = CausalState(self._state.conv1[:, :, :, block], self._state.conv2[:, :, :, block])
-            packed, new_state = self._compiled_step(features, queries, state)
-            state.conv1.copy_(new_state.conv1)
-            state.conv2.copy_(new_state.conv2)
-            return packed
         with self._autocast():
             if self._state is not None:
                 # Views into the backend's state: the step updates the block where it lies.
                 state = CausalState(self._state.conv1[:, :, :, block], self._state.conv2[:, :, :, block])
-                result, _ = self.model.track_step(features, queries, state, in_place=True)
+                result, _ = self.model.track_step(features, queries, state, in_place=True,
+                                                  block_step=self._compiled_block)
             else:
                 result, _ = self.model.estimate_trajectories(features, queries)
         return torch.cat([result.tracks[0, :, 0], result.occlusion[0, :, :1],

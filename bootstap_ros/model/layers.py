@@ -311,25 +311,41 @@ class PipsMixer(nn.Module):
         return x, torch.stack(new_1), torch.stack(new_2)
 
     def step(self, x: torch.Tensor, history_1: torch.Tensor, history_2: torch.Tensor,
-             in_place: bool = False):
+             in_place: bool = False, block_step=None):
         """One causal time step: x [..., input_dim]; histories [num_blocks, ..., K-1, C] and
         [num_blocks, ..., K-1, 4C] (oldest first).
 
         Returns (y [..., output_dim], new_history_1, new_history_2). With in_place the
         histories are shifted and written in place (and returned); otherwise new
         tensors are returned and the inputs are left as they were (as ONNX export needs).
+        block_step: what runs each block, `mixer_block_step` or a compiled version of it.
         """
+        block_step = block_step or mixer_block_step
         x = inference_linear(self.linear, x)
         new_1: List[torch.Tensor] = []
         new_2: List[torch.Tensor] = []
         for i, block in enumerate(self.blocks):
-            x, input_1, input_2 = block.step(x, history_1[i], history_2[i])
-            new_1.append(push_history(history_1[i], input_1, in_place))
-            new_2.append(push_history(history_2[i], input_2, in_place))
+            x, h1, h2 = block_step(block, x, history_1[i], history_2[i], in_place)
+            new_1.append(h1)
+            new_2.append(h2)
         x = inference_linear(self.linear_1, self.layer_norm(x))
         if in_place:
             return x, history_1, history_2
         return x, torch.stack(new_1), torch.stack(new_2)
+
+
+def mixer_block_step(block: MixerBlock, x: torch.Tensor, history_1: torch.Tensor, history_2: torch.Tensor,
+                     in_place: bool):
+    """`block.step` with its histories advanced: (y, new_history_1, new_history_2).
+
+    The unit that `torch.compile` compiles for online tracking (the torch backend's
+    `torch_compile`): every block of every refinement iteration has the same shapes
+    and the block's weights are inputs of the compiled graph, so one compilation
+    serves them all, and it fuses the block's element-wise chain (layer norms,
+    temporal taps, GELU, residuals, history shift) into a few kernels.
+    """
+    x, input_1, input_2 = block.step(x, history_1, history_2)
+    return x, push_history(history_1, input_1, in_place), push_history(history_2, input_2, in_place)
 
 
 def push_history(history: torch.Tensor, value: torch.Tensor, in_place: bool) -> torch.Tensor:

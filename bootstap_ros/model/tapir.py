@@ -362,7 +362,7 @@ class TAPIR(nn.Module):
 
     # ------------------------------------------------------------------ online step
     def track_step(self, grids: FeatureGrids, query_features: QueryFeatures, state: CausalState,
-                   in_place: bool = False) -> Tuple[Trajectories, CausalState]:
+                   in_place: bool = False, block_step=None) -> Tuple[Trajectories, CausalState]:
         """One causal frame: `estimate_trajectories` for grids of a single frame, made fast.
 
         Equal to `estimate_trajectories(grids, query_features, state)` up to float
@@ -378,6 +378,9 @@ class TAPIR(nn.Module):
         * the mixer runs its one-step form (`PipsMixer.step`): no history
           concatenation, and with `in_place` the state tensors (which may be
           views into a larger state) are updated where they are, with no copy.
+
+        block_step: what runs each mixer block (`layers.mixer_block_step`, the default,
+        or a compiled version of it, see `backends.torch_backend`).
 
         Returns the trajectories ([B, N, 1, ...], unrefined iterations included)
         and the new state (`state` itself when in_place).
@@ -424,7 +427,8 @@ class TAPIR(nn.Module):
                     torch.zeros_like(tracks), occlusion[..., None], expected_dist[..., None],
                     mixer_features, *correlations,
                 ], dim=-1)
-                out, h1, h2 = self.torch_pips_mixer.step(mixer_input, state.conv1[i], state.conv2[i], in_place)
+                out, h1, h2 = self.torch_pips_mixer.step(mixer_input, state.conv1[i], state.conv2[i], in_place,
+                                                          block_step)
                 new_conv1.append(h1)
                 new_conv2.append(h2)
                 update = out[..., :2] if scale is None else out[..., :2] * self._constant(scale, tracks)
