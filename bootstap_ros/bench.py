@@ -2,8 +2,9 @@
 
 For each backend, device and precision and each point count it runs
 `CausalTracker.step` on a synthetic 256x256 clip (points added on the first
-frame) and records per-frame latency (mean, p50, p95, max), FPS, peak RSS and,
-on CUDA, the peak allocated memory. Every point count is also run with the
+frame) and records per-frame latency (mean, p50, p95, max), FPS, the time to the
+first tracked frame (exports, engine builds, CUDA graph captures, compilation),
+peak RSS and, on CUDA, the peak allocated memory. Every point count is also run with the
 plain eager float32 torch step (`TAPIR.estimate_trajectories` over each block,
 state copied back: the model's unoptimised path) as the baseline; each run
 reports its speed-up over it and its accuracy against it (max and median track
@@ -153,12 +154,14 @@ def run_benchmark(model, specs: Sequence[RunSpec], point_counts: Sequence[int], 
     runs = []
     for num_points in point_counts:
         xy = rng.uniform(8, min(size) - 8, (num_points, 2)).astype(np.float32)
-        trackers, latencies, outputs, visible, errors = {}, {}, {}, {}, {}
+        trackers, latencies, outputs, visible, errors, first = {}, {}, {}, {}, {}, {}
         for spec in all_specs:
             try:
+                start = time.perf_counter()
                 trackers[spec] = _make_tracker(models[spec.device, spec.refine], spec, num_points, block_size,
                                                cache_dir)
                 trackers[spec].add_points(clip[0], xy)
+                first[spec] = time.perf_counter() - start
                 latencies[spec], outputs[spec], visible[spec] = [], [], []
             except Exception as error:  # a backend missing here is reported, not fatal
                 errors[spec] = f"{type(error).__name__}: {error}"
@@ -175,6 +178,8 @@ def run_benchmark(model, specs: Sequence[RunSpec], point_counts: Sequence[int], 
                 elapsed = (time.perf_counter() - start) * 1e3
                 if t > warmup:
                     latencies[spec].append(elapsed)
+                if t == 1:  # with the setup: exports, engine builds, graph captures, compilation
+                    first[spec] += elapsed / 1e3
                 outputs[spec].append(result.xy)
                 visible[spec].append(result.visible)
         # Arithmetic per frame (convolutions and matmuls, torch backends only; after the
@@ -201,6 +206,7 @@ def run_benchmark(model, specs: Sequence[RunSpec], point_counts: Sequence[int], 
                 runs.append(row)
                 continue
             row.update(_stats(latencies[spec]))
+            row["first_frame_s"] = first[spec]
             if spec in gflop:
                 row["gflop_per_frame"] = gflop[spec]
             row["peak_rss_mb"] = _peak_rss_mb()
@@ -223,7 +229,8 @@ def run_benchmark(model, specs: Sequence[RunSpec], point_counts: Sequence[int], 
 
 def format_table(results: dict) -> str:
     header = (f"{'backend/device/precision':<28} {'points':>6} {'mean':>8} {'p50':>8} {'p95':>8} {'max':>8} "
-              f"{'fps':>7} {'rss MB':>7} {'speed-up':>8} {'dmax px':>8} {'dmed px':>8} {'vis':>6} {'GFLOP':>7}")
+              f"{'fps':>7} {'rss MB':>7} {'speed-up':>8} {'dmax px':>8} {'dmed px':>8} {'vis':>6} {'GFLOP':>7} "
+              f"{'1st s':>7}")
     lines = [header, "-" * len(header)]
     for r in results["runs"]:
         label = f"{r['backend']}/{r['device']}/{r['precision']}"
@@ -235,8 +242,10 @@ def format_table(results: dict) -> str:
             f"{r['max_ms']:>8.1f} {r['fps']:>7.2f} {r['peak_rss_mb']:>7.0f} "
             f"{r.get('speedup_vs_eager_fp32', float('nan')):>7.2f}x "
             f"{r.get('track_diff_max_px', float('nan')):>8.1e} {r.get('track_diff_median_px', float('nan')):>8.1e} "
-            f"{r.get('visibility_agreement', float('nan')):>6.3f} {r.get('gflop_per_frame', float('nan')):>7.2f}")
+            f"{r.get('visibility_agreement', float('nan')):>6.3f} {r.get('gflop_per_frame', float('nan')):>7.2f} "
+            f"{r['first_frame_s']:>7.1f}")
     lines.append("GFLOP: convolutions and matmuls of one step (torch backends; independent of the load); "
+                 "1st s: seconds to the first tracked frame (tracker, exports, captures, compilation); "
                  "latencies in ms per frame (CausalTracker.step: preprocessing, network, outputs); "
                  "speed-up and differences against the plain eager float32 torch step")
     return "\n".join(lines)

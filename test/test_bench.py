@@ -26,7 +26,7 @@ def test_bench_writes_json_plot_and_table(tmp_path, capsys):
     assert {(r["backend"], r["points"]) for r in runs} == {
         (backend, points) for backend in ("torch-eager", "torch", "onnxruntime") for points in (3, 8)}
     for run in runs:
-        assert run["p50_ms"] > 0 and run["fps"] > 0 and run["peak_rss_mb"] > 0
+        assert run["p50_ms"] > 0 and run["fps"] > 0 and run["peak_rss_mb"] > 0 and run["first_frame_s"] > 0
         assert run["track_diff_max_px"] < 1e-3  # every fp32 backend reproduces the eager step
         assert run["visibility_agreement"] == 1.0
     assert "speed-up" in capsys.readouterr().out
