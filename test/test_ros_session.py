@@ -162,6 +162,15 @@ def test_start_up_errors_say_what_to_do(tmp_path, monkeypatch, checkpoint):
             create_tracker(TrackerNodeConfig(checkpoint=str(checkpoint), backend="tensorrt"))
 
 
+@pytest.mark.slow
+def test_torch_compile_reaches_the_torch_backend(checkpoint):
+    with pytest.raises(StartupError, match="torch_compile compiles the torch backend.*backend:=torch"):
+        create_tracker(TrackerNodeConfig(checkpoint=str(checkpoint), backend="onnxruntime", torch_compile=True))
+    tracker, info = create_tracker(config_from_parameters(
+        {"checkpoint": str(checkpoint), "torch_compile": True, "max_points": 8}))
+    assert info.backend == "torch" and tracker.backend.torch_compile
+
+
 # ---------------------------------------------------------------- session
 def make_session(model, max_points=8, grid_points=2):
     warnings = Recorder()

@@ -63,4 +63,7 @@ def test_errors_exit_2_with_a_message(files, tmp_path, capsys):
     assert track.main([str(folder / "clip.npy"), "--checkpoint", str(folder / "small.pt"),
                        "--queries", str(tmp_path / "q.csv"), "--output", str(tmp_path / "o.npz")]) == 2
     assert "error" in capsys.readouterr().err
+    assert track.main([str(folder / "clip.npy"), "--checkpoint", str(folder / "small.pt"), "--mode", "offline",
+                       "--torch-compile", "--output", str(tmp_path / "o.npz")]) == 2
+    assert "--torch-compile compiles the online torch backend" in capsys.readouterr().err
     assert not (tmp_path / "o.npz").exists()

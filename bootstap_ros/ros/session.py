@@ -159,6 +159,12 @@ def _backend_options(config: TrackerNodeConfig, device: str, notes: List[str]) -
             raise StartupError(
                 f"{name} '{value}' is not available: this bootstap_ros runs the PyTorch backend "
                 f"only, in fp32. Set {name}:={'auto' if name == 'backend' else 'fp32'}")
+    if config.torch_compile:
+        if config.backend not in ("auto", "torch"):
+            raise StartupError(f"torch_compile compiles the torch backend, not '{config.backend}': "
+                               "set backend:=torch (or auto), or torch_compile:=false")
+        options["backend"] = "torch"
+        options["torch_compile"] = True
     if config.engine_cache_dir:
         cache_dir = str(Path(config.engine_cache_dir).expanduser())
         concrete = config.backend

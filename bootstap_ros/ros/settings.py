@@ -29,6 +29,7 @@ class TrackerNodeConfig:
     backend: str = "auto"
     device: str = "auto"
     precision: str = "auto"  # fp16 for tensorrt, else fp32
+    torch_compile: bool = False
     cpu_threads: int = 0  # 0 = torch's default
     resolution: int = 0  # 0 = the checkpoint's own
     softmax_temperature: float = 0.0  # 0 = the checkpoint's own
@@ -92,6 +93,12 @@ PARAMETERS: Tuple[ParameterSpec, ...] = (
     ParameterSpec("precision", "precision",
                   "Inference precision; auto: fp16 for the tensorrt backend, fp32 for the others.",
                   choices=PRECISION_CHOICES),
+    ParameterSpec("torch_compile", "torch_compile",
+                  "Compile the torch backend's backbone and mixer block with torch.compile "
+                  "(inductor) at start-up: fewer, fused kernels per frame on a GPU, after "
+                  "seconds to minutes of compiling before the first frame. Needs the torch "
+                  "backend, and Triton (CUDA) or a C++ compiler (CPU); where compiling fails "
+                  "the node warns and runs uncompiled."),
     ParameterSpec("cpu_threads", "cpu_threads",
                   "Threads for inference on the CPU (torch intra-op threads); 0: torch's default, "
                   "one per core. Where the camera driver shares the cores, fewer can be faster.",
