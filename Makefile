@@ -15,7 +15,7 @@ ifndef ROS_DOMAIN_ID
 export ROS_DOMAIN_ID := $(shell expr $$$$ % 101 + 1)
 endif
 
-.PHONY: setup test test-jazzy demo figures bootstrap-experiment clean
+.PHONY: setup test test-jazzy demo figures gpu-figures bootstrap-experiment clean
 
 setup: $(STAMP)
 
@@ -81,6 +81,24 @@ figures: setup
 	    --output $(FIGURES)/ros_latency_tracks_3d.json
 	$(PY) -m bootstap_ros.ros.latency_bench --points 0 --image-reliability reliable \
 	    --output $(FIGURES)/ros_no_points.json
+
+# The GPU figures and checks of the README (*Backends and speed*), for a machine with a CUDA
+# GPU: the CUDA tests, then bootstap-bench with the official architecture (random weights)
+# at 256x256 for fp32, fp16 and bf16, each also compiled (torch_compile), at 256 and 1024
+# points; then the refinement ladder up to 512x512 in bf16. It runs in GPU_PYTHON, a Python
+# whose torch has CUDA (the .venv of `make setup` has the CPU build), from this folder.
+GPU_PYTHON ?= python3
+GPU_OUT    := outputs/gpu
+gpu-figures:
+	@mkdir -p $(GPU_OUT)
+	PYTHONPATH=. $(GPU_PYTHON) -m pytest -q -p no:cacheprovider test/test_backends.py \
+	    test/test_torch_compile.py -k cuda
+	PYTHONPATH=. $(GPU_PYTHON) -m bootstap_ros.bench --random-weights --devices cuda --backends torch \
+	    --precisions fp32,fp16,bf16 --torch-compile --points 256,1024 --frames 30 --block-size 256 \
+	    --output $(GPU_OUT)/bench
+	PYTHONPATH=. $(GPU_PYTHON) -m bootstap_ros.bench --random-weights --devices cuda --backends torch \
+	    --precisions bf16 --refine-resolutions 256x256,512x512 --points 256,1024 --frames 30 \
+	    --block-size 256 --output $(GPU_OUT)/ladder
 
 # The bootstrapping experiment in the README (*The bootstrapping experiment, in miniature*):
 # robot-domain data written as rosbag2 bags, the embedded model before and after
