@@ -9,7 +9,9 @@ is the Dataset a training loop reads from that manifest.
 Inputs:
 
 * rosbag2 bags (a folder with ``metadata.yaml``, or a bare ``.mcap`` / ``.db3``
-  file), MCAP or SQLite3 storage, read with `rosbags` (no ROS install needed).
+  file), MCAP or SQLite3 storage, read with `rosbags` (no ROS install needed);
+  an MCAP file cut short (a killed recording, which rosbags cannot open) is
+  read up to the cut with `training.mcap_salvage`.
   sensor_msgs/Image and sensor_msgs/CompressedImage are decoded with
   `bootstap_ros.images`, the node's own conversions. The topic is
   ``image_topic``, or the bag's only image topic; several image topics and no
@@ -50,6 +52,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from .clips import Clip, ClipBuilder, ClipConfig, ClipStats
+from .mcap_salvage import TruncatedMcap
 
 __all__ = ["ClipConfig", "LogClips", "LogError", "prepare_logs", "write_image_bag",
            "image_topics", "main"]
@@ -176,24 +179,35 @@ def image_topics(path) -> Dict[str, str]:
         return {c.topic: c.msgtype for c in reader.connections if c.msgtype in IMAGE_TYPES}
 
 
+def _file_image_topics(file: Path) -> Dict[str, str]:
+    """`image_topics` of one storage file; an MCAP file that rosbags cannot open (cut short)
+    is read from its start as far as it goes (`mcap_salvage`)."""
+    try:
+        return image_topics(file)
+    except Exception:  # noqa: BLE001 - ReaderError, apsw errors, OSError, KeyError, ...
+        if file.suffix != ".mcap":
+            raise
+    topics = TruncatedMcap(file).topics()
+    return {topic: msgtype for topic, msgtype in topics.items() if msgtype in IMAGE_TYPES}
+
+
 def _bag_topics(path: Path) -> Tuple[Dict[str, str], Optional[str], bool]:
     """(image topics, why the bag cannot be opened or None, read file by file).
 
-    A folder whose bag cannot be opened as a whole (e.g. one of its split
-    files is truncated, or metadata.yaml is missing because the recording was
-    killed) is tried file by file.
+    A bag that cannot be opened as a whole (e.g. one of its split files is
+    truncated, or metadata.yaml is missing because the recording was killed) is
+    tried file by file, a cut-short MCAP file up to its cut.
     """
     try:
         return image_topics(path), None, False
     except Exception as error:  # noqa: BLE001 - ReaderError, apsw errors, OSError, KeyError, ...
         whole_error = f"{type(error).__name__}: {error}"
     topics: Dict[str, str] = {}
-    if path.is_dir():
-        for file in _storage_files(path):
-            try:
-                topics.update(image_topics(file))
-            except Exception:  # noqa: BLE001 - the bag's error is reported instead
-                continue
+    for file in _storage_files(path):
+        try:
+            topics.update(_file_image_topics(file))
+        except Exception:  # noqa: BLE001 - the bag's error is reported instead
+            continue
     return topics, (None if topics else whole_error), True
 
 
@@ -220,21 +234,45 @@ def _read_bag(source: LogInput, builder: ClipBuilder) -> Optional[str]:
     from bootstap_ros.images import message_to_rgb
 
     typestore = _typestore()
+
+    def add(raw: bytes, msgtype: str, receive_ns: int) -> None:
+        msg = typestore.deserialize_cdr(raw, msgtype)
+        stamp = msg.header.stamp
+        builder.add(int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec), int(receive_ns),
+                    lambda: message_to_rgb(msg))
+
     targets = _storage_files(source.path) if source.file_by_file else [source.path]
     problems: List[str] = []
     for target in targets:
+        opened = False
         try:
             with Reader(target) as reader:
+                opened = True
                 connections = [c for c in reader.connections if c.topic == source.topic]
                 for connection, receive_ns, raw in reader.messages(connections=connections):
-                    msg = typestore.deserialize_cdr(raw, connection.msgtype)
-                    stamp = msg.header.stamp
-                    builder.add(int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec),
-                                int(receive_ns), lambda msg=msg: message_to_rgb(msg))
+                    add(raw, connection.msgtype, receive_ns)
         except Exception as error:  # noqa: BLE001 - a damaged bag must not stop the run
-            problems.append(f"{target.name}: {type(error).__name__}: {error}")
+            problem = f"{target.name}: {type(error).__name__}: {error}"
+            if not opened and target.suffix == ".mcap":  # cut short: read it up to the cut
+                problem = _read_cut_mcap(target, source.topic, add, problem)
+            problems.append(problem)
         builder.split()  # no clip spans two files, nor the damage
     return "; ".join(problems) or None
+
+
+def _read_cut_mcap(path: Path, topic: str, add, problem: str) -> str:
+    """Feeds `add` the messages of `topic` in an MCAP file that rosbags could not open (the
+    reason: `problem`); returns what went wrong, with how far the file was read."""
+    try:
+        cut = TruncatedMcap(path)
+        count = 0
+        for channel, receive_ns, raw in cut.messages(topic):
+            add(raw, channel.msgtype, receive_ns)
+            count += 1
+    except Exception as error:  # noqa: BLE001 - not even its start can be read
+        return f"{problem}; read from its start: {type(error).__name__}: {error}"
+    return (f"{problem}; cut short: {count} message(s) of {topic} read from its first "
+            f"{cut.complete_bytes} of {cut.file_bytes} bytes")
 
 
 def _read_video(source: LogInput, builder: ClipBuilder, config: ClipConfig) -> Optional[str]:
@@ -485,8 +523,9 @@ def write_image_bag(path, frames: np.ndarray, stamps_ns: Sequence[int],
     receive stamps are `receive_stamps_ns` (default: the same). `extra_topics`
     maps more topics to "image", "compressed" (the same frames) or "string"
     (std_msgs/String), to make bags with several topics. `compression`: None, or
-    "file" / "message" for rosbag2's zstd compression of whole files or of each message.
-    """
+    "file" / "message" for rosbag2's zstd compression of whole files or of each message,
+    or "storage" for MCAP's own zstd compression of its chunks (the default of the mcap
+    writer that `ros2 bag record -s mcap` uses)."""
     from rosbags.rosbag2 import Writer
     from rosbags.rosbag2.enums import CompressionFormat, CompressionMode, StoragePlugin
 
@@ -495,9 +534,10 @@ def write_image_bag(path, frames: np.ndarray, stamps_ns: Sequence[int],
     plugins = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
     if storage not in plugins:
         raise LogError(f"storage must be one of {sorted(plugins)}, got {storage!r}")
-    modes = {None: None, "file": CompressionMode.FILE, "message": CompressionMode.MESSAGE}
+    modes = {None: None, "file": CompressionMode.FILE, "message": CompressionMode.MESSAGE,
+             "storage": CompressionMode.STORAGE}
     if compression not in modes:
-        raise LogError(f"compression must be None, 'file' or 'message', got {compression!r}")
+        raise LogError(f"compression must be None, 'file', 'message' or 'storage', got {compression!r}")
     if encoding not in ("rgb8", "bgr8"):
         raise LogError(f"encoding must be 'rgb8' or 'bgr8', got {encoding!r}")
     frames = np.asarray(frames)
