@@ -3,7 +3,8 @@
 Owns the ROS environment of the test run: it is set here, at conftest import,
 before any test module imports rclpy, so that ROS traffic stays on this machine
 and on a domain of its own (two test runs side by side do not see each other).
-Also registers the `gpu` and `slow` markers.
+Also registers the `gpu` and `slow` markers, and holds the fixtures several
+modules share: `checkpoint` (the small model saved) and `ros` (a ROS executor).
 """
 
 import atexit
@@ -22,6 +23,29 @@ if 'ROS_LOG_DIR' not in os.environ:
     _ros_log_dir = tempfile.mkdtemp(prefix='bootstap_ros-test-roslog-')
     os.environ['ROS_LOG_DIR'] = _ros_log_dir
     atexit.register(shutil.rmtree, _ros_log_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope='module')
+def checkpoint(tmp_path_factory):
+    """The small test model (small_model.py) saved as a project checkpoint: its path, a str."""
+    from bootstap_ros.model import save_checkpoint
+    from small_model import small_model
+
+    path = tmp_path_factory.mktemp('ckpt') / 'small.pt'
+    save_checkpoint(path, small_model())
+    return str(path)
+
+
+@pytest.fixture(scope='module')
+def ros():
+    """A ROS context and executor (ros_client.Ros) shared by a module's nodes (imports rclpy)."""
+    from ros_client import Ros
+
+    ros = Ros()
+    yield ros
+    ros.close()
+    if ros.errors:  # survived, but worth seeing
+        print(f'executor errors while nodes came and went: {ros.errors!r}')
 
 
 def pytest_configure(config):

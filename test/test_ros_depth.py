@@ -8,27 +8,12 @@ import pytest
 from diagnostic_msgs.msg import DiagnosticArray
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
-from bootstap_ros.model import save_checkpoint
 from bootstap_ros.ros.conversions import cloud_to_array
-from ros_client import Client, Ros, STAMPS, set_stamp, stamp_of, wait_until
-from small_model import moving_clip, small_model
+from ros_client import Client, STAMPS, set_stamp, stamp_of, wait_until
+from small_model import moving_clip
 
 HEIGHT, WIDTH = 48, 80
 K = np.array([[70.0, 0.0, 39.0], [0.0, 72.0, 24.5], [0.0, 0.0, 1.0]])
-
-
-@pytest.fixture(scope="module")
-def ros():
-    ros = Ros()
-    yield ros
-    ros.close()
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "small.pt"
-    save_checkpoint(path, small_model())
-    return str(path)
 
 
 def camera_info(width=WIDTH, height=HEIGHT):

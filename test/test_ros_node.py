@@ -26,34 +26,17 @@ from sensor_msgs.msg import CompressedImage, Image, PointCloud2
 from std_msgs.msg import UInt32MultiArray
 from std_srvs.srv import Trigger
 
-from bootstap_ros.model import save_checkpoint
 from bootstap_ros.ros.conversions import (array_to_compressed, array_to_image, cloud_to_array,
                                           xy_to_cloud)
 from bootstap_ros.model.checkpoint import EMBEDDED_CHECKPOINT
 from bootstap_ros.ros.session import StartupError
 from bootstap_ros.ros.tracker_node import TrackerNode
-from small_model import blob_clip, moving_clip, small_model
-from ros_client import Ros, Topic, stamp_of, wait_until
+from small_model import blob_clip, moving_clip
+from ros_client import Topic, stamp_of, wait_until
 
 TIMEOUT = 20.0
 RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
 STAMPS = itertools.count(1_000_000_000)  # ns; increasing across the module
-
-
-@pytest.fixture(scope="module")
-def ros():
-    ros = Ros()
-    yield ros
-    ros.close()
-    if ros.errors:  # survived, but worth seeing
-        print(f"executor errors while nodes came and went: {ros.errors!r}")
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "small.pt"
-    save_checkpoint(path, small_model())
-    return str(path)
 
 
 class Harness:

@@ -10,33 +10,18 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import PointCloud2
 
 from bootstap_ros.cli import queries as queries_cli
-from bootstap_ros.model import save_checkpoint
 from bootstap_ros.model.checkpoint import EMBEDDED_CHECKPOINT
 from bootstap_ros.queries import grid_queries
 from bootstap_ros.ros.conversions import cloud_to_array
 from bootstap_ros.ros.session import StartupError
 from bootstap_ros.ros.tracker_node import TrackerNode
-from ros_client import Client, Ros, wait_until
-from small_model import blob_clip, moving_clip, small_model
+from ros_client import Client, wait_until
+from small_model import blob_clip, moving_clip
 
 LATCHED = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
 needs_embedded = pytest.mark.skipif(not EMBEDDED_CHECKPOINT.is_file(),
                                     reason="the embedded default model is not installed")
-
-
-@pytest.fixture(scope="module")
-def ros():
-    ros = Ros()
-    yield ros
-    ros.close()
-
-
-@pytest.fixture(scope="module")
-def small_checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "small.pt"
-    save_checkpoint(path, small_model())
-    return str(path)
 
 
 def make_query_set(folder, image, *args):
@@ -81,11 +66,11 @@ def test_a_set_from_a_demonstration_frame_follows_the_known_motion_later(ros, tm
 
 
 @needs_embedded
-def test_runtime_sets_add_points_and_sets_of_another_model_are_refused(ros, tmp_path, small_checkpoint):
+def test_runtime_sets_add_points_and_sets_of_another_model_are_refused(ros, tmp_path, checkpoint):
     clip = moving_clip(num_frames=5, height=48, width=80)
-    good = make_query_set(tmp_path, clip[1], "--grid", "2", "--checkpoint", small_checkpoint)
+    good = make_query_set(tmp_path, clip[1], "--grid", "2", "--checkpoint", checkpoint)
     foreign = make_query_set(tmp_path, clip[1], "--grid", "2")  # the embedded model's
-    h = Client(ros, checkpoint=small_checkpoint, grid_points=1)
+    h = Client(ros, checkpoint=checkpoint, grid_points=1)
     try:
         parameters = AsyncParameterClient(h.client, "tracker_node")
         assert parameters.wait_for_services(timeout_sec=30)
@@ -98,7 +83,7 @@ def test_runtime_sets_add_points_and_sets_of_another_model_are_refused(ros, tmp_
         assert xy_of(h.send(h.frame(clip[0])))[0] == [0]
         result = set_query_set(foreign)
         assert not result.successful and "another model" in result.reason
-        assert "bootstap-queries" in result.reason and small_checkpoint in result.reason
+        assert "bootstap-queries" in result.reason and checkpoint in result.reason
         assert h.node.warning_counts.get("query_set") == 1
         assert xy_of(h.send(h.frame(clip[1])))[0] == [0]  # every track kept, none added
 
@@ -117,11 +102,11 @@ def test_runtime_sets_add_points_and_sets_of_another_model_are_refused(ros, tmp_
 
 
 @needs_embedded
-def test_start_up_refuses_a_set_of_another_model(ros, tmp_path, small_checkpoint):
+def test_start_up_refuses_a_set_of_another_model(ros, tmp_path, checkpoint):
     foreign = make_query_set(tmp_path, moving_clip(num_frames=1)[0], "--grid", "2")
     cases = [(foreign, "query_set: query set .* was made with another model .*checkpoint SHA-256"),
              (str(tmp_path / "missing.npz"), "query set not found")]
     for path, match in cases:
         with pytest.raises(StartupError, match=match):
             TrackerNode(namespace="/startup_qs", context=ros.context, parameter_overrides=[
-                Parameter("checkpoint", value=small_checkpoint), Parameter("query_set", value=path)])
+                Parameter("checkpoint", value=checkpoint), Parameter("query_set", value=path)])

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import yaml
 
-from bootstap_ros.model import save_checkpoint
 from bootstap_ros.ros.queues import LatestSlot, RequestQueue, WarningLimiter
 from bootstap_ros.ros.session import StartupError, TrackingSession, create_tracker
 from bootstap_ros.ros.settings import (PARAMETER_NAMES, PARAMETERS, SettingsError,
@@ -23,13 +22,6 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def model():
     return small_model()
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "small.pt"
-    save_checkpoint(path, small_model())
-    return path
 
 
 class Recorder:
