@@ -119,6 +119,9 @@ def run(args: argparse.Namespace) -> int:
           f"softmax temperature {model.config.softmax_temperature:g}, {args.mode} mode, "
           f"{len(queries)} points, video {width}x{height} ({source.num_frames} frames)")
 
+    if args.torch_compile:
+        print("--torch-compile: compiling the backbone pass and a mixer block before the first frame "
+              "(seconds to minutes; the compiler caches its kernels, so later runs start sooner)")
     start = time.perf_counter()
     with tqdm(total=source.num_frames, unit="frame", desc=f"tracking ({args.mode})",
               disable=None) as bar:
