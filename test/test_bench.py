@@ -1,6 +1,7 @@
 """bootstap-bench runs end to end on a tiny model (figures are printed, never asserted)."""
 
 import json
+import sys
 
 import pytest
 
@@ -50,3 +51,13 @@ def test_refine_resolutions_run_on_the_same_frames_and_count_the_ladders_arithme
     assert one["input"] == ladder["input"] == [128, 128]  # every configuration gets the same frames
     # The ladder adds a backbone pass at 4x the pixels (convolutions dominate): 3x to 6x the one level.
     assert 3 < ladder["gflop_per_frame"] / one["gflop_per_frame"] < 6
+
+
+def test_without_matplotlib_the_figures_are_still_written(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # what `import matplotlib` meets where it is absent
+    code = bench.main(["--random-weights", "--model-config", TINY, "--points", "2", "--frames", "1",
+                       "--warmup", "0", "--block-size", "2", "--output", str(tmp_path / "out")])
+    assert code == 0
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["runs"]
+    assert not (tmp_path / "out" / "latency.png").exists()
+    assert "no plot (matplotlib is not installed" in capsys.readouterr().out
