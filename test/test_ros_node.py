@@ -348,41 +348,34 @@ def test_positions_follow_the_known_motion(ros):
     assert (errors < 4.0).all(), errors
 
 
-def worker_cpu_seconds(node):
-    """CPU time the node's worker thread has used so far (its own clock, not the process's)."""
-    return time.clock_gettime(time.pthread_getcpuclockid(node._worker.ident))
-
-
 def test_no_points_no_network_work_but_tracks_and_debug_images_flow(harness_factory):
     h = harness_factory()  # no grid_points: the default, and the state after every reset
     debug = Topic()
     h.client.create_subscription(Image, "tracker_node/debug_image", debug, RELIABLE)
     wait_until(lambda: h.node._debug_pub.get_subscription_count() > 0, what="the debug subscriber")
     clip = moving_clip(num_frames=12)
-    cpu_before = worker_cpu_seconds(h.node)
     for frame in clip[:6]:
         msg = h.frame(frame, frame_id="camera_optical")
         tracks = h.send(msg)
         assert len(points_of(tracks)) == 0 and tracks.header.frame_id == "camera_optical"
         image = debug.wait_for(lambda m: stamp_of(m) == stamp_of(msg), what="a debug image")
         assert bytes(image.data) == bytes(msg.data)  # nothing drawn
-    idle_cpu = worker_cpu_seconds(h.node) - cpu_before
     assert h.node.session.network_steps == 0
     assert h.node.warning_counts.get("internal", 0) == 0  # no frame failed
 
     h.add_point.publish(Point(x=20.0, y=10.0, z=0.0))
     wait_until(lambda: len(h.node.session.requests) == 1, what="the add_point request")
-    cpu_before = worker_cpu_seconds(h.node)
+    frames_before = h.node.session.frames
     for frame in clip[6:]:
         assert points_of(h.send(h.frame(frame)))["id"].tolist() == [0]
-    tracking_cpu = worker_cpu_seconds(h.node) - cpu_before
-    # Even this small model's step costs the worker several times an idle frame.
-    assert idle_cpu < tracking_cpu / 3, (idle_cpu, tracking_cpu)
-    assert h.node.session.network_steps == 6
+    # Every frame with a point ran the network (`send` republishes a frame whose tracks
+    # are late, so a loaded machine can process one twice: count what was processed).
+    tracked = h.node.session.frames - frames_before
+    assert tracked >= 6 and h.node.session.network_steps == tracked
 
     h.call_reset()  # back to no points: back to no network work
     assert len(points_of(h.send(h.frame(clip[0])))) == 0
-    assert h.node.session.network_steps == 6
+    assert h.node.session.network_steps == tracked
 
 
 def test_python_logging_warnings_reach_rosout_rate_limited(harness_factory):
