@@ -45,7 +45,6 @@ import dataclasses
 import json
 import os
 import sys
-import time
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -63,26 +62,24 @@ from .data import StepBatches, SyntheticClips, make_loader
 from .losses import LossConfig, LossMasks, tapir_loss
 from .synthetic import SyntheticConfig
 from .train import (
+    CHECKPOINT,
     EVAL_COLUMNS,
-    Logs,
-    LossWindow,
+    Loop,
     Runtime,
-    StopRequest,
     cosine_learning_rate,
+    distributed_model,
     evaluate_dataset,
     load_training_parts,
     make_adamw,
     make_scaler,
     model_forward,
     optimizer_step,
-    save_training_checkpoint,
-    set_learning_rate,
-    metrics_line,
+    run_loop,
     run_with_runtime,
+    set_learning_rate,
     supervised_loss,
 )
 
-CHECKPOINT = "checkpoint.pt"
 FINAL_MODEL = "final.pt"
 TRAIN_COLUMNS = ("step", "lr", "loss", "position", "occlusion", "uncertainty", "kept_tracks",
                  "supervised_loss", "grad_norm", "skipped_steps", "steps_per_s", "elapsed_s")
@@ -585,12 +582,7 @@ def _bootstrap(config: BootstrapConfig, runtime: Runtime, resumed: Optional[dict
         step = int(resumed["step"])
     last_step = min(config.steps, stop_at) if stop_at is not None else config.steps
 
-    trained = model
-    if runtime.distributed:
-        trained = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=model.config.refinement_iters == 0)
-
+    trained = distributed_model(model, runtime)
     clips = prepare_clips(config, size, runtime)
     pin = device.type == "cuda"
     log_loader = DataLoader(
@@ -604,79 +596,28 @@ def _bootstrap(config: BootstrapConfig, runtime: Runtime, resumed: Optional[dict
             StepBatches(step, last_step, supervised_batch, runtime.rank, runtime.world_size),
             config.num_workers, pin_memory=pin)
 
-    logs, progress = None, None
-    if runtime.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(
-            {"bootstrap": asdict(config), "model": model.config.to_dict(),
-             "teacher_model": _unwrap(teacher).config.to_dict(), "log_clips": len(clips),
-             "world_size": runtime.world_size, "device": str(device)}, indent=2) + "\n")
-        logs = Logs(out, step, TRAIN_COLUMNS, EVAL_COLUMNS)
-        from tqdm import tqdm
+    def train_step(batch, step):
+        video, supervised = batch
+        lr = cosine_learning_rate(step, config.lr, config.warmup, config.steps)
+        parts, grad_norm, stepped = bootstrap_step(
+            trained, teacher, optimizers, scaler, video.to(device, non_blocking=True), supervised,
+            config, step, runtime.rank, teacher_causal, ema="teacher" in state)
+        return lr, parts, grad_norm, stepped
 
-        progress = tqdm(total=last_step, initial=step, unit="step", desc="bootstrap",
-                        dynamic_ncols=True)
-
-    def save(path: Path, full: bool) -> None:
-        save_training_checkpoint(path, model, state if full else None, step=step,
-                                 bootstrap_config=asdict(config))
-
-    started = time.perf_counter()
-    window, skipped = LossWindow(), 0
-    stop_request = StopRequest()
-    stop_request.install()
-    try:
-        for video, supervised in zip(log_loader, supervised_loader):
-            lr = cosine_learning_rate(step, config.lr, config.warmup, config.steps)
-            parts, grad_norm, stepped = bootstrap_step(
-                trained, teacher, optimizers, scaler, video.to(device, non_blocking=True), supervised,
-                config, step, runtime.rank, teacher_causal, ema="teacher" in state)
-            skipped += not stepped
-            step += 1
-            window.add(parts)
-            stopping = stop_request.agreed(runtime)
-
-            if step % config.log_every == 0 or step == last_step or stopping:
-                means = window.means(runtime)
-                elapsed = window.elapsed_s
-                if runtime.is_main:
-                    row = {"step": step, "lr": lr, **means,
-                           "grad_norm": grad_norm, "skipped_steps": skipped,
-                           "steps_per_s": window.steps / elapsed,
-                           "elapsed_s": time.perf_counter() - started}
-                    logs.scalars(logs.train, "train", row)
-                    progress.set_postfix(loss=f"{row['loss']:.3f}", kept=f"{row['kept_tracks']:.2f}",
-                                         refresh=False)
-                window.reset()
-            if progress is not None:
-                progress.update(1)
-
-            if step % config.checkpoint_every == 0 or step == last_step or stopping:
-                if runtime.is_main:
-                    save(out / CHECKPOINT, full=True)
-                runtime.barrier()
-            if stopping:
-                if runtime.is_main:
-                    progress.write(f"stopped by {stop_request.signal or 'another rank'} at step {step}: "
-                                   f"{out / CHECKPOINT} written; --resume continues")
-                break
-            if config.eval and ((config.eval_every > 0 and step % config.eval_every == 0)
-                                or step == config.steps):
-                if runtime.is_main:
-                    progress.clear()
-                    metrics = evaluate_dataset(model, config.eval, out / "eval" / f"step_{step:07d}.json",
-                                               device, config.eval_query_mode, config.eval_max_videos)
-                    logs.scalars(logs.eval, "eval", {"step": step, **metrics})
-                    progress.write(metrics_line(step, metrics))
-                runtime.barrier()
-        if runtime.is_main and step == config.steps:
-            save(out / FINAL_MODEL, full=False)
-    finally:
-        stop_request.restore()
-        if progress is not None:
-            progress.close()
-        if logs is not None:
-            logs.close()
+    loop = Loop(
+        name="bootstrap", out=out, final_name=FINAL_MODEL, steps=config.steps, log_every=config.log_every,
+        checkpoint_every=config.checkpoint_every, train_step=train_step,
+        columns=(TRAIN_COLUMNS, EVAL_COLUMNS),
+        record={"bootstrap": asdict(config), "model": model.config.to_dict(),
+                "teacher_model": _unwrap(teacher).config.to_dict(), "log_clips": len(clips),
+                "world_size": runtime.world_size, "device": str(device)},
+        checkpoint_fields={"bootstrap_config": asdict(config)},
+        postfix=lambda row: {"loss": f"{row['loss']:.3f}", "kept": f"{row['kept_tracks']:.2f}"},
+        eval_due=lambda step: bool(config.eval) and ((config.eval_every > 0 and step % config.eval_every == 0)
+                                                     or step == config.steps),
+        evaluate=lambda step: evaluate_dataset(model, config.eval, out / "eval" / f"step_{step:07d}.json",
+                                               device, config.eval_query_mode, config.eval_max_videos))
+    run_loop(loop, model, runtime, state, zip(log_loader, supervised_loader), step, last_step)
     return model
 
 

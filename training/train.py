@@ -44,7 +44,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -370,6 +370,16 @@ def metrics_line(step: int, metrics: Dict[str, float]) -> str:
             f"OA {100 * metrics['occlusion_accuracy']:.1f}")
 
 
+def distributed_model(model: TAPIR, runtime: Runtime) -> torch.nn.Module:
+    """`model` wrapped in DistributedDataParallel under torchrun, else `model` itself."""
+    if not runtime.distributed:
+        return model
+    # Every parameter is used unless there is no refinement (the mixer then idles).
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None,
+        find_unused_parameters=model.config.refinement_iters == 0)
+
+
 def run_with_runtime(device: str, run):
     """`run(runtime)` with the process's runtime (DDP under torchrun), torn down after."""
     runtime = setup_runtime(device)
@@ -378,6 +388,103 @@ def run_with_runtime(device: str, run):
     finally:
         if runtime.distributed:
             dist.destroy_process_group()
+
+
+@dataclass
+class Loop:
+    """A run's loop as `run_loop` drives it: what one step does and what the run writes.
+
+    Supervised training and bootstrapping share the cadence (a log line every
+    `log_every` steps, a checkpoint every `checkpoint_every`, a stop on SIGTERM/SIGINT
+    agreed by every rank, an evaluation when `eval_due`) and differ in these parts.
+    """
+
+    name: str  # the progress bar's label
+    out: Path
+    record: Dict  # written to out/config.json
+    checkpoint_fields: Dict  # stored in every checkpoint beside the model (the run's config)
+    final_name: str  # the weights-only file written when the schedule ends
+    steps: int  # the schedule's length
+    log_every: int
+    checkpoint_every: int
+    # (batch, step) -> (lr, loss parts, gradient norm, whether the optimiser stepped)
+    train_step: Callable[[object, int], Tuple[float, Dict[str, torch.Tensor], float, bool]]
+    columns: Tuple[Tuple[str, ...], Tuple[str, ...]] = (TRAIN_COLUMNS, EVAL_COLUMNS)
+    # Extra columns of a log row from its window (steps, seconds); the progress bar's postfix.
+    extra_columns: Callable[[int, float], Dict] = lambda steps, elapsed: {}
+    postfix: Callable[[Dict], Dict] = lambda row: {}
+    eval_due: Callable[[int], bool] = lambda step: False
+    evaluate: Optional[Callable[[int], Dict[str, float]]] = None
+
+
+def run_loop(loop: Loop, model: TAPIR, runtime: Runtime, state: Dict[str, object], batches,
+             step: int, last_step: int) -> None:
+    """Runs `loop.train_step` over `batches` from `step` to `last_step` (the main process logs,
+    checkpoints `model` and `state`, and evaluates); stops early, checkpointed, on a signal."""
+    out = loop.out
+    logs, progress = None, None
+    if runtime.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(loop.record, indent=2) + "\n")
+        logs = Logs(out, step, *loop.columns)
+        from tqdm import tqdm
+
+        progress = tqdm(total=last_step, initial=step, unit="step", desc=loop.name, dynamic_ncols=True)
+
+    def save(path: Path, full: bool) -> None:
+        save_training_checkpoint(path, model, state if full else None, step=step, **loop.checkpoint_fields)
+
+    started = time.perf_counter()
+    window, skipped = LossWindow(), 0
+    stop_request = StopRequest()
+    stop_request.install()
+    try:
+        for batch in batches:
+            lr, parts, grad_norm, stepped = loop.train_step(batch, step)
+            skipped += not stepped
+            step += 1
+            window.add(parts)
+            stopping = stop_request.agreed(runtime)
+
+            if step % loop.log_every == 0 or step == last_step or stopping:
+                means = window.means(runtime)
+                elapsed = window.elapsed_s
+                if runtime.is_main:
+                    row = {"step": step, "lr": lr, **means,
+                           "grad_norm": grad_norm, "skipped_steps": skipped,
+                           "steps_per_s": window.steps / elapsed,
+                           **loop.extra_columns(window.steps, elapsed),
+                           "elapsed_s": time.perf_counter() - started}
+                    logs.scalars(logs.train, "train", row)
+                    progress.set_postfix(loop.postfix(row), refresh=False)
+                window.reset()
+            if progress is not None:
+                progress.update(1)
+
+            if step % loop.checkpoint_every == 0 or step == last_step or stopping:
+                if runtime.is_main:
+                    save(out / CHECKPOINT, full=True)
+                runtime.barrier()
+            if stopping:
+                if runtime.is_main:
+                    progress.write(f"stopped by {stop_request.signal or 'another rank'} at step {step}: "
+                                   f"{out / CHECKPOINT} written; --resume continues")
+                break
+            if loop.eval_due(step):
+                if runtime.is_main:
+                    progress.clear()
+                    metrics = loop.evaluate(step)
+                    logs.scalars(logs.eval, "eval", {"step": step, **metrics})
+                    progress.write(metrics_line(step, metrics))
+                runtime.barrier()
+        if runtime.is_main and step == loop.steps:
+            save(out / loop.final_name, full=False)
+    finally:
+        stop_request.restore()
+        if progress is not None:
+            progress.close()
+        if logs is not None:
+            logs.close()
 
 
 class Logs:
@@ -555,88 +662,32 @@ def _train(config: TrainConfig, runtime: Runtime, resumed: Optional[dict],
         step = int(resumed["step"])
     last_step = min(config.steps, stop_at) if stop_at is not None else config.steps
 
-    trained = model
-    if runtime.distributed:
-        # Every parameter is used unless there is no refinement (the mixer then idles).
-        trained = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=model.config.refinement_iters == 0)
-
+    trained = distributed_model(model, runtime)
     loader = make_loader(
         SyntheticClips(config.synthetic(), config.seed, config.train_clips),
         StepBatches(step, last_step, config.batch_size, runtime.rank, runtime.world_size),
         config.num_workers, pin_memory=device.type == "cuda")
 
-    logs, progress = None, None
-    if runtime.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(
-            {"train": asdict(config), "model": model.config.to_dict(),
-             "world_size": runtime.world_size, "device": str(device)}, indent=2) + "\n")
-        logs = Logs(out, step)
-        from tqdm import tqdm
+    def train_step(batch, step):
+        lr = learning_rate(step, config)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss, parts = batch_loss(trained, batch, device, config, causal)
+        grad_norm, stepped = optimizer_step(trained, optimizer, scaler, loss, config.grad_clip)
+        return lr, parts, grad_norm, stepped
 
-        progress = tqdm(total=last_step, initial=step, unit="step", desc="train", dynamic_ncols=True)
-
-    def save(path: Path, full: bool) -> None:
-        save_training_checkpoint(path, model, state if full else None, step=step,
-                                 train_config=asdict(config))
-
-    started = time.perf_counter()
-    window, skipped = LossWindow(), 0
-    stop_request = StopRequest()
-    stop_request.install()
-    try:
-        for batch in loader:
-            lr = learning_rate(step, config)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss, parts = batch_loss(trained, batch, device, config, causal)
-            grad_norm, stepped = optimizer_step(trained, optimizer, scaler, loss, config.grad_clip)
-            skipped += not stepped
-            step += 1
-            window.add(parts)
-            stopping = stop_request.agreed(runtime)
-
-            if step % config.log_every == 0 or step == last_step or stopping:
-                means = window.means(runtime)
-                elapsed = window.elapsed_s
-                if runtime.is_main:
-                    row = {"step": step, "lr": lr, **means,
-                           "grad_norm": grad_norm, "skipped_steps": skipped,
-                           "steps_per_s": window.steps / elapsed,
-                           "clips_per_s": window.steps * config.batch_size * runtime.world_size / elapsed,
-                           "elapsed_s": time.perf_counter() - started}
-                    logs.scalars(logs.train, "train", row)
-                    progress.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{lr:.2e}", refresh=False)
-                window.reset()
-            if progress is not None:
-                progress.update(1)
-
-            if step % config.checkpoint_every == 0 or step == last_step or stopping:
-                if runtime.is_main:
-                    save(out / CHECKPOINT, full=True)
-                runtime.barrier()
-            if stopping:
-                if runtime.is_main:
-                    progress.write(f"stopped by {stop_request.signal or 'another rank'} at step {step}: "
-                                   f"{out / CHECKPOINT} written; --resume continues")
-                break
-            if config.eval_every > 0 and (step % config.eval_every == 0 or step == config.steps):
-                if runtime.is_main:
-                    progress.clear()
-                    metrics = evaluate(model, config, step, device)
-                    logs.scalars(logs.eval, "eval", {"step": step, **metrics})
-                    progress.write(metrics_line(step, metrics))
-                runtime.barrier()
-        if runtime.is_main and step == config.steps:
-            save(out / FINAL_MODEL, full=False)
-    finally:
-        stop_request.restore()
-        if progress is not None:
-            progress.close()
-        if logs is not None:
-            logs.close()
+    loop = Loop(
+        name="train", out=out, final_name=FINAL_MODEL, steps=config.steps, log_every=config.log_every,
+        checkpoint_every=config.checkpoint_every, train_step=train_step,
+        record={"train": asdict(config), "model": model.config.to_dict(),
+                "world_size": runtime.world_size, "device": str(device)},
+        checkpoint_fields={"train_config": asdict(config)},
+        extra_columns=lambda steps, elapsed: {
+            "clips_per_s": steps * config.batch_size * runtime.world_size / elapsed},
+        postfix=lambda row: {"loss": f"{row['loss']:.3f}", "lr": f"{row['lr']:.2e}"},
+        eval_due=lambda step: config.eval_every > 0 and (step % config.eval_every == 0 or step == config.steps),
+        evaluate=lambda step: evaluate(model, config, step, device))
+    run_loop(loop, model, runtime, state, loader, step, last_step)
     return model
 
 
