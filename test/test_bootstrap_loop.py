@@ -19,6 +19,7 @@ import torch
 from bootstap_ros.model import load_checkpoint, save_checkpoint
 from bootstap_ros.tracking import CausalTracker
 from ddp import run_ddp
+from test_train import logged_steps
 from small_model import blob_clip, moving_clip, small_model
 from training.bootstrap import (BootstrapConfig, bootstrap, bootstrap_loss, build_parser, main,
                                 step_generators)
@@ -333,13 +334,6 @@ def test_log_batches_visit_every_clip_once_per_epoch_and_resume_in_place():
         LogBatches(0, 0, 1, batch_size=1, seed=0)
 
 
-def _logged_steps(path):
-    if not path.exists():
-        return []
-    with open(path) as file:
-        return [int(row["step"]) for row in csv.DictReader(file)]
-
-
 @pytest.mark.slow
 def test_sigterm_writes_a_checkpoint_and_stops(inputs, tmp_path):
     args = _run_args(inputs, tmp_path, 100000, "checkpoint_every=100000")
@@ -347,7 +341,7 @@ def test_sigterm_writes_a_checkpoint_and_stops(inputs, tmp_path):
                                stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 300
-        while len(_logged_steps(tmp_path / "train_log.csv")) < 2:
+        while len(logged_steps(tmp_path / "train_log.csv")) < 2:
             assert process.poll() is None, process.stderr.read().decode()[-3000:]
             assert time.monotonic() < deadline, "no bootstrapping steps logged within 300 s"
             time.sleep(0.05)
@@ -357,7 +351,7 @@ def test_sigterm_writes_a_checkpoint_and_stops(inputs, tmp_path):
         process.kill()
     assert process.returncode == 0, stderr.decode()[-3000:]
     checkpoint = _state(tmp_path / "checkpoint.pt")
-    assert checkpoint["step"] == _logged_steps(tmp_path / "train_log.csv")[-1] >= 2
+    assert checkpoint["step"] == logged_steps(tmp_path / "train_log.csv")[-1] >= 2
     assert "teacher" in checkpoint and "bootstrap_optimizer" in checkpoint
     assert not (tmp_path / "final.pt").exists()
     assert b"stopped by SIGTERM" in stdout + stderr

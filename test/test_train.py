@@ -158,7 +158,8 @@ def test_fresh_run_refuses_an_existing_checkpoint_and_resume_refuses_a_new_archi
     assert main(["--out", str(tmp_path), "--resume", "--model", "small"]) == 1
 
 
-def _logged_steps(path):
+def logged_steps(path):
+    """The steps of a run's train_log.csv so far ([] before it exists)."""
     if not path.exists():
         return []
     with open(path) as file:
@@ -178,7 +179,7 @@ def test_sigterm_writes_a_checkpoint_and_stops(tmp_path):
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
-        while len(_logged_steps(tmp_path / "train_log.csv")) < 2:
+        while len(logged_steps(tmp_path / "train_log.csv")) < 2:
             assert process.poll() is None, process.stderr.read().decode()
             assert time.monotonic() < deadline, "no training steps logged within 120 s"
             time.sleep(0.05)
@@ -188,7 +189,7 @@ def test_sigterm_writes_a_checkpoint_and_stops(tmp_path):
         process.kill()
     assert process.returncode == 0, stderr.decode()
     checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
-    assert checkpoint["step"] == _logged_steps(tmp_path / "train_log.csv")[-1] >= 2
+    assert checkpoint["step"] == logged_steps(tmp_path / "train_log.csv")[-1] >= 2
     assert b"stopped by SIGTERM" in stdout
 
 
