@@ -49,7 +49,7 @@ import cv2
 import numpy as np
 
 from .synthetic import (Clip, Scene, SyntheticConfig, _curve, _rotation_scale, _translation,
-                                apply_homography, occlusion, render_scene, sample_queries,
+                                apply_homography, camera_inside_canvas, occlusion, render_scene, sample_queries,
                                 track_surface_points, write_tapvid_pickle)
 from .textures import fractal_noise, make_shape_mask, make_texture, smooth_noise
 
@@ -57,7 +57,6 @@ from .textures import fractal_noise, make_shape_mask, make_texture, smooth_noise
 # so no labeled clip can ever be part of the unlabeled training data.
 UNLABELED_SEED_OFFSET = 1 << 30
 TABLE_KINDS = ("wood", "tiles", "mat", "cloth")
-_CAMERA_TRIES = 8
 
 
 @dataclass(frozen=True)
@@ -256,12 +255,11 @@ def wrist_camera(rng: np.random.Generator, config: RobotConfig, canvas_size: Tup
     view stays inside the canvas (the motion shrinks until it does)."""
     height, width, frames = config.height, config.width, config.frames
     canvas_h, canvas_w = canvas_size
-    corners = np.array([[0, 0], [width, 0], [0, height], [width, height]], np.float64)
     tau = np.linspace(0.0, 1.0, frames)
     # Ease in and out: the arm accelerates and brakes.
     ease = tau * tau * (3 - 2 * tau)
-    motion = 1.0
-    for _ in range(_CAMERA_TRIES):
+
+    def make_cameras(motion: float) -> np.ndarray:
         shift = _curve(rng, motion * config.camera_shift * np.array([width, height]), frames, 2)
         angle = _curve(rng, motion * np.radians(config.camera_rotation), frames, 1)[:, 0]
         approach = motion * rng.uniform(*config.camera_approach)
@@ -272,12 +270,9 @@ def wrist_camera(rng: np.random.Generator, config: RobotConfig, canvas_size: Tup
             cameras[t] = (_translation(width / 2 + shake[t, 0], height / 2 + shake[t, 1])
                           @ _rotation_scale(angle[t], zoom[t])
                           @ _translation(-canvas_w / 2 - shift[t, 0], -canvas_h / 2 - shift[t, 1]))
-        seen = apply_homography(np.linalg.inv(cameras)[:, None], corners)
-        if (seen.min() >= 0.5 and (seen[..., 0] <= canvas_w - 0.5).all()
-                and (seen[..., 1] <= canvas_h - 0.5).all()):
-            return cameras
-        motion *= 0.5
-    return np.repeat(_translation(width / 2 - canvas_w / 2, height / 2 - canvas_h / 2)[None], frames, 0)
+        return cameras
+
+    return camera_inside_canvas(make_cameras, (height, width), canvas_size, frames)
 
 
 def _arm_path(rng: np.random.Generator, config: RobotConfig, sprite_shape: Tuple[int, int]) -> np.ndarray:

@@ -214,14 +214,34 @@ def wobble(points: np.ndarray, amplitude: np.ndarray, vector: np.ndarray,
                                         k[..., 1, 0] * x + k[..., 1, 1] * y], axis=-1) + phase)
 
 
+def camera_inside_canvas(make_cameras, size: Tuple[int, int], canvas_size: Tuple[int, int],
+                         frames: int) -> np.ndarray:
+    """`make_cameras(motion)` (image_from_canvas homographies [T, 3, 3]) at motion 1, then
+    halved on each of `_CAMERA_TRIES` tries until the view of an image of `size` stays
+    inside the canvas; a camera fixed at the canvas centre if none does."""
+    height, width = size
+    canvas_h, canvas_w = canvas_size
+    corners = np.array([[0, 0], [width, 0], [0, height], [width, height]], np.float64)
+    motion = 1.0
+    for _ in range(_CAMERA_TRIES):
+        cameras = make_cameras(motion)
+        seen = apply_homography(np.linalg.inv(cameras)[:, None], corners)
+        # Half a pixel of margin keeps bilinear sampling off the canvas border.
+        if (seen.min() >= 0.5 and (seen[..., 0] <= canvas_w - 0.5).all()
+                and (seen[..., 1] <= canvas_h - 0.5).all()):
+            return cameras
+        motion *= 0.5
+    # Degenerate but safe: a camera that stays centred on the canvas.
+    return np.repeat(_translation(width / 2 - canvas_w / 2, height / 2 - canvas_h / 2)[None], frames, 0)
+
+
 def _sample_camera(rng: np.random.Generator, config: SyntheticConfig,
                    canvas_size: Tuple[int, int]) -> np.ndarray:
     """Per-frame image_from_canvas homographies [T, 3, 3] that keep the view inside the canvas."""
     height, width, frames = config.height, config.width, config.frames
     canvas_h, canvas_w = canvas_size
-    corners = np.array([[0, 0], [width, 0], [0, height], [width, height]], np.float64)
-    motion = 1.0
-    for _ in range(_CAMERA_TRIES):
+
+    def make_cameras(motion: float) -> np.ndarray:
         shift = _curve(rng, motion * config.camera_shift * np.array([width, height]), frames, 2)
         angle = _curve(rng, motion * np.radians(config.camera_rotation), frames, 1)[:, 0]
         zoom = np.exp(_curve(rng, motion * config.camera_zoom, frames, 1)[:, 0])
@@ -234,14 +254,9 @@ def _sample_camera(rng: np.random.Generator, config: SyntheticConfig,
             cameras[t] = (_translation(width / 2, height / 2) @ perspective
                           @ _rotation_scale(angle[t], zoom[t])
                           @ _translation(-canvas_w / 2 - shift[t, 0], -canvas_h / 2 - shift[t, 1]))
-        seen = apply_homography(np.linalg.inv(cameras)[:, None], corners)
-        # Half a pixel of margin keeps bilinear sampling off the canvas border.
-        if (seen.min() >= 0.5 and (seen[..., 0] <= canvas_w - 0.5).all()
-                and (seen[..., 1] <= canvas_h - 0.5).all()):
-            return cameras
-        motion *= 0.5
-    # Degenerate but safe: a camera that stays centred on the canvas.
-    return np.repeat(_translation(width / 2 - canvas_w / 2, height / 2 - canvas_h / 2)[None], frames, 0)
+        return cameras
+
+    return camera_inside_canvas(make_cameras, (height, width), canvas_size, frames)
 
 
 def sample_scene(rng: np.random.Generator, config: SyntheticConfig) -> Scene:
