@@ -1,4 +1,4 @@
-"""An independent rclpy client for the ROS tests of query sets and depth: one context and
+"""An independent rclpy client for the ROS tests (node, query sets, depth): one context and
 executor per module, a TrackerNode in a namespace of its own, and topic recorders with
 condition waits (no fixed sleeps)."""
 
@@ -12,9 +12,9 @@ from rclpy.context import Context
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import Image, PointCloud2
+from sensor_msgs.msg import CompressedImage, Image, PointCloud2
 
-from bootstap_ros.ros.conversions import array_to_image
+from bootstap_ros.ros.conversions import array_to_compressed, array_to_image
 from bootstap_ros.ros.tracker_node import TrackerNode
 
 TIMEOUT = 30.0
@@ -90,7 +90,10 @@ class Topic:
 
 
 class Client:
-    """A TrackerNode with `params` in a fresh namespace, and a client node talking to it."""
+    """A TrackerNode with `params` in a fresh namespace, and a client node talking to it
+    (images go as CompressedImage when `params` set image_transport to compressed)."""
+
+    timeout = TIMEOUT  # what `send` waits for the tracks of an image at most
 
     def __init__(self, ros, **params):
         self.ros = ros
@@ -98,7 +101,9 @@ class Client:
         self.node = TrackerNode(namespace=self.namespace, context=ros.context, parameter_overrides=[
             Parameter(name, value=value) for name, value in params.items()])
         self.client = rclpy.create_node("client", namespace=self.namespace, context=ros.context)
-        self.image = self.client.create_publisher(Image, "image", RELIABLE)
+        compressed = params.get("image_transport") == "compressed"
+        self.image = self.client.create_publisher(CompressedImage if compressed else Image,
+                                                  "image/compressed" if compressed else "image", RELIABLE)
         self.tracks = self.subscribe(PointCloud2, "tracks")
         ros.executor.add_node(self.node)
         ros.executor.add_node(self.client)
@@ -121,12 +126,16 @@ class Client:
             self.ros.executor.remove_node(node)
             node.destroy_node()
 
-    def frame(self, array, stamp=None, frame_id="camera"):
-        return set_stamp(array_to_image(array, "rgb8"), next(STAMPS) if stamp is None else stamp, frame_id)
+    def frame(self, array, stamp=None, frame_id="camera", encoding="rgb8"):
+        if self.image.msg_type is CompressedImage:
+            msg = array_to_compressed(array, encoding, format="png")
+        else:
+            msg = array_to_image(array, encoding)
+        return set_stamp(msg, next(STAMPS) if stamp is None else stamp, frame_id)
 
-    def send(self, msg, timeout=TIMEOUT):
+    def send(self, msg, timeout=None):
         """Publish an image and return the tracks computed from it (republished if lost)."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         while True:
             self.image.publish(msg)
             try:

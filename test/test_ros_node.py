@@ -5,92 +5,47 @@ module; every test runs its own TrackerNode in a namespace of its own, on the
 isolated domain test/conftest.py sets. Every wait is on a condition with a deadline.
 """
 
-import itertools
 import json
 import os
 import subprocess
 import sys
 import threading
-import time
 import uuid
 
 import numpy as np
 import pytest
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import Point
 from rclpy.parameter import Parameter
 from rclpy.parameter_client import AsyncParameterClient
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CompressedImage, Image, PointCloud2
+from sensor_msgs.msg import Image, PointCloud2
 from std_msgs.msg import UInt32MultiArray
 from std_srvs.srv import Trigger
 
-from bootstap_ros.ros.conversions import (array_to_compressed, array_to_image, cloud_to_array,
-                                          xy_to_cloud)
+from bootstap_ros.ros.conversions import cloud_to_array, xy_to_cloud
 from bootstap_ros.model.checkpoint import EMBEDDED_CHECKPOINT
 from bootstap_ros.ros.session import StartupError
 from bootstap_ros.ros.tracker_node import TrackerNode
 from small_model import blob_clip, moving_clip
-from ros_client import Topic, stamp_of, wait_until
+from ros_client import RELIABLE, STAMPS, Client, Topic, stamp_of, wait_until
 
 TIMEOUT = 20.0
-RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
-STAMPS = itertools.count(1_000_000_000)  # ns; increasing across the module
 
 
-class Harness:
-    """A TrackerNode in a fresh namespace and a client node that talks to it."""
+class Harness(Client):
+    """ros_client.Client with the checkpoint and transport as arguments, and publishers and a
+    client for the node's point requests and reset."""
+
+    timeout = TIMEOUT
 
     def __init__(self, ros, checkpoint, transport="raw", **params):
-        self.ros = ros
-        self.namespace = "/test_" + uuid.uuid4().hex[:8]
-        params = {"checkpoint": checkpoint, "image_transport": transport, **params}
-        self.node = TrackerNode(namespace=self.namespace, context=ros.context, parameter_overrides=[
-            Parameter(name, value=value) for name, value in params.items()])
-        self.client = rclpy.create_node("harness", namespace=self.namespace, context=ros.context)
+        super().__init__(ros, checkpoint=checkpoint, image_transport=transport, **params)
         private = "tracker_node/"
-        image_type = CompressedImage if transport == "compressed" else Image
-        image_topic = "image/compressed" if transport == "compressed" else "image"
-        self.image = self.client.create_publisher(image_type, image_topic, RELIABLE)
-        self.add_point = self.client.create_publisher(Point, private + "add_point", 10)
-        self.add_points = self.client.create_publisher(PointCloud2, private + "add_points", 10)
-        self.remove = self.client.create_publisher(UInt32MultiArray, private + "remove_points", 10)
+        self.add_point = self.publisher(Point, private + "add_point")
+        self.add_points = self.publisher(PointCloud2, private + "add_points")
+        self.remove = self.publisher(UInt32MultiArray, private + "remove_points")
         self.reset = self.client.create_client(Trigger, private + "reset")
-        self.tracks = Topic()
-        self.client.create_subscription(PointCloud2, "tracks", self.tracks, RELIABLE)
-        ros.executor.add_node(self.node)
-        ros.executor.add_node(self.client)
-        for publisher in (self.image, self.add_point, self.add_points, self.remove):
-            wait_until(lambda: publisher.get_subscription_count() > 0, what=publisher.topic_name)
-        wait_until(lambda: self.client.count_publishers(self.namespace + "/tracks") > 0,
-                   what="the tracks publisher")
-
-    def close(self):
-        for node in (self.client, self.node):
-            self.ros.executor.remove_node(node)
-            node.destroy_node()
-
-    def frame(self, array, stamp=None, frame_id="camera", encoding="rgb8"):
-        if self.image.msg_type is CompressedImage:
-            msg = array_to_compressed(array, encoding, format="png")
-        else:
-            msg = array_to_image(array, encoding)
-        stamp = next(STAMPS) if stamp is None else stamp
-        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 1_000_000_000)
-        msg.header.frame_id = frame_id
-        return msg
-
-    def send(self, msg, timeout=TIMEOUT):
-        """Publish an image and return the tracks computed from it (republished if lost)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            self.image.publish(msg)
-            try:
-                return self.tracks.wait_for(lambda m: stamp_of(m) == stamp_of(msg), timeout=1.0)
-            except AssertionError:
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"no tracks for the image stamped {stamp_of(msg)}") from None
 
     def send_bad(self, msg, kind):
         """Publish an unusable image and wait until the node has warned about it."""
