@@ -120,6 +120,28 @@ def test_the_loss_trains_offline_students_and_under_bf16_autocast(causal, amp):
     assert grads and all(torch.isfinite(g).all() for g in grads)
 
 
+@pytest.mark.parametrize("refinement_iters", [0, 2])
+def test_the_loss_is_zero_where_the_student_agrees_with_the_teacher(refinement_iters):
+    """Student and teacher the same weights, the student's view the clean clip and its query
+    the teacher's: nothing to learn, so no loss. (The loss once took "occluded or uncertain"
+    as the occlusion target, which left an occlusion BCE and a gradient here.) With
+    refinement the unrefined stages still learn from the final one; the final stage's terms
+    are zero."""
+    student = small_model(refinement_iters=refinement_iters).train()
+    teacher = copy.deepcopy(student).eval().requires_grad_(False)
+    video = torch.from_numpy(blob_clip(num_frames=4, height=64, width=64, blobs=40))[None]
+    numpy_rng, torch_rng = step_generators(0, 0, 0)
+    config = _tiny_config(affine=False, jpeg=False, same_query=True, proximity_mask=False)
+    loss, parts = bootstrap_loss(student, teacher, video, config, numpy_rng, torch_rng, True, True)
+    for term in ("position", "occlusion", "uncertainty"):
+        assert parts[term].item() == pytest.approx(0.0, abs=1e-5), term
+    if refinement_iters == 0:
+        loss.backward()
+        assert loss.item() == pytest.approx(0.0, abs=1e-5)
+        norm = torch.sqrt(sum(p.grad.square().sum() for p in student.parameters() if p.grad is not None))
+        assert norm.item() < 1e-4
+
+
 # ----------------------------------------------------------------------------- runs
 
 @pytest.fixture(scope="module")

@@ -59,7 +59,7 @@ from bootstap_ros.model.checkpoint import read_checkpoint_file, resolve_checkpoi
 from bootstap_ros.model.tapir import visibility
 
 from .data import StepBatches, SyntheticClips, make_loader
-from .losses import LossConfig, LossMasks, tapir_loss
+from .losses import LossConfig, pseudo_label_loss
 from .synthetic import SyntheticConfig
 from .train import (
     CHECKPOINT,
@@ -100,7 +100,17 @@ KEY_HELP = {
     "init": "the student's starting weights (--init; default: the embedded model)",
     "causal": "student causality: null keeps a project checkpoint's, official state_dicts default to true",
     "expand_capacity": "add BootsTAP's 5 zero-initialised conv blocks to a model that has none",
-    "teacher": "ema, or a checkpoint that teaches unchanged (--teacher)",
+    "teacher": "ema (a moving average of the student), fixed (the starting model, frozen) or a "
+               "checkpoint that teaches unchanged (--teacher); a fixed teacher labels each clip once",
+    "label_points": "queries a fixed teacher labels per clip (each step draws num_points of them)",
+    "textured_queries": "share of teacher queries drawn at textured pixels (corner strength); "
+                        "0: all uniform (the paper)",
+    "visible_threshold": "positions are taught where the teacher's visibility "
+                         "(1 - sigmoid(occ)) * (1 - sigmoid(expd)) exceeds this (0.5: the official rule)",
+    "loss_frames": "all, or from_query: a causal student learns only the frames from its query on, "
+                   "the ones it is asked for online",
+    "ssl_loss": "the self-supervised task's loss weights and thresholds (a mapping of LossConfig "
+                "fields; `loss` is the supervised task's)",
     "teacher_causal": "causality of a --teacher checkpoint (null: stored; official state_dicts: false, offline)",
     "ema_decay": "EMA teacher = decay * teacher + (1 - decay) * student after each step "
                  "(project choice: the paper does not state it)",
@@ -114,7 +124,7 @@ KEY_HELP = {
     "weight_decay": "decoupled weight decay of both optimisers (0: Adam, as the paper)",
     "beta2": "Adam beta2 of both optimisers",
     "grad_clip": "max gradient norm per task (0: off)",
-    "loss": "TAPIR loss weights and thresholds (a mapping of LossConfig fields)",
+    "loss": "the supervised task's TAPIR loss weights and thresholds (a mapping of LossConfig fields)",
     "num_points": "teacher queries per log clip (the paper: 128)",
     "same_query_prob": "probability that the student queries the teacher's own point",
     "same_query": "ablation: the student always queries the teacher's point",
@@ -167,6 +177,7 @@ class BootstrapConfig:
     teacher: str = "ema"
     teacher_causal: Optional[bool] = None
     ema_decay: float = 0.99
+    label_points: int = 512
     # Optimisation: AdamW per task (weight_decay 0 = the paper's Adam), warmup then cosine.
     steps: int = 1000
     batch_size: int = 2
@@ -178,8 +189,12 @@ class BootstrapConfig:
     beta2: float = 0.95
     grad_clip: float = 1.0
     loss: LossConfig = field(default_factory=LossConfig)
+    ssl_loss: LossConfig = field(default_factory=LossConfig)
     # Queries and pseudo-label filtering.
     num_points: int = 128
+    textured_queries: float = 0.0
+    visible_threshold: float = 0.5
+    loss_frames: str = "all"
     same_query_prob: float = 0.5
     same_query: bool = False
     uniform_queries: bool = False
@@ -213,6 +228,8 @@ class BootstrapConfig:
     def __post_init__(self):
         if isinstance(self.loss, dict):
             self.loss = LossConfig(**self.loss)
+        if isinstance(self.ssl_loss, dict):
+            self.ssl_loss = LossConfig(**self.ssl_loss)
         if isinstance(self.data, (str, os.PathLike)):
             self.data = [str(self.data)]
         self.data = [str(path) for path in self.data]
@@ -236,6 +253,15 @@ class BootstrapConfig:
             problems.append(f"ema_decay must lie in [0, 1], got {self.ema_decay}")
         if not 0.0 <= self.same_query_prob <= 1.0:
             problems.append(f"same_query_prob must lie in [0, 1], got {self.same_query_prob}")
+        if self.loss_frames not in ("all", "from_query"):
+            problems.append(f"loss_frames must be all or from_query, got {self.loss_frames!r}")
+        if not 0.0 <= self.textured_queries <= 1.0:
+            problems.append(f"textured_queries must lie in [0, 1], got {self.textured_queries}")
+        if not 0.0 <= self.visible_threshold < 1.0:
+            problems.append(f"visible_threshold must lie in [0, 1), got {self.visible_threshold}")
+        if self.label_points < self.num_points:
+            problems.append(f"label_points ({self.label_points}) must be at least num_points "
+                            f"({self.num_points})")
         if self.siamese and self.teacher != "ema":
             problems.append("siamese makes the student its own teacher: drop --teacher "
                             f"{self.teacher!r} or siamese")
@@ -389,9 +415,14 @@ def prepare_clips(config: BootstrapConfig, size: int, runtime: Runtime):
     return LogClips(manifest)
 
 
-def stack_videos(items) -> torch.Tensor:
-    """LogClips items -> uint8 [B, T, S, S, 3]."""
-    return torch.from_numpy(np.stack([item["video"] for item in items]))
+def stack_videos(items) -> Tuple[torch.Tensor, List[int]]:
+    """LogClips items -> (uint8 [B, T, S, S, 3], the clips' indices)."""
+    return torch.from_numpy(np.stack([item["video"] for item in items])), [item["index"] for item in items]
+
+
+def fixed_teacher(config: BootstrapConfig) -> bool:
+    """Whether the teacher stays as it is for the whole run (so each clip is labelled once)."""
+    return not config.siamese and config.teacher != "ema"
 
 
 def step_generators(seed: int, step: int, rank: int) -> Tuple[np.random.Generator, torch.Generator]:
@@ -420,34 +451,37 @@ def map_outputs(outputs: Trajectories, affines: torch.Tensor) -> Trajectories:
 
 def bootstrap_loss(student: torch.nn.Module, teacher: torch.nn.Module, video: torch.Tensor,
                    config: BootstrapConfig, numpy_rng: np.random.Generator,
-                   torch_rng: torch.Generator, student_causal: bool, teacher_causal: bool):
+                   torch_rng: torch.Generator, student_causal: bool, teacher_causal: bool,
+                   labels: Optional[Tuple[torch.Tensor, Trajectories]] = None):
     """The self-supervised loss of one batch of clean clips uint8 [B, T, S, S, 3] (on the
-    device): (loss, parts). `teacher` is the student itself in Siamese mode (no stop-gradient)."""
+    device): (loss, parts). `labels`: the teacher's (queries [B, N, 3], final outputs) for
+    these clips when they are known (a fixed teacher's `LabelCache`); otherwise `teacher`
+    labels random queries now (the student itself in Siamese mode: no stop-gradient)."""
     from .pseudo_labels import (
         cycle_consistency_mask,
         proximity_mask,
-        pseudo_labels,
         resample_student_queries,
-        sample_teacher_queries,
+        teacher_targets,
     )
-    from .views import invert_affine, map_queries, student_batch
+    from .teacher import label_batch, sample_queries
+    from .views import invert_affine, map_queries, map_tracks, student_batch
 
     batch, frames, height, width = video.shape[:4]
     device = video.device
-    teacher_queries = sample_teacher_queries(torch_rng, batch, config.num_points, frames,
-                                             (height, width)).to(device)
-    if config.siamese:
-        outputs = model_forward(teacher, video, teacher_queries, config.amp, teacher_causal)
-        target_tracks = outputs.tracks.float()  # no stop-gradient: the ablation's point
-        occluded = ~visibility(outputs.occlusion.detach(), outputs.expected_dist.detach())
+    if labels is not None:
+        teacher_queries, outputs = labels
     else:
-        with torch.no_grad():
+        teacher_queries = sample_queries(torch_rng, video, config.num_points, config.textured_queries)
+        if config.siamese:
             outputs = model_forward(teacher, video, teacher_queries, config.amp, teacher_causal)
-        target_tracks, occluded = pseudo_labels(outputs)
-        target_tracks = target_tracks.float()
+        else:
+            outputs = label_batch(teacher, video, teacher_queries,
+                                  lambda model, v, q: model_forward(model, v, q, config.amp, teacher_causal))
+    targets = teacher_targets(outputs, config.visible_threshold, stop_gradient=not config.siamese)
+    num_points = teacher_queries.shape[1]
     same_prob = 1.0 if config.same_query else config.same_query_prob
     student_queries = resample_student_queries(
-        torch_rng, teacher_queries, target_tracks.detach(), ~occluded, same_prob,
+        torch_rng, teacher_queries, targets.tracks.detach(), targets.position_mask, same_prob,
         uniform=config.uniform_queries and not config.same_query, size=(height, width))
 
     student_video, affines = student_batch(video, config.view(), numpy_rng)
@@ -457,7 +491,7 @@ def bootstrap_loss(student: torch.nn.Module, teacher: torch.nn.Module, video: to
     back = map_outputs(student_outputs, invert_affine(affines))
 
     with torch.no_grad():
-        keep = torch.ones(batch, config.num_points, frames, dtype=torch.bool, device=device)
+        keep = torch.ones(batch, num_points, frames, dtype=torch.bool, device=device)
         if config.cycle_mask:
             student_visible = visibility(back.occlusion.float(), back.expected_dist.float())
             cycle = cycle_consistency_mask(back.tracks, student_visible, teacher_queries,
@@ -465,22 +499,31 @@ def bootstrap_loss(student: torch.nn.Module, teacher: torch.nn.Module, video: to
             keep &= cycle[..., None]
         if config.proximity_mask:
             keep &= proximity_mask(teacher_queries[..., 0], student_queries[..., 0], frames)
-    loss, parts = tapir_loss(back, target_tracks, occluded, (height, width), config.loss,
-                             masks=LossMasks(all=keep))
+        if config.loss_frames == "from_query" and student_causal:
+            # A causal student answers from its query frame on: frames before it are never
+            # asked of it online.
+            keep &= torch.arange(frames, device=device) >= student_queries[..., 0:1].round()
+    stages = [*student_outputs.unrefined, (student_outputs.tracks,)]
+    loss, parts = pseudo_label_loss(back, [stage[0] for stage in stages], targets,
+                                    map_tracks(targets.tracks, affines), (height, width),
+                                    config.ssl_loss, keep)
     parts["kept_tracks"] = keep.any(-1).float().mean()
+    parts["kept_positions"] = (keep & targets.position_mask).float().mean()
     return loss, parts
 
 
 def bootstrap_step(trained: torch.nn.Module, teacher: torch.nn.Module, optimizers: Dict, scaler,
                    video: torch.Tensor, supervised: Optional[Dict[str, torch.Tensor]],
                    config: BootstrapConfig, step: int, rank: int, teacher_causal: bool,
-                   ema: bool) -> Tuple[Dict[str, torch.Tensor], float, bool]:
+                   ema: bool, labels=None, clip_indices: Optional[Sequence[int]] = None,
+                   ) -> Tuple[Dict[str, torch.Tensor], float, bool]:
     """One step of the run: a supervised update on `supervised` (when given, with
     optimizers["supervised_optimizer"]), a self-supervised update on the log clips `video`
     (uint8 [B, T, S, S, 3] on the device, optimizers["bootstrap_optimizer"]), each at its
     own point of the learning-rate schedule, then the EMA teacher update (when `ema`).
-    `trained` is the student (or its DDP wrapper). Returns (loss parts, the self-supervised
-    gradient norm, whether both updates stepped)."""
+    `trained` is the student (or its DDP wrapper); `labels`: a fixed teacher's `LabelCache`,
+    with the batch's `clip_indices`. Returns (loss parts, the self-supervised gradient norm,
+    whether both updates stepped)."""
     student = _unwrap(trained)
     causal = student.config.causal
     device = video.device
@@ -497,8 +540,11 @@ def bootstrap_step(trained: torch.nn.Module, teacher: torch.nn.Module, optimizer
     set_learning_rate(optimizers["bootstrap_optimizer"],
                       cosine_learning_rate(step, config.lr, config.warmup, config.steps))
     numpy_rng, torch_rng = step_generators(config.seed, step, rank)
+    batch_labels = None
+    if labels is not None:
+        batch_labels = labels.batch(clip_indices, torch_rng, config.num_points, device)
     loss, ssl_parts = bootstrap_loss(trained, teacher, video, config, numpy_rng, torch_rng, causal,
-                                     teacher_causal)
+                                     teacher_causal, batch_labels)
     parts.update(ssl_parts)
     grad_norm, ssl_stepped = optimizer_step(trained, optimizers["bootstrap_optimizer"], scaler, loss,
                                             config.grad_clip)
@@ -559,7 +605,7 @@ def _bootstrap(config: BootstrapConfig, runtime: Runtime, resumed: Optional[dict
 
     if config.siamese:
         teacher, teacher_causal = model, causal
-    elif config.teacher == "ema":
+    elif config.teacher in ("ema", "fixed"):
         from .pseudo_labels import make_ema_teacher
 
         teacher, teacher_causal = make_ema_teacher(model), causal
@@ -574,8 +620,8 @@ def _bootstrap(config: BootstrapConfig, runtime: Runtime, resumed: Optional[dict
                                                         config.weight_decay, config.beta2)
     scaler = make_scaler(device, config.amp)
     state = {**optimizers, "scaler": scaler}
-    if config.teacher == "ema" and not config.siamese:
-        state["teacher"] = teacher
+    if config.teacher in ("ema", "fixed") and not config.siamese:
+        state["teacher"] = teacher  # a resumed run goes on with the same teacher
     step = 0
     if resumed is not None:
         load_training_parts(resumed, state, resumed["path"])
@@ -584,6 +630,16 @@ def _bootstrap(config: BootstrapConfig, runtime: Runtime, resumed: Optional[dict
 
     trained = distributed_model(model, runtime)
     clips = prepare_clips(config, size, runtime)
+    labels = None
+    if fixed_teacher(config):
+        from .teacher import LabelCache
+
+        def forward(net, video, queries):
+            return model_forward(net, video, queries, config.amp, teacher_causal)
+
+        labels = LabelCache(out / "teacher_labels.pt", config.label_points, config.seed,
+                            config.textured_queries).build(
+            teacher, clips, forward, device, [clip["file"] for clip in clips.clips], progress=runtime.is_main)
     pin = device.type == "cuda"
     log_loader = DataLoader(
         clips, batch_sampler=LogBatches(len(clips), step, last_step, config.batch_size, config.seed,
@@ -597,11 +653,12 @@ def _bootstrap(config: BootstrapConfig, runtime: Runtime, resumed: Optional[dict
             config.num_workers, pin_memory=pin)
 
     def train_step(batch, step):
-        video, supervised = batch
+        (video, indices), supervised = batch
         lr = cosine_learning_rate(step, config.lr, config.warmup, config.steps)
         parts, grad_norm, stepped = bootstrap_step(
             trained, teacher, optimizers, scaler, video.to(device, non_blocking=True), supervised,
-            config, step, runtime.rank, teacher_causal, ema="teacher" in state)
+            config, step, runtime.rank, teacher_causal, ema=config.teacher == "ema" and not config.siamese,
+            labels=labels, clip_indices=indices)
         return lr, parts, grad_norm, stepped
 
     loop = Loop(

@@ -503,7 +503,7 @@ class LogClips:
         if video.dtype != np.uint8 or video.shape != expected:
             raise LogError(f"{file}: expected uint8 {expected}, found {video.dtype} "
                            f"{video.shape}; run bootstap-prepare-logs again")
-        return {"video": video}
+        return {"video": video, "index": index}
 
 
 # ---------------------------------------------------------------------------- writing bags
