@@ -391,3 +391,49 @@ def test_settings_come_from_yaml_then_flags_then_key_value_pairs(tmp_path):
     assert (config.steps, config.lr, config.affine, config.data) == (7, 2e-3, False, ["b.bag", "c"])
     assert config.jpeg_quality == (30, 60) and config.loss.position_weight == 0.1
     assert output == "out" and not resume and stop_at is None
+
+
+def test_a_time_budget_fits_the_run_and_keeps_the_best_scored_checkpoint(inputs, tmp_path, capsys):
+    """--time-budget: the run fits its steps to the minutes given and stops within them (the
+    final evaluation on top), writes final.pt, best.pt (the best label-free score on the
+    held-out clip) and report.json, and logs the score."""
+    output = tmp_path / "run"
+    args = _run_args(inputs, output, 2, "--time-budget", "0.25", "validate_every=5", "validate_points=4")
+    args.remove("--steps")
+    args.remove("2")
+    started = time.monotonic()
+    assert main(args) == 0
+    elapsed = time.monotonic() - started
+    final = load_checkpoint(output / "final.pt")
+    steps = final.extra["step"]
+    assert steps == final.extra["bootstrap_config"]["steps"] > 4  # the fitted schedule ran to its end
+    assert elapsed < 15 + 30  # the budget, plus the final validation of a tiny model
+    report = json.loads((output / "report.json").read_text())
+    assert report["held_out_clips"] == 1 and report["before"]["step"] == 0
+    assert report["after"]["step"] == steps
+    best = load_checkpoint(output / "best.pt")
+    assert best.extra["step"] == report["best"]["step"]
+    assert best.extra["label_free_score"]["cycle_score"] == pytest.approx(report["best"]["cycle_score"])
+    assert max(h["cycle_score"] for h in report["history"]) == pytest.approx(report["best"]["cycle_score"])
+    assert "label-free score on 1 held-out clips" in capsys.readouterr().err
+    with open(output / "eval_log.csv") as file:
+        rows = list(csv.DictReader(file))
+    assert rows and all(row["cycle_score"] for row in rows)
+
+
+def test_without_steps_or_budget_the_run_says_what_it_will_do(inputs, tmp_path, capsys):
+    args = _run_args(inputs, tmp_path / "run", 6, "holdout=0")
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "plan: 6 steps at about" in captured.out + captured.err
+
+
+def test_bf16_on_a_cpu_without_bf16_units_is_warned_about(monkeypatch, capsys):
+    from training import bootstrap as module
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    module._warn_about_precision(BootstrapConfig(amp="bf16", device="cpu"))
+    assert "bf16 arithmetic is emulated" in capsys.readouterr().err
+    module._warn_about_precision(BootstrapConfig(amp="auto", device="cpu"))
+    assert capsys.readouterr().err == ""

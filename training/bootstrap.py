@@ -42,9 +42,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import os
 import sys
+import time
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -59,7 +61,7 @@ from bootstap_ros.model.checkpoint import read_checkpoint_file, resolve_checkpoi
 from bootstap_ros.model.tapir import visibility
 
 from .data import StepBatches, SyntheticClips, make_loader
-from .losses import LossConfig, pseudo_label_loss
+from .losses import LossConfig, PseudoLabelTargets, pseudo_label_loss
 from .synthetic import SyntheticConfig
 from .train import (
     CHECKPOINT,
@@ -150,6 +152,17 @@ KEY_HELP = {
     "eval": "TAP-Vid / RoboTAP pickle to score (--eval)",
     "eval_every": "steps between evaluations (0: only at the end)",
     "eval_query_mode": "first or strided",
+    "time_budget": "minutes for the whole run (--time-budget): the step count and the learning-rate "
+                   "schedule are fitted to it after a few timed steps; the final evaluation comes on top",
+    "holdout": "share of each source's clips (the last ones) set aside, never trained on, to score "
+               "checkpoints without labels (training.validate); 0: none",
+    "holdout_max_clips": "at most this many held-out clips",
+    "validate_every": "steps between label-free scores of the student on the held-out clips (0: at the "
+                      "start and the end only); the best scored checkpoint is kept as best.pt",
+    "validate_points": "queries per held-out clip for the label-free score",
+    "grade": "a labelled TAP-Vid pickle of the training domain: every grade_every steps the teacher's "
+             "pseudo-labels and the masks are graded against its truth (training.grading)",
+    "grade_every": "steps between grades of the pseudo-labels (with grade)",
     "eval_max_videos": "score only the first N videos (null: all)",
 }
 
@@ -224,6 +237,16 @@ class BootstrapConfig:
     eval_every: int = 100
     eval_query_mode: str = "first"
     eval_max_videos: Optional[int] = None
+    # A time budget in minutes (None: run `steps`).
+    time_budget: Optional[float] = None
+    # Label-free validation on held-out log clips (training.validate).
+    holdout: float = 0.1
+    holdout_max_clips: int = 16
+    validate_every: int = 100
+    validate_points: int = 64
+    # Grades of the pseudo-labels against a labelled set of the domain (training.grading).
+    grade: Optional[str] = None
+    grade_every: int = 25
 
     def __post_init__(self):
         if isinstance(self.loss, dict):
@@ -265,6 +288,10 @@ class BootstrapConfig:
         if self.siamese and self.teacher != "ema":
             problems.append("siamese makes the student its own teacher: drop --teacher "
                             f"{self.teacher!r} or siamese")
+        if self.time_budget is not None and not self.time_budget > 0:
+            problems.append(f"time_budget must be a positive number of minutes, got {self.time_budget}")
+        if not 0.0 <= self.holdout < 1.0:
+            problems.append(f"holdout must lie in [0, 1), got {self.holdout}")
         if self.eval_query_mode not in ("first", "strided"):
             problems.append(f"eval_query_mode must be first or strided, got {self.eval_query_mode!r}")
         if problems:
@@ -449,14 +476,27 @@ def map_outputs(outputs: Trajectories, affines: torch.Tensor) -> Trajectories:
                         tuple((mapped(t), o, e) for t, o, e in outputs.unrefined))
 
 
-def bootstrap_loss(student: torch.nn.Module, teacher: torch.nn.Module, video: torch.Tensor,
-                   config: BootstrapConfig, numpy_rng: np.random.Generator,
-                   torch_rng: torch.Generator, student_causal: bool, teacher_causal: bool,
-                   labels: Optional[Tuple[torch.Tensor, Trajectories]] = None):
-    """The self-supervised loss of one batch of clean clips uint8 [B, T, S, S, 3] (on the
-    device): (loss, parts). `labels`: the teacher's (queries [B, N, 3], final outputs) for
-    these clips when they are known (a fixed teacher's `LabelCache`); otherwise `teacher`
-    labels random queries now (the student itself in Siamese mode: no stop-gradient)."""
+class StudentPass(typing.NamedTuple):
+    """One self-supervised pass over a batch: what the loss and the grades are made of."""
+
+    teacher_queries: torch.Tensor  # [B, N, 3] (t, y, x), clip raster
+    student_queries: torch.Tensor  # [B, N, 3], clip raster
+    targets: "PseudoLabelTargets"  # the teacher's, clip raster
+    outputs: Trajectories  # the student's, in its own raster
+    back: Trajectories  # the student's, mapped back to the clip raster
+    affines: torch.Tensor  # [B, T, 2, 3] clip raster -> student raster
+    keep: torch.Tensor  # bool [B, N, T]: the entries the masks keep
+
+
+def student_pass(student: torch.nn.Module, teacher: torch.nn.Module, video: torch.Tensor,
+                 config: BootstrapConfig, numpy_rng: np.random.Generator, torch_rng: torch.Generator,
+                 student_causal: bool, teacher_causal: bool,
+                 labels: Optional[Tuple[torch.Tensor, Trajectories]] = None) -> StudentPass:
+    """The teacher's labels, the student's view, queries and forward, and the masks, for one
+    batch of clean clips uint8 [B, T, S, S, 3] (on the device). `labels`: the teacher's
+    (queries [B, N, 3], final outputs) for these clips when they are known (a fixed
+    teacher's `LabelCache`); otherwise `teacher` labels random queries now (the student
+    itself in Siamese mode: no stop-gradient)."""
     from .pseudo_labels import (
         cycle_consistency_mask,
         proximity_mask,
@@ -464,7 +504,7 @@ def bootstrap_loss(student: torch.nn.Module, teacher: torch.nn.Module, video: to
         teacher_targets,
     )
     from .teacher import label_batch, sample_queries
-    from .views import invert_affine, map_queries, map_tracks, student_batch
+    from .views import invert_affine, map_queries, student_batch
 
     batch, frames, height, width = video.shape[:4]
     device = video.device
@@ -503,12 +543,25 @@ def bootstrap_loss(student: torch.nn.Module, teacher: torch.nn.Module, video: to
             # A causal student answers from its query frame on: frames before it are never
             # asked of it online.
             keep &= torch.arange(frames, device=device) >= student_queries[..., 0:1].round()
-    stages = [*student_outputs.unrefined, (student_outputs.tracks,)]
-    loss, parts = pseudo_label_loss(back, [stage[0] for stage in stages], targets,
-                                    map_tracks(targets.tracks, affines), (height, width),
-                                    config.ssl_loss, keep)
-    parts["kept_tracks"] = keep.any(-1).float().mean()
-    parts["kept_positions"] = (keep & targets.position_mask).float().mean()
+    return StudentPass(teacher_queries, student_queries, targets, student_outputs, back, affines, keep)
+
+
+def bootstrap_loss(student: torch.nn.Module, teacher: torch.nn.Module, video: torch.Tensor,
+                   config: BootstrapConfig, numpy_rng: np.random.Generator,
+                   torch_rng: torch.Generator, student_causal: bool, teacher_causal: bool,
+                   labels: Optional[Tuple[torch.Tensor, Trajectories]] = None):
+    """The self-supervised loss of one batch of clean clips uint8 [B, T, S, S, 3] (on the
+    device): (loss, parts); `student_pass` says what goes in."""
+    from .views import map_tracks
+
+    result = student_pass(student, teacher, video, config, numpy_rng, torch_rng, student_causal,
+                          teacher_causal, labels)
+    stages = [*result.outputs.unrefined, (result.outputs.tracks,)]
+    loss, parts = pseudo_label_loss(result.back, [stage[0] for stage in stages], result.targets,
+                                    map_tracks(result.targets.tracks, result.affines), video.shape[2:4],
+                                    config.ssl_loss, result.keep)
+    parts["kept_tracks"] = result.keep.any(-1).float().mean()
+    parts["kept_positions"] = (result.keep & result.targets.position_mask).float().mean()
     return loss, parts
 
 
@@ -573,23 +626,77 @@ def _resolve_resume(config: BootstrapConfig, overrides: Dict) -> Tuple[Bootstrap
 
 
 def bootstrap(config: BootstrapConfig, resume: bool = False, overrides: Optional[Dict] = None,
-              stop_at: Optional[int] = None) -> TAPIR:
+              stop_at: Optional[int] = None, steps_given: bool = True,
+              started: Optional[float] = None) -> TAPIR:
     """Runs (or resumes) a bootstrapping run; returns the student (on its device).
 
     resume: continue from `output/checkpoint.pt` with its stored config, `overrides` applied.
     stop_at: checkpoint and return at this step (the schedule still spans `steps`).
+    steps_given: whether `steps` was chosen (else a run without a time budget prints its plan).
+    started: `time.monotonic()` when the command started (a time budget counts from it).
     """
+    started = time.monotonic() if started is None else started
     resumed = None
     if resume:
         config, resumed = _resolve_resume(config, overrides or {})
     elif (Path(config.output) / CHECKPOINT).exists():
         raise ValueError(f"{Path(config.output) / CHECKPOINT} exists: pass --resume to continue that "
                          "run, or choose another --output")
-    return run_with_runtime(config.device, lambda runtime: _bootstrap(config, runtime, resumed, stop_at))
+    _warn_about_precision(config)
+    return run_with_runtime(config.device, lambda runtime: _bootstrap(config, runtime, resumed, stop_at,
+                                                                       steps_given, started))
+
+
+def _warn_about_precision(config: BootstrapConfig) -> None:
+    """bf16 autocast on a CPU without bf16 arithmetic is many times slower than float32."""
+    if config.amp != "bf16" or config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()):
+        return
+    if not (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
+        print("bootstap-train-bootstrap: warning: amp=bf16 on a CPU without AVX512-BF16 or AMX: "
+              "bf16 arithmetic is emulated there, a step can be 5-10x slower than float32; "
+              "leave amp at auto (float32 on the CPU)", file=sys.stderr)
+
+
+BEST_MODEL = "best.pt"
+REPORT = "report.json"
+
+
+class Validation:
+    """The label-free score of the student on the held-out clips: best.pt and report.json."""
+
+    def __init__(self, config: BootstrapConfig, videos: List[np.ndarray], out: Path, device: torch.device):
+        self.config, self.videos, self.out, self.device = config, videos, out, device
+        self.history: List[Dict] = []
+        self.best: Optional[Dict] = None
+
+    def score(self, model: TAPIR, step: int) -> Dict[str, float]:
+        from .train import save_training_checkpoint
+        from .validate import cycle_score
+
+        result = cycle_score(model, self.videos, self.device, self.config.validate_points, self.config.seed,
+                             self.config.amp)
+        self.history.append({"step": step, **result})
+        if self.best is None or result["cycle_score"] > self.best["cycle_score"]:
+            self.best = {"step": step, **result}
+            save_training_checkpoint(self.out / BEST_MODEL, model, step=step,
+                                     bootstrap_config=asdict(self.config), label_free_score=result)
+        return {"cycle_score": result["cycle_score"]}
+
+    def report(self, final_step: int) -> str:
+        before, after = self.history[0], self.history[-1]
+        report = {"score": "cycle consistency on held-out log clips (training.validate)",
+                  "held_out_clips": len(self.videos), "before": before, "after": after, "best": self.best,
+                  "history": self.history, "final_step": final_step}
+        (self.out / REPORT).write_text(json.dumps(report, indent=2) + "\n")
+        return (f"label-free score on {len(self.videos)} held-out clips: before {before['cycle_score']:.3f}, "
+                f"after {after['cycle_score']:.3f} ({after['cycle_score'] - before['cycle_score']:+.3f}); "
+                f"best {self.best['cycle_score']:.3f} at step {self.best['step']} -> {self.out / BEST_MODEL}")
 
 
 def _bootstrap(config: BootstrapConfig, runtime: Runtime, resumed: Optional[dict],
-               stop_at: Optional[int]) -> TAPIR:
+               stop_at: Optional[int], steps_given: bool, started: float) -> TAPIR:
+    from torch.utils.data import Subset
+
     out = Path(config.output)
     device = runtime.device
     if resumed is not None:
@@ -626,10 +733,26 @@ def _bootstrap(config: BootstrapConfig, runtime: Runtime, resumed: Optional[dict
     if resumed is not None:
         load_training_parts(resumed, state, resumed["path"])
         step = int(resumed["step"])
+    budget = None
+    if config.time_budget is not None:
+        from .budget import TimeBudget
+
+        # The schedule's length is fitted once a few steps are timed; until then it is the
+        # longest the budget could allow (`steps`, when given, caps it).
+        cap = config.steps if steps_given else max(config.steps, 1_000_000)
+        budget = TimeBudget(config.time_budget, started, max_steps=cap)
+        config.steps = cap
     last_step = min(config.steps, stop_at) if stop_at is not None else config.steps
 
     trained = distributed_model(model, runtime)
     clips = prepare_clips(config, size, runtime)
+    from .validate import holdout_split
+
+    held_out = holdout_split(clips.clips, config.holdout, config.holdout_max_clips)
+    train_indices = [i for i in range(len(clips)) if i not in set(held_out)]
+    if not train_indices:
+        raise ValueError(f"all {len(clips)} clips are held out for validation; lower holdout or add logs")
+    train_clips = Subset(clips, train_indices)
     labels = None
     if fixed_teacher(config):
         from .teacher import LabelCache
@@ -639,13 +762,25 @@ def _bootstrap(config: BootstrapConfig, runtime: Runtime, resumed: Optional[dict
 
         labels = LabelCache(out / "teacher_labels.pt", config.label_points, config.seed,
                             config.textured_queries).build(
-            teacher, clips, forward, device, [clip["file"] for clip in clips.clips], progress=runtime.is_main)
+            teacher, clips, forward, device, [clip["file"] for clip in clips.clips], train_indices,
+            progress=runtime.is_main)
+    validation = None
+    if held_out and runtime.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        validation = Validation(config, [clips[i]["video"] for i in held_out], out, device)
+        if resumed is None:
+            validation.score(model, 0)
+    grading = None
+    if config.grade and runtime.is_main:
+        from .grading import GradingSet
+
+        grading = GradingSet(config.grade, clips.config.size, clips.config.frames)
     pin = device.type == "cuda"
     log_loader = DataLoader(
-        clips, batch_sampler=LogBatches(len(clips), step, last_step, config.batch_size, config.seed,
-                                        runtime.rank, runtime.world_size),
+        train_clips, batch_sampler=LogBatches(len(train_clips), step, last_step, config.batch_size, config.seed,
+                                              runtime.rank, runtime.world_size),
         num_workers=config.num_workers, pin_memory=pin, collate_fn=stack_videos)
-    supervised_loader: Sequence = [None] * max(0, last_step - step)
+    supervised_loader: Sequence = itertools.repeat(None)
     if supervised_batch:
         supervised_loader = make_loader(
             SyntheticClips(config.synthetic(size), config.seed, config.synthetic_clips),
@@ -661,20 +796,44 @@ def _bootstrap(config: BootstrapConfig, runtime: Runtime, resumed: Optional[dict
             labels=labels, clip_indices=indices)
         return lr, parts, grad_norm, stepped
 
+    def set_steps(steps: int) -> None:
+        config.steps = steps
+        config.warmup = min(config.warmup, max(1, steps // 10))  # a short budget keeps its warmup short
+
+    def due(every: int, step: int) -> bool:
+        return step == config.steps or (every > 0 and step % every == 0)
+
+    def evaluate(step: int) -> Dict[str, float]:
+        metrics: Dict[str, float] = {}
+        if grading is not None and due(config.grade_every, step):
+            from .grading import grade
+
+            metrics.update(grade(model, teacher, grading, config, step, device, causal, teacher_causal))
+        if validation is not None and due(config.validate_every, step):
+            metrics.update(validation.score(model, step))
+        if config.eval and due(config.eval_every, step):
+            metrics.update(evaluate_dataset(model, config.eval, out / "eval" / f"step_{step:07d}.json",
+                                            device, config.eval_query_mode, config.eval_max_videos))
+        return metrics
+
     loop = Loop(
         name="bootstrap", out=out, final_name=FINAL_MODEL, steps=config.steps, log_every=config.log_every,
         checkpoint_every=config.checkpoint_every, train_step=train_step,
         columns=(TRAIN_COLUMNS, EVAL_COLUMNS),
         record={"bootstrap": asdict(config), "model": model.config.to_dict(),
                 "teacher_model": _unwrap(teacher).config.to_dict(), "log_clips": len(clips),
-                "world_size": runtime.world_size, "device": str(device)},
-        checkpoint_fields={"bootstrap_config": asdict(config)},
+                "held_out_clips": len(held_out), "world_size": runtime.world_size, "device": str(device)},
+        checkpoint_fields=lambda: {"bootstrap_config": asdict(config)},
         postfix=lambda row: {"loss": f"{row['loss']:.3f}", "kept": f"{row['kept_tracks']:.2f}"},
-        eval_due=lambda step: bool(config.eval) and ((config.eval_every > 0 and step % config.eval_every == 0)
-                                                     or step == config.steps),
-        evaluate=lambda step: evaluate_dataset(model, config.eval, out / "eval" / f"step_{step:07d}.json",
-                                               device, config.eval_query_mode, config.eval_max_videos))
+        # The same on every rank (each waits for the main process's evaluation).
+        eval_due=lambda step: ((bool(config.grade) and due(config.grade_every, step))
+                               or (bool(held_out) and due(config.validate_every, step))
+                               or (bool(config.eval) and due(config.eval_every, step))),
+        evaluate=evaluate, budget=budget, set_steps=set_steps,
+        announce_plan=None if budget is not None else steps_given)
     run_loop(loop, model, runtime, state, zip(log_loader, supervised_loader), step, last_step)
+    if validation is not None and validation.history and validation.history[-1]["step"] == config.steps:
+        print(validation.report(config.steps), file=sys.stderr)
     return model
 
 
@@ -688,7 +847,11 @@ _FLAGS = {  # flag -> (field, type, help)
                "(default: the embedded model)"),
     "--teacher": ("teacher", str, "'ema' (an exponential moving average of the student) or a "
                   "checkpoint that teaches as it is (e.g. an offline model for a causal student)"),
-    "--steps": ("steps", int, "total steps (the learning-rate schedule's length)"),
+    "--steps": ("steps", int, "total steps (the learning-rate schedule's length; with --time-budget, "
+                "the most it may fit)"),
+    "--time-budget": ("time_budget", float, "minutes for the run: the step count and the learning-rate "
+                      "schedule are fitted to them after a few timed steps (the final evaluation comes "
+                      "on top)"),
     "--batch-size": ("batch_size", int, "log clips per step and process (the supervised task "
                      "takes twice as many synthetic clips unless supervised_batch_size=...)"),
     "--device": ("device", str, "auto, cpu or cuda"),
@@ -780,13 +943,19 @@ def parse_command(argv=None) -> Tuple[Dict, str, bool, Optional[int]]:
 
 
 def main(argv=None) -> int:
+    started = time.monotonic()
     try:
         given, output, resume, stop_at = parse_command(argv)
+        steps_given = "steps" in given
         if resume:
             BootstrapConfig.from_dict({**given, "output": output})  # checks the keys and values
-            bootstrap(BootstrapConfig(output=output), resume=True, overrides=given, stop_at=stop_at)
+            # A budget is this command's: a resumed run without one finishes its fitted schedule.
+            given.setdefault("time_budget", None)
+            bootstrap(BootstrapConfig(output=output), resume=True, overrides=given, stop_at=stop_at,
+                      steps_given=True, started=started)
         else:
-            bootstrap(BootstrapConfig.from_dict({**given, "output": output}), stop_at=stop_at)
+            bootstrap(BootstrapConfig.from_dict({**given, "output": output}), stop_at=stop_at,
+                      steps_given=steps_given, started=started)
     except (ValueError, FileNotFoundError) as error:
         # CheckpointError and LogError are ValueErrors whose messages say what to do.
         print(f"bootstap-train-bootstrap: error: {error}", file=sys.stderr)

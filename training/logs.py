@@ -469,7 +469,7 @@ def prepare_logs(paths: Sequence, out_dir, config: ClipConfig = ClipConfig(),
 # ---------------------------------------------------------------------------- dataset
 
 class LogClips:
-    """The clips of a manifest as a torch Dataset: ``{"video": uint8 [T, S, S, 3] RGB}``.
+    """The clips of a manifest as a torch Dataset: ``{"video": uint8 [T, S, S, 3] RGB, "index": i}``.
 
     `clip_info(i)` gives the clip's source, topic and stamps.
     """

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -73,8 +73,8 @@ class LabelCache:
         self.points_per_clip = int(points_per_clip)
         self.seed = int(seed)
         self.textured_fraction = float(textured_fraction)
-        self.queries: list = []
-        self.labels: list = []
+        self.queries: Dict[int, torch.Tensor] = {}
+        self.labels: Dict[int, Trajectories] = {}
 
     def key(self, teacher: torch.nn.Module, clip_files: Sequence[str]) -> str:
         digest = hashlib.sha256(weights_digest(teacher).encode())
@@ -82,35 +82,43 @@ class LabelCache:
         return digest.hexdigest()
 
     def build(self, teacher: torch.nn.Module, clips, forward: Callable, device: torch.device,
-              clip_files: Sequence[str], progress: bool = True) -> "LabelCache":
-        """Labels every clip of `clips` (or loads the labels written for the same key)."""
-        key = self.key(teacher, clip_files)
+              clip_files: Sequence[str], indices: Optional[Sequence[int]] = None,
+              progress: bool = True) -> "LabelCache":
+        """Labels the clips `indices` (default: all) of `clips`, or loads the labels written for
+        the same key."""
+        indices = list(range(len(clips))) if indices is None else [int(i) for i in indices]
+        key = self.key(teacher, [clip_files[i] for i in indices])
         if self.path is not None and self.path.exists():
-            stored = torch.load(self.path, map_location="cpu", weights_only=True)
+            try:
+                stored = torch.load(self.path, map_location="cpu", weights_only=True)
+            except Exception:  # noqa: BLE001 - a damaged cache is relabelled
+                stored = {}
             if (stored.get("format") == LABELS_FORMAT and stored.get("version") == LABELS_VERSION
                     and stored.get("key") == key):
-                self.queries, self.labels = stored["queries"], [Trajectories(*t) for t in stored["labels"]]
+                self.queries = dict(stored["queries"])
+                self.labels = {i: Trajectories(*t) for i, t in stored["labels"].items()}
                 return self
-        iterator = range(len(clips))
+        iterator = indices
         if progress:
             from tqdm import tqdm
 
             iterator = tqdm(iterator, desc="teacher labels", unit="clip", dynamic_ncols=True)
-        self.queries, self.labels = [], []
+        self.queries, self.labels = {}, {}
         for index in iterator:
             video = torch.from_numpy(clips[index]["video"])[None].to(device)
             generator = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, index, 31])
                                                           .generate_state(1, np.uint32)[0]))
             queries = sample_queries(generator, video, self.points_per_clip, self.textured_fraction)
             labels = label_batch(teacher, video, queries, forward)
-            self.queries.append(queries[0].cpu())
-            self.labels.append(Trajectories(labels.tracks[0].cpu(), labels.occlusion[0].cpu(),
-                                            labels.expected_dist[0].cpu()))
+            self.queries[index] = queries[0].cpu()
+            self.labels[index] = Trajectories(labels.tracks[0].cpu(), labels.occlusion[0].cpu(),
+                                              labels.expected_dist[0].cpu())
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             partial = self.path.with_name(self.path.name + ".partial")
             torch.save({"format": LABELS_FORMAT, "version": LABELS_VERSION, "key": key,
-                        "queries": self.queries, "labels": [tuple(t) for t in self.labels]}, partial)
+                        "queries": self.queries, "labels": {i: tuple(t) for i, t in self.labels.items()}},
+                       partial)
             partial.replace(self.path)
         return self
 

@@ -39,6 +39,7 @@ import json
 import math
 import os
 import signal
+import statistics
 import sys
 import threading
 import time
@@ -364,10 +365,19 @@ class LossWindow:
 
 
 def metrics_line(step: int, metrics: Dict[str, float]) -> str:
-    """The progress line of an evaluation: AJ, <delta_avg and OA in percent."""
-    return (f"step {step}: AJ {100 * metrics['average_jaccard']:.1f}  "
-            f"<delta_avg {100 * metrics['average_pts_within_thresh']:.1f}  "
-            f"OA {100 * metrics['occlusion_accuracy']:.1f}")
+    """The progress line of an evaluation: AJ, <delta_avg and OA in percent, and the
+    label-free score and the pseudo-label grades when they were measured."""
+    parts = [f"step {step}:"]
+    if "average_jaccard" in metrics:
+        parts.append(f"AJ {100 * metrics['average_jaccard']:.1f}  "
+                     f"<delta_avg {100 * metrics['average_pts_within_thresh']:.1f}  "
+                     f"OA {100 * metrics['occlusion_accuracy']:.1f}")
+    if "cycle_score" in metrics:
+        parts.append(f"label-free score {metrics['cycle_score']:.3f}")
+    if "grade_precision" in metrics:
+        parts.append(f"pseudo-labels: precision {metrics['grade_precision']:.2f} "
+                     f"recall {metrics['grade_recall']:.2f}")
+    return "  ".join(parts)
 
 
 def distributed_model(model: TAPIR, runtime: Runtime) -> torch.nn.Module:
@@ -396,13 +406,16 @@ class Loop:
 
     Supervised training and bootstrapping share the cadence (a log line every
     `log_every` steps, a checkpoint every `checkpoint_every`, a stop on SIGTERM/SIGINT
-    agreed by every rank, an evaluation when `eval_due`) and differ in these parts.
+    agreed by every rank, an evaluation when `eval_due`, a time budget) and differ in
+    these parts.
     """
 
     name: str  # the progress bar's label
     out: Path
     record: Dict  # written to out/config.json
-    checkpoint_fields: Dict  # stored in every checkpoint beside the model (the run's config)
+    # Stored in every checkpoint beside the model (the run's config): a dict, or a callable
+    # giving one when the checkpoint is written (a budget changes the config's step count).
+    checkpoint_fields: object
     final_name: str  # the weights-only file written when the schedule ends
     steps: int  # the schedule's length
     log_every: int
@@ -415,12 +428,26 @@ class Loop:
     postfix: Callable[[Dict], Dict] = lambda row: {}
     eval_due: Callable[[int], bool] = lambda step: False
     evaluate: Optional[Callable[[int], Dict[str, float]]] = None
+    # A `training.budget.TimeBudget`: the schedule's length follows it, and it may end the run.
+    budget: Optional[object] = None
+    # Called with a new schedule length when the budget refits it (the run's config follows).
+    set_steps: Callable[[int], None] = lambda steps: None
+    # Without a budget: print the plan (`training.budget.describe_plan`) once the pace is known;
+    # the value says whether the step count was given.
+    announce_plan: Optional[bool] = None
+    # Called once the final weights are written (e.g. the final validation), before the
+    # final evaluation.
+    after_final: Optional[Callable[[int], None]] = None
 
 
 def run_loop(loop: Loop, model: TAPIR, runtime: Runtime, state: Dict[str, object], batches,
              step: int, last_step: int) -> None:
     """Runs `loop.train_step` over `batches` from `step` to `last_step` (the main process logs,
-    checkpoints `model` and `state`, and evaluates); stops early, checkpointed, on a signal."""
+    checkpoints `model` and `state`, and evaluates); stops early, checkpointed, on a signal,
+    and at the budget's deadline (the schedule then ends there and the final weights are
+    written)."""
+    from .budget import CALIBRATION_STEPS, describe_plan
+
     out = loop.out
     logs, progress = None, None
     if runtime.is_main:
@@ -432,19 +459,55 @@ def run_loop(loop: Loop, model: TAPIR, runtime: Runtime, state: Dict[str, object
         progress = tqdm(total=last_step, initial=step, unit="step", desc=loop.name, dynamic_ncols=True)
 
     def save(path: Path, full: bool) -> None:
-        save_training_checkpoint(path, model, state if full else None, step=step, **loop.checkpoint_fields)
+        fields = loop.checkpoint_fields() if callable(loop.checkpoint_fields) else loop.checkpoint_fields
+        save_training_checkpoint(path, model, state if full else None, step=step, **fields)
+
+    def reschedule(steps: int) -> None:
+        nonlocal last_step
+        stops_early = last_step < loop.steps  # --stop-at
+        last_step = min(last_step, steps) if stops_early else steps
+        loop.steps = steps
+        loop.set_steps(steps)
+        if progress is not None:
+            progress.total = steps
+            progress.refresh()
 
     started = time.perf_counter()
     window, skipped = LossWindow(), 0
     stop_request = StopRequest()
     stop_request.install()
+    budget = loop.budget
+    step_times = []
+    final_written = False
     try:
-        for batch in batches:
+        iterator = iter(batches)
+        while step < last_step:
+            step_started = time.perf_counter()
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                break
             lr, parts, grad_norm, stepped = loop.train_step(batch, step)
             skipped += not stepped
             step += 1
+            step_seconds = time.perf_counter() - step_started
+            step_times.append(step_seconds)
             window.add(parts)
             stopping = stop_request.agreed(runtime)
+            if budget is not None:
+                budget.record_step(step_seconds)
+                fitted = budget.fit(step)
+                if fitted is not None and fitted != loop.steps:
+                    reschedule(fitted)
+                if step < last_step and budget.out_of_time():
+                    # The schedule ends here: final weights, as at its planned end.
+                    if runtime.is_main:
+                        progress.write(f"time budget: stopping at step {step} of {loop.steps}")
+                    reschedule(step)
+            elif loop.announce_plan is not None and len(step_times) == CALIBRATION_STEPS and runtime.is_main:
+                pace = statistics.median(step_times[1:])
+                progress.write(describe_plan(loop.steps, pace, loop.announce_plan))
+            bookkeeping_started = time.perf_counter()
 
             if step % loop.log_every == 0 or step == last_step or stopping:
                 means = window.means(runtime)
@@ -464,7 +527,12 @@ def run_loop(loop: Loop, model: TAPIR, runtime: Runtime, state: Dict[str, object
             if step % loop.checkpoint_every == 0 or step == last_step or stopping:
                 if runtime.is_main:
                     save(out / CHECKPOINT, full=True)
+                    if step == loop.steps:
+                        save(out / loop.final_name, full=False)
+                        final_written = True
                 runtime.barrier()
+                if final_written and loop.after_final is not None:
+                    loop.after_final(step)
             if stopping:
                 if runtime.is_main:
                     progress.write(f"stopped by {stop_request.signal or 'another rank'} at step {step}: "
@@ -477,8 +545,12 @@ def run_loop(loop: Loop, model: TAPIR, runtime: Runtime, state: Dict[str, object
                     logs.scalars(logs.eval, "eval", {"step": step, **metrics})
                     progress.write(metrics_line(step, metrics))
                 runtime.barrier()
-        if runtime.is_main and step == loop.steps:
+            if budget is not None:
+                budget.record_other(time.perf_counter() - bookkeeping_started)
+        if runtime.is_main and step == loop.steps and not final_written:
             save(out / loop.final_name, full=False)
+            if loop.after_final is not None:
+                loop.after_final(step)
     finally:
         stop_request.restore()
         if progress is not None:

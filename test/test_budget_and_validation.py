@@ -1,0 +1,164 @@
+"""Time budgets, held-out clips, the label-free score and the teacher's label cache."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from bootstap_ros.model import load_checkpoint
+from bootstap_ros.model.checkpoint import resolve_checkpoint
+from small_model import blob_clip, small_model
+from training.budget import CALIBRATION_STEPS, TimeBudget
+from training.validate import cycle_score, holdout_split
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def _steps(budget, clock, seconds, count, start=0, other=0.0):
+    """Runs `count` steps of `seconds` each (plus `other` between steps) on the fake clock."""
+    step = start
+    for _ in range(count):
+        clock.now += seconds
+        step += 1
+        budget.record_step(seconds)
+        budget.fit(step)
+        clock.now += other
+        budget.record_other(other)
+    return step
+
+
+def test_the_budget_fits_the_steps_to_the_time_left_after_calibrating():
+    clock = FakeClock()
+    started = clock.now
+    clock.now += 60.0  # a minute of set-up (decoding, labelling) counts too
+    budget = TimeBudget(10.0, started, clock=clock)
+    step = _steps(budget, clock, 2.0, CALIBRATION_STEPS - 1)
+    assert not budget.calibrated
+    step = _steps(budget, clock, 2.0, 1, step)
+    # 600 s budget - 60 s set-up - 8 s of steps: 532 s left at 2 s a step.
+    assert budget.steps == step + 266
+    # The machine gets twice as slow: the schedule shrinks to what is left.
+    step = _steps(budget, clock, 4.0, 60, step)
+    left = budget.deadline - clock.now
+    assert budget.steps == pytest.approx(step + left / 4.0, abs=2)
+
+
+def test_time_between_steps_is_set_aside_and_the_run_stops_before_the_deadline():
+    clock = FakeClock()
+    budget = TimeBudget(1.0, clock.now, clock=clock)
+    step = _steps(budget, clock, 1.0, 2 * CALIBRATION_STEPS, other=1.0)  # evaluations as long as steps
+    left = budget.deadline - clock.now
+    assert budget.steps == pytest.approx(step + left / 2.0, rel=0.1)
+    while not budget.out_of_time():
+        step = _steps(budget, clock, 1.0, 1, step, other=1.0)
+    assert clock.now <= budget.deadline and budget.deadline - clock.now < 2.0
+
+
+def test_the_budget_never_exceeds_a_given_step_count():
+    clock = FakeClock()
+    budget = TimeBudget(60.0, clock.now, max_steps=50, clock=clock)
+    _steps(budget, clock, 1.0, CALIBRATION_STEPS)
+    assert budget.steps == 50
+
+
+def test_held_out_clips_are_the_end_of_each_source():
+    clips = [{"source": "a"}] * 20 + [{"source": "b"}] * 5 + [{"source": "c"}]
+    held = holdout_split(clips, 0.1, 16)
+    assert held == [18, 19, 24]  # the last 2 of a, the last of b; c has one clip: never held out
+    assert holdout_split(clips, 0.1, 2) == [19, 24]  # capped: the latest of each source first
+    assert holdout_split(clips, 0.0, 16) == []
+
+
+def _embedded():
+    return load_checkpoint(resolve_checkpoint(None)).model.eval()
+
+
+def test_the_cycle_score_is_high_on_a_still_clip_and_low_across_a_cut():
+    """Invariants of the round trip: on a still clip every point comes back where it started;
+    if the second half of the clip shows another scene, nothing can come back."""
+    model = _embedded()
+    still = np.repeat(blob_clip(num_frames=1, height=256, width=256, blobs=200, seed=1), 8, axis=0)
+    other = blob_clip(num_frames=1, height=256, width=256, blobs=200, seed=2)
+    cut = still.copy()
+    cut[4:] = other
+    device = torch.device("cpu")
+    on_still = cycle_score(model, [still], device, num_points=24)
+    on_cut = cycle_score(model, [cut], device, num_points=24)
+    assert on_still["cycle_within_4"] > 0.8 and on_still["cycle_median_px"] < 1.5
+    assert on_cut["cycle_within_16"] < on_still["cycle_within_16"] - 0.4
+    assert on_cut["cycle_score"] < 0.5 * on_still["cycle_score"]
+
+
+def test_the_cycle_score_ranks_a_trained_model_above_random_weights():
+    clip = blob_clip(num_frames=8, height=256, width=256, dx=3.0, dy=2.0, blobs=200, seed=3)
+    device = torch.device("cpu")
+    trained = cycle_score(_embedded(), [clip], device, num_points=24)["cycle_score"]
+    random = small_model(resolution=(256, 256), refinement_iters=1).eval()
+    assert trained > cycle_score(random, [clip], device, num_points=24)["cycle_score"] + 0.2
+
+
+def test_the_label_cache_holds_the_teachers_own_outputs_and_relabels_for_another_teacher(tmp_path):
+    from training.teacher import LabelCache
+    from training.train import model_forward
+
+    clips = [{"video": blob_clip(num_frames=4, height=64, width=64, blobs=40, seed=s)} for s in range(3)]
+    teacher = small_model().eval()
+    calls = []
+
+    def forward(net, video, queries):
+        calls.append(len(video))
+        return model_forward(net, video, queries, "off", True)
+
+    files = ["a.npy", "b.npy", "c.npy"]
+    cache = LabelCache(tmp_path / "labels.pt", 16, seed=0, textured_fraction=0.5).build(
+        teacher, clips, forward, torch.device("cpu"), files, indices=[0, 2], progress=False)
+    assert sorted(cache.labels) == [0, 2] and len(calls) == 2
+    # The stored labels are what the teacher says for the stored queries.
+    with torch.no_grad():
+        direct = model_forward(teacher, torch.from_numpy(clips[2]["video"])[None], cache.queries[2][None],
+                               "off", True)
+    torch.testing.assert_close(cache.labels[2].tracks, direct.tracks[0])
+    torch.testing.assert_close(cache.labels[2].occlusion, direct.occlusion[0])
+    # A batch draws distinct queries of each clip with their labels.
+    queries, labels = cache.batch([2, 0], torch.Generator().manual_seed(1), 5, torch.device("cpu"))
+    assert queries.shape == (2, 5, 3) and labels.tracks.shape == (2, 5, 4, 2)
+    for row in range(5):
+        match = (cache.queries[2] == queries[0, row]).all(-1).nonzero()[:, 0]
+        assert len(match) == 1
+        torch.testing.assert_close(labels.tracks[0, row], cache.labels[2].tracks[match[0]])
+    # The same teacher and clips: read back, no teacher pass. Another teacher: labelled again.
+    again = LabelCache(tmp_path / "labels.pt", 16, 0, 0.5).build(
+        teacher, clips, forward, torch.device("cpu"), files, indices=[0, 2], progress=False)
+    assert len(calls) == 2 and torch.equal(again.labels[0].tracks, cache.labels[0].tracks)
+    LabelCache(tmp_path / "labels.pt", 16, 0, 0.5).build(
+        small_model(seed=5).eval(), clips, forward, torch.device("cpu"), files, indices=[0, 2], progress=False)
+    assert len(calls) == 4
+
+
+def test_textured_queries_avoid_flat_regions():
+    from training.pseudo_labels import sample_textured_queries
+
+    video = np.full((1, 2, 64, 64, 3), 128, np.uint8)
+    video[0, :, 20:40, 30:50] = blob_clip(num_frames=2, height=20, width=20, blobs=30, seed=4)
+    queries = sample_textured_queries(torch.Generator().manual_seed(0), torch.from_numpy(video), 200, 1.0)
+    y, x = queries[0, :, 1], queries[0, :, 2]
+    inside = (y >= 17) & (y < 43) & (x >= 27) & (x < 53)  # the texture and its edge
+    assert inside.all()
+    uniform = sample_textured_queries(torch.Generator().manual_seed(0), torch.from_numpy(video), 200, 0.0)
+    assert not ((uniform[0, :, 1] >= 17) & (uniform[0, :, 1] < 43)).all()
