@@ -262,3 +262,19 @@ def test_training_checkpoints_hold_several_parts_and_load_as_project_checkpoints
     assert resumed.columns == ["step", "loss", "kept_tracks"]
     with open(tmp_path / "log.csv") as file:
         assert [row["step"] for row in csv.DictReader(file)] == ["1"]
+
+
+def test_a_time_budget_fits_the_supervised_run_to_it(tmp_path):
+    """The supervised trainer takes --time-budget as bootstrapping does: the schedule is fitted
+    to the minutes given, the run ends within them and writes its final weights."""
+    import time
+
+    args = ["--out", str(tmp_path / "run"), "--model", TINY_MODEL, "--time-budget", "0.15",
+            "--batch-size", "2", "--frames", "4", "--num-points", "8", "--image-size", "64",
+            "--warmup", "2", "--num-workers", "0", "--log-every", "1", "--checkpoint-every", "50",
+            "--eval-every", "0"]
+    started = time.monotonic()
+    assert main(args) == 0
+    assert time.monotonic() - started < 9 + 15
+    final = load_checkpoint(tmp_path / "run" / "model.pt")
+    assert final.extra["step"] == final.extra["train_config"]["steps"] > 4

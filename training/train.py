@@ -106,6 +106,8 @@ class TrainConfig:
     eval_frames: int = 24
     eval_points: int = 64
     eval_seed: int = 0
+    # Minutes for the whole run (None: run `steps`): see `training.budget`.
+    time_budget: Optional[float] = None
 
     def __post_init__(self):
         if isinstance(self.loss, dict):
@@ -120,6 +122,8 @@ class TrainConfig:
                self.checkpoint_every) < 1:
             raise ValueError("steps, batch_size, frames, num_points, log_every and checkpoint_every "
                              "must be positive")
+        if self.time_budget is not None and not self.time_budget > 0:
+            raise ValueError(f"time_budget must be a positive number of minutes, got {self.time_budget}")
         if self.init is not None and self.model is not None:
             raise ValueError("give either --model (a fresh architecture) or --init (whose checkpoint "
                              "sets the architecture), not both")
@@ -702,25 +706,29 @@ def _resolve_resume(config: TrainConfig, overrides: Dict) -> tuple:
 
 
 def train(config: TrainConfig, resume: bool = False, overrides: Optional[Dict] = None,
-          stop_at: Optional[int] = None) -> TAPIR:
+          stop_at: Optional[int] = None, steps_given: bool = True, started: Optional[float] = None) -> TAPIR:
     """Runs (or resumes) training; returns the trained model (on its device).
 
     resume: continue from `config.out/checkpoint.pt`, whose stored training config is
       used with `overrides` (e.g. {"steps": 8000}) applied.
     stop_at: save a checkpoint and return at this step (e.g. to fit a job's time limit);
       the schedule still runs to `config.steps`, and `resume` continues from there.
+    steps_given: whether `steps` was chosen (else a run without a time budget prints its plan).
+    started: `time.monotonic()` when the command started (a time budget counts from it).
     """
+    started = time.monotonic() if started is None else started
     resumed = None
     if resume:
         config, resumed = _resolve_resume(config, overrides or {})
     elif (Path(config.out) / CHECKPOINT).exists():
         raise ValueError(f"{Path(config.out) / CHECKPOINT} exists: pass --resume to continue that run, "
                          "or choose another --out")
-    return run_with_runtime(config.device, lambda runtime: _train(config, runtime, resumed, stop_at))
+    return run_with_runtime(config.device, lambda runtime: _train(config, runtime, resumed, stop_at,
+                                                                   steps_given, started))
 
 
 def _train(config: TrainConfig, runtime: Runtime, resumed: Optional[dict],
-           stop_at: Optional[int]) -> TAPIR:
+           stop_at: Optional[int], steps_given: bool = True, started: Optional[float] = None) -> TAPIR:
     out = Path(config.out)
     device = runtime.device
     model = make_model(config, resumed).to(device).train()
@@ -732,7 +740,18 @@ def _train(config: TrainConfig, runtime: Runtime, resumed: Optional[dict],
     if resumed is not None:
         load_training_parts(resumed, state, resumed["path"])
         step = int(resumed["step"])
+    budget = None
+    if config.time_budget is not None:
+        from .budget import TimeBudget
+
+        cap = config.steps if steps_given else max(config.steps, 1_000_000)
+        budget = TimeBudget(config.time_budget, time.monotonic() if started is None else started, max_steps=cap)
+        config.steps = cap
     last_step = min(config.steps, stop_at) if stop_at is not None else config.steps
+
+    def set_steps(steps: int) -> None:
+        config.steps = steps
+        config.warmup = min(config.warmup, max(1, steps // 10))  # a short budget keeps its warmup short
 
     trained = distributed_model(model, runtime)
     loader = make_loader(
@@ -753,12 +772,13 @@ def _train(config: TrainConfig, runtime: Runtime, resumed: Optional[dict],
         checkpoint_every=config.checkpoint_every, train_step=train_step,
         record={"train": asdict(config), "model": model.config.to_dict(),
                 "world_size": runtime.world_size, "device": str(device)},
-        checkpoint_fields={"train_config": asdict(config)},
+        checkpoint_fields=lambda: {"train_config": asdict(config)},
         extra_columns=lambda steps, elapsed: {
             "clips_per_s": steps * config.batch_size * runtime.world_size / elapsed},
         postfix=lambda row: {"loss": f"{row['loss']:.3f}", "lr": f"{row['lr']:.2e}"},
         eval_due=lambda step: config.eval_every > 0 and (step % config.eval_every == 0 or step == config.steps),
-        evaluate=lambda step: evaluate(model, config, step, device))
+        evaluate=lambda step: evaluate(model, config, step, device), budget=budget, set_steps=set_steps,
+        announce_plan=None if budget is not None else steps_given)
     run_loop(loop, model, runtime, state, loader, step, last_step)
     return model
 
@@ -791,7 +811,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="causal (online) temporal convolutions (default: causal)")
     add("--init", "init", str, "start from the weights and architecture of this checkpoint (an "
         "official bare state_dict is taken as causal unless --no-causal)")
-    add("--steps", "steps", int, "total optimiser steps (the cosine schedule's length)")
+    add("--steps", "steps", int, "total optimiser steps (the cosine schedule's length; with "
+        "--time-budget, the most it may fit)")
+    add("--time-budget", "time_budget", float, "minutes for the run: the step count and the learning-rate "
+        "schedule are fitted to them after a few timed steps (the final evaluation comes on top)")
     add("--batch-size", "batch_size", int, "clips per step and process")
     add("--frames", "frames", int, "frames per training clip")
     add("--num-points", "num_points", int, "query points per clip")
@@ -818,15 +841,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    started = time.monotonic()
     options = vars(build_parser().parse_args(argv))
     resume = options.pop("resume")
     stop_at = options.pop("stop_at")
     out = options.pop("out")
     try:
         if resume:
-            train(TrainConfig(out=out), resume=True, overrides=options, stop_at=stop_at)
+            options.setdefault("time_budget", None)  # a budget is this command's, not the stored run's
+            train(TrainConfig(out=out), resume=True, overrides=options, stop_at=stop_at, started=started)
         else:
-            train(TrainConfig(out=out, **options), stop_at=stop_at)
+            train(TrainConfig(out=out, **options), stop_at=stop_at, steps_given="steps" in options,
+                  started=started)
     except (ValueError, FileNotFoundError) as error:
         # CheckpointError is a ValueError whose message says what to do.
         print(f"training.train: error: {error}", file=sys.stderr)
