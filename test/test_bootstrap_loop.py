@@ -437,3 +437,19 @@ def test_bf16_on_a_cpu_without_bf16_units_is_warned_about(monkeypatch, capsys):
     assert "bf16 arithmetic is emulated" in capsys.readouterr().err
     module._warn_about_precision(BootstrapConfig(amp="auto", device="cpu"))
     assert capsys.readouterr().err == ""
+
+
+def test_a_fixed_teacher_stays_the_starting_model_and_labels_each_clip_once(inputs, tmp_path):
+    output = tmp_path / "run"
+    assert main(_run_args(inputs, output, 6, "--teacher", "fixed", "label_points=16", "holdout=0")) == 0
+    initial = _state(inputs / "tiny.pt")["state_dict"]
+    stored = _state(output / "checkpoint.pt")
+    for key, value in stored["teacher"].items():
+        assert torch.equal(value, initial[key]), key
+    assert any(not torch.equal(stored["state_dict"][k], initial[k]) for k in initial)
+    # The bag gives 4 clips: 6 steps of one clip label each clip once, in a file of its own.
+    files = sorted((output / "teacher_labels" / "rank0").glob("*.pt"))
+    assert len(files) == 4
+    stamps = [f.stat().st_mtime_ns for f in files]
+    assert main(["--output", str(output), "--resume", "--steps", "8"]) == 0
+    assert [f.stat().st_mtime_ns for f in files] == stamps  # read back, not labelled again

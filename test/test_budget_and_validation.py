@@ -113,11 +113,12 @@ def test_the_cycle_score_ranks_a_trained_model_above_random_weights():
     assert trained > cycle_score(random, [clip], device, num_points=24)["cycle_score"] + 0.2
 
 
-def test_the_label_cache_holds_the_teachers_own_outputs_and_relabels_for_another_teacher(tmp_path):
+def test_the_label_cache_labels_each_clip_once_with_the_teachers_own_outputs(tmp_path):
     from training.teacher import LabelCache
     from training.train import model_forward
 
-    clips = [{"video": blob_clip(num_frames=4, height=64, width=64, blobs=40, seed=s)} for s in range(3)]
+    videos = torch.from_numpy(np.stack([blob_clip(num_frames=4, height=64, width=64, blobs=40, seed=s)
+                                        for s in range(3)]))
     teacher = small_model().eval()
     calls = []
 
@@ -126,29 +127,33 @@ def test_the_label_cache_holds_the_teachers_own_outputs_and_relabels_for_another
         return model_forward(net, video, queries, "off", True)
 
     files = ["a.npy", "b.npy", "c.npy"]
-    cache = LabelCache(tmp_path / "labels.pt", 16, seed=0, textured_fraction=0.5).build(
-        teacher, clips, forward, torch.device("cpu"), files, indices=[0, 2], progress=False)
-    assert sorted(cache.labels) == [0, 2] and len(calls) == 2
+
+    def cache(model=teacher):
+        return LabelCache(model, forward, 16, seed=0, textured_fraction=0.5, folder=tmp_path / "labels",
+                          clip_files=files)
+
+    labels = cache()
+    queries, batch = labels.batch([2, 0], videos[[2, 0]], torch.Generator().manual_seed(1), 5)
+    assert len(calls) == 2 and queries.shape == (2, 5, 3) and batch.tracks.shape == (2, 5, 4, 2)
     # The stored labels are what the teacher says for the stored queries.
     with torch.no_grad():
-        direct = model_forward(teacher, torch.from_numpy(clips[2]["video"])[None], cache.queries[2][None],
-                               "off", True)
-    torch.testing.assert_close(cache.labels[2].tracks, direct.tracks[0])
-    torch.testing.assert_close(cache.labels[2].occlusion, direct.occlusion[0])
-    # A batch draws distinct queries of each clip with their labels.
-    queries, labels = cache.batch([2, 0], torch.Generator().manual_seed(1), 5, torch.device("cpu"))
-    assert queries.shape == (2, 5, 3) and labels.tracks.shape == (2, 5, 4, 2)
+        direct = model_forward(teacher, videos[2:3], labels.queries[2][None], "off", True)
+    torch.testing.assert_close(labels.labels[2].tracks, direct.tracks[0])
+    torch.testing.assert_close(labels.labels[2].occlusion, direct.occlusion[0])
+    # A batch draws distinct labelled queries of each clip, with their labels.
     for row in range(5):
-        match = (cache.queries[2] == queries[0, row]).all(-1).nonzero()[:, 0]
+        match = (labels.queries[2] == queries[0, row]).all(-1).nonzero()[:, 0]
         assert len(match) == 1
-        torch.testing.assert_close(labels.tracks[0, row], cache.labels[2].tracks[match[0]])
-    # The same teacher and clips: read back, no teacher pass. Another teacher: labelled again.
-    again = LabelCache(tmp_path / "labels.pt", 16, 0, 0.5).build(
-        teacher, clips, forward, torch.device("cpu"), files, indices=[0, 2], progress=False)
-    assert len(calls) == 2 and torch.equal(again.labels[0].tracks, cache.labels[0].tracks)
-    LabelCache(tmp_path / "labels.pt", 16, 0, 0.5).build(
-        small_model(seed=5).eval(), clips, forward, torch.device("cpu"), files, indices=[0, 2], progress=False)
-    assert len(calls) == 4
+        torch.testing.assert_close(batch.tracks[0, row], labels.labels[2].tracks[match[0]])
+    # Clips come back: no teacher pass. A new run with the same teacher reads the files.
+    labels.batch([0, 2], videos[[0, 2]], torch.Generator().manual_seed(2), 5)
+    assert len(calls) == 2
+    again = cache()
+    again.batch([2, 0], videos[[2, 0]], torch.Generator().manual_seed(1), 5)
+    assert len(calls) == 2 and torch.equal(again.labels[0].tracks, labels.labels[0].tracks)
+    # Another teacher's run labels afresh (and drops the old files).
+    cache(small_model(seed=5).eval()).batch([0], videos[[0]], torch.Generator().manual_seed(1), 5)
+    assert len(calls) == 3 and len(list((tmp_path / "labels").glob("*.pt"))) == 1
 
 
 def test_textured_queries_avoid_flat_regions():

@@ -190,7 +190,7 @@ class BootstrapConfig:
     teacher: str = "ema"
     teacher_causal: Optional[bool] = None
     ema_decay: float = 0.99
-    label_points: int = 512
+    label_points: int = 256
     # Optimisation: AdamW per task (weight_decay 0 = the paper's Adam), warmup then cosine.
     steps: int = 1000
     batch_size: int = 2
@@ -595,7 +595,7 @@ def bootstrap_step(trained: torch.nn.Module, teacher: torch.nn.Module, optimizer
     numpy_rng, torch_rng = step_generators(config.seed, step, rank)
     batch_labels = None
     if labels is not None:
-        batch_labels = labels.batch(clip_indices, torch_rng, config.num_points, device)
+        batch_labels = labels.batch(clip_indices, video, torch_rng, config.num_points)
     loss, ssl_parts = bootstrap_loss(trained, teacher, video, config, numpy_rng, torch_rng, causal,
                                      teacher_causal, batch_labels)
     parts.update(ssl_parts)
@@ -760,10 +760,9 @@ def _bootstrap(config: BootstrapConfig, runtime: Runtime, resumed: Optional[dict
         def forward(net, video, queries):
             return model_forward(net, video, queries, config.amp, teacher_causal)
 
-        labels = LabelCache(out / "teacher_labels.pt", config.label_points, config.seed,
-                            config.textured_queries).build(
-            teacher, clips, forward, device, [clip["file"] for clip in clips.clips], train_indices,
-            progress=runtime.is_main)
+        labels = LabelCache(teacher, forward, config.label_points, config.seed, config.textured_queries,
+                            out / "teacher_labels" / f"rank{runtime.rank}",
+                            [clip["file"] for clip in clips.clips])
     validation = None
     if held_out and runtime.is_main:
         out.mkdir(parents=True, exist_ok=True)

@@ -5,10 +5,10 @@ Two kinds of teacher:
 * a moving one (the EMA of the student, or the student itself in the Siamese ablation)
   labels every batch afresh (`label_batch`);
 * a fixed one (the starting model frozen, or a checkpoint) gives every clip the same
-  labels whenever it comes back, so `LabelCache` labels each clip once, for more queries
-  than a step takes, keeps them on the host and on disk beside the run, and each step
-  draws its queries from them. On a CPU the teacher's forward pass is then paid once per
-  clip instead of once per step.
+  labels whenever it comes back, so `LabelCache` labels each clip the first time it is
+  used, for more queries than a step takes, keeps them on the host and on disk beside
+  the run, and each later visit draws its queries from them. On a CPU the teacher's
+  forward pass is then paid once per clip instead of once per step.
 
 Queries are (t, y, x) in the clip's raster; labels are the teacher's final refined
 outputs (`Trajectories` without the unrefined stages).
@@ -28,7 +28,7 @@ from bootstap_ros.model.tapir import Trajectories
 from .pseudo_labels import sample_teacher_queries, sample_textured_queries
 
 LABELS_FORMAT = "bootstap_ros.teacher_labels"
-LABELS_VERSION = 1
+LABELS_VERSION = 2
 
 
 def sample_queries(generator: torch.Generator, videos: torch.Tensor, num_points: int,
@@ -59,83 +59,100 @@ def weights_digest(model: torch.nn.Module) -> str:
 
 
 class LabelCache:
-    """A fixed teacher's pseudo-labels for every clip of a `training.logs.LogClips`.
+    """A fixed teacher's pseudo-labels, one clip at a time, each computed once.
 
-    Clip i gets `points_per_clip` queries drawn from a generator seeded by (seed, i),
-    labelled once; `batch(indices, generator, num_points)` draws `num_points` of each
-    clip's queries without replacement. The labels are kept on the host (a few hundred
-    bytes a track) and written to `path`, keyed by the teacher's weights, the clips and
-    the query settings, so a resumed run reuses them and a changed teacher relabels.
+    Clip i gets `points_per_clip` queries drawn from a generator seeded by (seed, i) and is
+    labelled the first time a batch holds it; `batch(indices, videos, generator, num_points)`
+    then draws `num_points` of each clip's queries without replacement. Labels are kept on
+    the host (a few hundred bytes a track) and, with a `folder`, written there one small
+    file per clip, so a resumed or repeated run with the same teacher, clips and settings
+    reads them instead of labelling again; labels of another teacher or other settings
+    (`key`) are removed first. Labelling on first use spreads the teacher's cost over the
+    run's first pass through the clips, however many clips there are.
     """
 
-    def __init__(self, path: Optional[Path], points_per_clip: int, seed: int, textured_fraction: float):
-        self.path = None if path is None else Path(path)
+    def __init__(self, teacher: torch.nn.Module, forward: Callable, points_per_clip: int, seed: int,
+                 textured_fraction: float, folder: Optional[Path] = None, clip_files: Sequence[str] = ()):
+        self.teacher, self.forward = teacher, forward
         self.points_per_clip = int(points_per_clip)
         self.seed = int(seed)
         self.textured_fraction = float(textured_fraction)
         self.queries: Dict[int, torch.Tensor] = {}
         self.labels: Dict[int, Trajectories] = {}
+        self.folder = None if folder is None else Path(folder)
+        self.clip_files = list(clip_files)
+        self.labelled = 0  # clips labelled by this process (not read back)
+        if self.folder is not None:
+            self._open_folder()
 
-    def key(self, teacher: torch.nn.Module, clip_files: Sequence[str]) -> str:
-        digest = hashlib.sha256(weights_digest(teacher).encode())
-        digest.update(repr((self.points_per_clip, self.seed, self.textured_fraction, list(clip_files))).encode())
-        return digest.hexdigest()
+    def key(self) -> str:
+        digest = hashlib.sha256(weights_digest(self.teacher).encode())
+        digest.update(repr((LABELS_VERSION, self.points_per_clip, self.seed, self.textured_fraction)).encode())
+        return digest.hexdigest()[:32]
 
-    def build(self, teacher: torch.nn.Module, clips, forward: Callable, device: torch.device,
-              clip_files: Sequence[str], indices: Optional[Sequence[int]] = None,
-              progress: bool = True) -> "LabelCache":
-        """Labels the clips `indices` (default: all) of `clips`, or loads the labels written for
-        the same key."""
-        indices = list(range(len(clips))) if indices is None else [int(i) for i in indices]
-        key = self.key(teacher, [clip_files[i] for i in indices])
-        if self.path is not None and self.path.exists():
-            try:
-                stored = torch.load(self.path, map_location="cpu", weights_only=True)
-            except Exception:  # noqa: BLE001 - a damaged cache is relabelled
-                stored = {}
-            if (stored.get("format") == LABELS_FORMAT and stored.get("version") == LABELS_VERSION
-                    and stored.get("key") == key):
-                self.queries = dict(stored["queries"])
-                self.labels = {i: Trajectories(*t) for i, t in stored["labels"].items()}
-                return self
-        iterator = indices
-        if progress:
-            from tqdm import tqdm
+    def _open_folder(self) -> None:
+        import json
+        import shutil
 
-            iterator = tqdm(iterator, desc="teacher labels", unit="clip", dynamic_ncols=True)
-        self.queries, self.labels = {}, {}
-        for index in iterator:
-            video = torch.from_numpy(clips[index]["video"])[None].to(device)
-            generator = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, index, 31])
-                                                          .generate_state(1, np.uint32)[0]))
-            queries = sample_queries(generator, video, self.points_per_clip, self.textured_fraction)
-            labels = label_batch(teacher, video, queries, forward)
-            self.queries[index] = queries[0].cpu()
-            self.labels[index] = Trajectories(labels.tracks[0].cpu(), labels.occlusion[0].cpu(),
-                                              labels.expected_dist[0].cpu())
-        if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            partial = self.path.with_name(self.path.name + ".partial")
-            torch.save({"format": LABELS_FORMAT, "version": LABELS_VERSION, "key": key,
-                        "queries": self.queries, "labels": {i: tuple(t) for i, t in self.labels.items()}},
-                       partial)
-            partial.replace(self.path)
-        return self
+        key_file = self.folder / "key.json"
+        key = self.key()
+        try:
+            same = json.loads(key_file.read_text()).get("key") == key
+        except (OSError, ValueError):
+            same = False
+        if not same and self.folder.exists():
+            shutil.rmtree(self.folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        key_file.write_text(json.dumps({"format": LABELS_FORMAT, "key": key}) + "\n")
 
-    def batch(self, indices: Sequence[int], generator: torch.Generator, num_points: int,
-              device: torch.device) -> Tuple[torch.Tensor, Trajectories]:
-        """(queries [B, N, 3], labels [B, N, T]) of clips `indices`, N = `num_points` of each
-        clip's labelled queries drawn without replacement."""
+    def _file(self, index: int) -> Optional[Path]:
+        if self.folder is None:
+            return None
+        name = self.clip_files[index] if index < len(self.clip_files) else str(index)
+        return self.folder / (hashlib.sha256(name.encode()).hexdigest()[:16] + ".pt")
+
+    def clip(self, index: int, video: torch.Tensor) -> Tuple[torch.Tensor, Trajectories]:
+        """(queries [Q, 3], labels [Q, T]) of clip `index`, whose uint8 frames [T, H, W, 3]
+        are `video` (on the teacher's device)."""
+        index = int(index)
+        if index not in self.labels:
+            path = self._file(index)
+            stored = None
+            if path is not None and path.exists():
+                try:
+                    stored = torch.load(path, map_location="cpu", weights_only=True)
+                except Exception:  # noqa: BLE001 - a damaged file is labelled again
+                    stored = None
+            if stored is None:
+                generator = torch.Generator().manual_seed(int(np.random.SeedSequence(
+                    [self.seed, index, 31]).generate_state(1, np.uint32)[0]))
+                queries = sample_queries(generator, video[None], self.points_per_clip, self.textured_fraction)
+                labels = label_batch(self.teacher, video[None], queries, self.forward)
+                stored = {"queries": queries[0].cpu(), "labels": tuple(t[0].cpu() for t in labels[:3])}
+                self.labelled += 1
+                if path is not None:
+                    partial = path.with_name(path.name + ".partial")
+                    torch.save(stored, partial)
+                    partial.replace(path)
+            self.queries[index] = stored["queries"]
+            self.labels[index] = Trajectories(*stored["labels"])
+        return self.queries[index], self.labels[index]
+
+    def batch(self, indices: Sequence[int], videos: torch.Tensor, generator: torch.Generator, num_points: int,
+              ) -> Tuple[torch.Tensor, Trajectories]:
+        """(queries [B, N, 3], labels [B, N, T]) of the clips `indices` (uint8 `videos`
+        [B, T, H, W, 3] on the teacher's device), N = `num_points` of each clip's labelled
+        queries drawn without replacement."""
         queries, tracks, occlusion, expected_dist = [], [], [], []
-        for index in indices:
+        for index, video in zip(indices, videos):
+            clip_queries, labels = self.clip(index, video)
             chosen = torch.randperm(self.points_per_clip, generator=generator)[:num_points]
-            labels = self.labels[int(index)]
-            queries.append(self.queries[int(index)][chosen])
+            queries.append(clip_queries[chosen])
             tracks.append(labels.tracks[chosen])
             occlusion.append(labels.occlusion[chosen])
             expected_dist.append(labels.expected_dist[chosen])
 
         def stacked(parts):
-            return torch.stack(parts).to(device)
+            return torch.stack(parts).to(videos.device)
 
         return stacked(queries), Trajectories(stacked(tracks), stacked(occlusion), stacked(expected_dist))
