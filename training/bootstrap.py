@@ -95,7 +95,8 @@ KEY_HELP = {
     "data": "inputs (--data): bag folders, .mcap/.db3 files, videos, image folders",
     "image_topic": "the bags' image topic (default: each bag's only image topic)",
     "cache": "where decoded clips go (default: OUTPUT/clips); reused when inputs and clip settings match",
-    "clip_frames": "frames per clip (the paper: 24; its clip-length ablation: 2 and 6)",
+    "clip_frames": "frames per clip (null: 12 on a CPU, 24 on CUDA, the paper's; its clip-length "
+                   "ablation: 2 and 6)",
     "clip_stride": "keep every n-th frame of the logs",
     "clip_fps": "or resample the logs to this frame rate, by their stamps",
     "clip_size": "clips' side in pixels (default: the model's resolution)",
@@ -104,7 +105,8 @@ KEY_HELP = {
     "expand_capacity": "add BootsTAP's 5 zero-initialised conv blocks to a model that has none",
     "teacher": "ema (a moving average of the student), fixed (the starting model, frozen) or a "
                "checkpoint that teaches unchanged (--teacher); a fixed teacher labels each clip once",
-    "label_points": "queries a fixed teacher labels per clip (each step draws num_points of them)",
+    "label_points": "queries a fixed teacher labels per clip (each step draws num_points of them; "
+                    "null: 4 x num_points)",
     "textured_queries": "share of teacher queries drawn at textured pixels (corner strength); "
                         "0: all uniform (the paper)",
     "visible_threshold": "positions are taught where the teacher's visibility "
@@ -117,9 +119,9 @@ KEY_HELP = {
     "ema_decay": "EMA teacher = decay * teacher + (1 - decay) * student after each step "
                  "(project choice: the paper does not state it)",
     "steps": "total steps (--steps)",
-    "batch_size": "log clips per step and process (--batch-size)",
-    "supervised_batch_size": "synthetic clips per step and process (null: 2 x batch_size; 0: no "
-                             "supervised task)",
+    "batch_size": "log clips per step and process (--batch-size; null: 1 on a CPU, 2 on CUDA)",
+    "supervised_batch_size": "synthetic clips per step and process (null: 1 on a CPU, 4 on CUDA; 0: "
+                             "no supervised task)",
     "lr": "self-supervised peak learning rate (warmup, then cosine decay to 0 at steps)",
     "supervised_lr": "supervised peak learning rate (null: 2 x lr)",
     "warmup": "linear warmup steps of both learning rates",
@@ -127,7 +129,7 @@ KEY_HELP = {
     "beta2": "Adam beta2 of both optimisers",
     "grad_clip": "max gradient norm per task (0: off)",
     "loss": "the supervised task's TAPIR loss weights and thresholds (a mapping of LossConfig fields)",
-    "num_points": "teacher queries per log clip (the paper: 128)",
+    "num_points": "teacher queries per log clip (null: 64 on a CPU, 128 on CUDA, the paper's)",
     "same_query_prob": "probability that the student queries the teacher's own point",
     "same_query": "ablation: the student always queries the teacher's point",
     "uniform_queries": "ablation: the student's query drawn uniformly over the visible frames",
@@ -140,8 +142,8 @@ KEY_HELP = {
     "min_scale": "smallest student frame side, as a fraction of the clip's",
     "max_scale": "largest student frame side, as a fraction of the clip's",
     "jpeg_quality": "[low, high] JPEG quality range",
-    "supervised_frames": "frames per synthetic clip (null: clip_frames)",
-    "supervised_points": "labelled tracks per synthetic clip",
+    "supervised_frames": "frames per synthetic clip (null: 8 on a CPU, 24 on CUDA)",
+    "supervised_points": "labelled tracks per synthetic clip (null: 64 on a CPU, 128 on CUDA)",
     "synthetic_clips": "cycle through this many synthetic clips (0: always new ones)",
     "seed": "seed of the clip order, the synthetic clips, views and queries",
     "device": "auto, cpu or cuda (--device)",
@@ -167,6 +169,18 @@ KEY_HELP = {
 }
 
 
+#: Settings whose default depends on where the run trains (None in `BootstrapConfig`).
+#: On a CPU a step must take seconds (about 5 s on a 2-core laptop-class CPU with these,
+#: `python -m training.bench_bootstrap`): one log clip of 12 frames with 64 queries, one
+#: synthetic clip of 8 frames. A GPU affords the paper's clips of 24 frames and 128 queries.
+DEVICE_DEFAULTS = {
+    "cpu": {"clip_frames": 12, "batch_size": 1, "num_points": 64, "supervised_batch_size": 1,
+            "supervised_frames": 8, "supervised_points": 64},
+    "cuda": {"clip_frames": 24, "batch_size": 2, "num_points": 128, "supervised_batch_size": 4,
+             "supervised_frames": 24, "supervised_points": 128},
+}
+
+
 @dataclass
 class BootstrapConfig:
     """Everything a bootstrapping run depends on; stored in every checkpoint. The meaning of
@@ -177,7 +191,7 @@ class BootstrapConfig:
     data: List[str] = field(default_factory=list)
     image_topic: Optional[str] = None
     cache: Optional[str] = None
-    clip_frames: int = 24
+    clip_frames: Optional[int] = None  # None: the device's default (DEVICE_DEFAULTS)
     clip_stride: int = 1
     clip_fps: Optional[float] = None
     clip_size: Optional[int] = None
@@ -190,10 +204,10 @@ class BootstrapConfig:
     teacher: str = "ema"
     teacher_causal: Optional[bool] = None
     ema_decay: float = 0.99
-    label_points: int = 256
+    label_points: Optional[int] = None
     # Optimisation: AdamW per task (weight_decay 0 = the paper's Adam), warmup then cosine.
     steps: int = 1000
-    batch_size: int = 2
+    batch_size: Optional[int] = None
     supervised_batch_size: Optional[int] = None
     lr: float = 5e-5
     supervised_lr: Optional[float] = None
@@ -204,7 +218,7 @@ class BootstrapConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     ssl_loss: LossConfig = field(default_factory=LossConfig)
     # Queries and pseudo-label filtering.
-    num_points: int = 128
+    num_points: Optional[int] = None
     textured_queries: float = 0.0
     visible_threshold: float = 0.5
     loss_frames: str = "all"
@@ -223,7 +237,7 @@ class BootstrapConfig:
     jpeg_quality: Tuple[int, int] = (15, 95)
     # The supervised task's synthetic clips (training.synthetic).
     supervised_frames: Optional[int] = None
-    supervised_points: int = 128
+    supervised_points: Optional[int] = None
     synthetic_clips: int = 0
     seed: int = 0
     # Runtime.
@@ -265,10 +279,10 @@ class BootstrapConfig:
         if self.amp == "fp16" and self.device == "cpu":
             problems.append("amp fp16 needs CUDA; use bf16 or off on CPU")
         for name in ("steps", "batch_size", "num_points", "log_every", "checkpoint_every",
-                     "supervised_points"):
-            if getattr(self, name) < 1:
+                     "supervised_points", "supervised_frames", "label_points"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 problems.append(f"{name} must be positive, got {getattr(self, name)}")
-        if self.clip_frames < 2:
+        if self.clip_frames is not None and self.clip_frames < 2:
             problems.append(f"clip_frames must be at least 2, got {self.clip_frames}")
         if self.supervised_batch_size is not None and self.supervised_batch_size < 0:
             problems.append(f"supervised_batch_size must be >= 0, got {self.supervised_batch_size}")
@@ -282,7 +296,7 @@ class BootstrapConfig:
             problems.append(f"textured_queries must lie in [0, 1], got {self.textured_queries}")
         if not 0.0 <= self.visible_threshold < 1.0:
             problems.append(f"visible_threshold must lie in [0, 1), got {self.visible_threshold}")
-        if self.label_points < self.num_points:
+        if None not in (self.label_points, self.num_points) and self.label_points < self.num_points:
             problems.append(f"label_points ({self.label_points}) must be at least num_points "
                             f"({self.num_points})")
         if self.siamese and self.teacher != "ema":
@@ -308,6 +322,17 @@ class BootstrapConfig:
                              f"{', '.join(sorted(known))}")
         hints = typing.get_type_hints(cls)
         return cls(**{key: _coerce(key, value, hints[key]) for key, value in values.items()})
+
+    def for_device(self, device: str) -> "BootstrapConfig":
+        """This config with every setting left at None filled from `DEVICE_DEFAULTS[device]`
+        ("cpu" or "cuda"; "auto" is CUDA when available)."""
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        defaults = DEVICE_DEFAULTS["cuda" if device == "cuda" else "cpu"]
+        filled = {name: value for name, value in defaults.items() if getattr(self, name) is None}
+        if self.label_points is None:
+            filled["label_points"] = 4 * (self.num_points or filled["num_points"])
+        return dataclasses.replace(self, **filled)
 
     # Derived settings.
     @property
@@ -642,6 +667,7 @@ def bootstrap(config: BootstrapConfig, resume: bool = False, overrides: Optional
     elif (Path(config.output) / CHECKPOINT).exists():
         raise ValueError(f"{Path(config.output) / CHECKPOINT} exists: pass --resume to continue that "
                          "run, or choose another --output")
+    config = config.for_device(config.device)
     _warn_about_precision(config)
     return run_with_runtime(config.device, lambda runtime: _bootstrap(config, runtime, resumed, stop_at,
                                                                        steps_given, started))
@@ -851,8 +877,8 @@ _FLAGS = {  # flag -> (field, type, help)
     "--time-budget": ("time_budget", float, "minutes for the run: the step count and the learning-rate "
                       "schedule are fitted to them after a few timed steps (the final evaluation comes "
                       "on top)"),
-    "--batch-size": ("batch_size", int, "log clips per step and process (the supervised task "
-                     "takes twice as many synthetic clips unless supervised_batch_size=...)"),
+    "--batch-size": ("batch_size", int, "log clips per step and process (default: 1 on a CPU, 2 on "
+                     "CUDA; supervised_batch_size=N sets the synthetic clips)"),
     "--device": ("device", str, "auto, cpu or cuda"),
     "--eval": ("eval", str, "a TAP-Vid / RoboTAP pickle scored (as bootstap-eval does) every "
                "eval_every steps and at the end"),
