@@ -394,9 +394,34 @@ def distributed_model(model: TAPIR, runtime: Runtime) -> torch.nn.Module:
         find_unused_parameters=model.config.refinement_iters == 0)
 
 
+def keep_freed_memory() -> bool:
+    """Asks glibc's malloc to keep freed memory for reuse instead of returning it to the system.
+
+    By default blocks above a (dynamic) threshold are mmap-ed and unmapped when freed, and
+    the heap top is trimmed: every training step then page-faults its activations in
+    again. On a CPU that cost about a fifth of a step's time (system time 0.9 s of 4.2 s
+    CPU seconds a step, `training.bench_bootstrap`); with these settings 0.3-0.4 s. Returns
+    whether the settings were applied (glibc only; elsewhere nothing changes)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if sys.platform != "linux" or name is None:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+        return bool(libc.mallopt(m_mmap_threshold, 32 << 20) and libc.mallopt(m_trim_threshold, 1 << 30)
+                    and libc.mallopt(m_top_pad, 256 << 20))
+    except (OSError, AttributeError):
+        return False
+
+
 def run_with_runtime(device: str, run):
     """`run(runtime)` with the process's runtime (DDP under torchrun), torn down after."""
     runtime = setup_runtime(device)
+    if runtime.device.type == "cpu":
+        keep_freed_memory()
     try:
         return run(runtime)
     finally:
