@@ -167,3 +167,23 @@ def test_textured_queries_avoid_flat_regions():
     assert inside.all()
     uniform = sample_textured_queries(torch.Generator().manual_seed(0), torch.from_numpy(video), 200, 0.0)
     assert not ((uniform[0, :, 1] >= 17) & (uniform[0, :, 1] < 43)).all()
+
+
+def test_bootstap_validate_scores_checkpoints_on_a_bag(tmp_path, capsys):
+    from bootstap_ros.model import save_checkpoint
+    from training.logs import write_image_bag
+    from training.validate import main
+
+    frames = blob_clip(num_frames=24, height=96, width=128, dx=1.5, dy=0.5, blobs=120, seed=6)
+    write_image_bag(tmp_path / "bag", frames, [i * 66_000_000 for i in range(len(frames))],
+                    topic="/camera/image_raw", storage="mcap")
+    save_checkpoint(tmp_path / "random.pt", small_model(resolution=(256, 256), refinement_iters=1))
+    out = tmp_path / "scores.json"
+    assert main(["--data", str(tmp_path / "bag"), "--checkpoint", "embedded", str(tmp_path / "random.pt"),
+                 "--frames", "8", "--points", "16", "--output", str(out)]) == 0
+    scores = json.loads(out.read_text())
+    assert [s["checkpoint"] for s in scores] == ["embedded model", str(tmp_path / "random.pt")]
+    assert scores[0]["cycle_score"] > scores[1]["cycle_score"] and scores[0]["clips"] == 3
+    printed = capsys.readouterr().out
+    assert "<- best" in printed.splitlines()[1]
+    assert main(["--data", str(tmp_path / "missing")]) == 1

@@ -149,7 +149,7 @@ def main(argv=None) -> int:
                         help="a rosbag2 bag (folder, .mcap, .db3), a video, an image folder or a "
                              "folder of them; repeat for more")
     parser.add_argument("--checkpoint", nargs="+", default=[None], metavar="CKPT",
-                        help="checkpoints to score (default: the embedded model)")
+                        help="checkpoints to score ('embedded' or none: the embedded model)")
     parser.add_argument("--image-topic", default=None, help="the bags' image topic (default: the only one)")
     parser.add_argument("--frames", type=int, default=24, help="frames per clip (default 24)")
     parser.add_argument("--fps", type=float, default=None, help="resample the logs to this rate")
@@ -190,8 +190,8 @@ def validate(args) -> List[Dict]:
     from .logs import LogClips, prepare_logs
 
     device = torch.device(args.device)
-    models = [(name or "embedded model", load_checkpoint(resolve_checkpoint(name)).model)
-              for name in args.checkpoint]
+    names = [None if name in (None, "embedded") else name for name in args.checkpoint]
+    models = [(name or "embedded model", load_checkpoint(resolve_checkpoint(name)).model) for name in names]
     sizes = {model.config.resolution[0] for _, model in models}
     with tempfile.TemporaryDirectory() as scratch:
         cache = Path(args.cache) if args.cache else Path(scratch)
@@ -206,7 +206,7 @@ def validate(args) -> List[Dict]:
                 if model.config.resolution[0] == size:
                     score = cycle_score(model.to(device), videos, device, args.points)
                     results.append({"checkpoint": name, **score})
-    order = {name or "embedded model": i for i, name in enumerate(args.checkpoint)}
+    order = {name or "embedded model": i for i, name in enumerate(names)}
     return sorted(results, key=lambda r: order[r["checkpoint"]])
 
 
