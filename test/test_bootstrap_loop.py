@@ -453,3 +453,18 @@ def test_a_fixed_teacher_stays_the_starting_model_and_labels_each_clip_once(inpu
     stamps = [f.stat().st_mtime_ns for f in files]
     assert main(["--output", str(output), "--resume", "--steps", "8"]) == 0
     assert [f.stat().st_mtime_ns for f in files] == stamps  # read back, not labelled again
+
+
+def test_kept_checkpoints_hold_the_student_and_the_teacher_of_their_step(inputs, tmp_path):
+    output = tmp_path / "run"
+    assert main(_run_args(inputs, output, 4, "--teacher", "fixed", "label_points=16", "holdout=0",
+                          "keep_every=2")) == 0
+    kept = sorted((output / "checkpoints").glob("step_*.pt"))
+    assert [p.name for p in kept] == ["step_0000002.pt", "step_0000004.pt"]
+    last = load_checkpoint(kept[-1])
+    final = load_checkpoint(output / "final.pt")
+    for key, value in final.model.state_dict().items():
+        assert torch.equal(last.model.state_dict()[key], value), key
+    initial = _state(inputs / "tiny.pt")["state_dict"]
+    assert all(torch.equal(v, initial[k]) for k, v in last.extra["teacher"].items())
+    assert last.extra["step"] == 4 and last.extra["elapsed_s"] > 0

@@ -165,6 +165,8 @@ KEY_HELP = {
     "grade": "a labelled TAP-Vid pickle of the training domain: every grade_every steps the teacher's "
              "pseudo-labels and the masks are graded against its truth (training.grading)",
     "grade_every": "steps between grades of the pseudo-labels (with grade)",
+    "keep_every": "keep the student (and the teacher) every this many steps as checkpoints/step_N.pt, "
+                  "to evaluate or grade them afterwards (0: never)",
     "eval_max_videos": "score only the first N videos (null: all)",
 }
 
@@ -261,6 +263,7 @@ class BootstrapConfig:
     # Grades of the pseudo-labels against a labelled set of the domain (training.grading).
     grade: Optional[str] = None
     grade_every: int = 25
+    keep_every: int = 0
 
     def __post_init__(self):
         if isinstance(self.loss, dict):
@@ -830,6 +833,12 @@ def _bootstrap(config: BootstrapConfig, runtime: Runtime, resumed: Optional[dict
 
     def evaluate(step: int) -> Dict[str, float]:
         metrics: Dict[str, float] = {}
+        if config.keep_every > 0 and due(config.keep_every, step):
+            from .train import save_training_checkpoint
+
+            parts = {"teacher": teacher} if "teacher" in state else {}
+            save_training_checkpoint(out / "checkpoints" / f"step_{step:07d}.pt", model, parts, step=step,
+                                     bootstrap_config=asdict(config), elapsed_s=time.monotonic() - started)
         if grading is not None and due(config.grade_every, step):
             from .grading import grade
 
@@ -851,7 +860,8 @@ def _bootstrap(config: BootstrapConfig, runtime: Runtime, resumed: Optional[dict
         checkpoint_fields=lambda: {"bootstrap_config": asdict(config)},
         postfix=lambda row: {"loss": f"{row['loss']:.3f}", "kept": f"{row['kept_tracks']:.2f}"},
         # The same on every rank (each waits for the main process's evaluation).
-        eval_due=lambda step: ((bool(config.grade) and due(config.grade_every, step))
+        eval_due=lambda step: ((config.keep_every > 0 and due(config.keep_every, step))
+                               or (bool(config.grade) and due(config.grade_every, step))
                                or (bool(held_out) and due(config.validate_every, step))
                                or (bool(config.eval) and due(config.eval_every, step))),
         evaluate=evaluate, budget=budget, set_steps=set_steps,

@@ -571,8 +571,9 @@ def run_loop(loop: Loop, model: TAPIR, runtime: Runtime, state: Dict[str, object
                 if runtime.is_main:
                     progress.clear()
                     metrics = loop.evaluate(step)
-                    logs.scalars(logs.eval, "eval", {"step": step, **metrics})
-                    progress.write(metrics_line(step, metrics))
+                    if metrics:
+                        logs.scalars(logs.eval, "eval", {"step": step, **metrics})
+                        progress.write(metrics_line(step, metrics))
                 runtime.barrier()
             if budget is not None:
                 budget.record_other(time.perf_counter() - bookkeeping_started)
