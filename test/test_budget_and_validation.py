@@ -187,3 +187,51 @@ def test_bootstap_validate_scores_checkpoints_on_a_bag(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "<- best" in printed.splitlines()[1]
     assert main(["--data", str(tmp_path / "missing")]) == 1
+
+
+def test_pseudo_label_grades_by_hand():
+    from training.grading import summarise
+
+    # Six entries: kept by the masks / taught as positions (teacher visible) / truly visible,
+    # the teacher's error in px.
+    kept = torch.tensor([1, 1, 1, 0, 0, 1], dtype=torch.bool)
+    position = torch.tensor([1, 1, 1, 1, 0, 0], dtype=torch.bool)
+    truly = torch.tensor([1, 1, 0, 1, 1, 1], dtype=torch.bool)
+    error = torch.tensor([1.0, 9.0, 2.0, 3.0, 50.0, 0.5])
+    gap = torch.tensor([2.0, 4.0, 6.0, 8.0, 10.0, 12.0])
+    occlusion_visible = torch.tensor([1, 1, 1, 1, 1, 0], dtype=torch.bool)
+    grades = summarise(kept, position, truly, error, gap, occlusion_visible)
+    # Taught: entries 0, 1, 2; right (truly visible, teacher visible, within 4 px): 0 and 3.
+    assert grades["grade_precision"] == pytest.approx(1 / 3)
+    assert grades["grade_recall"] == pytest.approx(1 / 2)
+    assert grades["grade_teacher_error_kept_px"] == pytest.approx((1.0 + 9.0) / 2)  # taught and truly visible
+    assert grades["grade_teacher_error_dropped_px"] == pytest.approx(3.0)  # entry 3
+    assert grades["grade_visibility_agreement"] == pytest.approx(3 / 6)  # entries 0, 1, 3
+    assert grades["grade_occlusion_agreement"] == pytest.approx(4 / 6)  # 0, 1, 3, 4
+    assert grades["grade_gap_px"] == pytest.approx((2.0 + 4.0 + 6.0) / 3)
+    assert grades["grade_kept"] == pytest.approx(4 / 6)
+
+
+def test_a_runs_kept_checkpoints_are_graded_afterwards(tmp_path):
+    from bootstap_ros.model import save_checkpoint
+    from training.bootstrap import main as bootstrap_main
+    from training.grading import main as grading_main
+    from training.logs import write_image_bag
+    from training.synthetic import SyntheticConfig, generate_clip, write_tapvid_pickle
+
+    frames = blob_clip(num_frames=16, height=64, width=80, dx=1.0, dy=0.5, blobs=60)
+    write_image_bag(tmp_path / "bag", frames, [i * 50_000_000 for i in range(len(frames))],
+                    topic="/wrist/image_raw", storage="mcap")
+    save_checkpoint(tmp_path / "tiny.pt", small_model())
+    assert bootstrap_main(["--data", str(tmp_path / "bag"), "--init", str(tmp_path / "tiny.pt"), "--output",
+                           str(tmp_path / "run"), "--steps", "2", "--teacher", "fixed", "--device", "cpu",
+                           "num_points=8", "label_points=8", "clip_frames=4", "supervised_batch_size=0",
+                           "num_workers=0", "holdout=0", "keep_every=1", "warmup=1"]) == 0
+    clips = [generate_clip(seed, SyntheticConfig(frames=6, height=64, width=64, num_points=6)) for seed in range(2)]
+    write_tapvid_pickle(tmp_path / "labelled.pkl", clips)
+    assert grading_main([str(tmp_path / "run"), "--grade", str(tmp_path / "labelled.pkl")]) == 0
+    with open(tmp_path / "run" / "grades.csv") as file:
+        rows = list(__import__("csv").DictReader(file))
+    assert [int(r["step"]) for r in rows] == [1, 2]
+    for row in rows:
+        assert 0.0 <= float(row["grade_kept"]) <= 1.0 and 0.0 <= float(row["grade_visibility_agreement"]) <= 1.0

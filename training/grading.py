@@ -101,9 +101,15 @@ def grade(student: torch.nn.Module, teacher: torch.nn.Module, grading: GradingSe
                 pools["occlusion_visible"].append((result.targets.occluded_prob < 0.5)[0].cpu())
     finally:
         student.train(was_training)
-    flat = {k: torch.cat([v.reshape(-1) for v in values]) for k, values in pools.items()}
-    kept, position, truly = flat["kept"], flat["position"], flat["true_visible"]
-    error = flat["teacher_error"]
+    return summarise(**{k: torch.cat([v.reshape(-1) for v in values]) for k, values in pools.items()})
+
+
+def summarise(kept: torch.Tensor, position: torch.Tensor, true_visible: torch.Tensor, teacher_error: torch.Tensor,
+              gap: torch.Tensor, occlusion_visible: torch.Tensor) -> Dict[str, float]:
+    """The grades of pooled entries (module docstring): kept by the masks, taught as a position
+    (teacher visible), truly visible, the teacher's error (px, 256 raster), the student's gap
+    to the teacher, and visible by the teacher's occlusion logit alone."""
+    kept, position, truly, error = kept.bool(), position.bool(), true_visible.bool(), teacher_error
     good = truly & position & (error < GOOD_PX)
     taught = kept & position
 
@@ -116,7 +122,72 @@ def grade(student: torch.nn.Module, teacher: torch.nn.Module, grading: GradingSe
         "grade_precision": mean(good, taught),
         "grade_recall": mean(taught, good),
         "grade_visibility_agreement": float((position == truly).float().mean()),
-        "grade_occlusion_agreement": float((flat["occlusion_visible"] == truly).float().mean()),
-        "grade_gap_px": mean(flat["gap"], taught),
+        "grade_occlusion_agreement": float((occlusion_visible.bool() == truly).float().mean()),
+        "grade_gap_px": mean(gap, taught),
         "grade_kept": float(kept.float().mean()),
     }
+
+
+def grade_run(run: str, path: str, device: str = "cpu", max_clips: int = 8) -> List[Dict[str, float]]:
+    """Grades every checkpoint a run kept (`keep_every`: checkpoints/step_N.pt, each with its
+    teacher, or a checkpoint teacher read from the run's config) on the labelled set `path`."""
+    from pathlib import Path
+
+    from bootstap_ros.model import build_model, load_checkpoint
+
+    from .bootstrap import BootstrapConfig, load_fixed_teacher
+
+    kept = sorted(Path(run).glob("checkpoints/step_*.pt"))
+    if not kept:
+        raise ValueError(f"{run}: no checkpoints/step_*.pt; run with keep_every=N to keep them")
+    target = torch.device(device)
+    rows = []
+    for file in kept:
+        loaded = load_checkpoint(file)
+        config = BootstrapConfig.from_dict({**loaded.extra["bootstrap_config"], "output": str(run)})
+        student = loaded.model.to(target)
+        if "teacher" in loaded.extra:
+            teacher = build_model(student.config, loaded.extra["teacher"], str(file)).to(target).eval()
+        else:
+            teacher = load_fixed_teacher(config).to(target)
+        grading = GradingSet(path, student.config.resolution[0], config.clip_frames, max_clips)
+        rows.append({"step": loaded.extra["step"], "elapsed_s": loaded.extra.get("elapsed_s"),
+                     **grade(student, teacher, grading, config, loaded.extra["step"], target,
+                             student.config.causal, teacher.config.causal)})
+    return rows
+
+
+def main(argv=None) -> int:
+    import argparse
+    import csv
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m training.grading",
+                                     description="Grade the pseudo-labels of every checkpoint a bootstrapping "
+                                                 "run kept (keep_every) against a labelled set of its domain.")
+    parser.add_argument("run", help="the run directory (bootstap-train-bootstrap --output)")
+    parser.add_argument("--grade", required=True, metavar="PKL", help="a labelled TAP-Vid pickle of the domain")
+    parser.add_argument("--max-clips", type=int, default=8)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--output", default=None, help="CSV to write (default: RUN/grades.csv)")
+    args = parser.parse_args(argv)
+    try:
+        rows = grade_run(args.run, args.grade, args.device, args.max_clips)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"training.grading: error: {error}", file=sys.stderr)
+        return 1
+    output = args.output or f"{args.run}/grades.csv"
+    with open(output, "w", newline="") as file:
+        writer = csv.DictWriter(file, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    for row in rows:
+        print(f"step {row['step']}: precision {row['grade_precision']:.2f} recall {row['grade_recall']:.2f} "
+              f"teacher error kept {row['grade_teacher_error_kept_px']:.1f} px, dropped "
+              f"{row['grade_teacher_error_dropped_px']:.1f} px; gap {row['grade_gap_px']:.1f} px")
+    print(f"written to {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
