@@ -468,3 +468,21 @@ def test_kept_checkpoints_hold_the_student_and_the_teacher_of_their_step(inputs,
     initial = _state(inputs / "tiny.pt")["state_dict"]
     assert all(torch.equal(v, initial[k]) for k, v in last.extra["teacher"].items())
     assert last.extra["step"] == 4 and last.extra["elapsed_s"] > 0
+
+
+def test_an_ema_teacher_relabels_its_cached_clips_every_relabel_every_steps(inputs, tmp_path, monkeypatch):
+    from training import teacher as teacher_module
+
+    labelled = []
+    original = teacher_module.label_batch
+
+    def counting(*args, **kwargs):
+        labelled.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(teacher_module, "label_batch", counting)
+    # 4 clips, one a step: steps 0-3 label each once, step 4 relabels (the cache was cleared), 5 too.
+    assert main(_run_args(inputs, tmp_path / "run", 6, "relabel_every=4", "label_points=16", "holdout=0",
+                          "supervised_batch_size=0")) == 0
+    assert len(labelled) == 6
+    assert not (tmp_path / "run" / "teacher_labels").exists()  # a moving teacher's labels stay in memory

@@ -105,6 +105,8 @@ KEY_HELP = {
     "expand_capacity": "add BootsTAP's 5 zero-initialised conv blocks to a model that has none",
     "teacher": "ema (a moving average of the student), fixed (the starting model, frozen) or a "
                "checkpoint that teaches unchanged (--teacher); a fixed teacher labels each clip once",
+    "relabel_every": "with the EMA teacher: label each clip once and keep its labels, relabelling "
+                     "with the current teacher every this many steps (0: label every batch afresh)",
     "label_points": "queries a fixed teacher labels per clip (each step draws num_points of them; "
                     "null: 4 x num_points)",
     "textured_queries": "share of teacher queries drawn at textured pixels (corner strength); "
@@ -206,6 +208,7 @@ class BootstrapConfig:
     teacher: str = "ema"
     teacher_causal: Optional[bool] = None
     ema_decay: float = 0.99
+    relabel_every: int = 0
     label_points: Optional[int] = None
     # Optimisation: AdamW per task (weight_decay 0 = the paper's Adam), warmup then cosine.
     steps: int = 1000
@@ -478,6 +481,12 @@ def stack_videos(items) -> Tuple[torch.Tensor, List[int]]:
 def fixed_teacher(config: BootstrapConfig) -> bool:
     """Whether the teacher stays as it is for the whole run (so each clip is labelled once)."""
     return not config.siamese and config.teacher != "ema"
+
+
+def cached_labels(config: BootstrapConfig) -> bool:
+    """Whether labels are kept per clip: a fixed teacher's for the run, an EMA teacher's
+    between relabellings (`relabel_every`)."""
+    return fixed_teacher(config) or (config.teacher == "ema" and not config.siamese and config.relabel_every > 0)
 
 
 def step_generators(seed: int, step: int, rank: int) -> Tuple[np.random.Generator, torch.Generator]:
@@ -783,15 +792,17 @@ def _bootstrap(config: BootstrapConfig, runtime: Runtime, resumed: Optional[dict
         raise ValueError(f"all {len(clips)} clips are held out for validation; lower holdout or add logs")
     train_clips = Subset(clips, train_indices)
     labels = None
-    if fixed_teacher(config):
+    if cached_labels(config):
         from .teacher import LabelCache
 
         def forward(net, video, queries):
             return model_forward(net, video, queries, config.amp, teacher_causal)
 
+        # A fixed teacher's labels outlive the run (a resume, another seed); a moving
+        # teacher's are only good until the next relabelling.
+        folder = out / "teacher_labels" / f"rank{runtime.rank}" if fixed_teacher(config) else None
         labels = LabelCache(teacher, forward, config.label_points, config.seed, config.textured_queries,
-                            out / "teacher_labels" / f"rank{runtime.rank}",
-                            [clip["file"] for clip in clips.clips])
+                            folder, [clip["file"] for clip in clips.clips])
     validation = None
     if held_out and runtime.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -817,6 +828,8 @@ def _bootstrap(config: BootstrapConfig, runtime: Runtime, resumed: Optional[dict
 
     def train_step(batch, step):
         (video, indices), supervised = batch
+        if labels is not None and not fixed_teacher(config) and step % config.relabel_every == 0:
+            labels.clear()  # the EMA teacher has moved on: relabel each clip on its next visit
         lr = cosine_learning_rate(step, config.lr, config.warmup, config.steps)
         parts, grad_norm, stepped = bootstrap_step(
             trained, teacher, optimizers, scaler, video.to(device, non_blocking=True), supervised,

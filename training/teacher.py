@@ -138,6 +138,10 @@ class LabelCache:
             self.labels[index] = Trajectories(*stored["labels"])
         return self.queries[index], self.labels[index]
 
+    def clear(self) -> None:
+        """Forgets every label held in memory (a moving teacher's, before it labels again)."""
+        self.queries, self.labels = {}, {}
+
     def batch(self, indices: Sequence[int], videos: torch.Tensor, generator: torch.Generator, num_points: int,
               ) -> Tuple[torch.Tensor, Trajectories]:
         """(queries [B, N, 3], labels [B, N, T]) of the clips `indices` (uint8 `videos`
