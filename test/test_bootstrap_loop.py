@@ -486,3 +486,29 @@ def test_an_ema_teacher_relabels_its_cached_clips_every_relabel_every_steps(inpu
                           "supervised_batch_size=0")) == 0
     assert len(labelled) == 6
     assert not (tmp_path / "run" / "teacher_labels").exists()  # a moving teacher's labels stay in memory
+
+
+def test_loss_settings_of_each_task_are_read_from_key_value_pairs_and_checked():
+    from training.bootstrap import parse_command
+
+    given, _, _, _ = parse_command(["--output", "x", "ssl_loss={uncertainty_weight: 0, position_weight: 0.1}"])
+    config = BootstrapConfig.from_dict(given)
+    assert config.ssl_loss.uncertainty_weight == 0.0 and config.ssl_loss.position_weight == 0.1
+    assert config.loss == BootstrapConfig().loss  # the supervised task keeps its own weights
+    with pytest.raises(ValueError, match="ssl_loss expects a mapping of position_weight"):
+        BootstrapConfig.from_dict(parse_command(["--output", "x", "ssl_loss={uncertainty_weight:0}"])[0])
+
+
+def test_the_self_supervised_loss_takes_its_own_weights():
+    from training.losses import LossConfig
+
+    student = confident_model().train()
+    teacher = copy.deepcopy(student).eval().requires_grad_(False)
+    video = torch.from_numpy(moving_clip(num_frames=4, height=64, width=64))[None]
+    losses = {}
+    for name, weights in {"default": LossConfig(), "no position": LossConfig(position_weight=0.0),
+                          "none": LossConfig(0.0, 0.0, 0.0)}.items():
+        numpy_rng, torch_rng = step_generators(0, 0, 0)
+        config = _tiny_config(ssl_loss=weights, loss=LossConfig(position_weight=7.0))
+        losses[name] = bootstrap_loss(student, teacher, video, config, numpy_rng, torch_rng, True, True)[0].item()
+    assert losses["none"] == 0.0 < losses["no position"] < losses["default"]

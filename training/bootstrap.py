@@ -269,10 +269,8 @@ class BootstrapConfig:
     keep_every: int = 0
 
     def __post_init__(self):
-        if isinstance(self.loss, dict):
-            self.loss = LossConfig(**self.loss)
-        if isinstance(self.ssl_loss, dict):
-            self.ssl_loss = LossConfig(**self.ssl_loss)
+        self.loss = _loss_config("loss", self.loss)
+        self.ssl_loss = _loss_config("ssl_loss", self.ssl_loss)
         if isinstance(self.data, (str, os.PathLike)):
             self.data = [str(self.data)]
         self.data = [str(path) for path in self.data]
@@ -365,6 +363,20 @@ class BootstrapConfig:
         side = self.clip_size or size
         return SyntheticConfig(frames=self.supervised_frames or self.clip_frames, height=side,
                                width=side, num_points=self.supervised_points)
+
+
+def _loss_config(key: str, value) -> LossConfig:
+    """A LossConfig from a mapping (YAML, key=value), with an error naming the known fields."""
+    if isinstance(value, LossConfig):
+        return value
+    known = [f.name for f in dataclasses.fields(LossConfig)]
+    if not isinstance(value, dict) or set(value) - set(known):
+        raise ValueError(f"{key} expects a mapping of {', '.join(known)} (e.g. {key}="
+                         f"'{{uncertainty_weight: 0.5}}'), got {value!r}")
+    try:
+        return LossConfig(**{name: float(v) for name, v in value.items()})
+    except (TypeError, ValueError):
+        raise ValueError(f"{key} expects numbers, got {value!r}") from None
 
 
 def _coerce(key: str, value, hint):
