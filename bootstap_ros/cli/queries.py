@@ -9,9 +9,10 @@ The points lie on frame K (default 0) of the input: an image file, a video, an
 image folder or an .npy clip. Q.csv is the query file of bootstap-track (header
 naming t, x, y; pixel positions in TAPIR's raster); its t column is ignored, and
 an optional `label` column names the points. SET.npz holds the positions, their
-query features from that frame, the labels, the image size and the model's
-identity (`bootstap_ros.tracking.query_set`); the node's `query_set` parameter
-tracks these points in a live stream.
+query features from that frame, the labels, the frame itself (PNG, so that another
+model can make its own query features), the image size and the model's identity
+(`bootstap_ros.tracking.query_set`); the node's `query_set` parameter tracks these
+points in a live stream, with this model or, re-encoded from the frame, another.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     points.add_argument("--grid", type=int, help="an NxN grid of points over the image")
     parser.add_argument("--output", required=True, help="where to write the query set (.npz)")
     parser.add_argument("--checkpoint", default=None,
-                        help="the model the set is for (default: the embedded model); the node must run "
-                             "the same one")
+                        help="the model whose query features the set holds (default: the embedded model); "
+                             "a node running another model re-encodes the points from the stored frame")
     parser.add_argument("--labels", default=None,
                         help="comma-separated labels, one per point (instead of a label column)")
     parser.add_argument("--resolution", type=int, default=None,
@@ -128,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
     features = tracker.query_features(frame, xy)
     query_set = QuerySet(xy=xy, features=features, image_size=size, labels=labels,
                          model=ModelIdentity.of(checkpoint, model.config),
-                         source=f"{Path(args.input).resolve()} frame {args.frame}")
+                         source=f"{Path(args.input).resolve()} frame {args.frame}",
+                         images=[frame], image_index=np.zeros(len(xy), np.int64))
     query_set.save(args.output)
     print(f"wrote {args.output}: {len(query_set)} points on frame {args.frame} of {args.input} "
           f"({size[1]}x{size[0]}), model {checkpoint} (SHA-256 {query_set.model.checkpoint_sha256[:12]}...)")
