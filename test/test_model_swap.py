@@ -370,3 +370,19 @@ def test_model_loader_lets_the_latest_request_win_and_reports_failures():
     assert finished.wait(30)
     assert done[-1] == ("bad", None, "cannot load the model: bad file") and loader.pending is None
     assert loader.close(timeout=30)
+
+
+def test_swap_bench_prints_and_writes_its_figures(tmp_path, checkpoints, capsys):
+    from bootstap_ros.ros import swap_bench
+
+    out = tmp_path / "swap.json"
+    assert swap_bench.main(["--checkpoint", str(checkpoints[0]), "--grid", "2", "--size", "80x48",
+                            "--frames", "3", "--output", str(out)]) == 0
+    import json
+
+    runs = json.loads(out.read_text())["runs"]
+    assert [run["memory_mib"] for run in runs] == [128, 0]
+    assert runs[0]["sources"]["query"] == 4 and runs[1]["sources"]["query"] == 0
+    assert runs[1]["sources"]["seen"] + runs[1]["sources"]["latest"] == 4
+    assert all(run["apply_over_frame"] > 0 for run in runs)
+    assert "swap (worker)" in capsys.readouterr().out

@@ -372,9 +372,12 @@ class TrackingSession:
 
     # Model swaps.
     def prepare_swap(self, tracker, identity: Optional[ModelIdentity], payload=None) -> PreparedSwap:
-        """Make `tracker` (a new model's) ready to take over: re-encode for it every point whose
-        query image is kept. Any thread (the model loader's); the session is not changed."""
-        records = self.origins.records()
+        """Make `tracker` (a new model's) ready to take over: on the CPU, re-encode for it every
+        point whose query image is kept (a backbone pass per image, the costly part there). Any
+        thread (the model loader's); the session is not changed. On a GPU that is left to
+        `apply_swap` on the worker: a pass costs milliseconds there, and the torch backend's
+        CUDA graphs are captured by the thread that replays them."""
+        records = self.origins.records() if getattr(tracker.device, "type", "cpu") == "cpu" else []
         return PreparedSwap(tracker, identity, reencode(tracker.query_features, identity, records,
                                                         queries_only=True), payload)
 
