@@ -43,10 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--labels", default=None,
                         help="comma-separated labels, one per point (instead of a label column)")
     parser.add_argument("--resolution", type=int, default=None,
-                        help="model resolution (square); must equal the node's `resolution` if that is set")
+                        help="model resolution (square), as the node's `resolution` (another one works too: "
+                             "the node then re-encodes the points from the stored frame)")
     parser.add_argument("--refine-resolution", default=None, metavar="HxW",
                         help="top of the refinement ladder, as the node's `refine_resolution` that will "
-                        "track the set (each ladder level has its own query features); default: one level")
+                        "track the set (each ladder level has its own query features; with another "
+                        "ladder the node re-encodes the points); default: one level")
     parser.add_argument("--causal", action=argparse.BooleanOptionalAction, default=True,
                         help="how an official checkpoint is loaded (default causal, as the node does)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")

@@ -583,6 +583,7 @@ class TrackerNode(Node):
         def ms(values, reduce):
             return f"{reduce(values):.1f}" if values else "n/a"
 
+        kept_images, kept_bytes = self.session.origins.kept
         status = DiagnosticStatus(name=f"{self.get_fully_qualified_name()}: point tracking",
                                   hardware_id=f"{self.info.backend}/{self.info.device}")
         if received == 0:
@@ -615,8 +616,7 @@ class TrackerNode(Node):
             "model swap pending": self._pending_text(),
             "last model swap": self._last_swap,
             "last refused model swap": self._last_refused_swap,
-            "kept query images (for swaps)": "{} ({:.1f} MiB)".format(
-                *(lambda kept: (kept[0], kept[1] / MIB))(self.session.origins.kept)),
+            "kept query images (for swaps)": f"{kept_images} ({kept_bytes / MIB:.1f} MiB)",
             "warnings": str(sum(self.warning_counts.values())),
         }
         if self.settings.use_depth:
@@ -632,7 +632,7 @@ class TrackerNode(Node):
 
     def _pending_text(self) -> str:
         pending, since = self._loader.pending, self._loader.since
-        if pending is not None:
+        if pending is not None and since is not None:
             return (f"loading {pending.checkpoint or '(embedded model)'} since "
                     f"{datetime.fromtimestamp(since, timezone.utc).isoformat(timespec='seconds')}")
         if self.session.swap_pending:
