@@ -75,6 +75,7 @@ setup(
             # The ROS nodes (run with `ros2 run bootstap_ros <name>`):
             'tracker_node = bootstap_ros.ros.tracker_node:main',
             'video_source = bootstap_ros.ros.video_source:main',
+            'bootstap_adapter = bootstap_ros.ros.adapter_node:main',
         ],
     },
 )

@@ -1,0 +1,357 @@
+"""bootstap_adapter with the real rclpy beside a real tracker_node: clips recorded from the
+image topic, a round adopted and swapped in (ids kept), a failed round and a full disk
+that leave the tracker as it was, rollback, the round reports on ~/rounds and
+/diagnostics, and an adapter killed with SIGKILL in the middle of a round (real
+processes) while the tracker goes on tracking."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.context import Context
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.parameter import Parameter, parameter_value_to_python
+from rclpy.parameter_client import AsyncParameterClient
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image, PointCloud2
+from std_msgs.msg import String
+
+from bootstap_ros.ros.adapter_node import AdapterNode, AdapterStartupError
+from bootstap_ros.ros.conversions import array_to_image, cloud_to_array
+from ros_client import Client, wait_until
+from test_adapter import FAST, panning, read_bag
+
+TIMEOUT = 120.0  # a round's children import torch on a loaded 2-core machine
+REPO = Path(__file__).resolve().parents[1]
+ROUNDS_QOS = QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE,
+                        durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+def camera_frames():
+    """Three pans of 64x64 (two scene cuts), looped: clips pass the filters."""
+    return np.concatenate([panning(16, seed=s, speed=3) for s in range(3)])
+
+
+class Camera:
+    """Publishes frames at `period` with increasing stamps until closed."""
+
+    def __init__(self, client, frames, period=0.04):
+        self.client, self.frames, self.period = client, frames, period
+        self.stop = threading.Event()
+        self.sent = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.stop.is_set():
+            self.client.image.publish(self.client.frame(self.frames[self.sent % len(self.frames)]))
+            self.sent += 1
+            self.stop.wait(self.period)  # the camera's frame period
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(timeout=10)
+
+
+class Params:
+    def __init__(self, node, remote):
+        self.client = AsyncParameterClient(node, remote)
+        assert self.client.wait_for_services(timeout_sec=TIMEOUT)
+
+    def set(self, name, value):
+        future = self.client.set_parameters([Parameter(name, value=value)])
+        wait_until(future.done, timeout=TIMEOUT, what=f"setting {name}")
+        return future.result().results[0]
+
+    def get(self, name):
+        future = self.client.get_parameters([name])
+        wait_until(future.done, timeout=TIMEOUT, what=f"reading {name}")
+        return parameter_value_to_python(future.result().values[0])
+
+
+def adapter_status(topic, namespace, predicate, what, timeout=TIMEOUT):
+    name = f"{namespace}/bootstap_adapter: adaptation"
+
+    def values(msg):
+        return next(({kv.key: kv.value for kv in s.values} for s in msg.status if s.name == name), None)
+
+    found = topic.wait_for(lambda m: values(m) is not None and predicate(values(m)), timeout=timeout, what=what)
+    return values(found)
+
+
+def events(topic):
+    return [json.loads(m.data) for m in topic.messages]
+
+
+@pytest.fixture
+def tracker(ros, checkpoint):
+    h = Client(ros, checkpoint=checkpoint, grid_points=2, max_points=8)
+    yield h
+    h.close()
+
+
+def start_adapter(ros, h, **params):
+    node = AdapterNode(namespace=h.namespace, context=ros.context, parameter_overrides=[
+        Parameter(name, value=value) for name, value in params.items()])
+    ros.executor.add_node(node)
+    return node
+
+
+def stop_adapter(ros, node):
+    ros.executor.remove_node(node)
+    node.destroy_node()
+
+
+def test_a_round_is_adopted_and_swapped_in_a_failed_one_changes_nothing_and_rollback(ros, tracker, checkpoint,
+                                                                                  tmp_path):
+    h = tracker
+    store = tmp_path / "store"
+    rounds = h.subscribe(String, "bootstap_adapter/rounds", ROUNDS_QOS)
+    diagnostics = h.subscribe(DiagnosticArray, "/diagnostics")
+    adapter = start_adapter(ros, h, store=str(store), clip_frames=6, clip_interval=0.0, holdout_clips=2,
+                            min_train_clips=3, round_minutes=5.0, round_settings=" ".join(FAST), margin=-1.0,
+                            score_points=8, round_pause=1e6, swap_timeout=60.0, diagnostics_period=0.5,
+                            # round_nice keeps the children at this test's priority: at 19 a machine
+                            # busy with other work starves them for minutes (a test of niceness is
+                            # in test_adapter.py).
+                            round_nice=0)
+    camera = Camera(h, camera_frames())
+    try:
+        params = Params(h.client, "tracker_node")
+        finished = rounds.wait_for(lambda m: json.loads(m.data).get("state") == "finished",
+                                   timeout=3 * TIMEOUT, what="the first round's report")
+        report = json.loads(finished.data)
+        kept = str((store / "models" / "round_0001.pt").resolve())
+        assert report["decision"] == "adopted", report
+        assert report["round"] == 1 and report["checkpoint"] == kept and report["in_use"] == checkpoint
+        assert "in use by the tracker since" in report["reason"]
+        assert report["score_in_use"] is not None and report["score_candidate"] is not None
+        assert report["train_clips"] >= 3 and report["held_out_clips"] == 2 and report["steps"] == 1
+        assert [e["state"] for e in events(rounds)][:2] == ["started", "finished"]
+        assert params.get("checkpoint") == kept
+        # The clips are ordinary bags of the tracker's image topic.
+        bags = sorted((store / "clips").glob("clip_*"))
+        assert len(bags) >= 5 and all((b / "metadata.yaml").is_file() for b in bags)
+        assert read_bag(bags[0])[0] == f"{h.namespace}/image"
+        # Tracking went on through the swap with the same ids.
+        since = len(h.tracks.messages)
+        wait_until(lambda: len(h.tracks.messages) >= since + 10, timeout=TIMEOUT, what="tracks after the swap")
+        assert {tuple(cloud_to_array(m)["id"].tolist()) for m in h.tracks.messages} == {(0, 1, 2, 3)}
+        values = adapter_status(diagnostics, h.namespace, lambda v: v["last decision"] == "adopted",
+                                "the adopted round in /diagnostics")
+        assert values["latest adopted model"] == kept and values["tracker model in use"] == kept
+        assert values["rounds done, adopted, failed"] == "1, 1, 0" and values["recording"] == "on"
+
+        # A round that fails (the recipe refuses a setting) leaves the tracker's model alone.
+        assert params_of(h, "bootstap_adapter").set("round_settings", " ".join(FAST) + " no_such_setting=1").successful
+        assert params_of(h, "bootstap_adapter").set("round_pause", 0.0).successful
+        failed = rounds.wait_for(lambda m: json.loads(m.data).get("round") == 2
+                                 and json.loads(m.data).get("state") == "finished",
+                                 timeout=3 * TIMEOUT, what="the failed round's report")
+        report = json.loads(failed.data)
+        assert report["decision"] == "failed" and "no_such_setting" in report["reason"], report
+        assert params.get("checkpoint") == kept
+        since = len(h.tracks.messages)
+        wait_until(lambda: len(h.tracks.messages) >= since + 10, timeout=TIMEOUT, what="tracks after the failure")
+        values = adapter_status(diagnostics, h.namespace, lambda v: v["last decision"] == "failed",
+                                "the failed round in /diagnostics")
+        assert "no_such_setting" in values["last round reason"]
+        assert params_of(h, "bootstap_adapter").set("rounds", False).successful
+
+        # Rollback: the tracker goes back to the model it started with.
+        assert params_of(h, "bootstap_adapter").set("rollback", True).successful
+        rolled = rounds.wait_for(lambda m: json.loads(m.data).get("event") == "rollback", timeout=TIMEOUT,
+                                 what="the rollback report")
+        event = json.loads(rolled.data)
+        assert event["checkpoint"] == checkpoint and event["undone"]["round"] == 1
+        assert event["result"] == "accepted"
+        wait_until(lambda: params.get("checkpoint") == checkpoint, timeout=TIMEOUT, what="the checkpoint set back")
+        adapter_status(diagnostics, h.namespace, lambda v: v["tracker model in use"] == checkpoint,
+                       "the tracker back on its first model")
+        since = len(h.tracks.messages)
+        wait_until(lambda: len(h.tracks.messages) >= since + 10, timeout=TIMEOUT, what="tracks after the rollback")
+    finally:
+        camera.close()
+        stop_adapter(ros, adapter)
+
+
+_PARAMS = {}
+
+
+def params_of(h, name):
+    key = (h.namespace, name)
+    if key not in _PARAMS:
+        _PARAMS[key] = Params(h.client, name)
+    return _PARAMS[key]
+
+
+def test_a_full_disk_stops_recording_not_the_tracker(ros, tracker, tmp_path):
+    h = tracker
+    diagnostics = h.subscribe(DiagnosticArray, "/diagnostics")
+    # More free space demanded than any disk has: the first clip finds the disk full.
+    adapter = start_adapter(ros, h, store=str(tmp_path / "store"), clip_frames=6, clip_interval=0.0,
+                            min_free_disk_mb=1 << 30, rounds=False, diagnostics_period=0.5)
+    camera = Camera(h, camera_frames())
+    try:
+        values = adapter_status(diagnostics, h.namespace, lambda v: v["recording"].startswith("stopped"),
+                                "recording stopped")
+        assert "the disk is full" in values["recording"]
+        assert adapter._warn.counts.get("store", 0) >= 1
+        assert not any((tmp_path / "store" / "clips").glob("clip_*"))
+        since = len(h.tracks.messages)
+        wait_until(lambda: len(h.tracks.messages) >= since + 10, timeout=TIMEOUT, what="tracks while stopped")
+        # Room again (the bound lowered at runtime): recording resumes at once.
+        assert params_of(h, "bootstap_adapter").set("min_free_disk_mb", 0).successful
+        adapter_status(diagnostics, h.namespace, lambda v: v["recording"] == "on" and int(v["clips stored"]) > 0,
+                       "recording again")
+    finally:
+        camera.close()
+        stop_adapter(ros, adapter)
+
+
+def test_bad_parameters_are_refused(ros, tracker, tmp_path):
+    h = tracker
+    with pytest.raises(AdapterStartupError, match="round_settings"):
+        AdapterNode(namespace=h.namespace, context=ros.context, parameter_overrides=[
+            Parameter("store", value=str(tmp_path / "a")), Parameter("round_settings", value="steps")])
+    with pytest.raises(AdapterStartupError, match="store folder"):
+        (tmp_path / "file").write_text("not a folder")
+        AdapterNode(namespace=h.namespace, context=ros.context, parameter_overrides=[
+            Parameter("store", value=str(tmp_path / "file"))])
+    adapter = start_adapter(ros, h, store=str(tmp_path / "b"), rounds=False)
+    try:
+        params = params_of(h, "bootstap_adapter")
+        result = params.set("round_device", "gpu")
+        assert not result.successful and "round_device" in result.reason
+        result = params.set("round_settings", "lr")
+        assert not result.successful and "key=value" in result.reason
+        assert params.set("round_minutes", 0.5).successful and adapter.settings.round_minutes == 0.5
+        assert params.get("round_device") == "cpu"
+    finally:
+        stop_adapter(ros, adapter)
+
+
+# ------------------------------------------------------------------ real processes, SIGKILL
+
+def _children(pid):
+    found = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found.update(int(p) for p in (task / "children").read_text().split())
+        except OSError:
+            pass
+    return found
+
+
+def _alive(pid):
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_killing_the_adapter_mid_round_leaves_the_tracker_tracking(tmp_path, checkpoint):
+    from test_adapter import ClipRecorder, ClipStore, START_NS, PERIOD_NS, TOPIC, feed, stream
+
+    namespace = "/adapter_kill_" + uuid.uuid4().hex[:8]
+    store = tmp_path / "store"
+    recorder = ClipRecorder(ClipStore(store, max_bytes=1 << 30), TOPIC, frames=6, interval_s=0.0)
+    frames = camera_frames()
+    feed(recorder, stream(frames, [START_NS + i * PERIOD_NS for i in range(len(frames))]))
+    common = [sys.executable, "-m"]
+    ros_args = ["--ros-args", "-r", f"__ns:={namespace}"]
+    commands = {
+        "tracker_node": common + ["bootstap_ros.ros.tracker_node", *ros_args, "-p", f"checkpoint:={checkpoint}",
+                                  "-p", "grid_points:=2"],
+        # A round with a 5-minute budget and no step limit: it is training when the kill comes.
+        "bootstap_adapter": common + ["bootstap_ros.ros.adapter_node", *ros_args, "-p", f"store:={store}",
+                                      "-p", "clip_frames:=6", "-p", "holdout_clips:=2", "-p", "min_train_clips:=3",
+                                      "-p", "round_minutes:=5.0", "-p",
+                                      "round_settings:=" + " ".join(s for s in FAST if s != "steps=1")],
+    }
+    logs = {name: open(tmp_path / f"{name}.log", "w") for name in commands}
+    processes = {name: subprocess.Popen(command, stdout=logs[name], stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, cwd=REPO, start_new_session=True)
+                 for name, command in commands.items()}
+    context = Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node("kill_test", namespace=namespace, context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    tracks, reports = [], []
+    node.create_subscription(PointCloud2, "tracks", tracks.append, 10)
+    node.create_subscription(String, "bootstap_adapter/rounds", lambda m: reports.append(json.loads(m.data)),
+                             ROUNDS_QOS)
+    publisher = node.create_publisher(Image, "image", 10)
+    sent = [0]
+
+    def publish():
+        msg = array_to_image(frames[sent[0] % len(frames)], "rgb8")
+        msg.header.stamp = node.get_clock().now().to_msg()
+        publisher.publish(msg)
+        sent[0] += 1
+
+    node.create_timer(0.05, publish)
+
+    def spin_until(condition, what, timeout=TIMEOUT):
+        deadline = time.monotonic() + timeout
+        while not condition():
+            for name, process in processes.items():
+                if name == "tracker_node" or not killed:
+                    assert process.poll() is None, f"{name} exited: " + (tmp_path / f"{name}.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, f"timed out waiting for {what}: " + \
+                (tmp_path / "bootstap_adapter.log").read_text()[-3000:]
+            executor.spin_once(timeout_sec=0.05)
+
+    killed = False
+    adapter = processes["bootstap_adapter"]
+    try:
+        spin_until(lambda: len(tracks) > 5, "the first tracks")
+        spin_until(lambda: any(r.get("state") == "started" for r in reports), "the round to start")
+        training = []
+
+        def training_started():
+            training[:] = [pid for pid in _children(adapter.pid)
+                           if b"bootstrap" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+            return bool(training)
+
+        spin_until(training_started, "the round's training process")
+        child = training[0]
+        before = len(tracks)
+        os.kill(adapter.pid, signal.SIGKILL)
+        killed = True
+        adapter.wait(timeout=30)
+        assert adapter.returncode == -signal.SIGKILL
+        spin_until(lambda: not _alive(child), "the training process to die with the adapter", timeout=30)
+        spin_until(lambda: len(tracks) >= before + 20, "tracks after the kill")
+        assert processes["tracker_node"].poll() is None
+        assert {tuple(cloud_to_array(m)["id"].tolist()) for m in tracks} == {(0, 1, 2, 3)}
+        assert not (store / "models").exists() or not any((store / "models").glob("*.pt"))
+    finally:
+        executor.shutdown(timeout_sec=5)
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
+        for process in processes.values():
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGINT)
+        for name, process in processes.items():
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+            logs[name].close()
+    assert processes["tracker_node"].returncode == 0, (tmp_path / "tracker_node.log").read_text()[-3000:]
