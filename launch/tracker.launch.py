@@ -27,12 +27,19 @@ Arguments (`ros2 launch bootstap_ros tracker.launch.py --show-args`):
   use_depth     true: also read depth_topic and camera_info_topic and publish tracks_3d
   depth_topic, camera_info_topic   the depth image (registered to the colour image) and
                 the colour image's CameraInfo (defaults: depth, camera_info)
-  log_level     both nodes' log level (debug | info | warn | error | fatal)
+  log_level     the nodes' log level (debug | info | warn | error | fatal)
+  adapt         true: also start bootstap_adapter beside the tracker: it records clips of
+                image_topic and bootstraps the tracker's model on them in the background,
+                swapping in a better one (docs/adapter.md). Default false
+  adapter_params_file   the adapter's parameter file (default: config/adapter.yaml)
+  adapter_store the adapter's store folder; empty: the adapter_params_file's
 
 Each of these is passed on only when given: otherwise the params_file's value holds.
-When either node exits (a missing video, a start-up error, the end of a video
-without loop), the whole launch stops; `ros2 launch` then exits with 1 if that node
-failed (launch turns an exception raised by an action into exit status 1).
+When the tracker or video_source exits (a missing video, a start-up error, the end of
+a video without loop), the whole launch stops; `ros2 launch` then exits with 1 if that
+node failed (launch turns an exception raised by an action into exit status 1). The
+adapter is different: when it exits or is killed, the tracker goes on with the model
+it has (launch logs the exit).
 """
 
 from pathlib import Path
@@ -49,6 +56,7 @@ from launch_ros.parameter_descriptions import ParameterValue
 PACKAGE = "bootstap_ros"
 # Installed as share/bootstap_ros/launch/, beside share/bootstap_ros/config/ (as in the source tree).
 DEFAULT_PARAMS = str(Path(__file__).resolve().parent.parent / "config" / "tracker.yaml")
+DEFAULT_ADAPTER_PARAMS = str(Path(__file__).resolve().parent.parent / "config" / "adapter.yaml")
 
 ARGUMENTS = (
     ("image_topic", "image", "Image topic the tracker subscribes to"),
@@ -75,6 +83,11 @@ ARGUMENTS = (
                       "tracks_3d; empty: the params_file's (false)"),
     ("depth_topic", "depth", "Depth image registered to the colour image (16UC1 mm or 32FC1 m)"),
     ("camera_info_topic", "camera_info", "CameraInfo of the colour image"),
+    ("adapt", "false", "true | false: also run bootstap_adapter, which bootstraps the tracker's model "
+                       "on clips of image_topic in the background (docs/adapter.md)"),
+    ("adapter_params_file", DEFAULT_ADAPTER_PARAMS, "Parameter file of the adapter node"),
+    ("adapter_store", "", "The adapter's store folder (clips, rounds, models); empty: the "
+                          "adapter_params_file's"),
 )
 # grid_points when video:= is given and grid_points is not: a video alone shows tracks.
 VIDEO_GRID_POINTS = 8
@@ -86,7 +99,7 @@ def _typed(name, text):
     def fail(expected):
         return ValueError(f"launch argument {name}:={text} is not {expected}")
 
-    if name not in ("grid_points", "resolution", "max_points", "use_sim_time", "use_depth"):
+    if name not in ("grid_points", "resolution", "max_points", "use_sim_time", "use_depth", "adapt"):
         # A string parameter (a path, a choice): launch_ros would read a bare string as
         # YAML, so that a path with ': ' became a mapping or an error.
         return ParameterValue(text, value_type=str)
@@ -102,7 +115,7 @@ def _typed(name, text):
     elif name in ("resolution", "max_points"):
         if not isinstance(value, int) or isinstance(value, bool):
             raise fail("an integer")
-    elif name in ("use_sim_time", "use_depth"):
+    elif name in ("use_sim_time", "use_depth", "adapt"):
         if not isinstance(value, bool):
             raise fail("true or false")
     return value
@@ -156,8 +169,22 @@ def _nodes(context):
                          "rate": float(value("rate")), "frame_id": value("frame_id"), **common}],
             remappings=[("image", image_topic)], arguments=arguments, output="screen",
             emulate_tty=True))
-    return nodes + [RegisterEventHandler(OnProcessExit(target_action=node, on_exit=_stop_with))
-                    for node in nodes]
+    handlers = [RegisterEventHandler(OnProcessExit(target_action=node, on_exit=_stop_with))
+                for node in nodes]
+    if value("adapt") and _typed("adapt", value("adapt")):
+        # No exit handler: the tracker runs on whatever becomes of the adapter.
+        adapter_parameters = [value("adapter_params_file")] if value("adapter_params_file") else []
+        adapter_overrides = dict(common)
+        if value("adapter_store"):
+            adapter_overrides["store"] = _typed("adapter_store", value("adapter_store"))
+        if adapter_overrides:
+            adapter_parameters.append(adapter_overrides)
+        nodes.append(Node(
+            package=PACKAGE, executable="bootstap_adapter", name="bootstap_adapter",
+            namespace=namespace, parameters=adapter_parameters,
+            remappings=[("image", image_topic), ("image/compressed", image_topic + "/compressed")],
+            arguments=arguments, output="screen", emulate_tty=True))
+    return nodes + handlers
 
 
 def generate_launch_description():

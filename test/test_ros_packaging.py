@@ -59,11 +59,12 @@ def workspace(tmp_path_factory):
 
 def test_nodes_launch_file_and_parameters_are_installed(workspace):
     prefix = workspace / "install" / PACKAGE
-    for script in ("tracker_node", "video_source"):
+    for script in ("tracker_node", "video_source", "bootstap_adapter"):
         path = prefix / "lib" / PACKAGE / script
         assert path.is_file() and os.access(path, os.X_OK), f"{script} not installed at {path}"
     assert (prefix / "share" / PACKAGE / "launch" / "tracker.launch.py").is_file()
     assert (prefix / "share" / PACKAGE / "config" / "tracker.yaml").is_file()
+    assert (prefix / "share" / PACKAGE / "config" / "adapter.yaml").is_file()
 
 
 def test_installed_tracker_node_explains_a_missing_model(workspace, tmp_path):
@@ -229,6 +230,29 @@ def test_a_node_that_exits_stops_the_launch_and_a_failure_is_an_error(monkeypatc
         assert "reason" in actions[0].kwargs["event"].kwargs
 
 
+
+def test_adapt_starts_the_adapter_beside_the_tracker_and_its_exit_stops_nothing(monkeypatch):
+    module = load_launch_file(monkeypatch)
+    nodes, _ = launch_nodes(module)
+    assert "bootstap_adapter" not in nodes  # off by default
+    nodes, handlers = launch_nodes(module, adapt="true", image_topic="/camera/image_raw", namespace="robot",
+                                   video="/clip.mp4", adapter_store="/data/adapter", use_sim_time="true")
+    adapter = nodes["bootstap_adapter"]
+    assert adapter["package"] == PACKAGE and adapter["name"] == "bootstap_adapter"
+    assert adapter["namespace"] == nodes["tracker_node"]["namespace"] == "robot"
+    assert Path(adapter["parameters"][0]) == REPO / "config" / "adapter.yaml"
+    assert adapter["parameters"][1] == {"store": "/data/adapter", "use_sim_time": True}
+    # The tracker's image topic, raw or compressed.
+    assert ("image", "/camera/image_raw") in adapter["remappings"]
+    assert ("image/compressed", "/camera/image_raw/compressed") in adapter["remappings"]
+    # The tracker and the video stop the launch when they exit; the adapter does not.
+    watched = {h.args[0].kwargs["target_action"].kwargs["executable"] for h in handlers}
+    assert watched == {"tracker_node", "video_source"}
+    nodes, _ = launch_nodes(module, adapt="false")
+    assert "bootstap_adapter" not in nodes
+    with pytest.raises(ValueError, match="launch argument adapt:="):
+        launch_nodes(module, adapt="sometimes")
+
 # ------------------------------------------------------------------ the real `ros2 launch`
 needs_ros2_launch = pytest.mark.skipif(
     importlib.util.find_spec("ros2launch") is None or importlib.util.find_spec("launch_ros") is None,
@@ -387,6 +411,88 @@ def test_ros2_param_set_swaps_the_model_under_ros2_launch(workspace, tmp_path):
     assert all(frame == list(range(16)) for frame in ids), ids  # the same ids throughout
     assert "re-encoded from their query image 16" in text, text[-3000:]
 
+
+
+def _descendants(pid):
+    """Process ids below `pid` (Linux /proc)."""
+    found, queue = [], [pid]
+    while queue:
+        parent = queue.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                children = [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            found += children
+            queue += children
+    return found
+
+
+@needs_ros2_launch
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_killing_the_adapter_under_ros2_launch_leaves_the_tracker_running(workspace, tmp_path):
+    import rclpy
+    from rclpy.context import Context
+    from rclpy.executors import SingleThreadedExecutor
+    from sensor_msgs.msg import PointCloud2
+
+    from bootstap_ros.model import save_checkpoint
+    from small_model import moving_clip, small_model
+
+    save_checkpoint(tmp_path / "small.pt", small_model())
+    np.save(tmp_path / "clip.npy", moving_clip(num_frames=10))
+    namespace = "adapt_" + uuid.uuid4().hex[:8]
+    log = open(tmp_path / "launch.log", "w")
+    process = ros2(workspace, "launch", PACKAGE, "tracker.launch.py", f"namespace:={namespace}",
+                   f"video:={tmp_path / 'clip.npy'}", f"checkpoint:={tmp_path / 'small.pt'}",
+                   "image_topic:=camera/image", "rate:=20.0", "grid_points:=4", "adapt:=true",
+                   f"adapter_store:={tmp_path / 'store'}",
+                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    context = Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node("adapt_listener", context=context)
+    tracks = []
+    node.create_subscription(PointCloud2, f"/{namespace}/tracks", tracks.append, 10)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+
+    def spin_until(condition, what, timeout=90):
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert process.poll() is None, f"the launch ended while waiting for {what}"
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            executor.spin_once(timeout_sec=0.1)
+
+    def adapters():
+        return [pid for pid in _descendants(process.pid)
+                if b"bootstap_adapter" in Path(f"/proc/{pid}/cmdline").read_bytes()
+                and b"--ros-args" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+
+    try:
+        spin_until(lambda: len(tracks) > 0, "the first tracks")
+        spin_until(lambda: bool(adapters()) and (tmp_path / "store" / "clips").is_dir(), "the adapter")
+        os.kill(adapters()[0], signal.SIGKILL)
+        spin_until(lambda: "bootstap_adapter-3]: process has died" in (tmp_path / "launch.log").read_text(),
+                   "launch to see the adapter die")
+        before = len(tracks)
+        spin_until(lambda: len(tracks) >= before + 20, "tracks after the kill")
+        assert process.poll() is None  # the launch goes on
+    finally:
+        executor.shutdown(timeout_sec=5)
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+        log.close()
+    text = (tmp_path / "launch.log").read_text()
+    assert text.count("process has finished cleanly") == 2, text[-3000:]  # the tracker and the video
+    assert process.returncode == 0, text[-3000:]
 
 @needs_ros2_launch
 def test_ros2_launch_exits_non_zero_when_a_node_fails(workspace, tmp_path):
