@@ -411,7 +411,9 @@ def _state(pid):
 
 # ---------------------------------------------------------------------------- real rounds
 
-#: A round of one step with the small model: seconds, not minutes.
+#: A round of one step with the small model: seconds, not minutes. The rounds below run their
+#: children at the test's own priority (nice=0): at 19 a machine busy with other work starves
+#: them for minutes (test_children_run_niced_with_their_threads_capped checks niceness).
 FAST = ("steps=1", "clip_frames=4", "supervised_frames=4", "num_points=8", "supervised_points=8",
         "label_points=8", "validate_points=8", "holdout=0", "log_every=1")
 
@@ -436,7 +438,7 @@ def test_a_round_trains_scores_and_adopts_or_keeps(tmp_path, filled_store, check
     folder = tmp_path / "store"
     shutil.copytree(filled_store, folder)
     store = ClipStore(folder, max_bytes=1 << 30)
-    adaptation = Adaptation(store, folder, RoundConfig(minutes=5, holdout_clips=3, min_train_clips=5,
+    adaptation = Adaptation(store, folder, RoundConfig(minutes=5, nice=0, holdout_clips=3, min_train_clips=5,
                                                        margin=-1.0, settings=FAST, score_points=16))
     assert adaptation.waiting_for() is None
     started = []
@@ -462,7 +464,7 @@ def test_a_round_trains_scores_and_adopts_or_keeps(tmp_path, filled_store, check
     logged = [json.loads(line) for line in (folder / "rounds.jsonl").read_text().splitlines()]
     assert logged[-1]["decision"] == "adopted" and logged[-1]["checkpoint"] == str(kept)
     # From the adopted model, a margin no round can beat: kept, nothing adopted.
-    adaptation.config = RoundConfig(minutes=5, holdout_clips=3, min_train_clips=5, margin=1.0,
+    adaptation.config = RoundConfig(minutes=5, nice=0, holdout_clips=3, min_train_clips=5, margin=1.0,
                                     settings=FAST, score_points=16)
     report = adaptation.run_round(str(kept), True, threading.Event())
     assert report.round == 2 and report.decision == "kept" and "not more than margin 1" in report.reason
@@ -477,13 +479,13 @@ def test_a_failed_round_changes_nothing(tmp_path, filled_store, checkpoint):
     folder = tmp_path / "store"
     shutil.copytree(filled_store, folder)
     store = ClipStore(folder, max_bytes=1 << 30)
-    adaptation = Adaptation(store, folder, RoundConfig(minutes=5, holdout_clips=3, min_train_clips=5,
+    adaptation = Adaptation(store, folder, RoundConfig(minutes=5, nice=0, holdout_clips=3, min_train_clips=5,
                                                        margin=-1.0, settings=FAST + ("no_such_setting=1",)))
     report = adaptation.run_round(checkpoint, True, threading.Event())
     assert report.decision == "failed" and "training exited with status 1" in report.reason
     assert "no_such_setting" in report.reason
     # A checkpoint in use that cannot be read: the training cannot start from it.
-    adaptation.config = RoundConfig(minutes=5, holdout_clips=3, min_train_clips=5, margin=-1.0, settings=FAST)
+    adaptation.config = RoundConfig(minutes=5, nice=0, holdout_clips=3, min_train_clips=5, margin=-1.0, settings=FAST)
     broken = tmp_path / "broken.pt"
     broken.write_bytes(b"not a checkpoint")
     report = adaptation.run_round(str(broken), True, threading.Event())
@@ -499,7 +501,7 @@ def test_a_stopped_round_fails_at_once(tmp_path, filled_store, checkpoint):
     folder = tmp_path / "store"
     shutil.copytree(filled_store, folder)
     adaptation = Adaptation(ClipStore(folder, max_bytes=1 << 30), folder,
-                            RoundConfig(minutes=5, holdout_clips=3, min_train_clips=5))
+                            RoundConfig(minutes=5, nice=0, holdout_clips=3, min_train_clips=5))
     stop = threading.Event()
     threading.Timer(2.0, stop.set).start()
     began = time.monotonic()
