@@ -15,7 +15,7 @@ ifndef ROS_DOMAIN_ID
 export ROS_DOMAIN_ID := $(shell expr $$$$ % 101 + 1)
 endif
 
-.PHONY: setup test test-jazzy demo figures gpu-figures bootstrap-experiment clean
+.PHONY: setup test test-jazzy demo figures gpu-figures bootstrap-experiment adapter-bench adapter-demo clean
 
 setup: $(STAMP)
 
@@ -112,6 +112,23 @@ bootstrap-experiment: setup
 	$(PY) tools/bootstrap_experiment.py --out $(BOOTSTRAP_OUT) --device $(BOOTSTRAP_DEVICE)
 	$(PY) -m training.bench_bootstrap --device $(BOOTSTRAP_DEVICE) --batch-size 2 --frames 12 \
 	    --output $(BOOTSTRAP_OUT)/bench_bootstrap.json
+
+# The adapter's cost (docs/adapter.md): the tracker's output rate while bootstap_adapter runs
+# a bootstrapping round on this CPU, against without it, in one run.
+ADAPTER_OUT := outputs/adapter
+adapter-bench: setup
+	@mkdir -p $(ADAPTER_OUT)
+	$(PY) -m bootstap_ros.ros.adapter_bench --fps 15 --points 64 --output $(ADAPTER_OUT)/adapter_bench.json
+
+# The adapter on a long robot-domain stream (docs/adapter.md, *The adapter over an hour*):
+# tracker, video_source at 15 FPS and adapter for ADAPTER_MINUTES of wall time, rounds of
+# ADAPTER_ROUND_MINUTES; then each model the tracker used is scored on labelled held-out
+# clips and one picture drawn ($(ADAPTER_OUT)/demo/adapter_demo.png).
+ADAPTER_MINUTES       ?= 60
+ADAPTER_ROUND_MINUTES ?= 15
+adapter-demo: setup
+	$(PY) tools/adapter_demo.py --out $(ADAPTER_OUT)/demo --minutes $(ADAPTER_MINUTES) \
+	    --round-minutes $(ADAPTER_ROUND_MINUTES)
 
 clean:
 	rm -rf $(VENV) $(VENV_JAZZY) build install log .pytest_cache *.egg-info
