@@ -107,6 +107,9 @@ KEY_HELP = {
                "checkpoint that teaches unchanged (--teacher); a fixed teacher labels each clip once",
     "relabel_every": "with the EMA teacher: label each clip once and keep its labels, relabelling "
                      "with the current teacher every this many steps (0: label every batch afresh)",
+    "label_round_trip": "with cached labels: draw first the tracks the teacher retraces within this "
+                        "many px (256 raster) when queried again at their farthest visible frame "
+                        "(0: off; costs a second teacher pass per clip)",
     "label_points": "queries a fixed teacher labels per clip (each step draws num_points of them; "
                     "null: 4 x num_points)",
     "textured_queries": "share of teacher queries drawn at textured pixels (corner strength); "
@@ -209,6 +212,7 @@ class BootstrapConfig:
     teacher_causal: Optional[bool] = None
     ema_decay: float = 0.99
     relabel_every: int = 0
+    label_round_trip: float = 0.0
     label_points: Optional[int] = None
     # Optimisation: AdamW per task (weight_decay 0 = the paper's Adam), warmup then cosine.
     steps: int = 1000
@@ -814,7 +818,7 @@ def _bootstrap(config: BootstrapConfig, runtime: Runtime, resumed: Optional[dict
         # teacher's are only good until the next relabelling.
         folder = out / "teacher_labels" / f"rank{runtime.rank}" if fixed_teacher(config) else None
         labels = LabelCache(teacher, forward, config.label_points, config.seed, config.textured_queries,
-                            folder, [clip["file"] for clip in clips.clips])
+                            folder, [clip["file"] for clip in clips.clips], config.label_round_trip)
     validation = None
     if held_out and runtime.is_main:
         out.mkdir(parents=True, exist_ok=True)
