@@ -292,6 +292,12 @@ def test_labeled_command_writes_a_tapvid_pickle_that_eval_reads(tmp_path):
     np.testing.assert_array_equal(raw["wide_angle_3"]["occluded"], clip.occluded)
     samples = list(TapVidDataset(str(out), query_mode="first"))
     assert len(samples) == 2 and samples[0].video.shape == (4, 256, 256, 3)
+    # --clean: the low-light clips in daylight, i.e. Kubric-lite's clips of those seeds.
+    day = tmp_path / "day.pkl"
+    assert main(["labeled", "--domain", "low_light", "--clean", "--out", str(day), "--num-clips", "1", "--seed", "6",
+                 "--frames", "4", "--num-points", "16", "--height", "96", "--width", "128"]) == 0
+    kubric = generate_clip(6, SyntheticConfig(frames=4, height=96, width=128, num_points=16, noise_std=0.0))
+    np.testing.assert_array_equal(pickle.loads(day.read_bytes())["low_light_6"]["video"], kubric.video)
     # Labeled seeds stay below the unlabeled episodes' seeds.
     with pytest.raises(ValueError, match="never overlap"):
         main(["labeled", "--domain", "low_light", "--out", str(tmp_path / "x.pkl"), "--num-clips", "2",

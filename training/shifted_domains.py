@@ -25,7 +25,7 @@ imported, not copied) and change one thing the model never saw, each of another 
   theta^2 + k2 theta^4)``) with a 120-144 degree field of view across a circular
   image that cuts off the corners, and mild vignetting. Straight lines bend, and an
   object changes shape and speed as it crosses the view. A pinhole point ``p`` goes to
-  ``d = distort(p)`` (closed form; ``undistort(d) = p`` to 1e-9 px by Newton's method,
+  ``d = distort(p)`` (closed form; ``undistort(d) = p`` to ~1e-13 px by Newton's method,
   which resamples the frames), and so do the tracks; a point whose pixel lies outside
   the image circle is occluded. The periphery, where the lens squeezes up to about ten
   pinhole pixels into one, is sampled from a Gaussian pyramid (trilinear mip-mapping),
