@@ -206,9 +206,10 @@ class BootstrapConfig:
     init: Optional[str] = None
     causal: Optional[bool] = None
     expand_capacity: bool = False
-    # Teacher: "ema" (an exponential moving average of the student) or a checkpoint path
-    # (fixed; an offline model may teach a causal student).
-    teacher: str = "ema"
+    # Teacher: "fixed" (the starting model, frozen: the recipe, see docs/training.md),
+    # "ema" (an exponential moving average of the student) or a checkpoint path that
+    # teaches unchanged (an offline model may teach a causal student).
+    teacher: str = "fixed"
     teacher_causal: Optional[bool] = None
     ema_decay: float = 0.99
     relabel_every: int = 0
@@ -218,9 +219,9 @@ class BootstrapConfig:
     steps: int = 1000
     batch_size: Optional[int] = None
     supervised_batch_size: Optional[int] = None
-    lr: float = 5e-5
+    lr: float = 1e-4
     supervised_lr: Optional[float] = None
-    warmup: int = 50
+    warmup: int = 10
     weight_decay: float = 0.0
     beta2: float = 0.95
     grad_clip: float = 1.0
@@ -228,7 +229,7 @@ class BootstrapConfig:
     ssl_loss: LossConfig = field(default_factory=LossConfig)
     # Queries and pseudo-label filtering.
     num_points: Optional[int] = None
-    textured_queries: float = 0.0
+    textured_queries: float = 0.5
     visible_threshold: float = 0.5
     loss_frames: str = "all"
     same_query_prob: float = 0.5
