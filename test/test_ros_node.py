@@ -253,6 +253,56 @@ def test_compressed_transport(harness_factory):
     assert points_of(h.send(h.frame(clip[1])))["id"].tolist() == [0, 1, 2, 3]
 
 
+def _type_name(cls):
+    """'sensor_msgs/msg/Image' of a message or service class."""
+    package, kind = cls.__module__.split(".")[:2]
+    return f"{package}/{kind}/{cls.__name__}"
+
+
+# When each interface exists, by the condition interfaces.py states (a new condition fails here).
+CONDITIONS = {
+    "": lambda params: True,
+    "`image_transport: raw` (default)": lambda params: params["transport"] == "raw",
+    "`image_transport: compressed`": lambda params: params["transport"] == "compressed",
+    "`use_depth: true`": lambda params: params["use_depth"],
+}
+# What every rclpy node has (rosout, parameter events and services, type descriptions).
+STANDARD_PACKAGES = ("rcl_interfaces", "type_description_interfaces")
+
+
+@pytest.mark.parametrize("params", [dict(transport="raw", use_depth=False),
+                                    dict(transport="compressed", use_depth=True)])
+def test_the_node_has_exactly_the_interfaces_of_its_reference_table(harness_factory, params):
+    """The node's topics and service, with their types, are those of interfaces.INTERFACES
+    (the table docs/node-reference.md is written from), no more and no fewer."""
+    from bootstap_ros.ros.interfaces import INTERFACES
+
+    h = harness_factory(**params)
+    node = h.node
+    private = node.get_fully_qualified_name() + "/"
+
+    def resolved(name):
+        if name.startswith("~/"):
+            return private + name[2:]
+        return name if name.startswith("/") else f"{h.namespace}/{name}"
+
+    expected = {role: set() for role in ("subscribes", "publishes", "service")}
+    for interface in INTERFACES:
+        if CONDITIONS[interface.condition](params):
+            expected[interface.role].add((resolved(interface.name), interface.type))
+    def own(entities, name, kind):
+        named = {(name(e), _type_name(kind(e))) for e in entities}
+        return {(n, t) for n, t in named if t.split("/")[0] not in STANDARD_PACKAGES}
+
+    found = {
+        "subscribes": own(node.subscriptions, lambda s: s.topic_name, lambda s: s.msg_type),
+        "publishes": own(node.publishers, lambda p: p.topic_name, lambda p: p.msg_type),
+        "service": own(node.services, lambda s: node.resolve_service_name(s.srv_name),
+                       lambda s: s.srv_type),
+    }
+    assert found == expected
+
+
 def test_start_up_errors_name_the_fix(ros, tmp_path, checkpoint):
     not_a_checkpoint = tmp_path / "notes.pt"
     not_a_checkpoint.write_text("not a checkpoint at all\n")
