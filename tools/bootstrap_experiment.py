@@ -20,8 +20,8 @@ From the embedded default model (trained on Kubric-lite only):
 Each job writes a log beside its output and is skipped when its output exists, so an
 interrupted run continues where it stopped. With `--train-budget SECONDS` the four
 runs first train a few calibration steps together and the step count becomes what fits
-the budget (at most --steps). Evaluation runs on the CPU (as CI and the README's other
-figures); training on --device.
+the budget (at most --steps). Evaluation runs on the CPU (as CI and the other figures of
+docs/); training on --device.
 """
 
 from __future__ import annotations
