@@ -72,6 +72,7 @@ setup(
             'bootstap-queries = bootstap_ros.cli.queries:main',
             'bootstap-prepare-logs = bootstap_ros_training.logs:main',
             'bootstap-train-bootstrap = bootstap_ros_training.bootstrap:main',
+            'bootstap-validate = bootstap_ros_training.validate:main',
             # The ROS nodes (run with `ros2 run bootstap_ros <name>`):
             'tracker_node = bootstap_ros.ros.tracker_node:main',
             'video_source = bootstap_ros.ros.video_source:main',

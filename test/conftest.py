@@ -4,7 +4,8 @@ Owns the ROS environment of the test run: it is set here, at conftest import,
 before any test module imports rclpy, so that ROS traffic stays on this machine
 and on a domain of its own (two test runs side by side do not see each other).
 Also registers the `gpu` and `slow` markers, and holds the fixtures several
-modules share: `checkpoint` (the small model saved) and `ros` (a ROS executor).
+modules share: `checkpoint` (the small model saved), `perturbed_embedded` (a second
+trained model) and `ros` (a ROS executor).
 """
 
 import atexit
@@ -34,6 +35,25 @@ def checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp('ckpt') / 'small.pt'
     save_checkpoint(path, small_model())
     return str(path)
+
+
+@pytest.fixture(scope='module')
+def perturbed_embedded(tmp_path_factory):
+    """Another trained model: the embedded model's weights, each scaled by 1 + 1% noise, saved
+    as a project checkpoint (its path). It tracks about as well, with other query features."""
+    import torch
+
+    from bootstap_ros.model import load_checkpoint, save_checkpoint
+    from bootstap_ros.model.checkpoint import EMBEDDED_CHECKPOINT
+
+    model = load_checkpoint(EMBEDDED_CHECKPOINT).model
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.mul_(1 + 0.01 * torch.randn(parameter.shape, generator=generator))
+    path = tmp_path_factory.mktemp('perturbed') / 'perturbed.pt'
+    save_checkpoint(path, model)
+    return path
 
 
 @pytest.fixture(scope='module')

@@ -120,6 +120,28 @@ def test_the_loss_trains_offline_students_and_under_bf16_autocast(causal, amp):
     assert grads and all(torch.isfinite(g).all() for g in grads)
 
 
+@pytest.mark.parametrize("refinement_iters", [0, 2])
+def test_the_loss_is_zero_where_the_student_agrees_with_the_teacher(refinement_iters):
+    """Student and teacher the same weights, the student's view the clean clip and its query
+    the teacher's: nothing to learn, so no loss. (The loss once took "occluded or uncertain"
+    as the occlusion target, which left an occlusion BCE and a gradient here.) With
+    refinement the unrefined stages still learn from the final one; the final stage's terms
+    are zero."""
+    student = small_model(refinement_iters=refinement_iters).train()
+    teacher = copy.deepcopy(student).eval().requires_grad_(False)
+    video = torch.from_numpy(blob_clip(num_frames=4, height=64, width=64, blobs=40))[None]
+    numpy_rng, torch_rng = step_generators(0, 0, 0)
+    config = _tiny_config(affine=False, jpeg=False, same_query=True, proximity_mask=False)
+    loss, parts = bootstrap_loss(student, teacher, video, config, numpy_rng, torch_rng, True, True)
+    for term in ("position", "occlusion", "uncertainty"):
+        assert parts[term].item() == pytest.approx(0.0, abs=1e-5), term
+    if refinement_iters == 0:
+        loss.backward()
+        assert loss.item() == pytest.approx(0.0, abs=1e-5)
+        norm = torch.sqrt(sum(p.grad.square().sum() for p in student.parameters() if p.grad is not None))
+        assert norm.item() < 1e-4
+
+
 # ----------------------------------------------------------------------------- runs
 
 @pytest.fixture(scope="module")
@@ -369,3 +391,124 @@ def test_settings_come_from_yaml_then_flags_then_key_value_pairs(tmp_path):
     assert (config.steps, config.lr, config.affine, config.data) == (7, 2e-3, False, ["b.bag", "c"])
     assert config.jpeg_quality == (30, 60) and config.loss.position_weight == 0.1
     assert output == "out" and not resume and stop_at is None
+
+
+def test_a_time_budget_fits_the_run_and_keeps_the_best_scored_checkpoint(inputs, tmp_path, capsys):
+    """--time-budget: the run fits its steps to the minutes given and stops within them (the
+    final evaluation on top), writes final.pt, best.pt (the best label-free score on the
+    held-out clip) and report.json, and logs the score."""
+    output = tmp_path / "run"
+    args = _run_args(inputs, output, 2, "--time-budget", "0.25", "validate_every=5", "validate_points=4")
+    args.remove("--steps")
+    args.remove("2")
+    started = time.monotonic()
+    assert main(args) == 0
+    elapsed = time.monotonic() - started
+    final = load_checkpoint(output / "final.pt")
+    steps = final.extra["step"]
+    assert steps == final.extra["bootstrap_config"]["steps"] > 4  # the fitted schedule ran to its end
+    assert elapsed < 15 + 30  # the budget, plus the final validation of a tiny model
+    report = json.loads((output / "report.json").read_text())
+    assert report["held_out_clips"] == 1 and report["before"]["step"] == 0
+    assert report["after"]["step"] == steps
+    best = load_checkpoint(output / "best.pt")
+    assert best.extra["step"] == report["best"]["step"]
+    assert best.extra["label_free_score"]["cycle_score"] == pytest.approx(report["best"]["cycle_score"])
+    assert max(h["cycle_score"] for h in report["history"]) == pytest.approx(report["best"]["cycle_score"])
+    assert "label-free score on 1 held-out clips" in capsys.readouterr().err
+    with open(output / "eval_log.csv") as file:
+        rows = list(csv.DictReader(file))
+    assert rows and all(row["cycle_score"] for row in rows)
+
+
+def test_without_steps_or_budget_the_run_says_what_it_will_do(inputs, tmp_path, capsys):
+    args = _run_args(inputs, tmp_path / "run", 6, "holdout=0")
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "plan: 6 steps at about" in captured.out + captured.err
+
+
+def test_bf16_on_a_cpu_without_bf16_units_is_warned_about(monkeypatch, capsys):
+    from training import bootstrap as module
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    module._warn_about_precision(BootstrapConfig(amp="bf16", device="cpu"))
+    assert "bf16 arithmetic is emulated" in capsys.readouterr().err
+    module._warn_about_precision(BootstrapConfig(amp="auto", device="cpu"))
+    assert capsys.readouterr().err == ""
+
+
+def test_a_fixed_teacher_stays_the_starting_model_and_labels_each_clip_once(inputs, tmp_path):
+    output = tmp_path / "run"
+    assert main(_run_args(inputs, output, 6, "--teacher", "fixed", "label_points=16", "holdout=0")) == 0
+    initial = _state(inputs / "tiny.pt")["state_dict"]
+    stored = _state(output / "checkpoint.pt")
+    for key, value in stored["teacher"].items():
+        assert torch.equal(value, initial[key]), key
+    assert any(not torch.equal(stored["state_dict"][k], initial[k]) for k in initial)
+    # The bag gives 4 clips: 6 steps of one clip label each clip once, in a file of its own.
+    files = sorted((output / "teacher_labels" / "rank0").glob("*.pt"))
+    assert len(files) == 4
+    stamps = [f.stat().st_mtime_ns for f in files]
+    assert main(["--output", str(output), "--resume", "--steps", "8"]) == 0
+    assert [f.stat().st_mtime_ns for f in files] == stamps  # read back, not labelled again
+
+
+def test_kept_checkpoints_hold_the_student_and_the_teacher_of_their_step(inputs, tmp_path):
+    output = tmp_path / "run"
+    assert main(_run_args(inputs, output, 4, "--teacher", "fixed", "label_points=16", "holdout=0",
+                          "keep_every=2")) == 0
+    kept = sorted((output / "checkpoints").glob("step_*.pt"))
+    assert [p.name for p in kept] == ["step_0000002.pt", "step_0000004.pt"]
+    last = load_checkpoint(kept[-1])
+    final = load_checkpoint(output / "final.pt")
+    for key, value in final.model.state_dict().items():
+        assert torch.equal(last.model.state_dict()[key], value), key
+    initial = _state(inputs / "tiny.pt")["state_dict"]
+    assert all(torch.equal(v, initial[k]) for k, v in last.extra["teacher"].items())
+    assert last.extra["step"] == 4 and last.extra["elapsed_s"] > 0
+
+
+def test_an_ema_teacher_relabels_its_cached_clips_every_relabel_every_steps(inputs, tmp_path, monkeypatch):
+    from training import teacher as teacher_module
+
+    labelled = []
+    original = teacher_module.label_batch
+
+    def counting(*args, **kwargs):
+        labelled.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(teacher_module, "label_batch", counting)
+    # 4 clips, one a step: steps 0-3 label each once, step 4 relabels (the cache was cleared), 5 too.
+    assert main(_run_args(inputs, tmp_path / "run", 6, "relabel_every=4", "label_points=16", "holdout=0",
+                          "supervised_batch_size=0")) == 0
+    assert len(labelled) == 6
+    assert not (tmp_path / "run" / "teacher_labels").exists()  # a moving teacher's labels stay in memory
+
+
+def test_loss_settings_of_each_task_are_read_from_key_value_pairs_and_checked():
+    from training.bootstrap import parse_command
+
+    given, _, _, _ = parse_command(["--output", "x", "ssl_loss={uncertainty_weight: 0, position_weight: 0.1}"])
+    config = BootstrapConfig.from_dict(given)
+    assert config.ssl_loss.uncertainty_weight == 0.0 and config.ssl_loss.position_weight == 0.1
+    assert config.loss == BootstrapConfig().loss  # the supervised task keeps its own weights
+    with pytest.raises(ValueError, match="ssl_loss expects a mapping of position_weight"):
+        BootstrapConfig.from_dict(parse_command(["--output", "x", "ssl_loss={uncertainty_weight:0}"])[0])
+
+
+def test_the_self_supervised_loss_takes_its_own_weights():
+    from training.losses import LossConfig
+
+    student = confident_model().train()
+    teacher = copy.deepcopy(student).eval().requires_grad_(False)
+    video = torch.from_numpy(moving_clip(num_frames=4, height=64, width=64))[None]
+    losses = {}
+    for name, weights in {"default": LossConfig(), "no position": LossConfig(position_weight=0.0),
+                          "none": LossConfig(0.0, 0.0, 0.0)}.items():
+        numpy_rng, torch_rng = step_generators(0, 0, 0)
+        config = _tiny_config(ssl_loss=weights, loss=LossConfig(position_weight=7.0))
+        losses[name] = bootstrap_loss(student, teacher, video, config, numpy_rng, torch_rng, True, True)[0].item()
+    assert losses["none"] == 0.0 < losses["no position"] < losses["default"]

@@ -493,7 +493,7 @@ def test_log_clips_feed_a_data_loader(tmp_path):
     bag = write_image_bag(tmp_path / "bag", moving(32), stamps(32), compressed=True)
     dataset = LogClips(prepare_logs([bag], tmp_path / "out", config()))
     item = dataset[3]
-    assert set(item) == {"video"}
+    assert set(item) == {"video", "index"} and item["index"] == 3
     assert item["video"].dtype == np.uint8 and item["video"].shape == (8, SIZE, SIZE, 3)
     batch = next(iter(torch.utils.data.DataLoader(dataset, batch_size=2)))
     assert batch["video"].dtype == torch.uint8 and batch["video"].shape == (2, 8, SIZE, SIZE, 3)

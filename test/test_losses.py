@@ -108,3 +108,79 @@ def test_per_term_masks_replace_the_common_mask_for_their_term_only():
     with pytest.raises(ValueError, match="not both"):
         tapir_loss(Trajectories(tracks, occ, expd), target, occluded, (256, 256), mask=common,
                    masks=masks)
+
+
+# ----------------------------------------------------------------------------- pseudo-labels
+
+from training.losses import PseudoLabelTargets, pseudo_label_loss, soft_binary_divergence  # noqa: E402
+
+
+def _targets(tracks, occ_logits, expd_logits, visible_threshold=0.5):
+    from training.pseudo_labels import teacher_targets
+
+    return teacher_targets(Trajectories(tracks, occ_logits, expd_logits), visible_threshold)
+
+
+def test_soft_binary_divergence_is_zero_with_a_zero_gradient_at_agreement_only():
+    target = torch.tensor([0.02, 0.3, 0.5, 0.97])
+    logits = torch.logit(target).requires_grad_()
+    divergence = soft_binary_divergence(logits, target)
+    divergence.sum().backward()
+    assert divergence.abs().max().item() < 1e-6
+    assert logits.grad.abs().max().item() < 1e-6
+    # Elsewhere it is the KL divergence: p log(p/q) + (1-p) log((1-p)/(1-q)), by hand.
+    p, q = 0.3, 0.8
+    by_hand = p * math.log(p / q) + (1 - p) * math.log((1 - p) / (1 - q))
+    assert soft_binary_divergence(torch.logit(torch.tensor([q])), torch.tensor([p])).item() == pytest.approx(by_hand, rel=1e-5)
+
+
+def test_the_self_supervised_loss_is_zero_when_every_stage_says_what_the_teacher_says():
+    torch.manual_seed(0)
+    tracks = torch.rand(2, 5, 4, 2) * 60
+    occ, expd = torch.randn(2, 5, 4) * 3, torch.randn(2, 5, 4) * 3
+    targets = _targets(tracks, occ, expd)
+    stages = [(tracks.clone().requires_grad_(), occ.clone().requires_grad_(), expd.clone().requires_grad_())
+              for _ in range(3)]
+    outputs = Trajectories(*stages[-1], tuple(stages[:-1]))
+    loss, parts = pseudo_label_loss(outputs, [s[0] for s in stages], targets, tracks, (64, 64))
+    loss.backward()
+    assert loss.item() == pytest.approx(0.0, abs=1e-6)
+    for stage in stages:
+        for tensor in stage:
+            assert tensor.grad.abs().max().item() < 1e-6
+
+
+def test_an_uncertain_but_visible_teacher_does_not_teach_occlusion():
+    # The teacher sees the point (occlusion logit -4) but doubts its position (uncertainty
+    # logit +2): the official rule calls it not visible, yet the occlusion target stays
+    # the occlusion logit's 0.018, not "occluded".
+    tracks = torch.full((1, 1, 1, 2), 30.0)
+    targets = _targets(tracks, torch.tensor([[[-4.0]]]), torch.tensor([[[2.0]]]))
+    assert not targets.position_mask.any()
+    assert targets.occluded_prob.item() == pytest.approx(torch.sigmoid(torch.tensor(-4.0)).item())
+    student_occ = torch.tensor([[[-4.0]]], requires_grad=True)
+    outputs = Trajectories(tracks, student_occ, torch.tensor([[[2.0]]]))
+    loss, parts = pseudo_label_loss(outputs, [tracks], targets, tracks, (64, 64))
+    loss.backward()
+    assert parts["occlusion"].item() == pytest.approx(0.0, abs=1e-6)
+    assert student_occ.grad.abs().item() < 1e-6
+
+
+def test_the_uncertainty_target_measures_the_error_in_the_students_raster():
+    # A student view at half scale: 8 px off in the teacher's raster is 4 px in the
+    # student's, under the 6 px threshold, so the target is the teacher's own doubt
+    # (sigmoid(-3)); 16 px (8 in the student's raster) is past it: target 1.
+    size = (256, 256)
+    teacher = torch.tensor([[[[100.0, 100.0], [100.0, 100.0]]]])  # [1, 1, 2, 2]
+    teacher_expd = torch.full((1, 1, 2), -3.0)
+    targets = _targets(teacher, torch.full((1, 1, 2), -6.0), teacher_expd)
+    back = teacher + torch.tensor([[8.0, 0.0], [16.0, 0.0]])
+    in_student = teacher * 0.5 + 10
+    own = back * 0.5 + 10
+    logits = torch.zeros(1, 1, 2)
+    outputs = Trajectories(back, torch.full((1, 1, 2), -6.0), logits)
+    config = LossConfig(position_weight=0.0, occlusion_weight=0.0, uncertainty_weight=1.0)
+    _, parts = pseudo_label_loss(outputs, [own], targets, in_student, size, config)
+    doubt = torch.sigmoid(torch.tensor(-3.0)).item()
+    expected = [float(soft_binary_divergence(torch.zeros(1), torch.tensor([p]))) for p in (doubt, 1.0)]
+    assert parts["uncertainty"].item() == pytest.approx(sum(expected) / 2, rel=1e-5)

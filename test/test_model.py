@@ -272,3 +272,48 @@ def test_ladder_refines_on_each_levels_own_frames():
     resized = F.interpolate(video[0].permute(0, 3, 1, 2), size=(128, 96), mode="bilinear", align_corners=False)
     direct = model.get_feature_grids(resized.permute(0, 2, 3, 1)[None])
     torch.testing.assert_close(grids.finer[0].hires, direct.finer[0].hires, atol=1e-5, rtol=1e-5)
+
+
+def _neighbourhood_correlations(grid, query, xy):
+    """Second code path: sample the C-channel features at every patch position (bilinear,
+    zero outside, pixel centres at +0.5), then dot them with the query.
+    grid [B, T, h, w, C]; query [B, N, C] or [B, N, T, C]; xy [B, N, T, S, 2]."""
+    b, t, h, w, c = grid.shape
+    n, s = xy.shape[1], xy.shape[3]
+    x, y = xy[..., 0] - 0.5, xy[..., 1] - 0.5
+    x0, y0 = torch.floor(x), torch.floor(y)
+    frames = torch.arange(t)[None, None, :, None].expand(b, n, t, s)
+    batch = torch.arange(b)[:, None, None, None].expand(b, n, t, s)
+    sampled = torch.zeros(b, n, t, s, c, dtype=grid.dtype)
+    for dx in (0, 1):
+        for dy in (0, 1):
+            cx, cy = x0 + dx, y0 + dy
+            weight = (1 - (x - cx).abs()) * (1 - (y - cy).abs())
+            inside = (cx >= 0) & (cx < w) & (cy >= 0) & (cy < h)
+            values = grid[batch, frames, cy.clamp(0, h - 1).long(), cx.clamp(0, w - 1).long()]
+            sampled += (weight * inside)[..., None] * values
+    if query.dim() == 3:
+        return torch.einsum("bntsc,bnc->bnts", sampled, query)
+    return torch.einsum("bntsc,bntc->bnts", sampled, query)
+
+
+@pytest.mark.parametrize("per_frame_query", [False, True])
+def test_patch_correlations_from_maps_equal_sampled_features(per_frame_query):
+    """The refinement's correlations (one correlation map per query, sampled) equal the
+    neighbourhood of bilinearly sampled features dotted with the query, inside the grid,
+    across its border and on the 2x2-averaged coarser level."""
+    from bootstap_ros.model.tapir import _correlation_maps, _sample_frame_maps
+
+    torch.manual_seed(3)
+    b, t, n, h, w, c = 2, 3, 5, 8, 10, 6
+    grid = torch.randn(b, t, h, w, c, dtype=torch.float64)
+    query = torch.randn(b, n, t, c, dtype=torch.float64) if per_frame_query else torch.randn(
+        b, n, c, dtype=torch.float64)
+    # Patch positions inside, on and beyond every border.
+    xy = torch.rand(b, n, t, 7, 2, dtype=torch.float64) * torch.tensor([w + 4.0, h + 4.0]) - 2.0
+    ours = _sample_frame_maps(_correlation_maps(grid, query), xy)
+    torch.testing.assert_close(ours, _neighbourhood_correlations(grid, query, xy))
+    pooled = F.avg_pool2d(grid.permute(0, 1, 4, 2, 3).flatten(0, 1), 2).unflatten(0, (b, t)).permute(0, 1, 3, 4, 2)
+    coarse = _sample_frame_maps(F.avg_pool2d(_correlation_maps(grid, query).flatten(0, 2), 2).unflatten(
+        0, (b, t, n)), xy / 2)
+    torch.testing.assert_close(coarse, _neighbourhood_correlations(pooled, query, xy / 2))

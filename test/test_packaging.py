@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE = 'bootstap_ros'
 # Every command a user runs with `ros2 run bootstap_ros <name>` (setup.py's console scripts).
 SCRIPTS = ('bootstap-track', 'bootstap-eval', 'bootstap-bench', 'bootstap-queries',
-           'bootstap-prepare-logs', 'bootstap-train-bootstrap')
+           'bootstap-prepare-logs', 'bootstap-train-bootstrap', 'bootstap-validate')
 
 HEAVY_MODULES = ('torch', 'rclpy', 'onnxruntime', 'cv2')
 EXEC_DEPENDS = {

@@ -73,7 +73,7 @@ def test_bad_files_give_clear_errors(tmp_path, model, checkpoint):
         "truncated.npz": "truncated, corrupt or not an .npz",
         "text.npz": "truncated, corrupt or not an .npz",
         "other.npz": "not a query set",
-        "old.npz": "version 99; this bootstap_ros reads version 1",
+        "old.npz": "version 99; this bootstap_ros reads versions 1, 2",
         "partial.npz": r"lacks \['features.hires'\]",
     }
     for name, match in cases.items():

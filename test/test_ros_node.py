@@ -210,7 +210,7 @@ def test_runtime_parameters_and_read_only_ones(ros, harness_factory):
     assert set_parameter("visibility_threshold", 0.0).successful
     assert points_of(h.send(h.frame(clip[1])))["visible"].tolist() == [1, 1, 1, 1]
     assert not set_parameter("visibility_threshold", 1.5).successful
-    result = set_parameter("backend", "torch")
+    result = set_parameter("image_transport", "compressed")
     assert not result.successful and "read-only" in result.reason
 
 

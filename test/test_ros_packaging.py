@@ -295,6 +295,99 @@ def test_ros2_launch_runs_the_tracker_on_a_video(workspace, tmp_path):
     assert set(sizes) == {16}  # grid_points:=4 on the launch line: a 4x4 grid
 
 
+def ros2(workspace, *arguments, **kwargs):
+    """`ros2 ARGUMENTS...` in a shell that sourced the workspace, started (not waited for)."""
+    return subprocess.Popen(
+        ["bash", "-c", 'source "$1/setup.bash" && shift && exec "$@"', "bash",
+         str(workspace / "install"), sys.executable, "-c", ROS2, *map(str, arguments)],
+        stdin=subprocess.DEVNULL, **kwargs)
+
+
+@needs_ros2_launch
+@pytest.mark.skipif(importlib.util.find_spec("ros2param") is None,
+                    reason="ros2param (the `ros2 param` verb) is not installed")
+def test_ros2_param_set_swaps_the_model_under_ros2_launch(workspace, tmp_path):
+    import rclpy
+    from rclpy.context import Context
+    from rclpy.executors import SingleThreadedExecutor
+    from sensor_msgs.msg import PointCloud2
+
+    from bootstap_ros.model import save_checkpoint
+    from bootstap_ros.ros.conversions import cloud_to_array
+    from small_model import moving_clip, small_model
+
+    save_checkpoint(tmp_path / "small.pt", small_model())
+    save_checkpoint(tmp_path / "other.pt", small_model(seed=1))
+    np.save(tmp_path / "clip.npy", moving_clip(num_frames=10))
+    namespace = "swap_" + uuid.uuid4().hex[:8]
+    log = open(tmp_path / "launch.log", "w")
+    process = ros2(workspace, "launch", PACKAGE, "tracker.launch.py", f"namespace:={namespace}",
+                   f"video:={tmp_path / 'clip.npy'}", f"checkpoint:={tmp_path / 'small.pt'}",
+                   "image_topic:=camera/image", "rate:=20.0", "grid_points:=4",
+                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    context = Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node("swap_listener", context=context)
+    ids = []
+    node.create_subscription(PointCloud2, f"/{namespace}/tracks",
+                             lambda msg: ids.append(cloud_to_array(msg)["id"].tolist()), 10)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+
+    def spin_until(condition, what, timeout=90):
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert process.poll() is None, f"the launch ended while waiting for {what}"
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            executor.spin_once(timeout_sec=0.1)
+
+    def param(verb, *value):
+        """`ros2 param set|get` of the checkpoint, as a user types it: (status, output)."""
+        cli = ros2(workspace, "param", verb, "--no-daemon", "--timeout", "30",
+                   f"/{namespace}/tracker_node", "checkpoint", *value,
+                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        spin_until(lambda: cli.poll() is not None, f"ros2 param {verb}")  # tracks keep arriving
+        return cli.returncode, cli.stdout.read()
+
+    def logged(text):
+        return text in (tmp_path / "launch.log").read_text()
+
+    try:
+        spin_until(lambda: len(ids) > 0, "the first tracks")
+        status, output = param("set", tmp_path / "other.pt")
+        assert status == 0 and "Set parameter successful" in output, output
+        spin_until(lambda: logged(f"now tracking with the project checkpoint {tmp_path / 'other.pt'}"),
+                   "the swap")
+        swapped = len(ids)
+        spin_until(lambda: len(ids) >= swapped + 10, "tracks after the swap")
+        status, output = param("set", tmp_path / "missing.pt")  # refused at once
+        assert "Setting parameter failed" in output and "checkpoint not found" in output, output
+        (tmp_path / "notes.pt").write_text("not a model\n")
+        status, output = param("set", tmp_path / "notes.pt")  # refused once it fails to load
+        assert "Set parameter successful" in output, output
+        spin_until(lambda: logged(f"could not read checkpoint {tmp_path / 'notes.pt'}"), "the refusal")
+        spin_until(lambda: str(tmp_path / "other.pt") in param("get")[1], "checkpoint set back")
+        refused = len(ids)
+        spin_until(lambda: len(ids) >= refused + 10, "tracks after the refusals")
+    finally:
+        executor.shutdown(timeout_sec=5)
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+        log.close()
+    text = (tmp_path / "launch.log").read_text()
+    assert text.count("process has finished cleanly") == 2, text[-3000:]
+    assert all(frame == list(range(16)) for frame in ids), ids  # the same ids throughout
+    assert "re-encoded from their query image 16" in text, text[-3000:]
+
+
 @needs_ros2_launch
 def test_ros2_launch_exits_non_zero_when_a_node_fails(workspace, tmp_path):
     process = subprocess.Popen(

@@ -15,6 +15,7 @@ from bootstap_ros.queries import grid_queries
 from bootstap_ros.ros.conversions import cloud_to_array
 from bootstap_ros.ros.session import StartupError
 from bootstap_ros.ros.tracker_node import TrackerNode
+from query_set_files import as_version_1
 from ros_client import Client, wait_until
 from small_model import blob_clip, moving_clip
 
@@ -66,10 +67,32 @@ def test_a_set_from_a_demonstration_frame_follows_the_known_motion_later(ros, tm
 
 
 @needs_embedded
-def test_runtime_sets_add_points_and_sets_of_another_model_are_refused(ros, tmp_path, checkpoint):
+def test_a_set_made_with_the_embedded_model_tracks_with_another_checkpoint(ros, tmp_path,
+                                                                          perturbed_embedded):
+    dx, dy = 1.5, 1.0
+    clip = blob_clip(num_frames=8, height=128, width=160, dx=dx, dy=dy)
+    path = make_query_set(tmp_path, clip[0], "--grid", "3")  # the embedded model's features
+    start = grid_queries(3, (128, 160))[:, 1:]
+    h = Client(ros, checkpoint=str(perturbed_embedded), query_set=path)
+    try:
+        clouds = [xy_of(h.send(h.frame(frame))) for frame in clip[2:]]
+        assert h.node.session.query_set.model == h.node.info.identity  # re-encoded for the node
+    finally:
+        h.close()
+    errors = []
+    for t, (ids, xy) in enumerate(clouds, start=2):
+        assert ids == list(range(9))
+        errors.append(np.linalg.norm(xy - (start + [t * dx, t * dy]), axis=-1))
+    errors = np.stack(errors)
+    assert np.median(errors) < 1.0 and (errors < 4.0).all(), errors
+
+
+@needs_embedded
+def test_runtime_sets_add_points_and_old_sets_of_another_model_are_refused(ros, tmp_path, checkpoint):
     clip = moving_clip(num_frames=5, height=48, width=80)
     good = make_query_set(tmp_path, clip[1], "--grid", "2", "--checkpoint", checkpoint)
-    foreign = make_query_set(tmp_path, clip[1], "--grid", "2")  # the embedded model's
+    # The embedded model's, in the format before sets carried their image: nothing to re-encode.
+    foreign = as_version_1(make_query_set(tmp_path, clip[1], "--grid", "2"), tmp_path / "old.npz")
     h = Client(ros, checkpoint=checkpoint, grid_points=1)
     try:
         parameters = AsyncParameterClient(h.client, "tracker_node")
@@ -83,7 +106,7 @@ def test_runtime_sets_add_points_and_sets_of_another_model_are_refused(ros, tmp_
         assert xy_of(h.send(h.frame(clip[0])))[0] == [0]
         result = set_query_set(foreign)
         assert not result.successful and "another model" in result.reason
-        assert "bootstap-queries" in result.reason and checkpoint in result.reason
+        assert "version 1" in result.reason and "bootstap-queries" in result.reason
         assert h.node.warning_counts.get("query_set") == 1
         assert xy_of(h.send(h.frame(clip[1])))[0] == [0]  # every track kept, none added
 
@@ -102,9 +125,11 @@ def test_runtime_sets_add_points_and_sets_of_another_model_are_refused(ros, tmp_
 
 
 @needs_embedded
-def test_start_up_refuses_a_set_of_another_model(ros, tmp_path, checkpoint):
-    foreign = make_query_set(tmp_path, moving_clip(num_frames=1)[0], "--grid", "2")
-    cases = [(foreign, "query_set: query set .* was made with another model .*checkpoint SHA-256"),
+def test_start_up_refuses_an_old_set_of_another_model(ros, tmp_path, checkpoint):
+    foreign = as_version_1(make_query_set(tmp_path, moving_clip(num_frames=1)[0], "--grid", "2"),
+                           tmp_path / "old.npz")
+    cases = [(foreign, "query_set: query set .* was made with another model .*checkpoint SHA-256.*"
+                       "version 1"),
              (str(tmp_path / "missing.npz"), "query set not found")]
     for path, match in cases:
         with pytest.raises(StartupError, match=match):

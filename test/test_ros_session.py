@@ -96,6 +96,10 @@ def test_yaml_documents_every_parameter_with_its_default():
         index = next(i for i, line in enumerate(lines)
                      if line.strip().lstrip("# ").startswith(spec.name + ":"))
         assert any(line.strip().startswith("# ") for line in lines[index - 2:index]), spec.name
+        # ... whose tag says how it changes: the first tag above it, in the comment block.
+        tag = next(line for line in reversed(lines[:index]) if "# [" in line).split("]")[0] + "]"
+        expected = "[swap]" if spec.swap else "[read-only]" if spec.read_only else "[runtime]"
+        assert tag.strip().endswith(expected), (spec.name, tag)
 
 
 # ---------------------------------------------------------------- start-up

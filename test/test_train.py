@@ -36,6 +36,7 @@ from training.train import (
     train,
 )
 
+REPO = Path(__file__).resolve().parents[1]
 TINY_MODEL = json.dumps(SMALL.to_dict())
 
 
@@ -262,3 +263,41 @@ def test_training_checkpoints_hold_several_parts_and_load_as_project_checkpoints
     assert resumed.columns == ["step", "loss", "kept_tracks"]
     with open(tmp_path / "log.csv") as file:
         assert [row["step"] for row in csv.DictReader(file)] == ["1"]
+
+
+def test_a_time_budget_fits_the_supervised_run_to_it(tmp_path):
+    """The supervised trainer takes --time-budget as bootstrapping does: the schedule is fitted
+    to the minutes given, the run ends within them and writes its final weights."""
+    import time
+
+    args = ["--out", str(tmp_path / "run"), "--model", TINY_MODEL, "--time-budget", "0.15",
+            "--batch-size", "2", "--frames", "4", "--num-points", "8", "--image-size", "64",
+            "--warmup", "2", "--num-workers", "0", "--log-every", "1", "--checkpoint-every", "50",
+            "--eval-every", "0"]
+    started = time.monotonic()
+    assert main(args) == 0
+    assert time.monotonic() - started < 9 + 15
+    final = load_checkpoint(tmp_path / "run" / "model.pt")
+    assert final.extra["step"] == final.extra["train_config"]["steps"] > 4
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's malloc settings")
+def test_training_keeps_freed_memory_instead_of_faulting_it_in_again():
+    """A step's large activations are freed and allocated again every step: with the
+    allocator's default they are unmapped and page-faulted in anew each time."""
+    code = (
+        "import resource, sys, torch\n"
+        "sys.path.insert(0, %r)\n"
+        "from training.train import keep_freed_memory\n"
+        "if sys.argv[1] == 'keep': assert keep_freed_memory()\n"
+        "def step():  # activations of 2 to 60 MB, all freed at the end\n"
+        "    parts = [torch.ones(n << 18) for n in (2, 8, 16, 30, 60)]\n"
+        "    return sum(float(p.sum()) for p in parts)\n"
+        "step()\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "for _ in range(10): step()\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n" % str(REPO))
+    faults = {mode: int(subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True,
+                                       check=True).stdout) for mode in ("default", "keep")}
+    assert faults["default"] > 10 * 10000  # most of the 29,000 pages of a step, every step
+    assert faults["keep"] < faults["default"] / 10

@@ -42,9 +42,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import os
 import sys
+import time
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -59,7 +61,7 @@ from bootstap_ros.model.checkpoint import read_checkpoint_file, resolve_checkpoi
 from bootstap_ros.model.tapir import visibility
 
 from .data import StepBatches, SyntheticClips, make_loader
-from .losses import LossConfig, LossMasks, tapir_loss
+from .losses import LossConfig, PseudoLabelTargets, pseudo_label_loss
 from .synthetic import SyntheticConfig
 from .train import (
     CHECKPOINT,
@@ -93,29 +95,46 @@ KEY_HELP = {
     "data": "inputs (--data): bag folders, .mcap/.db3 files, videos, image folders",
     "image_topic": "the bags' image topic (default: each bag's only image topic)",
     "cache": "where decoded clips go (default: OUTPUT/clips); reused when inputs and clip settings match",
-    "clip_frames": "frames per clip (the paper: 24; its clip-length ablation: 2 and 6)",
+    "clip_frames": "frames per clip (null: 12 on a CPU, 24 on CUDA, the paper's; its clip-length "
+                   "ablation: 2 and 6)",
     "clip_stride": "keep every n-th frame of the logs",
     "clip_fps": "or resample the logs to this frame rate, by their stamps",
     "clip_size": "clips' side in pixels (default: the model's resolution)",
     "init": "the student's starting weights (--init; default: the embedded model)",
     "causal": "student causality: null keeps a project checkpoint's, official state_dicts default to true",
     "expand_capacity": "add BootsTAP's 5 zero-initialised conv blocks to a model that has none",
-    "teacher": "ema, or a checkpoint that teaches unchanged (--teacher)",
+    "teacher": "ema (a moving average of the student), fixed (the starting model, frozen) or a "
+               "checkpoint that teaches unchanged (--teacher); a fixed teacher labels each clip once",
+    "relabel_every": "with the EMA teacher: label each clip once and keep its labels, relabelling "
+                     "with the current teacher every this many steps (0: label every batch afresh)",
+    "label_round_trip": "with cached labels: draw first the tracks the teacher retraces within this "
+                        "many px (256 raster) when queried again at their farthest visible frame "
+                        "(0: off; costs a second teacher pass per clip)",
+    "label_points": "queries a fixed teacher labels per clip (each step draws num_points of them; "
+                    "null: 4 x num_points)",
+    "textured_queries": "share of teacher queries drawn at textured pixels (corner strength); "
+                        "0: all uniform (the paper)",
+    "visible_threshold": "positions are taught where the teacher's visibility "
+                         "(1 - sigmoid(occ)) * (1 - sigmoid(expd)) exceeds this (0.5: the official rule)",
+    "loss_frames": "all, or from_query: a causal student learns only the frames from its query on, "
+                   "the ones it is asked for online",
+    "ssl_loss": "the self-supervised task's loss weights and thresholds (a mapping of LossConfig "
+                "fields; `loss` is the supervised task's)",
     "teacher_causal": "causality of a --teacher checkpoint (null: stored; official state_dicts: false, offline)",
     "ema_decay": "EMA teacher = decay * teacher + (1 - decay) * student after each step "
                  "(project choice: the paper does not state it)",
     "steps": "total steps (--steps)",
-    "batch_size": "log clips per step and process (--batch-size)",
-    "supervised_batch_size": "synthetic clips per step and process (null: 2 x batch_size; 0: no "
-                             "supervised task)",
+    "batch_size": "log clips per step and process (--batch-size; null: 1 on a CPU, 2 on CUDA)",
+    "supervised_batch_size": "synthetic clips per step and process (null: 1 on a CPU, 4 on CUDA; 0: "
+                             "no supervised task)",
     "lr": "self-supervised peak learning rate (warmup, then cosine decay to 0 at steps)",
     "supervised_lr": "supervised peak learning rate (null: 2 x lr)",
     "warmup": "linear warmup steps of both learning rates",
     "weight_decay": "decoupled weight decay of both optimisers (0: Adam, as the paper)",
     "beta2": "Adam beta2 of both optimisers",
     "grad_clip": "max gradient norm per task (0: off)",
-    "loss": "TAPIR loss weights and thresholds (a mapping of LossConfig fields)",
-    "num_points": "teacher queries per log clip (the paper: 128)",
+    "loss": "the supervised task's TAPIR loss weights and thresholds (a mapping of LossConfig fields)",
+    "num_points": "teacher queries per log clip (null: 64 on a CPU, 128 on CUDA, the paper's)",
     "same_query_prob": "probability that the student queries the teacher's own point",
     "same_query": "ablation: the student always queries the teacher's point",
     "uniform_queries": "ablation: the student's query drawn uniformly over the visible frames",
@@ -128,8 +147,8 @@ KEY_HELP = {
     "min_scale": "smallest student frame side, as a fraction of the clip's",
     "max_scale": "largest student frame side, as a fraction of the clip's",
     "jpeg_quality": "[low, high] JPEG quality range",
-    "supervised_frames": "frames per synthetic clip (null: clip_frames)",
-    "supervised_points": "labelled tracks per synthetic clip",
+    "supervised_frames": "frames per synthetic clip (null: 8 on a CPU, 24 on CUDA)",
+    "supervised_points": "labelled tracks per synthetic clip (null: 64 on a CPU, 128 on CUDA)",
     "synthetic_clips": "cycle through this many synthetic clips (0: always new ones)",
     "seed": "seed of the clip order, the synthetic clips, views and queries",
     "device": "auto, cpu or cuda (--device)",
@@ -140,7 +159,32 @@ KEY_HELP = {
     "eval": "TAP-Vid / RoboTAP pickle to score (--eval)",
     "eval_every": "steps between evaluations (0: only at the end)",
     "eval_query_mode": "first or strided",
+    "time_budget": "minutes for the whole run (--time-budget): the step count and the learning-rate "
+                   "schedule are fitted to it after a few timed steps; the final evaluation comes on top",
+    "holdout": "share of each source's clips (the last ones) set aside, never trained on, to score "
+               "checkpoints without labels (training.validate); 0: none",
+    "holdout_max_clips": "at most this many held-out clips",
+    "validate_every": "steps between label-free scores of the student on the held-out clips (0: at the "
+                      "start and the end only); the best scored checkpoint is kept as best.pt",
+    "validate_points": "queries per held-out clip for the label-free score",
+    "grade": "a labelled TAP-Vid pickle of the training domain: every grade_every steps the teacher's "
+             "pseudo-labels and the masks are graded against its truth (training.grading)",
+    "grade_every": "steps between grades of the pseudo-labels (with grade)",
+    "keep_every": "keep the student (and the teacher) every this many steps as checkpoints/step_N.pt, "
+                  "to evaluate or grade them afterwards (0: never)",
     "eval_max_videos": "score only the first N videos (null: all)",
+}
+
+
+#: Settings whose default depends on where the run trains (None in `BootstrapConfig`).
+#: On a CPU a step must take seconds (about 5 s on a 2-core laptop-class CPU with these,
+#: `python -m training.bench_bootstrap`): one log clip of 12 frames with 64 queries, one
+#: synthetic clip of 8 frames. A GPU affords the paper's clips of 24 frames and 128 queries.
+DEVICE_DEFAULTS = {
+    "cpu": {"clip_frames": 12, "batch_size": 1, "num_points": 64, "supervised_batch_size": 1,
+            "supervised_frames": 8, "supervised_points": 64},
+    "cuda": {"clip_frames": 24, "batch_size": 2, "num_points": 128, "supervised_batch_size": 4,
+             "supervised_frames": 24, "supervised_points": 128},
 }
 
 
@@ -154,7 +198,7 @@ class BootstrapConfig:
     data: List[str] = field(default_factory=list)
     image_topic: Optional[str] = None
     cache: Optional[str] = None
-    clip_frames: int = 24
+    clip_frames: Optional[int] = None  # None: the device's default (DEVICE_DEFAULTS)
     clip_stride: int = 1
     clip_fps: Optional[float] = None
     clip_size: Optional[int] = None
@@ -167,9 +211,12 @@ class BootstrapConfig:
     teacher: str = "ema"
     teacher_causal: Optional[bool] = None
     ema_decay: float = 0.99
+    relabel_every: int = 0
+    label_round_trip: float = 0.0
+    label_points: Optional[int] = None
     # Optimisation: AdamW per task (weight_decay 0 = the paper's Adam), warmup then cosine.
     steps: int = 1000
-    batch_size: int = 2
+    batch_size: Optional[int] = None
     supervised_batch_size: Optional[int] = None
     lr: float = 5e-5
     supervised_lr: Optional[float] = None
@@ -178,8 +225,12 @@ class BootstrapConfig:
     beta2: float = 0.95
     grad_clip: float = 1.0
     loss: LossConfig = field(default_factory=LossConfig)
+    ssl_loss: LossConfig = field(default_factory=LossConfig)
     # Queries and pseudo-label filtering.
-    num_points: int = 128
+    num_points: Optional[int] = None
+    textured_queries: float = 0.0
+    visible_threshold: float = 0.5
+    loss_frames: str = "all"
     same_query_prob: float = 0.5
     same_query: bool = False
     uniform_queries: bool = False
@@ -195,7 +246,7 @@ class BootstrapConfig:
     jpeg_quality: Tuple[int, int] = (15, 95)
     # The supervised task's synthetic clips (training.synthetic).
     supervised_frames: Optional[int] = None
-    supervised_points: int = 128
+    supervised_points: Optional[int] = None
     synthetic_clips: int = 0
     seed: int = 0
     # Runtime.
@@ -209,10 +260,21 @@ class BootstrapConfig:
     eval_every: int = 100
     eval_query_mode: str = "first"
     eval_max_videos: Optional[int] = None
+    # A time budget in minutes (None: run `steps`).
+    time_budget: Optional[float] = None
+    # Label-free validation on held-out log clips (training.validate).
+    holdout: float = 0.1
+    holdout_max_clips: int = 16
+    validate_every: int = 100
+    validate_points: int = 64
+    # Grades of the pseudo-labels against a labelled set of the domain (training.grading).
+    grade: Optional[str] = None
+    grade_every: int = 25
+    keep_every: int = 0
 
     def __post_init__(self):
-        if isinstance(self.loss, dict):
-            self.loss = LossConfig(**self.loss)
+        self.loss = _loss_config("loss", self.loss)
+        self.ssl_loss = _loss_config("ssl_loss", self.ssl_loss)
         if isinstance(self.data, (str, os.PathLike)):
             self.data = [str(self.data)]
         self.data = [str(path) for path in self.data]
@@ -225,10 +287,10 @@ class BootstrapConfig:
         if self.amp == "fp16" and self.device == "cpu":
             problems.append("amp fp16 needs CUDA; use bf16 or off on CPU")
         for name in ("steps", "batch_size", "num_points", "log_every", "checkpoint_every",
-                     "supervised_points"):
-            if getattr(self, name) < 1:
+                     "supervised_points", "supervised_frames", "label_points"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 problems.append(f"{name} must be positive, got {getattr(self, name)}")
-        if self.clip_frames < 2:
+        if self.clip_frames is not None and self.clip_frames < 2:
             problems.append(f"clip_frames must be at least 2, got {self.clip_frames}")
         if self.supervised_batch_size is not None and self.supervised_batch_size < 0:
             problems.append(f"supervised_batch_size must be >= 0, got {self.supervised_batch_size}")
@@ -236,9 +298,22 @@ class BootstrapConfig:
             problems.append(f"ema_decay must lie in [0, 1], got {self.ema_decay}")
         if not 0.0 <= self.same_query_prob <= 1.0:
             problems.append(f"same_query_prob must lie in [0, 1], got {self.same_query_prob}")
+        if self.loss_frames not in ("all", "from_query"):
+            problems.append(f"loss_frames must be all or from_query, got {self.loss_frames!r}")
+        if not 0.0 <= self.textured_queries <= 1.0:
+            problems.append(f"textured_queries must lie in [0, 1], got {self.textured_queries}")
+        if not 0.0 <= self.visible_threshold < 1.0:
+            problems.append(f"visible_threshold must lie in [0, 1), got {self.visible_threshold}")
+        if None not in (self.label_points, self.num_points) and self.label_points < self.num_points:
+            problems.append(f"label_points ({self.label_points}) must be at least num_points "
+                            f"({self.num_points})")
         if self.siamese and self.teacher != "ema":
             problems.append("siamese makes the student its own teacher: drop --teacher "
                             f"{self.teacher!r} or siamese")
+        if self.time_budget is not None and not self.time_budget > 0:
+            problems.append(f"time_budget must be a positive number of minutes, got {self.time_budget}")
+        if not 0.0 <= self.holdout < 1.0:
+            problems.append(f"holdout must lie in [0, 1), got {self.holdout}")
         if self.eval_query_mode not in ("first", "strided"):
             problems.append(f"eval_query_mode must be first or strided, got {self.eval_query_mode!r}")
         if problems:
@@ -255,6 +330,17 @@ class BootstrapConfig:
                              f"{', '.join(sorted(known))}")
         hints = typing.get_type_hints(cls)
         return cls(**{key: _coerce(key, value, hints[key]) for key, value in values.items()})
+
+    def for_device(self, device: str) -> "BootstrapConfig":
+        """This config with every setting left at None filled from `DEVICE_DEFAULTS[device]`
+        ("cpu" or "cuda"; "auto" is CUDA when available)."""
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        defaults = DEVICE_DEFAULTS["cuda" if device == "cuda" else "cpu"]
+        filled = {name: value for name, value in defaults.items() if getattr(self, name) is None}
+        if self.label_points is None:
+            filled["label_points"] = 4 * (self.num_points or filled["num_points"])
+        return dataclasses.replace(self, **filled)
 
     # Derived settings.
     @property
@@ -281,6 +367,20 @@ class BootstrapConfig:
         side = self.clip_size or size
         return SyntheticConfig(frames=self.supervised_frames or self.clip_frames, height=side,
                                width=side, num_points=self.supervised_points)
+
+
+def _loss_config(key: str, value) -> LossConfig:
+    """A LossConfig from a mapping (YAML, key=value), with an error naming the known fields."""
+    if isinstance(value, LossConfig):
+        return value
+    known = [f.name for f in dataclasses.fields(LossConfig)]
+    if not isinstance(value, dict) or set(value) - set(known):
+        raise ValueError(f"{key} expects a mapping of {', '.join(known)} (e.g. {key}="
+                         f"'{{uncertainty_weight: 0.5}}'), got {value!r}")
+    try:
+        return LossConfig(**{name: float(v) for name, v in value.items()})
+    except (TypeError, ValueError):
+        raise ValueError(f"{key} expects numbers, got {value!r}") from None
 
 
 def _coerce(key: str, value, hint):
@@ -389,9 +489,20 @@ def prepare_clips(config: BootstrapConfig, size: int, runtime: Runtime):
     return LogClips(manifest)
 
 
-def stack_videos(items) -> torch.Tensor:
-    """LogClips items -> uint8 [B, T, S, S, 3]."""
-    return torch.from_numpy(np.stack([item["video"] for item in items]))
+def stack_videos(items) -> Tuple[torch.Tensor, List[int]]:
+    """LogClips items -> (uint8 [B, T, S, S, 3], the clips' indices)."""
+    return torch.from_numpy(np.stack([item["video"] for item in items])), [item["index"] for item in items]
+
+
+def fixed_teacher(config: BootstrapConfig) -> bool:
+    """Whether the teacher stays as it is for the whole run (so each clip is labelled once)."""
+    return not config.siamese and config.teacher != "ema"
+
+
+def cached_labels(config: BootstrapConfig) -> bool:
+    """Whether labels are kept per clip: a fixed teacher's for the run, an EMA teacher's
+    between relabellings (`relabel_every`)."""
+    return fixed_teacher(config) or (config.teacher == "ema" and not config.siamese and config.relabel_every > 0)
 
 
 def step_generators(seed: int, step: int, rank: int) -> Tuple[np.random.Generator, torch.Generator]:
@@ -418,36 +529,52 @@ def map_outputs(outputs: Trajectories, affines: torch.Tensor) -> Trajectories:
                         tuple((mapped(t), o, e) for t, o, e in outputs.unrefined))
 
 
-def bootstrap_loss(student: torch.nn.Module, teacher: torch.nn.Module, video: torch.Tensor,
-                   config: BootstrapConfig, numpy_rng: np.random.Generator,
-                   torch_rng: torch.Generator, student_causal: bool, teacher_causal: bool):
-    """The self-supervised loss of one batch of clean clips uint8 [B, T, S, S, 3] (on the
-    device): (loss, parts). `teacher` is the student itself in Siamese mode (no stop-gradient)."""
+class StudentPass(typing.NamedTuple):
+    """One self-supervised pass over a batch: what the loss and the grades are made of."""
+
+    teacher_queries: torch.Tensor  # [B, N, 3] (t, y, x), clip raster
+    student_queries: torch.Tensor  # [B, N, 3], clip raster
+    targets: "PseudoLabelTargets"  # the teacher's, clip raster
+    outputs: Trajectories  # the student's, in its own raster
+    back: Trajectories  # the student's, mapped back to the clip raster
+    affines: torch.Tensor  # [B, T, 2, 3] clip raster -> student raster
+    keep: torch.Tensor  # bool [B, N, T]: the entries the masks keep
+
+
+def student_pass(student: torch.nn.Module, teacher: torch.nn.Module, video: torch.Tensor,
+                 config: BootstrapConfig, numpy_rng: np.random.Generator, torch_rng: torch.Generator,
+                 student_causal: bool, teacher_causal: bool,
+                 labels: Optional[Tuple[torch.Tensor, Trajectories]] = None) -> StudentPass:
+    """The teacher's labels, the student's view, queries and forward, and the masks, for one
+    batch of clean clips uint8 [B, T, S, S, 3] (on the device). `labels`: the teacher's
+    (queries [B, N, 3], final outputs) for these clips when they are known (a fixed
+    teacher's `LabelCache`); otherwise `teacher` labels random queries now (the student
+    itself in Siamese mode: no stop-gradient)."""
     from .pseudo_labels import (
         cycle_consistency_mask,
         proximity_mask,
-        pseudo_labels,
         resample_student_queries,
-        sample_teacher_queries,
+        teacher_targets,
     )
+    from .teacher import label_batch, sample_queries
     from .views import invert_affine, map_queries, student_batch
 
     batch, frames, height, width = video.shape[:4]
     device = video.device
-    teacher_queries = sample_teacher_queries(torch_rng, batch, config.num_points, frames,
-                                             (height, width)).to(device)
-    if config.siamese:
-        outputs = model_forward(teacher, video, teacher_queries, config.amp, teacher_causal)
-        target_tracks = outputs.tracks.float()  # no stop-gradient: the ablation's point
-        occluded = ~visibility(outputs.occlusion.detach(), outputs.expected_dist.detach())
+    if labels is not None:
+        teacher_queries, outputs = labels
     else:
-        with torch.no_grad():
+        teacher_queries = sample_queries(torch_rng, video, config.num_points, config.textured_queries)
+        if config.siamese:
             outputs = model_forward(teacher, video, teacher_queries, config.amp, teacher_causal)
-        target_tracks, occluded = pseudo_labels(outputs)
-        target_tracks = target_tracks.float()
+        else:
+            outputs = label_batch(teacher, video, teacher_queries,
+                                  lambda model, v, q: model_forward(model, v, q, config.amp, teacher_causal))
+    targets = teacher_targets(outputs, config.visible_threshold, stop_gradient=not config.siamese)
+    num_points = teacher_queries.shape[1]
     same_prob = 1.0 if config.same_query else config.same_query_prob
     student_queries = resample_student_queries(
-        torch_rng, teacher_queries, target_tracks.detach(), ~occluded, same_prob,
+        torch_rng, teacher_queries, targets.tracks.detach(), targets.position_mask, same_prob,
         uniform=config.uniform_queries and not config.same_query, size=(height, width))
 
     student_video, affines = student_batch(video, config.view(), numpy_rng)
@@ -457,7 +584,7 @@ def bootstrap_loss(student: torch.nn.Module, teacher: torch.nn.Module, video: to
     back = map_outputs(student_outputs, invert_affine(affines))
 
     with torch.no_grad():
-        keep = torch.ones(batch, config.num_points, frames, dtype=torch.bool, device=device)
+        keep = torch.ones(batch, num_points, frames, dtype=torch.bool, device=device)
         if config.cycle_mask:
             student_visible = visibility(back.occlusion.float(), back.expected_dist.float())
             cycle = cycle_consistency_mask(back.tracks, student_visible, teacher_queries,
@@ -465,22 +592,44 @@ def bootstrap_loss(student: torch.nn.Module, teacher: torch.nn.Module, video: to
             keep &= cycle[..., None]
         if config.proximity_mask:
             keep &= proximity_mask(teacher_queries[..., 0], student_queries[..., 0], frames)
-    loss, parts = tapir_loss(back, target_tracks, occluded, (height, width), config.loss,
-                             masks=LossMasks(all=keep))
-    parts["kept_tracks"] = keep.any(-1).float().mean()
+        if config.loss_frames == "from_query" and student_causal:
+            # A causal student answers from its query frame on: frames before it are never
+            # asked of it online.
+            keep &= torch.arange(frames, device=device) >= student_queries[..., 0:1].round()
+    return StudentPass(teacher_queries, student_queries, targets, student_outputs, back, affines, keep)
+
+
+def bootstrap_loss(student: torch.nn.Module, teacher: torch.nn.Module, video: torch.Tensor,
+                   config: BootstrapConfig, numpy_rng: np.random.Generator,
+                   torch_rng: torch.Generator, student_causal: bool, teacher_causal: bool,
+                   labels: Optional[Tuple[torch.Tensor, Trajectories]] = None):
+    """The self-supervised loss of one batch of clean clips uint8 [B, T, S, S, 3] (on the
+    device): (loss, parts); `student_pass` says what goes in."""
+    from .views import map_tracks
+
+    result = student_pass(student, teacher, video, config, numpy_rng, torch_rng, student_causal,
+                          teacher_causal, labels)
+    stages = [*result.outputs.unrefined, (result.outputs.tracks,)]
+    loss, parts = pseudo_label_loss(result.back, [stage[0] for stage in stages], result.targets,
+                                    map_tracks(result.targets.tracks, result.affines), video.shape[2:4],
+                                    config.ssl_loss, result.keep)
+    parts["kept_tracks"] = result.keep.any(-1).float().mean()
+    parts["kept_positions"] = (result.keep & result.targets.position_mask).float().mean()
     return loss, parts
 
 
 def bootstrap_step(trained: torch.nn.Module, teacher: torch.nn.Module, optimizers: Dict, scaler,
                    video: torch.Tensor, supervised: Optional[Dict[str, torch.Tensor]],
                    config: BootstrapConfig, step: int, rank: int, teacher_causal: bool,
-                   ema: bool) -> Tuple[Dict[str, torch.Tensor], float, bool]:
+                   ema: bool, labels=None, clip_indices: Optional[Sequence[int]] = None,
+                   ) -> Tuple[Dict[str, torch.Tensor], float, bool]:
     """One step of the run: a supervised update on `supervised` (when given, with
     optimizers["supervised_optimizer"]), a self-supervised update on the log clips `video`
     (uint8 [B, T, S, S, 3] on the device, optimizers["bootstrap_optimizer"]), each at its
     own point of the learning-rate schedule, then the EMA teacher update (when `ema`).
-    `trained` is the student (or its DDP wrapper). Returns (loss parts, the self-supervised
-    gradient norm, whether both updates stepped)."""
+    `trained` is the student (or its DDP wrapper); `labels`: a fixed teacher's `LabelCache`,
+    with the batch's `clip_indices`. Returns (loss parts, the self-supervised gradient norm,
+    whether both updates stepped)."""
     student = _unwrap(trained)
     causal = student.config.causal
     device = video.device
@@ -497,8 +646,11 @@ def bootstrap_step(trained: torch.nn.Module, teacher: torch.nn.Module, optimizer
     set_learning_rate(optimizers["bootstrap_optimizer"],
                       cosine_learning_rate(step, config.lr, config.warmup, config.steps))
     numpy_rng, torch_rng = step_generators(config.seed, step, rank)
+    batch_labels = None
+    if labels is not None:
+        batch_labels = labels.batch(clip_indices, video, torch_rng, config.num_points)
     loss, ssl_parts = bootstrap_loss(trained, teacher, video, config, numpy_rng, torch_rng, causal,
-                                     teacher_causal)
+                                     teacher_causal, batch_labels)
     parts.update(ssl_parts)
     grad_norm, ssl_stepped = optimizer_step(trained, optimizers["bootstrap_optimizer"], scaler, loss,
                                             config.grad_clip)
@@ -527,23 +679,78 @@ def _resolve_resume(config: BootstrapConfig, overrides: Dict) -> Tuple[Bootstrap
 
 
 def bootstrap(config: BootstrapConfig, resume: bool = False, overrides: Optional[Dict] = None,
-              stop_at: Optional[int] = None) -> TAPIR:
+              stop_at: Optional[int] = None, steps_given: bool = True,
+              started: Optional[float] = None) -> TAPIR:
     """Runs (or resumes) a bootstrapping run; returns the student (on its device).
 
     resume: continue from `output/checkpoint.pt` with its stored config, `overrides` applied.
     stop_at: checkpoint and return at this step (the schedule still spans `steps`).
+    steps_given: whether `steps` was chosen (else a run without a time budget prints its plan).
+    started: `time.monotonic()` when the command started (a time budget counts from it).
     """
+    started = time.monotonic() if started is None else started
     resumed = None
     if resume:
         config, resumed = _resolve_resume(config, overrides or {})
     elif (Path(config.output) / CHECKPOINT).exists():
         raise ValueError(f"{Path(config.output) / CHECKPOINT} exists: pass --resume to continue that "
                          "run, or choose another --output")
-    return run_with_runtime(config.device, lambda runtime: _bootstrap(config, runtime, resumed, stop_at))
+    config = config.for_device(config.device)
+    _warn_about_precision(config)
+    return run_with_runtime(config.device, lambda runtime: _bootstrap(config, runtime, resumed, stop_at,
+                                                                       steps_given, started))
+
+
+def _warn_about_precision(config: BootstrapConfig) -> None:
+    """bf16 autocast on a CPU without bf16 arithmetic is many times slower than float32."""
+    if config.amp != "bf16" or config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()):
+        return
+    if not (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
+        print("bootstap-train-bootstrap: warning: amp=bf16 on a CPU without AVX512-BF16 or AMX: "
+              "bf16 arithmetic is emulated there, a step can be 5-10x slower than float32; "
+              "leave amp at auto (float32 on the CPU)", file=sys.stderr)
+
+
+BEST_MODEL = "best.pt"
+REPORT = "report.json"
+
+
+class Validation:
+    """The label-free score of the student on the held-out clips: best.pt and report.json."""
+
+    def __init__(self, config: BootstrapConfig, videos: List[np.ndarray], out: Path, device: torch.device):
+        self.config, self.videos, self.out, self.device = config, videos, out, device
+        self.history: List[Dict] = []
+        self.best: Optional[Dict] = None
+
+    def score(self, model: TAPIR, step: int) -> Dict[str, float]:
+        from .train import save_training_checkpoint
+        from .validate import cycle_score
+
+        result = cycle_score(model, self.videos, self.device, self.config.validate_points, self.config.seed,
+                             self.config.amp)
+        self.history.append({"step": step, **result})
+        if self.best is None or result["cycle_score"] > self.best["cycle_score"]:
+            self.best = {"step": step, **result}
+            save_training_checkpoint(self.out / BEST_MODEL, model, step=step,
+                                     bootstrap_config=asdict(self.config), label_free_score=result)
+        return {"cycle_score": result["cycle_score"]}
+
+    def report(self, final_step: int) -> str:
+        before, after = self.history[0], self.history[-1]
+        report = {"score": "cycle consistency on held-out log clips (training.validate)",
+                  "held_out_clips": len(self.videos), "before": before, "after": after, "best": self.best,
+                  "history": self.history, "final_step": final_step}
+        (self.out / REPORT).write_text(json.dumps(report, indent=2) + "\n")
+        return (f"label-free score on {len(self.videos)} held-out clips: before {before['cycle_score']:.3f}, "
+                f"after {after['cycle_score']:.3f} ({after['cycle_score'] - before['cycle_score']:+.3f}); "
+                f"best {self.best['cycle_score']:.3f} at step {self.best['step']} -> {self.out / BEST_MODEL}")
 
 
 def _bootstrap(config: BootstrapConfig, runtime: Runtime, resumed: Optional[dict],
-               stop_at: Optional[int]) -> TAPIR:
+               stop_at: Optional[int], steps_given: bool, started: float) -> TAPIR:
+    from torch.utils.data import Subset
+
     out = Path(config.output)
     device = runtime.device
     if resumed is not None:
@@ -559,7 +766,7 @@ def _bootstrap(config: BootstrapConfig, runtime: Runtime, resumed: Optional[dict
 
     if config.siamese:
         teacher, teacher_causal = model, causal
-    elif config.teacher == "ema":
+    elif config.teacher in ("ema", "fixed"):
         from .pseudo_labels import make_ema_teacher
 
         teacher, teacher_causal = make_ema_teacher(model), causal
@@ -574,22 +781,61 @@ def _bootstrap(config: BootstrapConfig, runtime: Runtime, resumed: Optional[dict
                                                         config.weight_decay, config.beta2)
     scaler = make_scaler(device, config.amp)
     state = {**optimizers, "scaler": scaler}
-    if config.teacher == "ema" and not config.siamese:
-        state["teacher"] = teacher
+    if config.teacher in ("ema", "fixed") and not config.siamese:
+        state["teacher"] = teacher  # a resumed run goes on with the same teacher
     step = 0
     if resumed is not None:
         load_training_parts(resumed, state, resumed["path"])
         step = int(resumed["step"])
+    budget = None
+    if config.time_budget is not None:
+        from .budget import TimeBudget
+
+        # The schedule's length is fitted once a few steps are timed; until then it is the
+        # longest the budget could allow (`steps`, when given, caps it).
+        cap = config.steps if steps_given else max(config.steps, 1_000_000)
+        budget = TimeBudget(config.time_budget, started, max_steps=cap)
+        config.steps = cap
     last_step = min(config.steps, stop_at) if stop_at is not None else config.steps
 
     trained = distributed_model(model, runtime)
     clips = prepare_clips(config, size, runtime)
+    from .validate import holdout_split
+
+    held_out = holdout_split(clips.clips, config.holdout, config.holdout_max_clips)
+    train_indices = [i for i in range(len(clips)) if i not in set(held_out)]
+    if not train_indices:
+        raise ValueError(f"all {len(clips)} clips are held out for validation; lower holdout or add logs")
+    train_clips = Subset(clips, train_indices)
+    labels = None
+    if cached_labels(config):
+        from .teacher import LabelCache
+
+        def forward(net, video, queries):
+            return model_forward(net, video, queries, config.amp, teacher_causal)
+
+        # A fixed teacher's labels outlive the run (a resume, another seed); a moving
+        # teacher's are only good until the next relabelling.
+        folder = out / "teacher_labels" / f"rank{runtime.rank}" if fixed_teacher(config) else None
+        labels = LabelCache(teacher, forward, config.label_points, config.seed, config.textured_queries,
+                            folder, [clip["file"] for clip in clips.clips], config.label_round_trip)
+    validation = None
+    if held_out and runtime.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        validation = Validation(config, [clips[i]["video"] for i in held_out], out, device)
+        if resumed is None:
+            validation.score(model, 0)
+    grading = None
+    if config.grade and runtime.is_main:
+        from .grading import GradingSet
+
+        grading = GradingSet(config.grade, clips.config.size, clips.config.frames)
     pin = device.type == "cuda"
     log_loader = DataLoader(
-        clips, batch_sampler=LogBatches(len(clips), step, last_step, config.batch_size, config.seed,
-                                        runtime.rank, runtime.world_size),
+        train_clips, batch_sampler=LogBatches(len(train_clips), step, last_step, config.batch_size, config.seed,
+                                              runtime.rank, runtime.world_size),
         num_workers=config.num_workers, pin_memory=pin, collate_fn=stack_videos)
-    supervised_loader: Sequence = [None] * max(0, last_step - step)
+    supervised_loader: Sequence = itertools.repeat(None)
     if supervised_batch:
         supervised_loader = make_loader(
             SyntheticClips(config.synthetic(size), config.seed, config.synthetic_clips),
@@ -597,12 +843,41 @@ def _bootstrap(config: BootstrapConfig, runtime: Runtime, resumed: Optional[dict
             config.num_workers, pin_memory=pin)
 
     def train_step(batch, step):
-        video, supervised = batch
+        (video, indices), supervised = batch
+        if labels is not None and not fixed_teacher(config) and step % config.relabel_every == 0:
+            labels.clear()  # the EMA teacher has moved on: relabel each clip on its next visit
         lr = cosine_learning_rate(step, config.lr, config.warmup, config.steps)
         parts, grad_norm, stepped = bootstrap_step(
             trained, teacher, optimizers, scaler, video.to(device, non_blocking=True), supervised,
-            config, step, runtime.rank, teacher_causal, ema="teacher" in state)
+            config, step, runtime.rank, teacher_causal, ema=config.teacher == "ema" and not config.siamese,
+            labels=labels, clip_indices=indices)
         return lr, parts, grad_norm, stepped
+
+    def set_steps(steps: int) -> None:
+        config.steps = steps
+        config.warmup = min(config.warmup, max(1, steps // 10))  # a short budget keeps its warmup short
+
+    def due(every: int, step: int) -> bool:
+        return step == config.steps or (every > 0 and step % every == 0)
+
+    def evaluate(step: int) -> Dict[str, float]:
+        metrics: Dict[str, float] = {}
+        if config.keep_every > 0 and due(config.keep_every, step):
+            from .train import save_training_checkpoint
+
+            parts = {"teacher": teacher} if "teacher" in state else {}
+            save_training_checkpoint(out / "checkpoints" / f"step_{step:07d}.pt", model, parts, step=step,
+                                     bootstrap_config=asdict(config), elapsed_s=time.monotonic() - started)
+        if grading is not None and due(config.grade_every, step):
+            from .grading import grade
+
+            metrics.update(grade(model, teacher, grading, config, step, device, causal, teacher_causal))
+        if validation is not None and due(config.validate_every, step):
+            metrics.update(validation.score(model, step))
+        if config.eval and due(config.eval_every, step):
+            metrics.update(evaluate_dataset(model, config.eval, out / "eval" / f"step_{step:07d}.json",
+                                            device, config.eval_query_mode, config.eval_max_videos))
+        return metrics
 
     loop = Loop(
         name="bootstrap", out=out, final_name=FINAL_MODEL, steps=config.steps, log_every=config.log_every,
@@ -610,14 +885,19 @@ def _bootstrap(config: BootstrapConfig, runtime: Runtime, resumed: Optional[dict
         columns=(TRAIN_COLUMNS, EVAL_COLUMNS),
         record={"bootstrap": asdict(config), "model": model.config.to_dict(),
                 "teacher_model": _unwrap(teacher).config.to_dict(), "log_clips": len(clips),
-                "world_size": runtime.world_size, "device": str(device)},
-        checkpoint_fields={"bootstrap_config": asdict(config)},
+                "held_out_clips": len(held_out), "world_size": runtime.world_size, "device": str(device)},
+        checkpoint_fields=lambda: {"bootstrap_config": asdict(config)},
         postfix=lambda row: {"loss": f"{row['loss']:.3f}", "kept": f"{row['kept_tracks']:.2f}"},
-        eval_due=lambda step: bool(config.eval) and ((config.eval_every > 0 and step % config.eval_every == 0)
-                                                     or step == config.steps),
-        evaluate=lambda step: evaluate_dataset(model, config.eval, out / "eval" / f"step_{step:07d}.json",
-                                               device, config.eval_query_mode, config.eval_max_videos))
+        # The same on every rank (each waits for the main process's evaluation).
+        eval_due=lambda step: ((config.keep_every > 0 and due(config.keep_every, step))
+                               or (bool(config.grade) and due(config.grade_every, step))
+                               or (bool(held_out) and due(config.validate_every, step))
+                               or (bool(config.eval) and due(config.eval_every, step))),
+        evaluate=evaluate, budget=budget, set_steps=set_steps,
+        announce_plan=None if budget is not None else steps_given)
     run_loop(loop, model, runtime, state, zip(log_loader, supervised_loader), step, last_step)
+    if validation is not None and validation.history and validation.history[-1]["step"] == config.steps:
+        print(validation.report(config.steps), file=sys.stderr)
     return model
 
 
@@ -631,9 +911,13 @@ _FLAGS = {  # flag -> (field, type, help)
                "(default: the embedded model)"),
     "--teacher": ("teacher", str, "'ema' (an exponential moving average of the student) or a "
                   "checkpoint that teaches as it is (e.g. an offline model for a causal student)"),
-    "--steps": ("steps", int, "total steps (the learning-rate schedule's length)"),
-    "--batch-size": ("batch_size", int, "log clips per step and process (the supervised task "
-                     "takes twice as many synthetic clips unless supervised_batch_size=...)"),
+    "--steps": ("steps", int, "total steps (the learning-rate schedule's length; with --time-budget, "
+                "the most it may fit)"),
+    "--time-budget": ("time_budget", float, "minutes for the run: the step count and the learning-rate "
+                      "schedule are fitted to them after a few timed steps (the final evaluation comes "
+                      "on top)"),
+    "--batch-size": ("batch_size", int, "log clips per step and process (default: 1 on a CPU, 2 on "
+                     "CUDA; supervised_batch_size=N sets the synthetic clips)"),
     "--device": ("device", str, "auto, cpu or cuda"),
     "--eval": ("eval", str, "a TAP-Vid / RoboTAP pickle scored (as bootstap-eval does) every "
                "eval_every steps and at the end"),
@@ -723,13 +1007,19 @@ def parse_command(argv=None) -> Tuple[Dict, str, bool, Optional[int]]:
 
 
 def main(argv=None) -> int:
+    started = time.monotonic()
     try:
         given, output, resume, stop_at = parse_command(argv)
+        steps_given = "steps" in given
         if resume:
             BootstrapConfig.from_dict({**given, "output": output})  # checks the keys and values
-            bootstrap(BootstrapConfig(output=output), resume=True, overrides=given, stop_at=stop_at)
+            # A budget is this command's: a resumed run without one finishes its fitted schedule.
+            given.setdefault("time_budget", None)
+            bootstrap(BootstrapConfig(output=output), resume=True, overrides=given, stop_at=stop_at,
+                      steps_given=True, started=started)
         else:
-            bootstrap(BootstrapConfig.from_dict({**given, "output": output}), stop_at=stop_at)
+            bootstrap(BootstrapConfig.from_dict({**given, "output": output}), stop_at=stop_at,
+                      steps_given=steps_given, started=started)
     except (ValueError, FileNotFoundError) as error:
         # CheckpointError and LogError are ValueErrors whose messages say what to do.
         print(f"bootstap-train-bootstrap: error: {error}", file=sys.stderr)

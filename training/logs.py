@@ -469,7 +469,7 @@ def prepare_logs(paths: Sequence, out_dir, config: ClipConfig = ClipConfig(),
 # ---------------------------------------------------------------------------- dataset
 
 class LogClips:
-    """The clips of a manifest as a torch Dataset: ``{"video": uint8 [T, S, S, 3] RGB}``.
+    """The clips of a manifest as a torch Dataset: ``{"video": uint8 [T, S, S, 3] RGB, "index": i}``.
 
     `clip_info(i)` gives the clip's source, topic and stamps.
     """
@@ -503,7 +503,7 @@ class LogClips:
         if video.dtype != np.uint8 or video.shape != expected:
             raise LogError(f"{file}: expected uint8 {expected}, found {video.dtype} "
                            f"{video.shape}; run bootstap-prepare-logs again")
-        return {"video": video}
+        return {"video": video, "index": index}
 
 
 # ---------------------------------------------------------------------------- writing bags

@@ -139,3 +139,80 @@ def tapir_loss(outputs: Trajectories, target_tracks: torch.Tensor, occluded: tor
     parts = {"loss": total.detach(), "position": position.detach(), "occlusion": occlusion.detach(),
              "uncertainty": uncertainty.detach()}
     return total, parts
+
+
+# ----------------------------------------------------------------------------- pseudo-labels
+
+def soft_binary_divergence(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-entry KL divergence of Bernoulli(target) from Bernoulli(sigmoid(logits)):
+    BCE(logits, target) minus the target's own entropy. Zero where sigmoid(logits) equals
+    the target, and its gradient, sigmoid(logits) - target, is zero there too."""
+    target = target.float()
+    bce = F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none")
+    entropy = -(torch.xlogy(target, target) + torch.xlogy(1 - target, 1 - target))
+    return bce - entropy
+
+
+@dataclass(frozen=True)
+class PseudoLabelTargets:
+    """A teacher's pseudo-labels as the self-supervised loss takes them, all [B, N, T] but
+    the tracks: the positions to learn where the teacher sees the point (`position_mask`),
+    its probability that the point is occluded (from its occlusion logit alone) and that its
+    own position is more than the uncertainty threshold off (from its uncertainty logit)."""
+
+    tracks: torch.Tensor  # [B, N, T, 2] (x, y) in the teacher's raster
+    position_mask: torch.Tensor  # bool: the teacher calls the point visible there
+    occluded_prob: torch.Tensor
+    far_prob: torch.Tensor
+
+
+def pseudo_label_loss(outputs: Trajectories, student_tracks: Sequence[torch.Tensor], targets: PseudoLabelTargets,
+                      target_in_student: torch.Tensor, image_size: Sequence[int],
+                      config: LossConfig = LossConfig(), keep: Optional[torch.Tensor] = None,
+                      ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    """The self-supervised loss of a student against a teacher's pseudo-labels, over the
+    final and every unrefined stage; zero, with a zero gradient, where the student says
+    what the teacher says.
+
+    outputs: the student's Trajectories mapped back to the teacher's raster (positions
+    compared with the teacher's there, as the paper maps them); student_tracks: the same
+    stages' positions in the student's own raster, oldest first, final last;
+    target_in_student: the teacher's tracks mapped into the student's raster [B, N, T, 2];
+    keep: bool [B, N, T], the entries the masks keep (cycle consistency, proximity).
+
+    * position: Huber of the distance to the teacher's track (256 raster), where
+      `targets.position_mask`;
+    * occlusion: KL divergence from the teacher's occlusion probability (its occlusion
+      logit alone: uncertainty is the next term's, not a reason to call a point occluded);
+    * uncertainty: KL divergence from the probability that the student is more than the
+      threshold off: 1 where it is that far from the teacher's track, else the teacher's
+      own probability of being that far off. The distance is measured in the student's
+      raster (scaled to 256), where the student judges its error at inference, so a shrunk
+      view does not tighten the threshold. Where `targets.position_mask`.
+    """
+    height, width = image_size
+    to_loss_raster = torch.tensor([LOSS_RASTER / width, LOSS_RASTER / height],
+                                  device=targets.tracks.device)
+    target = targets.tracks.float() * to_loss_raster
+    target_student = target_in_student.float() * to_loss_raster
+    weight = torch.ones_like(targets.occluded_prob) if keep is None else keep.float()
+    visible = targets.position_mask.float() * weight
+    stages = [*outputs.unrefined, (outputs.tracks, outputs.occlusion, outputs.expected_dist)]
+    if len(student_tracks) != len(stages):
+        raise ValueError(f"pseudo_label_loss: {len(student_tracks)} student-raster stages for "
+                         f"{len(stages)} output stages")
+    total = torch.zeros((), device=target.device)
+    threshold2 = config.expected_dist_threshold ** 2
+    for (tracks, occlusion_logits, expected_dist_logits), own in zip(stages, student_tracks):
+        position = (huber_distance(tracks.float() * to_loss_raster, target, config.huber_delta)
+                    * visible).mean()
+        occlusion = (soft_binary_divergence(occlusion_logits, targets.occluded_prob) * weight).mean()
+        with torch.no_grad():
+            squared = torch.sum(torch.square(own.detach().float() * to_loss_raster - target_student), -1)
+            far = torch.where(squared > threshold2, torch.ones_like(squared), targets.far_prob.float())
+        uncertainty = (soft_binary_divergence(expected_dist_logits, far) * visible).mean()
+        total = total + (config.position_weight * position + config.occlusion_weight * occlusion
+                         + config.uncertainty_weight * uncertainty)
+    parts = {"loss": total.detach(), "position": position.detach(), "occlusion": occlusion.detach(),
+             "uncertainty": uncertainty.detach()}
+    return total, parts

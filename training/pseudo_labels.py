@@ -100,6 +100,63 @@ def resample_student_queries(generator: torch.Generator, teacher_queries: torch.
     return torch.where(keep[..., None], teacher_queries.to(tracks.device), resampled)
 
 
+def sample_textured_queries(generator: torch.Generator, videos: torch.Tensor, num_points: int,
+                            textured_fraction: float = 0.5, device=None) -> torch.Tensor:
+    """Teacher queries [B, N, 3] (t, y, x) on uint8 clips [B, T, H, W, 3]: a uniformly
+    random frame, then with probability `textured_fraction` a pixel drawn in proportion to
+    the frame's corner strength (the smaller eigenvalue of the local structure tensor, as
+    Shi-Tomasi corners), else a uniform pixel as `sample_teacher_queries`.
+
+    A point on a flat patch has no position to teach: the teacher's label there is a
+    guess, and a student taught guesses learns to guess. Frames without texture fall back
+    to uniform pixels. Positions are pixel centres plus a uniform jitter within the pixel.
+    """
+    import cv2
+    import numpy as np
+
+    if not 0.0 <= textured_fraction <= 1.0:
+        raise ValueError(f"textured_fraction must lie in [0, 1], got {textured_fraction}")
+    b, t, h, w = videos.shape[:4]
+    queries = sample_teacher_queries(generator, b, num_points, t, (h, w))
+    textured = torch.rand(b, num_points, generator=generator) < textured_fraction
+    jitter = torch.rand(b, num_points, 2, generator=generator)
+    clips = videos.detach().cpu().numpy()
+    for i in range(b):
+        frames = queries[i, :, 0].to(torch.int64)
+        for frame in torch.unique(frames[textured[i]]).tolist():
+            grey = cv2.cvtColor(np.ascontiguousarray(clips[i, frame]), cv2.COLOR_RGB2GRAY).astype(np.float32)
+            strength = np.maximum(cv2.cornerMinEigenVal(grey, 5, 3), 0).reshape(-1).astype(np.float64)
+            total = strength.sum()
+            if not total > 0:
+                continue
+            chosen = torch.nonzero(textured[i] & (frames == frame))[:, 0]
+            cumulative = torch.from_numpy(np.cumsum(strength / total))
+            draws = torch.rand(len(chosen), generator=generator, dtype=torch.float64)
+            cells = torch.searchsorted(cumulative, draws).clamp(max=h * w - 1)
+            queries[i, chosen, 1] = (cells // w).float() + jitter[i, chosen, 1]
+            queries[i, chosen, 2] = (cells % w).float() + jitter[i, chosen, 0]
+    return queries.to(device)
+
+
+def teacher_targets(outputs: Trajectories, visible_threshold: float = 0.5, stop_gradient: bool = True):
+    """The self-supervised loss's targets (`training.losses.PseudoLabelTargets`) from a
+    teacher's final refined outputs: its tracks; where it sees the point (the official
+    rule `(1 - sigmoid(occ)) * (1 - sigmoid(expd))` above `visible_threshold`, so only
+    positions it is sure of are taught); its occlusion probability from the occlusion
+    logit alone and its probability of being far off from the uncertainty logit.
+    `stop_gradient=False` (the Siamese ablation) keeps the tracks' gradient."""
+    from .losses import PseudoLabelTargets
+
+    occlusion = outputs.occlusion.detach().float()
+    expected_dist = outputs.expected_dist.detach().float()
+    tracks = outputs.tracks.float()
+    return PseudoLabelTargets(
+        tracks=tracks.detach() if stop_gradient else tracks,
+        position_mask=visibility(occlusion, expected_dist, visible_threshold),
+        occluded_prob=torch.sigmoid(occlusion),
+        far_prob=torch.sigmoid(expected_dist))
+
+
 def pseudo_labels(outputs: Trajectories) -> Tuple[torch.Tensor, torch.Tensor]:
     """(tracks [B, N, T, 2] detached, occluded bool [B, N, T]) from the teacher's final
     refined outputs; occluded is the negation of the official visibility rule

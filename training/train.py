@@ -39,6 +39,7 @@ import json
 import math
 import os
 import signal
+import statistics
 import sys
 import threading
 import time
@@ -105,6 +106,8 @@ class TrainConfig:
     eval_frames: int = 24
     eval_points: int = 64
     eval_seed: int = 0
+    # Minutes for the whole run (None: run `steps`): see `training.budget`.
+    time_budget: Optional[float] = None
 
     def __post_init__(self):
         if isinstance(self.loss, dict):
@@ -119,6 +122,8 @@ class TrainConfig:
                self.checkpoint_every) < 1:
             raise ValueError("steps, batch_size, frames, num_points, log_every and checkpoint_every "
                              "must be positive")
+        if self.time_budget is not None and not self.time_budget > 0:
+            raise ValueError(f"time_budget must be a positive number of minutes, got {self.time_budget}")
         if self.init is not None and self.model is not None:
             raise ValueError("give either --model (a fresh architecture) or --init (whose checkpoint "
                              "sets the architecture), not both")
@@ -364,10 +369,19 @@ class LossWindow:
 
 
 def metrics_line(step: int, metrics: Dict[str, float]) -> str:
-    """The progress line of an evaluation: AJ, <delta_avg and OA in percent."""
-    return (f"step {step}: AJ {100 * metrics['average_jaccard']:.1f}  "
-            f"<delta_avg {100 * metrics['average_pts_within_thresh']:.1f}  "
-            f"OA {100 * metrics['occlusion_accuracy']:.1f}")
+    """The progress line of an evaluation: AJ, <delta_avg and OA in percent, and the
+    label-free score and the pseudo-label grades when they were measured."""
+    parts = [f"step {step}:"]
+    if "average_jaccard" in metrics:
+        parts.append(f"AJ {100 * metrics['average_jaccard']:.1f}  "
+                     f"<delta_avg {100 * metrics['average_pts_within_thresh']:.1f}  "
+                     f"OA {100 * metrics['occlusion_accuracy']:.1f}")
+    if "cycle_score" in metrics:
+        parts.append(f"label-free score {metrics['cycle_score']:.3f}")
+    if "grade_precision" in metrics:
+        parts.append(f"pseudo-labels: precision {metrics['grade_precision']:.2f} "
+                     f"recall {metrics['grade_recall']:.2f}")
+    return "  ".join(parts)
 
 
 def distributed_model(model: TAPIR, runtime: Runtime) -> torch.nn.Module:
@@ -380,9 +394,34 @@ def distributed_model(model: TAPIR, runtime: Runtime) -> torch.nn.Module:
         find_unused_parameters=model.config.refinement_iters == 0)
 
 
+def keep_freed_memory() -> bool:
+    """Asks glibc's malloc to keep freed memory for reuse instead of returning it to the system.
+
+    By default blocks above a (dynamic) threshold are mmap-ed and unmapped when freed, and
+    the heap top is trimmed: every training step then page-faults its activations in
+    again. On a CPU that cost about a fifth of a step's time (system time 0.9 s of 4.2 s
+    CPU seconds a step, `training.bench_bootstrap`); with these settings 0.3-0.4 s. Returns
+    whether the settings were applied (glibc only; elsewhere nothing changes)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if sys.platform != "linux" or name is None:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+        return bool(libc.mallopt(m_mmap_threshold, 32 << 20) and libc.mallopt(m_trim_threshold, 1 << 30)
+                    and libc.mallopt(m_top_pad, 256 << 20))
+    except (OSError, AttributeError):
+        return False
+
+
 def run_with_runtime(device: str, run):
     """`run(runtime)` with the process's runtime (DDP under torchrun), torn down after."""
     runtime = setup_runtime(device)
+    if runtime.device.type == "cpu":
+        keep_freed_memory()
     try:
         return run(runtime)
     finally:
@@ -396,13 +435,16 @@ class Loop:
 
     Supervised training and bootstrapping share the cadence (a log line every
     `log_every` steps, a checkpoint every `checkpoint_every`, a stop on SIGTERM/SIGINT
-    agreed by every rank, an evaluation when `eval_due`) and differ in these parts.
+    agreed by every rank, an evaluation when `eval_due`, a time budget) and differ in
+    these parts.
     """
 
     name: str  # the progress bar's label
     out: Path
     record: Dict  # written to out/config.json
-    checkpoint_fields: Dict  # stored in every checkpoint beside the model (the run's config)
+    # Stored in every checkpoint beside the model (the run's config): a dict, or a callable
+    # giving one when the checkpoint is written (a budget changes the config's step count).
+    checkpoint_fields: object
     final_name: str  # the weights-only file written when the schedule ends
     steps: int  # the schedule's length
     log_every: int
@@ -415,12 +457,26 @@ class Loop:
     postfix: Callable[[Dict], Dict] = lambda row: {}
     eval_due: Callable[[int], bool] = lambda step: False
     evaluate: Optional[Callable[[int], Dict[str, float]]] = None
+    # A `training.budget.TimeBudget`: the schedule's length follows it, and it may end the run.
+    budget: Optional[object] = None
+    # Called with a new schedule length when the budget refits it (the run's config follows).
+    set_steps: Callable[[int], None] = lambda steps: None
+    # Without a budget: print the plan (`training.budget.describe_plan`) once the pace is known;
+    # the value says whether the step count was given.
+    announce_plan: Optional[bool] = None
+    # Called once the final weights are written (e.g. the final validation), before the
+    # final evaluation.
+    after_final: Optional[Callable[[int], None]] = None
 
 
 def run_loop(loop: Loop, model: TAPIR, runtime: Runtime, state: Dict[str, object], batches,
              step: int, last_step: int) -> None:
     """Runs `loop.train_step` over `batches` from `step` to `last_step` (the main process logs,
-    checkpoints `model` and `state`, and evaluates); stops early, checkpointed, on a signal."""
+    checkpoints `model` and `state`, and evaluates); stops early, checkpointed, on a signal,
+    and at the budget's deadline (the schedule then ends there and the final weights are
+    written)."""
+    from .budget import CALIBRATION_STEPS, describe_plan
+
     out = loop.out
     logs, progress = None, None
     if runtime.is_main:
@@ -432,19 +488,55 @@ def run_loop(loop: Loop, model: TAPIR, runtime: Runtime, state: Dict[str, object
         progress = tqdm(total=last_step, initial=step, unit="step", desc=loop.name, dynamic_ncols=True)
 
     def save(path: Path, full: bool) -> None:
-        save_training_checkpoint(path, model, state if full else None, step=step, **loop.checkpoint_fields)
+        fields = loop.checkpoint_fields() if callable(loop.checkpoint_fields) else loop.checkpoint_fields
+        save_training_checkpoint(path, model, state if full else None, step=step, **fields)
+
+    def reschedule(steps: int) -> None:
+        nonlocal last_step
+        stops_early = last_step < loop.steps  # --stop-at
+        last_step = min(last_step, steps) if stops_early else steps
+        loop.steps = steps
+        loop.set_steps(steps)
+        if progress is not None:
+            progress.total = steps
+            progress.refresh()
 
     started = time.perf_counter()
     window, skipped = LossWindow(), 0
     stop_request = StopRequest()
     stop_request.install()
+    budget = loop.budget
+    step_times = []
+    final_written = False
     try:
-        for batch in batches:
+        iterator = iter(batches)
+        while step < last_step:
+            step_started = time.perf_counter()
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                break
             lr, parts, grad_norm, stepped = loop.train_step(batch, step)
             skipped += not stepped
             step += 1
+            step_seconds = time.perf_counter() - step_started
+            step_times.append(step_seconds)
             window.add(parts)
             stopping = stop_request.agreed(runtime)
+            if budget is not None:
+                budget.record_step(step_seconds)
+                fitted = budget.fit(step)
+                if fitted is not None and fitted != loop.steps:
+                    reschedule(fitted)
+                if step < last_step and budget.out_of_time():
+                    # The schedule ends here: final weights, as at its planned end.
+                    if runtime.is_main:
+                        progress.write(f"time budget: stopping at step {step} of {loop.steps}")
+                    reschedule(step)
+            elif loop.announce_plan is not None and len(step_times) == CALIBRATION_STEPS and runtime.is_main:
+                pace = statistics.median(step_times[1:])
+                progress.write(describe_plan(loop.steps, pace, loop.announce_plan))
+            bookkeeping_started = time.perf_counter()
 
             if step % loop.log_every == 0 or step == last_step or stopping:
                 means = window.means(runtime)
@@ -464,7 +556,12 @@ def run_loop(loop: Loop, model: TAPIR, runtime: Runtime, state: Dict[str, object
             if step % loop.checkpoint_every == 0 or step == last_step or stopping:
                 if runtime.is_main:
                     save(out / CHECKPOINT, full=True)
+                    if step == loop.steps:
+                        save(out / loop.final_name, full=False)
+                        final_written = True
                 runtime.barrier()
+                if final_written and loop.after_final is not None:
+                    loop.after_final(step)
             if stopping:
                 if runtime.is_main:
                     progress.write(f"stopped by {stop_request.signal or 'another rank'} at step {step}: "
@@ -474,11 +571,16 @@ def run_loop(loop: Loop, model: TAPIR, runtime: Runtime, state: Dict[str, object
                 if runtime.is_main:
                     progress.clear()
                     metrics = loop.evaluate(step)
-                    logs.scalars(logs.eval, "eval", {"step": step, **metrics})
-                    progress.write(metrics_line(step, metrics))
+                    if metrics:
+                        logs.scalars(logs.eval, "eval", {"step": step, **metrics})
+                        progress.write(metrics_line(step, metrics))
                 runtime.barrier()
-        if runtime.is_main and step == loop.steps:
+            if budget is not None:
+                budget.record_other(time.perf_counter() - bookkeeping_started)
+        if runtime.is_main and step == loop.steps and not final_written:
             save(out / loop.final_name, full=False)
+            if loop.after_final is not None:
+                loop.after_final(step)
     finally:
         stop_request.restore()
         if progress is not None:
@@ -630,25 +732,29 @@ def _resolve_resume(config: TrainConfig, overrides: Dict) -> tuple:
 
 
 def train(config: TrainConfig, resume: bool = False, overrides: Optional[Dict] = None,
-          stop_at: Optional[int] = None) -> TAPIR:
+          stop_at: Optional[int] = None, steps_given: bool = True, started: Optional[float] = None) -> TAPIR:
     """Runs (or resumes) training; returns the trained model (on its device).
 
     resume: continue from `config.out/checkpoint.pt`, whose stored training config is
       used with `overrides` (e.g. {"steps": 8000}) applied.
     stop_at: save a checkpoint and return at this step (e.g. to fit a job's time limit);
       the schedule still runs to `config.steps`, and `resume` continues from there.
+    steps_given: whether `steps` was chosen (else a run without a time budget prints its plan).
+    started: `time.monotonic()` when the command started (a time budget counts from it).
     """
+    started = time.monotonic() if started is None else started
     resumed = None
     if resume:
         config, resumed = _resolve_resume(config, overrides or {})
     elif (Path(config.out) / CHECKPOINT).exists():
         raise ValueError(f"{Path(config.out) / CHECKPOINT} exists: pass --resume to continue that run, "
                          "or choose another --out")
-    return run_with_runtime(config.device, lambda runtime: _train(config, runtime, resumed, stop_at))
+    return run_with_runtime(config.device, lambda runtime: _train(config, runtime, resumed, stop_at,
+                                                                   steps_given, started))
 
 
 def _train(config: TrainConfig, runtime: Runtime, resumed: Optional[dict],
-           stop_at: Optional[int]) -> TAPIR:
+           stop_at: Optional[int], steps_given: bool = True, started: Optional[float] = None) -> TAPIR:
     out = Path(config.out)
     device = runtime.device
     model = make_model(config, resumed).to(device).train()
@@ -660,7 +766,18 @@ def _train(config: TrainConfig, runtime: Runtime, resumed: Optional[dict],
     if resumed is not None:
         load_training_parts(resumed, state, resumed["path"])
         step = int(resumed["step"])
+    budget = None
+    if config.time_budget is not None:
+        from .budget import TimeBudget
+
+        cap = config.steps if steps_given else max(config.steps, 1_000_000)
+        budget = TimeBudget(config.time_budget, time.monotonic() if started is None else started, max_steps=cap)
+        config.steps = cap
     last_step = min(config.steps, stop_at) if stop_at is not None else config.steps
+
+    def set_steps(steps: int) -> None:
+        config.steps = steps
+        config.warmup = min(config.warmup, max(1, steps // 10))  # a short budget keeps its warmup short
 
     trained = distributed_model(model, runtime)
     loader = make_loader(
@@ -681,12 +798,13 @@ def _train(config: TrainConfig, runtime: Runtime, resumed: Optional[dict],
         checkpoint_every=config.checkpoint_every, train_step=train_step,
         record={"train": asdict(config), "model": model.config.to_dict(),
                 "world_size": runtime.world_size, "device": str(device)},
-        checkpoint_fields={"train_config": asdict(config)},
+        checkpoint_fields=lambda: {"train_config": asdict(config)},
         extra_columns=lambda steps, elapsed: {
             "clips_per_s": steps * config.batch_size * runtime.world_size / elapsed},
         postfix=lambda row: {"loss": f"{row['loss']:.3f}", "lr": f"{row['lr']:.2e}"},
         eval_due=lambda step: config.eval_every > 0 and (step % config.eval_every == 0 or step == config.steps),
-        evaluate=lambda step: evaluate(model, config, step, device))
+        evaluate=lambda step: evaluate(model, config, step, device), budget=budget, set_steps=set_steps,
+        announce_plan=None if budget is not None else steps_given)
     run_loop(loop, model, runtime, state, loader, step, last_step)
     return model
 
@@ -719,7 +837,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="causal (online) temporal convolutions (default: causal)")
     add("--init", "init", str, "start from the weights and architecture of this checkpoint (an "
         "official bare state_dict is taken as causal unless --no-causal)")
-    add("--steps", "steps", int, "total optimiser steps (the cosine schedule's length)")
+    add("--steps", "steps", int, "total optimiser steps (the cosine schedule's length; with "
+        "--time-budget, the most it may fit)")
+    add("--time-budget", "time_budget", float, "minutes for the run: the step count and the learning-rate "
+        "schedule are fitted to them after a few timed steps (the final evaluation comes on top)")
     add("--batch-size", "batch_size", int, "clips per step and process")
     add("--frames", "frames", int, "frames per training clip")
     add("--num-points", "num_points", int, "query points per clip")
@@ -746,15 +867,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    started = time.monotonic()
     options = vars(build_parser().parse_args(argv))
     resume = options.pop("resume")
     stop_at = options.pop("stop_at")
     out = options.pop("out")
     try:
         if resume:
-            train(TrainConfig(out=out), resume=True, overrides=options, stop_at=stop_at)
+            options.setdefault("time_budget", None)  # a budget is this command's, not the stored run's
+            train(TrainConfig(out=out), resume=True, overrides=options, stop_at=stop_at, started=started)
         else:
-            train(TrainConfig(out=out, **options), stop_at=stop_at)
+            train(TrainConfig(out=out, **options), stop_at=stop_at, steps_given="steps" in options,
+                  started=started)
     except (ValueError, FileNotFoundError) as error:
         # CheckpointError is a ValueError whose message says what to do.
         print(f"training.train: error: {error}", file=sys.stderr)

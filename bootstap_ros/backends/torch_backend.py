@@ -183,7 +183,9 @@ class TorchBackend:
                     run()
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._pool):
+            # thread_local: only this thread's calls may break the capture. The node loads the
+            # next model (allocations, weight copies) on another thread while this one tracks.
+            with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
                 run()
             return graph
         except RuntimeError as error:

@@ -9,9 +9,10 @@ The points lie on frame K (default 0) of the input: an image file, a video, an
 image folder or an .npy clip. Q.csv is the query file of bootstap-track (header
 naming t, x, y; pixel positions in TAPIR's raster); its t column is ignored, and
 an optional `label` column names the points. SET.npz holds the positions, their
-query features from that frame, the labels, the image size and the model's
-identity (`bootstap_ros.tracking.query_set`); the node's `query_set` parameter
-tracks these points in a live stream.
+query features from that frame, the labels, the frame itself (PNG, so that another
+model can make its own query features), the image size and the model's identity
+(`bootstap_ros.tracking.query_set`); the node's `query_set` parameter tracks these
+points in a live stream, with this model or, re-encoded from the frame, another.
 """
 
 from __future__ import annotations
@@ -37,15 +38,17 @@ def build_parser() -> argparse.ArgumentParser:
     points.add_argument("--grid", type=int, help="an NxN grid of points over the image")
     parser.add_argument("--output", required=True, help="where to write the query set (.npz)")
     parser.add_argument("--checkpoint", default=None,
-                        help="the model the set is for (default: the embedded model); the node must run "
-                             "the same one")
+                        help="the model whose query features the set holds (default: the embedded model); "
+                             "a node running another model re-encodes the points from the stored frame")
     parser.add_argument("--labels", default=None,
                         help="comma-separated labels, one per point (instead of a label column)")
     parser.add_argument("--resolution", type=int, default=None,
-                        help="model resolution (square); must equal the node's `resolution` if that is set")
+                        help="model resolution (square), as the node's `resolution` (another one works too: "
+                             "the node then re-encodes the points from the stored frame)")
     parser.add_argument("--refine-resolution", default=None, metavar="HxW",
                         help="top of the refinement ladder, as the node's `refine_resolution` that will "
-                        "track the set (each ladder level has its own query features); default: one level")
+                        "track the set (each ladder level has its own query features; with another "
+                        "ladder the node re-encodes the points); default: one level")
     parser.add_argument("--causal", action=argparse.BooleanOptionalAction, default=True,
                         help="how an official checkpoint is loaded (default causal, as the node does)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
@@ -128,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
     features = tracker.query_features(frame, xy)
     query_set = QuerySet(xy=xy, features=features, image_size=size, labels=labels,
                          model=ModelIdentity.of(checkpoint, model.config),
-                         source=f"{Path(args.input).resolve()} frame {args.frame}")
+                         source=f"{Path(args.input).resolve()} frame {args.frame}",
+                         images=[frame], image_index=np.zeros(len(xy), np.int64))
     query_set.save(args.output)
     print(f"wrote {args.output}: {len(query_set)} points on frame {args.frame} of {args.input} "
           f"({size[1]}x{size[0]}), model {checkpoint} (SHA-256 {query_set.model.checkpoint_sha256[:12]}...)")

@@ -149,21 +149,6 @@ def resize_video(video: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     return x.reshape(b, t, c, *size).permute(0, 1, 3, 4, 2)
 
 
-def _sample_2d(grid: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
-    """Bilinear samples of per-frame grids at raster positions, zero outside.
-
-    grid: [B, T, h, w, C]; xy: [B, N, T, S, 2] raster coords of that grid.
-    Returns [B, N, T, S, C].
-    """
-    b, t, h, w, c = grid.shape
-    n, s = xy.shape[1], xy.shape[3]
-    images = grid.permute(0, 1, 4, 2, 3).reshape(b * t, c, h, w)
-    scale = torch.tensor([2.0 / w, 2.0 / h], dtype=xy.dtype, device=xy.device)
-    normalized = (xy * scale - 1).permute(0, 2, 1, 3, 4).reshape(b * t, n, s, 2)
-    out = F.grid_sample(images, normalized, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return out.reshape(b, t, c, n, s).permute(0, 3, 1, 4, 2)
-
-
 class TAPIR(nn.Module):
     """TAPIR with BootsTAP's extra convolutions; `ModelConfig` is its only argument."""
 
@@ -312,9 +297,7 @@ class TAPIR(nn.Module):
         for level, level_grids in enumerate(grids.levels()):
             queries = self._level_queries(query_features, level)
             scale = self._update_scale(level_grids)
-            pyramid = [level_grids.hires, level_grids.lowres]
-            for _ in range(c.pyramid_level):
-                pyramid.append(_avg_pool_spatial(pyramid[-1]))
+            pyramid = (level_grids.hires, level_grids.lowres)
             # Each level starts again from the query features and the initial logits;
             # the positions carry over (official TAPIR).
             mixer_features = None
@@ -452,18 +435,23 @@ class TAPIR(nn.Module):
         c = self.config
         height, width = c.resolution
         b, n, t, _ = tracks.shape
+        if mixer_features is None:
+            queries = (query_features.hires, query_features.lowres)
+        else:
+            queries = (mixer_features[..., :c.hires_dim], mixer_features[..., c.hires_dim:])
+        # As in `track_step`: a patch of bilinear samples dotted with a query equals the
+        # bilinear samples of the query's correlation map (sampling is linear, and zero
+        # outside either way), and the coarser pyramid level is the 2x2 average of the
+        # finer map. One matmul per level instead of sampling C channels at every patch
+        # offset; the backward pass then scatters into one-channel maps.
+        maps = [_correlation_maps(grid, query) for grid, query in zip(pyramid, queries)]
+        for _ in range(c.pyramid_level):
+            maps.append(F.avg_pool2d(maps[-1].flatten(0, 2), 2).unflatten(0, maps[-1].shape[:3]))
         correlations = []
-        for level, grid in enumerate(pyramid):
-            gh, gw = grid.shape[2:4]
+        for grid in maps:
+            gh, gw = grid.shape[-2:]
             centres = tracks * torch.tensor([gw / width, gh / height], device=tracks.device)
-            neighbourhood = _sample_2d(grid, centres[:, :, :, None, :] + self.patch_offsets)
-            if mixer_features is None:
-                query = query_features.hires if level == 0 else query_features.lowres
-                correlations.append(torch.einsum("bntsc,bnc->bnts", neighbourhood, query))
-            else:
-                query = (mixer_features[..., :c.hires_dim] if level == 0
-                         else mixer_features[..., c.hires_dim:])
-                correlations.append(torch.einsum("bntsc,bntc->bnts", neighbourhood, query))
+            correlations.append(_sample_frame_maps(grid, centres[:, :, :, None, :] + self.patch_offsets))
         if mixer_features is None:
             both = torch.cat([query_features.hires, query_features.lowres], dim=-1)
             mixer_features = both[:, :, None, :].expand(b, n, t, both.shape[-1])
@@ -539,8 +527,38 @@ class TAPIR(nn.Module):
         return Trajectories(*final, unrefined)
 
 
+def _correlation_maps(grid: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+    """Correlation of each query with every cell of its frame's grid.
+
+    grid: [B, T, h, w, C]; query: [B, N, C] (one per point) or [B, N, T, C] (one per
+    point and frame). Returns [B, T, N, h, w] (frame-major, as `_sample_frame_maps` takes).
+    """
+    b, t, h, w, c = grid.shape
+    cells = grid.reshape(b, t, h * w, c).transpose(-1, -2)  # [B, T, C, h*w]
+    if query.dim() == 3:
+        maps = torch.matmul(query[:, None], cells)  # [B, 1, N, C] x [B, T, C, hw]
+    else:
+        maps = torch.matmul(query.transpose(1, 2), cells)  # [B, T, N, C] x [B, T, C, hw]
+    return maps.reshape(b, t, -1, h, w)
+
+
+def _sample_frame_maps(maps: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples of one-channel maps per point and frame, zero outside.
+
+    maps: [B, T, N, h, w]; xy: [B, N, T, S, 2] raster coords of the maps.
+    Returns [B, N, T, S].
+    """
+    b, t, n, h, w = maps.shape
+    s = xy.shape[3]
+    scale = torch.tensor([2.0 / w, 2.0 / h], dtype=xy.dtype, device=xy.device)
+    normalized = (xy.transpose(1, 2) * scale - 1).reshape(b * t * n, 1, s, 2)
+    out = F.grid_sample(maps.reshape(b * t * n, 1, h, w), normalized, mode="bilinear",
+                        padding_mode="zeros", align_corners=False)
+    return out.reshape(b, t, n, s).transpose(1, 2)
+
+
 def _sample_maps(maps: torch.Tensor, xy: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Bilinear samples of one-channel maps, zero outside (as `_sample_2d`).
+    """Bilinear samples of one-channel maps, zero outside (as `_sample_frame_maps`).
 
     maps: [B, N, h, w], one per point; xy: [B, N, S, 2] raster coords of the maps;
     scale: (2 / w, 2 / h). Returns [B, N, S].
@@ -551,13 +569,6 @@ def _sample_maps(maps: torch.Tensor, xy: torch.Tensor, scale: torch.Tensor) -> t
     out = F.grid_sample(maps.reshape(b * n, 1, h, w), normalized, mode="bilinear",
                         padding_mode="zeros", align_corners=False)
     return out.reshape(b, n, s)
-
-
-def _avg_pool_spatial(grid: torch.Tensor) -> torch.Tensor:
-    """2x2 average pooling of [B, T, h, w, C] grids (the coarser pyramid level)."""
-    b, t, h, w, c = grid.shape
-    pooled = F.avg_pool2d(grid.reshape(b * t, h, w, c).permute(0, 3, 1, 2), 2)
-    return pooled.permute(0, 2, 3, 1).reshape(b, t, h // 2, w // 2, c)
 
 
 def _soft_argmax(heatmap: torch.Tensor, radius: float) -> torch.Tensor:

@@ -73,11 +73,12 @@ def _shut_down(node, name: str, status: int) -> None:
     # rclpy restores the handlers it replaced at init (Python's): ignore again.
     _ignore_stop_signals()
     if getattr(node, "worker_alive", False):
-        # Its frame takes too long (e.g. a first TensorRT engine build). Python would stop
-        # the thread at exit wherever it is, and inside the network's C++ code that aborts
-        # the process; leave without the interpreter's clean-up instead.
+        # Its frame, or a model loading for a swap, takes too long (e.g. a first TensorRT
+        # engine build). Python would stop the thread at exit wherever it is, and inside the
+        # network's C++ code that aborts the process; leave without the interpreter's clean-up.
         rclpy.logging.get_logger(name).error(
-            "the worker did not finish its frame in time: exiting without waiting for it")
+            "the worker did not finish its frame in time (or a model still loads): exiting "
+            "without waiting for it")
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(status or 1)

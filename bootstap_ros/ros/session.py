@@ -7,15 +7,23 @@ queued add/remove/reset requests before each frame, seeds `grid_points` and the
 points of the `query_set` (`load_query_set`) on the first frame (and after each reset), resets when time jumps back, and turns
 every bad input into one warning instead of an exception, so that existing
 tracks survive it.
+
+Model swaps: `ModelLoader` loads a model in a background thread (the latest request
+wins); `TrackingSession.prepare_swap`, on that thread, re-encodes for it every point
+whose query image is kept (`tracking.reencode`), and `apply_swap`, on the worker
+between two frames, re-encodes the rest and moves every live point, with its id, to
+the new tracker, or leaves everything as it was when that fails.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
@@ -23,6 +31,7 @@ from bootstap_ros.model.checkpoint import OFFICIAL_CAUSAL_URL
 from bootstap_ros.ros.queues import RequestQueue
 from bootstap_ros.ros.settings import TrackerNodeConfig
 from bootstap_ros.tracking.query_set import ModelIdentity, QuerySet, QuerySetError
+from bootstap_ros.tracking.reencode import PointOrigins, Reencoded, reencode
 
 LOG = logging.getLogger(__name__)
 
@@ -79,7 +88,8 @@ def create_tracker(config: TrackerNodeConfig):
     if device == "cpu" and config.cpu_threads:
         import torch
 
-        torch.set_num_threads(config.cpu_threads)  # the process's pool: the node owns it
+        if torch.get_num_threads() != config.cpu_threads:  # a model swap loads beside inference
+            torch.set_num_threads(config.cpu_threads)  # the process's pool: the node owns it
     try:
         loaded = load_checkpoint(path, causal=config.causal)
     except CheckpointError as error:
@@ -116,16 +126,30 @@ def create_tracker(config: TrackerNodeConfig):
     return tracker, info
 
 
+def check_swap(config: TrackerNodeConfig) -> None:
+    """What can be checked of a model swap to `config` at once, without loading anything (a
+    missing checkpoint file, an unavailable device); StartupError says what is wrong. The rest
+    (a truncated or foreign file, a backend that cannot start) shows when it loads."""
+    path = _checkpoint_path(config.checkpoint)
+    if not path.is_file():
+        raise StartupError(f"checkpoint not found: {path}" if not path.exists() else
+                           f"checkpoint {path} is not a file")
+    _resolve_device(config.device)
+
+
 def load_query_set(path: str, info: TrackerInfo) -> QuerySet:
-    """The query set at `path`, checked against the node's model; QuerySetError says what to do."""
+    """The query set at `path`, checked against the node's model; QuerySetError says what to do.
+
+    A set made with another model is accepted when it holds its demonstration images (the
+    session re-encodes its points for the node's model), refused when it does not (version 1)."""
     query_set = QuerySet.load(path)
     problem = query_set.model.mismatch(info.identity) if info.identity is not None else None
-    if problem:
+    if problem and not query_set.reencodable:
         raise QuerySetError(
-            f"query set {path} was made with another model than the node's ({problem}); its query "
-            f"features mean nothing to this model. Make it again with `bootstap-queries ... "
-            f"--checkpoint {info.checkpoint}` (and the node's resolution), or run the node with the "
-            "set's checkpoint")
+            f"query set {path} was made with another model than the node's ({problem}) and holds no "
+            f"demonstration image (query set version 1), so its points cannot be re-encoded for this "
+            f"model. Make it again with this `bootstap-queries` (any --checkpoint), or run the node "
+            "with the set's checkpoint")
     return query_set
 
 
@@ -182,6 +206,97 @@ def _backend_options(config: TrackerNodeConfig, device: str, notes: List[str]) -
     return options
 
 
+@dataclass
+class PreparedSwap:
+    """A loaded model ready to replace the session's, with the points it could re-encode ahead."""
+
+    tracker: Any  # CausalTracker
+    identity: Optional[ModelIdentity]
+    reencoded: Reencoded = field(repr=False)  # the points whose query image was kept, when prepared
+    payload: Any = None  # the caller's (the node: its config and TrackerInfo)
+
+
+@dataclass
+class SwapOutcome:
+    """What `apply_swap` did: error None when the new model is in use."""
+
+    prepared: PreparedSwap = field(repr=False)
+    error: Optional[str] = None
+    counts: Dict[str, int] = field(default_factory=dict)  # points by re-encoding source
+    lost: List[int] = field(default_factory=list)  # points dropped: nothing to re-encode from
+    seconds: float = 0.0  # on the worker
+
+
+class ModelLoader:
+    """Runs `load(request)` in a background thread, one request at a time; the latest wins.
+
+    A request that arrives while another loads waits for it to finish, and the finished
+    one is then dropped unseen; `done(request, result, error)` is called (on that
+    thread) only for the latest, with error the reason it failed (result None then).
+    """
+
+    def __init__(self, load: Callable[[Any], Any], done: Callable[[Any, Any, Optional[str]], None]):
+        self._load, self._done = load, done
+        self._condition = threading.Condition()
+        self._wanted: Any = None
+        self._thread: Optional[threading.Thread] = None
+        self._closed = False
+        self.since: Optional[float] = None  # time.time() the pending request was made
+
+    @property
+    def pending(self) -> Any:
+        """The request loading or waiting to, or None."""
+        return self._wanted
+
+    def request(self, request: Any) -> None:
+        """Load `request` instead of anything pending; None cancels what is pending."""
+        with self._condition:
+            if self._closed:
+                return
+            self._wanted = request
+            self.since = time.time() if request is not None else None
+            if request is not None and self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="model_loader", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._condition:
+                request = self._wanted
+                if request is None or self._closed:
+                    self._thread = None
+                    return
+            try:
+                result, error = self._load(request), None
+            except StartupError as failure:
+                result, error = None, str(failure)
+            except Exception as failure:  # anything a load does must not kill the thread
+                result, error = None, f"{type(failure).__name__}: {failure}"
+            with self._condition:
+                if self._closed:
+                    self._thread = None
+                    return
+                if self._wanted != request:
+                    continue  # superseded or cancelled while loading
+                self._wanted, self.since = None, None
+            self._done(request, result, error)
+
+    def close(self, timeout: float) -> bool:
+        """Stop after the load in progress (waiting up to `timeout` s); True when stopped."""
+        with self._condition:
+            self._closed = True
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout=timeout)
+            return not thread.is_alive()
+        return True
+
+    @property
+    def alive(self) -> bool:
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
+
 def grid_positions(grid_points, size) -> np.ndarray:
     """float32 [K, 2] pixel positions for a grid_points value on an image of (height, width)."""
     if isinstance(grid_points, int):
@@ -212,8 +327,17 @@ class TrackingSession:
     """
 
     def __init__(self, tracker, grid_points=0,
-                 warn: Optional[Callable[[str, str], None]] = None):
+                 warn: Optional[Callable[[str, str], None]] = None,
+                 identity: Optional[ModelIdentity] = None, frame_memory_bytes: int = 128 << 20):
+        """identity: the tracker's model (ModelIdentity), against which query sets are checked
+        (None: sets are used as they are). frame_memory_bytes: the bound on the camera frames
+        kept so that a model swap can re-encode points where they were added."""
         self.tracker = tracker
+        self.identity = identity
+        self.origins = PointOrigins(frame_memory_bytes)
+        self._swap_lock = threading.Lock()
+        self._pending_swap: Optional[PreparedSwap] = None
+        self.swap_outcomes: List[SwapOutcome] = []  # for the node to report; it empties it
         self.grid_points = grid_points
         self.requests = RequestQueue()
         self._warn = warn or (lambda kind, message: LOG.warning(message))
@@ -246,7 +370,89 @@ class TrackingSession:
         self._seeded = False
         self.resets += 1
 
+    # Model swaps.
+    def prepare_swap(self, tracker, identity: Optional[ModelIdentity], payload=None) -> PreparedSwap:
+        """Make `tracker` (a new model's) ready to take over: on the CPU, re-encode for it every
+        point whose query image is kept (a backbone pass per image, the costly part there). Any
+        thread (the model loader's); the session is not changed. On a GPU that is left to
+        `apply_swap` on the worker: a pass costs milliseconds there, and the torch backend's
+        CUDA graphs are captured by the thread that replays them."""
+        records = self.origins.records() if getattr(tracker.device, "type", "cpu") == "cpu" else []
+        return PreparedSwap(tracker, identity, reencode(tracker.query_features, identity, records,
+                                                        queries_only=True), payload)
+
+    def request_swap(self, prepared: Optional[PreparedSwap]) -> None:
+        """Swap to `prepared` before the next frame (replacing a swap not yet made; None: none)."""
+        with self._swap_lock:
+            self._pending_swap = prepared
+
+    @property
+    def swap_pending(self) -> bool:
+        return self._pending_swap is not None
+
+    def apply_swap(self) -> Optional[SwapOutcome]:
+        """Make the requested swap now, between two frames (worker thread): every live point
+        moves to the new tracker with its id, re-encoded from the best source kept
+        (`tracking.reencode`), its causal state restarting. On any failure the session keeps
+        its tracker and every point. The outcome is also appended to `swap_outcomes`."""
+        with self._swap_lock:
+            prepared, self._pending_swap = self._pending_swap, None
+        if prepared is None:
+            return None
+        start = time.perf_counter()
+        old, new = self.tracker, prepared.tracker
+        try:
+            live = old.ids
+            if len(live) > new.max_points:
+                raise ValueError(f"the new tracker holds at most {new.max_points} points and {len(live)} "
+                                 "are tracked: remove points or raise max_points")
+            ready = np.isin(live, prepared.reencoded.ids)
+            parts = [prepared.reencoded.take(live[ready])]
+            if (~ready).any():
+                parts.append(reencode(new.query_features, prepared.identity,
+                                      self.origins.records(live[~ready])))
+            points = Reencoded.join(parts)
+            new.next_id = max(new.next_id, old.next_id)
+            new.visibility_threshold = old.visibility_threshold
+            if len(points.ids):
+                new.add_points_from_features(points.features, ids=points.ids)
+        except Exception as error:  # whatever it was, the old model goes on
+            outcome = SwapOutcome(prepared, error=f"{type(error).__name__}: {error}" if not isinstance(
+                error, ValueError) else str(error), seconds=time.perf_counter() - start)
+            self.swap_outcomes.append(outcome)
+            return outcome
+        self.origins.requeried(points.requeried)
+        self.tracker, self.identity = new, prepared.identity
+        if points.lost:
+            self._warn("model_swap", f"model swap: {len(points.lost)} point(s) had no image left to "
+                       f"re-encode them from and were dropped: ids {points.lost[:10]}")
+        outcome = SwapOutcome(prepared, counts=points.counts(), lost=list(points.lost),
+                              seconds=time.perf_counter() - start)
+        self.swap_outcomes.append(outcome)
+        return outcome
+
+    def _fitting(self, query_set: QuerySet) -> Optional[QuerySet]:
+        """`query_set` with query features of the session's model: as it is when it was made
+        with that model, else re-encoded from its demonstration images (and kept so, for the
+        next reset); None, with a warning, when it cannot be."""
+        problem = query_set.model.mismatch(self.identity) if self.identity is not None else None
+        if problem is None:
+            return query_set
+        if not query_set.reencodable:
+            self._warn("query_set", f"query set {query_set.path}: its points are not added: it was made "
+                       f"with another model ({problem}) and holds no demonstration image (query set "
+                       "version 1) to make this model's query features from; make it again with "
+                       "this bootstap-queries")
+            return None
+        fitted = query_set.reencoded(self.tracker.query_features, self.identity)
+        if self.query_set is query_set:
+            self.query_set = fitted
+        return fitted
+
     def _add_query_set(self, query_set: QuerySet, size) -> None:
+        query_set = self._fitting(query_set)
+        if query_set is None:
+            return
         free = self.tracker.max_points - self.tracker.num_points
         count = min(len(query_set), free)
         if count < len(query_set):
@@ -256,6 +462,7 @@ class TrackingSession:
                        "use); remove points, reset, or raise max_points")
         ids = self.tracker.add_points_from_features(
             {name: array[:count] for name, array in query_set.features.items()})
+        self.origins.add_from_set(ids, query_set, np.arange(count))
         self.added_query_sets.append(AddedQuerySet(
             ids, query_set.positions_in(size)[:count], list(query_set.labels[:count]),
             query_set.path or ""))
@@ -270,6 +477,8 @@ class TrackingSession:
         except FrameError as error:
             self._warn("bad_image", f"skipping a frame: {error}")
             return None
+        self.apply_swap()
+        key = self.origins.frame(rgb)
         if stamp_ns is not None and self._last_stamp is not None and stamp_ns < self._last_stamp:
             self._warn("time_jump",
                        f"image stamp went back by {(self._last_stamp - stamp_ns) / 1e9:.3f} s (a bag "
@@ -292,6 +501,9 @@ class TrackingSession:
             except (ValueError, TrackerFullError) as error:  # not expected after _apply's checks
                 self._warn("bad_points", f"points not added: {error}")
                 result = self.tracker.step(rgb, "rgb8")
+        if len(result.new_ids):
+            self.origins.add(result.new_ids, key, additions)
+        self.origins.observe(key, result)
         if stamp_ns is not None:
             self._last_stamp = stamp_ns
         self.frames += 1

@@ -2,7 +2,9 @@
 
 `TrackerNodeConfig` is the one place the node's defaults live; `PARAMETERS`
 describes each ROS parameter (its name, the config field it fills, whether it
-can change at runtime, its range or choices). The node declares its parameters
+can change at runtime and how, its range or choices). The model's parameters
+(`swap`) change at runtime through a model loaded in the background and swapped
+in between two frames (docs/model-swap.md). The node declares its parameters
 from this table, config/tracker.yaml documents the same names, and a test
 checks that the two agree. No rclpy here: the node turns `ParameterSpec` into
 a `ParameterDescriptor`.
@@ -52,6 +54,7 @@ class TrackerNodeConfig:
     depth_slop: float = 0.02  # seconds
     depth_window: int = 5  # pixels
     depth_wait: float = 0.1  # seconds
+    query_frame_memory_mb: int = 128
 
 
 @dataclass(frozen=True)
@@ -60,10 +63,15 @@ class ParameterSpec:
     field: str  # the TrackerNodeConfig field it fills
     description: str
     read_only: bool = True  # changing it needs a restart
+    swap: bool = False  # a change loads a new model in the background and swaps it in
     choices: Optional[Sequence[str]] = None
     integer_range: Optional[Tuple[int, int]] = None
     float_range: Optional[Tuple[float, float]] = None
     dynamic_typing: bool = False
+
+    def __post_init__(self):
+        if self.swap and self.read_only:
+            raise ValueError(f"parameter {self.name}: a swap parameter changes at runtime")
 
     @property
     def default(self) -> Any:
@@ -83,44 +91,54 @@ class ParameterSpec:
 PARAMETERS: Tuple[ParameterSpec, ...] = (
     ParameterSpec("checkpoint", "checkpoint",
                   "Model checkpoint (.pt): an official causal BootsTAPIR state_dict or a project "
-                  "checkpoint. Empty: the embedded default model (bootstap_ros/data/default.pt)."),
+                  "checkpoint. Empty: the embedded default model (bootstap_ros/data/default.pt). "
+                  "Changes at runtime (model swap): the new model loads in the background while "
+                  "tracking goes on, and takes over between two frames; every live point keeps its "
+                  "id and is re-encoded for it (docs/model-swap.md). A missing file is refused at "
+                  "once; one that does not load or fit is refused when it fails to load (warning, "
+                  "/diagnostics) and the parameter returns to the model in use. The parameters "
+                  "marked as changing by a model swap go the same way; while one loads, the latest "
+                  "change wins.", read_only=False, swap=True),
     ParameterSpec("causal", "causal",
                   "Run the model causally (online). Official checkpoints do not say; keep true for "
-                  "causal_bootstapir_checkpoint.pt."),
-    ParameterSpec("backend", "backend", "Inference backend; auto picks the fastest available.",
-                  choices=BACKEND_CHOICES),
-    ParameterSpec("device", "device", "auto (cuda when available, else cpu), cpu, cuda or cuda:N."),
+                  "causal_bootstapir_checkpoint.pt. Changes at runtime by a model swap (see checkpoint).", read_only=False, swap=True),
+    ParameterSpec("backend", "backend", "Inference backend; auto picks the fastest available."
+                  " Changes at runtime by a model swap (see checkpoint).", choices=BACKEND_CHOICES, read_only=False, swap=True),
+    ParameterSpec("device", "device", "auto (cuda when available, else cpu), cpu, cuda or cuda:N."
+                  " Changes at runtime by a model swap (see checkpoint).", read_only=False, swap=True),
     ParameterSpec("precision", "precision",
-                  "Inference precision; auto: fp16 for the tensorrt backend, fp32 for the others.",
-                  choices=PRECISION_CHOICES),
+                  "Inference precision; auto: fp16 for the tensorrt backend, fp32 for the others. Changes at runtime by a model swap (see checkpoint).",
+                  choices=PRECISION_CHOICES, read_only=False, swap=True),
     ParameterSpec("torch_compile", "torch_compile",
                   "Compile the torch backend's backbone and mixer block with torch.compile "
                   "(inductor) at start-up: fewer, fused kernels per frame on a GPU, after "
                   "seconds to minutes of compiling before the first frame. Needs the torch "
                   "backend, and Triton (CUDA) or a C++ compiler (CPU); where compiling fails "
-                  "the node warns and runs uncompiled."),
+                  "the node warns and runs uncompiled. Changes at runtime by a model swap (see checkpoint).", read_only=False, swap=True),
     ParameterSpec("cpu_threads", "cpu_threads",
                   "Threads for inference on the CPU (torch intra-op threads); 0: torch's default, "
                   "one per core. Where the camera driver shares the cores, fewer can be faster.",
                   integer_range=(0, 1024)),
     ParameterSpec("resolution", "resolution",
                   "Square model input resolution in pixels, a multiple of 8; 0 keeps the "
-                  "checkpoint's (256). Lower is faster and less accurate.",
-                  integer_range=(0, 2048)),
+                  "checkpoint's (256). Lower is faster and less accurate. Changes at runtime by a model swap (see checkpoint).",
+                  integer_range=(0, 2048), read_only=False, swap=True),
     ParameterSpec("refine_resolution", "refine_resolution",
                   "[H, W], multiples of 8: the top of the refinement ladder. Above the model "
                   "resolution, refinement repeats on log-spaced levels up to it (official TAPIR for "
                   "large input; BootsTAPIR is most accurate at 512x512), each on the camera image "
                   "resized to that level; the initial estimate stays at the model resolution. "
-                  "[0, 0]: the model resolution (one level, fastest)."),
+                  "[0, 0]: the model resolution (one level, fastest). Changes at runtime by a model swap (see checkpoint).", read_only=False,
+                  swap=True),
     ParameterSpec("softmax_temperature", "softmax_temperature",
                   "Softmax temperature of the initial cost-volume estimate; 0 keeps the "
-                  "checkpoint's (official BootsTAPIR weights: 10, TAPIR: 20, as they were trained).",
-                  float_range=(0.0, 1000.0)),
+                  "checkpoint's (official BootsTAPIR weights: 10, TAPIR: 20, as they were trained). Changes at runtime by a model swap (see checkpoint).",
+                  float_range=(0.0, 1000.0), read_only=False, swap=True),
     ParameterSpec("max_points", "max_points",
                   "Capacity: the most points tracked at once (rounded up to the tracker's block "
-                  "size). Additions beyond it are dropped with a warning.",
-                  integer_range=(1, 16384)),
+                  "size). Additions beyond it are dropped with a warning. Changes at runtime by a model swap (see checkpoint). A swap to "
+                  "fewer slots than points tracked is refused.",
+                  integer_range=(1, 16384), read_only=False, swap=True),
     ParameterSpec("grid_points", "grid_points",
                   "Points seeded on the first frame (and again after a reset): an integer N for "
                   "an NxN grid over the image (0: none), or a flat list [x0, y0, x1, y1, ...] of "
@@ -130,7 +148,7 @@ PARAMETERS: Tuple[ParameterSpec, ...] = (
                   "(official: 0.5).", read_only=False, float_range=(0.0, 1.0)),
     ParameterSpec("engine_cache_dir", "engine_cache_dir",
                   "Folder where compiled engines (TensorRT, ONNX) are cached; empty: the backend's "
-                  "default."),
+                  "default. Changes at runtime by a model swap (see checkpoint).", read_only=False, swap=True),
     ParameterSpec("publish_debug_image", "publish_debug_image",
                   "Always publish ~/debug_image (it is also published whenever someone "
                   "subscribes).", read_only=False),
@@ -155,8 +173,9 @@ PARAMETERS: Tuple[ParameterSpec, ...] = (
                   "A query set file (.npz, made by bootstap-queries): its points, defined on a "
                   "demonstration image, are added with that image's query features when the node "
                   "starts, after each reset (as grid_points) and whenever this is set; ids in the "
-                  "file's order, tracked from the next frame on. It must come from the node's "
-                  "model. Empty: none.",
+                  "file's order, tracked from the next frame on. A set made with another model is "
+                  "re-encoded for the node's from its demonstration image (version-1 sets, which "
+                  "hold none, must come from the node's model). Empty: none.",
                   read_only=False),
     ParameterSpec("use_depth", "use_depth",
                   "Also subscribe to `depth` (sensor_msgs/Image registered to the colour image, "
@@ -176,11 +195,18 @@ PARAMETERS: Tuple[ParameterSpec, ...] = (
                   "has not arrived yet (only while depth images are coming in). Raise it when "
                   "depth lags the colour image, e.g. on a loaded computer.",
                   read_only=False, float_range=(0.0, 2.0)),
+    ParameterSpec("query_frame_memory_mb", "query_frame_memory_mb",
+                  "Memory in MiB for the camera images kept so that a model swap can re-encode each "
+                  "live point from the image it was added on, at the position it was added at (and "
+                  "else from its last visible position); past it the oldest images are dropped "
+                  "first. 0: keep only the latest image (every point is then re-encoded from its "
+                  "latest position).", read_only=False, integer_range=(0, 1 << 20)),
     ParameterSpec("diagnostics_period", "diagnostics_period",
                   "Seconds between /diagnostics messages.", float_range=(0.1, 60.0)),
 )
 
 PARAMETER_NAMES = tuple(spec.name for spec in PARAMETERS)
+SWAP_PARAMETERS = tuple(spec for spec in PARAMETERS if spec.swap)
 
 
 class SettingsError(ValueError):

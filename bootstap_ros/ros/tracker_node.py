@@ -13,6 +13,14 @@ publishes `tracks_3d` (sensor_msgs/PointCloud2, metres in the optical frame; see
 image (`bootstap-queries`); their demonstration positions, in the live image's
 pixels, go out on `~/query_points` (latched) when they are added.
 
+The model's parameters (`checkpoint`, `resolution`, ...; `settings.SWAP_PARAMETERS`)
+change at runtime: the parameter callback checks only what it can at once and
+hands the new configuration to a `session.ModelLoader` thread, which loads it
+and re-encodes the points it can ahead; the worker swaps it in between two
+frames. A model that fails to load or to take over is reported (warning,
+/diagnostics) and the parameters are set back to the model in use, from the
+executor (a guard condition), while tracking goes on with it.
+
 Inference never runs in a callback: the image callback only puts the message
 into a drop-oldest slot of depth 1 (`queues.LatestSlot`), and one worker thread
 tracks the newest frame, so the node always works on the latest image and
@@ -23,11 +31,13 @@ or `python -m bootstap_ros.ros.tracker_node`.
 from __future__ import annotations
 
 import array
+import dataclasses
 import logging
 import sys
 import threading
 import time
 from collections import deque
+from datetime import datetime, timezone
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -37,6 +47,7 @@ from geometry_msgs.msg import Point
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 SetParametersResult)
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy)
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import UInt32MultiArray
@@ -48,10 +59,10 @@ from bootstap_ros.ros.conversions import (CloudError, ImageError, array_to_image
 from bootstap_ros.ros import interfaces
 from bootstap_ros.ros.entry import run_node
 from bootstap_ros.ros.queues import LatestSlot, WarningLimiter
-from bootstap_ros.ros.session import (StartupError, TrackingSession, create_tracker,
-                                      load_query_set)
-from bootstap_ros.ros.settings import (PARAMETERS, SettingsError, TrackerNodeConfig,
-                                       config_from_parameters)
+from bootstap_ros.ros.session import (ModelLoader, StartupError, TrackingSession, check_swap,
+                                      create_tracker, load_query_set)
+from bootstap_ros.ros.settings import (PARAMETERS, SWAP_PARAMETERS, SettingsError,
+                                       TrackerNodeConfig, config_from_parameters)
 
 _RELIABILITY = {
     "best_effort": ReliabilityPolicy.BEST_EFFORT,
@@ -63,6 +74,17 @@ WARNING_PERIOD_S = 5.0
 # without it, see entry.py). ros2 launch itself escalates to SIGKILL after about 10 s.
 WORKER_STOP_TIMEOUT_S = 10.0
 PACKAGE_LOGGER = "bootstap_ros"  # the Python logger of the tracker, backends and model code
+MIB = 1 << 20
+
+
+def _now() -> str:
+    """Wall-clock time, UTC, ISO 8601 to the second (for /diagnostics)."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _parameter_value(value):
+    """A config value as a ROS parameter takes it (lists for the array types)."""
+    return list(value) if isinstance(value, (list, tuple)) else value
 
 
 class _NodeLogHandler(logging.Handler):
@@ -144,7 +166,15 @@ class TrackerNode(Node):
         tracker, self.info = create_tracker(self.settings)
         for note in self.info.notes:
             self.get_logger().warning(note)
-        self.session = TrackingSession(tracker, self.settings.grid_points, warn=self._warning)
+        self.session = TrackingSession(tracker, self.settings.grid_points, warn=self._warning,
+                                       identity=self.info.identity,
+                                       frame_memory_bytes=self.settings.query_frame_memory_mb * MIB)
+        # The model in use (its configuration, when it went into use) and the swap reports.
+        self._model_config = self.settings
+        self._model_loaded = _now()
+        self._last_swap = "none"
+        self._last_refused_swap = "none"
+        self._loader = ModelLoader(self._load_model, self._model_loaded_or_failed)
         if self.settings.query_set:
             from bootstap_ros.tracking.query_set import QuerySetError
 
@@ -196,18 +226,25 @@ class TrackerNode(Node):
         # ranges and read-only flags before calling it.
         self.add_on_set_parameters_callback(self._on_parameters_set)
         self.add_on_set_parameters_callback(self._check_query_set)
+        self.add_on_set_parameters_callback(self._check_model_parameters)
+        # A refused swap sets the parameters back from the executor, not from the thread
+        # that found the failure (the loader, the worker).
+        self._revert_guard = self.create_guard_condition(self._revert_model_parameters)
         self.create_timer(self.settings.diagnostics_period, self._publish_diagnostics)
 
         self._worker = threading.Thread(target=self._work, name="tracker_worker", daemon=True)
         self._worker.start()
-        top = self.settings.refine_resolution
-        refined = "" if tuple(top) == (0, 0) else f", refined up to {top[1]}x{top[0]}"
         self.get_logger().info(
-            f"tracking {self._image_sub.topic_name} with the {self.info.source} checkpoint "
-            f"{self.info.checkpoint} ({'causal' if self.info.causal else 'non-causal'}, "
-            f"{self.info.resolution[1]}x{self.info.resolution[0]}{refined}) on {self.info.backend}/"
-            f"{self.info.device}, up to {tracker.max_points} points; publishing "
-            f"{self._tracks_pub.topic_name}")
+            f"tracking {self._image_sub.topic_name} with {self._model_text(self.info, self.settings)}, "
+            f"up to {tracker.max_points} points; publishing {self._tracks_pub.topic_name}")
+
+    @staticmethod
+    def _model_text(info, config: TrackerNodeConfig) -> str:
+        top = config.refine_resolution
+        refined = "" if tuple(top) == (0, 0) else f", refined up to {top[1]}x{top[0]}"
+        return (f"the {info.source} checkpoint {info.checkpoint} "
+                f"({'causal' if info.causal else 'non-causal'}, {info.resolution[1]}x"
+                f"{info.resolution[0]}{refined}) on {info.backend}/{info.device}")
 
     def _declare_parameters(self) -> TrackerNodeConfig:
         values = {}
@@ -284,7 +321,107 @@ class TrackerNode(Node):
                 self._depth_window = int(parameter.value)
             elif parameter.name == "depth_wait":
                 self._depth_wait = float(parameter.value)
+            elif parameter.name == "query_frame_memory_mb":
+                self.session.origins.memory_bytes = int(parameter.value) * MIB
         return SetParametersResult(successful=True)
+
+    # ------------------------------------------------------------------ model swaps
+    def _check_model_parameters(self, parameters) -> SetParametersResult:
+        """The model's parameters: the configuration they now ask for is checked for what can be
+        known at once (values, a missing file, the device) and handed to the loader; the latest
+        wins. Asking for the model in use cancels a swap still pending."""
+        changed = {p.name: p.value for p in parameters if p.name in {s.name for s in SWAP_PARAMETERS}}
+        if not changed:
+            return SetParametersResult(successful=True)
+        values = {}
+        for spec in SWAP_PARAMETERS:
+            value = changed[spec.name] if spec.name in changed else self.get_parameter(spec.name).value
+            values[spec.name] = list(value) if isinstance(value, (array.array, list, tuple)) else value
+        try:
+            parsed = config_from_parameters(values)
+        except SettingsError as error:
+            return self._refuse_now(str(values["checkpoint"]), error)
+        wanted = dataclasses.replace(self._model_config, **{
+            spec.field: getattr(parsed, spec.field) for spec in SWAP_PARAMETERS})
+        if self._same_model(wanted):
+            self._loader.request(None)
+            self.session.request_swap(None)
+            return SetParametersResult(successful=True)
+        try:
+            check_swap(wanted)
+        except StartupError as error:
+            return self._refuse_now(wanted.checkpoint, error)
+        self.session.request_swap(None)  # a loaded one not yet in use: the latest wins
+        self._loader.request(wanted)
+        self.get_logger().info(f"loading a new model in the background: {self._changes(wanted)}")
+        return SetParametersResult(successful=True)
+
+    def _refuse_now(self, checkpoint: str, error: Exception) -> SetParametersResult:
+        self._refused(checkpoint, str(error))
+        return SetParametersResult(successful=False, reason=f"model not changed, tracking goes on "
+                                   f"with {self.info.checkpoint}: {error}")
+
+    def _same_model(self, config: TrackerNodeConfig) -> bool:
+        return all(getattr(config, spec.field) == getattr(self._model_config, spec.field)
+                   for spec in SWAP_PARAMETERS)
+
+    def _changes(self, config: TrackerNodeConfig) -> str:
+        return ", ".join(f"{spec.name} {getattr(config, spec.field)!r}" for spec in SWAP_PARAMETERS
+                         if getattr(config, spec.field) != getattr(self._model_config, spec.field))
+
+    def _load_model(self, config: TrackerNodeConfig):
+        """Loader thread: the new model's tracker, with the points it can re-encode ahead."""
+        tracker, info = create_tracker(config)
+        return self.session.prepare_swap(tracker, info.identity, payload=(config, info))
+
+    def _model_loaded_or_failed(self, config, prepared, error) -> None:
+        """Loader thread: a failure is refused (and the parameters set back); a model is handed
+        to the worker, which swaps it in between two frames."""
+        if error is not None:
+            self._refused(config.checkpoint, error)
+            self._revert_guard.trigger()
+        else:
+            self.session.request_swap(prepared)
+
+    def _refused(self, checkpoint: str, error: str) -> None:
+        self._last_refused_swap = f"{_now()}: {checkpoint or '(embedded model)'}: {error}"
+        self._warning("model_swap", f"model not changed, tracking goes on with "
+                      f"{self.info.checkpoint}: {error}")
+
+    def _swapped(self, outcome) -> None:
+        """Worker thread, after the session applied (or failed to apply) a swap."""
+        config, info = outcome.prepared.payload
+        if outcome.error is not None:
+            self._refused(config.checkpoint, f"the new model could not take over: {outcome.error}")
+            self._revert_guard.trigger()
+            return
+        self._model_config, self.info, self._model_loaded = config, info, _now()
+        counts = outcome.counts
+        self._last_swap = (
+            f"{self._model_loaded}: {sum(counts.values())} points kept, re-encoded from their query "
+            f"image {counts['query'] + counts['features']}, last visible position {counts['seen']}, "
+            f"latest position {counts['latest']}" + (f", {len(outcome.lost)} dropped" if outcome.lost else ""))
+        for note in info.notes:
+            self.get_logger().warning(note)
+        self.get_logger().info(f"now tracking with {self._model_text(info, config)}; "
+                               f"{self._last_swap.split(': ', 1)[1]} ({outcome.seconds * 1e3:.0f} ms)")
+
+    def _revert_model_parameters(self) -> None:
+        """Executor: set the model's parameters back to the model in use after a refused swap
+        (unless a newer request is on its way)."""
+        if self._loader.pending is not None or self.session.swap_pending:
+            return
+        changes = []
+        for spec in SWAP_PARAMETERS:
+            value = self.get_parameter(spec.name).value
+            value = list(value) if isinstance(value, (array.array, list, tuple)) else value
+            active = _parameter_value(getattr(self._model_config, spec.field))
+            if value != active:
+                changes.append(Parameter(spec.name, value=active))
+        if changes:
+            self.set_parameters(changes)
+            self.get_logger().info("parameters set back to the model in use: " + ", ".join(
+                f"{p.name}={p.value!r}" for p in changes))
 
     def _check_query_set(self, parameters):
         """A new query_set value: load and check it here, so that a bad file is refused (the
@@ -319,13 +456,15 @@ class TrackerNode(Node):
     def _work(self) -> None:
         while not self._slot.closed:
             item = self._slot.get(timeout=0.5)
-            if item is None:
-                continue
             try:
-                self._process(*item)
+                self.session.apply_swap()  # also without images: between two frames either way
+                if item is not None:
+                    self._process(*item)
             except Exception as error:  # the node must survive anything one frame does
                 self._warning("internal", f"frame skipped after an unexpected error: "
                               f"{type(error).__name__}: {error}")
+            while self.session.swap_outcomes:
+                self._swapped(self.session.swap_outcomes.pop(0))
 
     def _process(self, msg, received: float) -> None:
         try:
@@ -450,6 +589,7 @@ class TrackerNode(Node):
         def ms(values, reduce):
             return f"{reduce(values):.1f}" if values else "n/a"
 
+        kept_images, kept_bytes = self.session.origins.kept
         status = DiagnosticStatus(name=f"{self.get_fully_qualified_name()}: point tracking",
                                   hardware_id=f"{self.info.backend}/{self.info.device}")
         if received == 0:
@@ -476,6 +616,13 @@ class TrackerNode(Node):
             "device": self.info.device,
             "model resolution": f"{self.info.resolution[1]}x{self.info.resolution[0]}",
             "checkpoint": self.info.checkpoint,
+            "model source": self.info.source,
+            "model sha256": self.info.identity.checkpoint_sha256[:16] if self.info.identity else "n/a",
+            "model loaded at": self._model_loaded,
+            "model swap pending": self._pending_text(),
+            "last model swap": self._last_swap,
+            "last refused model swap": self._last_refused_swap,
+            "kept query images (for swaps)": f"{kept_images} ({kept_bytes / MIB:.1f} MiB)",
             "warnings": str(sum(self.warning_counts.values())),
         }
         if self.settings.use_depth:
@@ -489,6 +636,15 @@ class TrackerNode(Node):
         message.header.stamp = self.get_clock().now().to_msg()
         self._diagnostics_pub.publish(message)
 
+    def _pending_text(self) -> str:
+        pending, since = self._loader.pending, self._loader.since
+        if pending is not None and since is not None:
+            return (f"loading {pending.checkpoint or '(embedded model)'} since "
+                    f"{datetime.fromtimestamp(since, timezone.utc).isoformat(timespec='seconds')}")
+        if self.session.swap_pending:
+            return "loaded, taking over before the next frame"
+        return "none"
+
     # ------------------------------------------------------------------ shutdown
     @property
     def dropped_frames(self) -> int:
@@ -501,15 +657,21 @@ class TrackerNode(Node):
         slot = getattr(self, "_slot", None)
         if slot is not None:
             slot.close()
+        deadline = time.monotonic() + WORKER_STOP_TIMEOUT_S
         worker = getattr(self, "_worker", None)
         if worker is not None and worker.is_alive():
             worker.join(timeout=WORKER_STOP_TIMEOUT_S)
+        loader = getattr(self, "_loader", None)
+        if loader is not None:
+            loader.close(timeout=max(0.0, deadline - time.monotonic()))
 
     @property
     def worker_alive(self) -> bool:
-        """True while the worker thread still runs (after destroy_node: it did not stop in time)."""
+        """True while the worker thread, or a model load, still runs (after destroy_node: it did
+        not stop in time)."""
         worker = getattr(self, "_worker", None)
-        return worker is not None and worker.is_alive()
+        loader = getattr(self, "_loader", None)
+        return (worker is not None and worker.is_alive()) or (loader is not None and loader.alive)
 
     def destroy_node(self) -> None:
         self._stop_worker()

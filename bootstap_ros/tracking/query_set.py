@@ -5,9 +5,12 @@ live stream with the query features of the demonstration frame, not of the live
 one. A `QuerySet` holds what that needs, and this module owns its file format:
 
     format            "bootstap_ros.query_set"
-    version           1
+    version           2
     xy                float32 [N, 2]  positions on the demonstration image (pixels,
                                       TAPIR raster: pixel centres at +0.5)
+    image_index       int64 [N]       which demonstration image each point lies on
+    image_png.K       uint8 [bytes]   demonstration image K (K = 0, 1, ...), RGB, as a
+                                      PNG file (lossless: another model re-encodes exactly)
     features.lowres   float32 [N, C_lowres]  query features, as the tracker samples them
     features.hires    float32 [N, C_hires]
     labels            str [N]         per-point labels ("" where none)
@@ -18,11 +21,15 @@ one. A `QuerySet` holds what that needs, and this module owns its file format:
 
 in one `.npz` (numpy's zip of arrays, read with `allow_pickle=False`). Query
 features are only meaningful to the model that made them, so a set records the
-model's identity and `ModelIdentity.mismatch` says how another model differs.
+model's identity and `ModelIdentity.mismatch` says how another model differs;
+with the demonstration images, `reencoded` makes the features of any other model.
+Version 1 (no image_index, no images) still loads: such a set serves only the model
+it was made with.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -35,7 +42,8 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 
 FORMAT_NAME = "bootstap_ros.query_set"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READ_VERSIONS = (1, 2)  # version 1: no demonstration images
 FEATURE_NAMES = ("lowres", "hires")
 #: Model config fields that act only after the query features are sampled (the temporal
 #: mixer's causality, the cost volume's softmax): with the same weights, a set made under one
@@ -97,9 +105,16 @@ class QuerySet:
     labels: Sequence[str] = ()
     source: str = ""
     path: Optional[str] = field(default=None, compare=False)  # where it was loaded from
+    # The demonstration images (uint8 RGB [H, W, 3], each of image_size) and, per point, the
+    # one it lies on; none in a version-1 file.
+    images: Sequence[np.ndarray] = field(default=(), compare=False)
+    image_index: Optional[np.ndarray] = None  # int64 [N]; None: all on image 0
 
     def __post_init__(self):
         self.xy = np.asarray(self.xy, np.float32).reshape(-1, 2)
+        self.images = tuple(np.ascontiguousarray(image, np.uint8) for image in self.images)
+        self.image_index = (np.zeros(len(self.xy), np.int64) if self.image_index is None
+                            else np.asarray(self.image_index, np.int64).reshape(-1))
         self.features = {k: np.ascontiguousarray(v, np.float32) for k, v in self.features.items()}
         self.image_size = (int(self.image_size[0]), int(self.image_size[1]))
         self.labels = tuple(str(v) for v in self.labels) or ("",) * len(self.xy)
@@ -125,6 +140,14 @@ class QuerySet:
         height, width = self.image_size
         if height <= 0 or width <= 0:
             raise QuerySetError(f"{where}: image_size {self.image_size} must be positive (height, width)")
+        for index, image in enumerate(self.images):
+            if image.shape != (height, width, 3):
+                raise QuerySetError(f"{where}: demonstration image {index} has shape {image.shape}, "
+                                    f"expected {[height, width, 3]} (image_size, RGB)")
+        if len(self.image_index) != n or (n and self.images and (
+                self.image_index.min() < 0 or self.image_index.max() >= len(self.images))):
+            raise QuerySetError(f"{where}: image_index must give each of the {n} points one of the "
+                                f"{len(self.images)} demonstration images")
         if n and (not np.isfinite(self.xy).all() or (self.xy < 0).any() or (self.xy[:, 0] > width).any()
                   or (self.xy[:, 1] > height).any()):
             raise QuerySetError(f"{where}: positions must lie in the {width}x{height} image "
@@ -135,6 +158,30 @@ class QuerySet:
         fraction of the image, as if the demonstration image were resized to it."""
         height, width = self.image_size
         return (self.xy * np.array([size[1] / width, size[0] / height], np.float32)).astype(np.float32)
+
+    @property
+    def reencodable(self) -> bool:
+        """Whether the set holds its demonstration images, so that any model can use it."""
+        return bool(self.images)
+
+    def reencoded(self, query_features, identity: ModelIdentity) -> "QuerySet":
+        """This set for another model: query_features(image, xy [K, 2]) -> {name: [K, C]} (that
+        model's, e.g. a CausalTracker's `query_features`) is run on each demonstration image;
+        identity is that model's. QuerySetError for a set without its images (version 1)."""
+        if not self.reencodable:
+            raise QuerySetError(
+                f"query set {self.path or ''} holds no demonstration image (query set version 1), so "
+                "another model cannot make its query features: make it again with this "
+                "bootstap-queries")
+        features: Dict[str, np.ndarray] = {}
+        for index, image in enumerate(self.images):
+            rows = np.flatnonzero(self.image_index == index)
+            if not len(rows):
+                continue
+            made = query_features(image, self.xy[rows])
+            for name, array in made.items():
+                features.setdefault(name, np.zeros((len(self), array.shape[1]), np.float32))[rows] = array
+        return dataclasses.replace(self, features=features, model=identity)
 
     # ------------------------------------------------------------- file format
     def save(self, path: Union[str, os.PathLike]) -> None:
@@ -148,7 +195,9 @@ class QuerySet:
             "checkpoint_sha256": np.array(self.model.checkpoint_sha256),
             "model_config": np.array(json.dumps(dict(self.model.model_config), sort_keys=True)),
             "source": np.array(self.source),
+            "image_index": self.image_index,
             **{f"features.{name}": array for name, array in self.features.items()},
+            **{f"image_png.{index}": _png(image) for index, image in enumerate(self.images)},
         }
         handle, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp.npz", dir=path.parent)
         os.close(handle)
@@ -179,11 +228,12 @@ class QuerySet:
                                 f"{str(arrays.get('format', 'missing'))!r}, expected {FORMAT_NAME!r}); "
                                 "make one with bootstap-queries")
         version = int(arrays.get("version", -1))
-        if version != FORMAT_VERSION:
+        if version not in READ_VERSIONS:
             raise QuerySetError(f"{where} has query set version {version}; this bootstap_ros reads "
-                                f"version {FORMAT_VERSION}: make it again with this bootstap-queries")
+                                f"versions {', '.join(map(str, READ_VERSIONS))}: make it again with "
+                                "this bootstap-queries")
         needed = ["xy", "labels", "image_size", "checkpoint_sha256", "model_config"] + [
-            f"features.{name}" for name in FEATURE_NAMES]
+            f"features.{name}" for name in FEATURE_NAMES] + (["image_index"] if version >= 2 else [])
         missing = [name for name in needed if name not in arrays]
         if missing:
             raise QuerySetError(f"{where} lacks {missing}: not a complete query set")
@@ -196,10 +246,35 @@ class QuerySet:
         if arrays["image_size"].shape != (2,):
             raise QuerySetError(f"{where}: image_size has shape {arrays['image_size'].shape}, "
                                 "expected [2] (height, width)")
+        images = []
+        for index in range(sum(name.startswith("image_png.") for name in arrays)):
+            if f"image_png.{index}" not in arrays:
+                raise QuerySetError(f"{where} lacks image_png.{index}: not a complete query set")
+            images.append(_unpng(arrays[f"image_png.{index}"], f"{where}: image_png.{index}"))
         return cls(
             xy=arrays["xy"], image_size=tuple(arrays["image_size"].reshape(-1)[:2]),
             features={name[len("features."):]: array for name, array in arrays.items()
                       if name.startswith("features.")},
             model=ModelIdentity(str(arrays["checkpoint_sha256"]), config),
             labels=[str(v) for v in arrays["labels"].reshape(-1)], source=str(arrays.get("source", "")),
-            path=where)
+            path=where, images=images, image_index=arrays.get("image_index"))
+
+
+def _png(image: np.ndarray) -> np.ndarray:
+    """uint8 RGB [H, W, 3] -> the bytes of a PNG file, as a uint8 array."""
+    import cv2
+
+    ok, encoded = cv2.imencode(".png", np.ascontiguousarray(image[:, :, ::-1]))
+    if not ok:
+        raise QuerySetError(f"could not encode a {image.shape} demonstration image as PNG")
+    return encoded.reshape(-1)
+
+
+def _unpng(data: np.ndarray, where: str) -> np.ndarray:
+    import cv2
+
+    image = cv2.imdecode(np.asarray(data, np.uint8).reshape(-1), cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        raise QuerySetError(f"{where} is not a readable PNG image: the file is corrupt; make it again "
+                            "with bootstap-queries")
+    return np.ascontiguousarray(image[:, :, ::-1])

@@ -150,16 +150,18 @@ class CausalTracker:
         self.backend.reset()
 
     # ------------------------------------------------------------- frames
-    def _prepare(self, frame: np.ndarray, encoding: str):
+    def _prepare(self, frame: np.ndarray, encoding: str, live: bool = True):
         """Frame -> [1, h, w, 3] float in [-1, 1] at the model resolution (CPU); with a
         refinement ladder a tuple of them, one per `config.grid_resolutions`, each resized
-        from the input frame."""
+        from the input frame. A live frame (one the points are tracked into) sets
+        `frame_size`; another image (a demonstration frame, a kept query frame) does not."""
         rgb = to_rgb(frame, encoding)
         size = rgb.shape[:2]
-        if self.frame_size is not None and size != self.frame_size and self.num_points:
-            LOG.warning("input size changed from %s to %s: keeping %d points, reporting them in the "
-                        "new image's pixels", self.frame_size, size, self.num_points)
-        self.frame_size = size
+        if live:
+            if self.frame_size is not None and size != self.frame_size and self.num_points:
+                LOG.warning("input size changed from %s to %s: keeping %d points, reporting them in "
+                            "the new image's pixels", self.frame_size, size, self.num_points)
+            self.frame_size = size
         if not rgb.flags.writeable:  # e.g. a memory-mapped .npy; torch wants writable memory
             rgb = rgb.copy()
         # Preprocessing runs in torch on the CPU for every backend, so all see the same input.
@@ -167,8 +169,8 @@ class CausalTracker:
         frames = tuple(resize_video(video, size)[:, 0] for size in self.config.grid_resolutions)
         return frames[0] if len(frames) == 1 else frames
 
-    def _to_model(self, xy: np.ndarray) -> np.ndarray:
-        height, width = self.frame_size
+    def _to_model(self, xy: np.ndarray, size: Optional[Tuple[int, int]] = None) -> np.ndarray:
+        height, width = size or self.frame_size
         model_h, model_w = self.config.resolution
         return xy * np.array([model_w / width, model_h / height], np.float32)
 
@@ -207,18 +209,37 @@ class CausalTracker:
     def query_features(self, frame: np.ndarray, xy, encoding: str = "rgb8") -> Dict[str, np.ndarray]:
         """The query features of pixel positions `xy` [K, 2] on `frame`, as `add_points` would
         take them, without adding any point: {"lowres": [K, C], "hires": [K, C]} float32.
-        What `bootstap-queries` stores in a query set (`tracking.query_set`)."""
-        video = self._prepare(frame, encoding)
-        xy, bad, message = invalid_query_points(xy, self.frame_size)
+        What `bootstap-queries` stores in a query set (`tracking.query_set`), and how a model
+        swap re-encodes a point (`tracking.reencode`). `frame` may be any image: the tracker's
+        points and live frame size are left alone."""
+        rgb = to_rgb(frame, encoding)
+        video, size = self._prepare(rgb, "rgb8", live=False), rgb.shape[:2]
+        xy, bad, message = invalid_query_points(xy, size)
         if bad.any():
             raise ValueError(message)
-        return self.backend.query_features(self.backend.encode(video), np.ascontiguousarray(self._to_model(xy)))
+        return self.backend.query_features(self.backend.encode(video),
+                                           np.ascontiguousarray(self._to_model(xy, size)))
 
-    def add_points_from_features(self, features: Dict[str, np.ndarray]) -> np.ndarray:
+    @property
+    def next_id(self) -> int:
+        """The id the next point added will get (ids count up and are never reused)."""
+        return self._next_id
+
+    @next_id.setter
+    def next_id(self, value: int) -> None:
+        """Continue another tracker's numbering (a model swap); ids never go back."""
+        if int(value) < self._next_id:
+            raise ValueError(f"next_id can only grow: {value} < {self._next_id}")
+        self._next_id = int(value)
+
+    def add_points_from_features(self, features: Dict[str, np.ndarray], ids=None) -> np.ndarray:
         """Add points whose query features were taken elsewhere (`query_features`, e.g. on a
         demonstration image); returns their new ids, in the rows' order. They are tracked from
         the next `step` on, with zero causal state. Raises ValueError for features of another
-        shape than this model's and TrackerFullError when the free slots do not suffice."""
+        shape than this model's and TrackerFullError when the free slots do not suffice.
+
+        ids: the ids to give them instead of new ones (a model swap keeps each point's id);
+        none may be active or repeated, and later points are numbered after the largest."""
         dims = {"lowres": self.config.query_lowres_dim, "hires": self.config.query_hires_dim}
         if set(features) != set(dims):
             raise ValueError(f"query features must be {sorted(dims)}, got {sorted(features)}")
@@ -230,6 +251,12 @@ class CausalTracker:
                                  f"needs [{count}, {dim}]: they were made with another model")
             if not np.isfinite(features[name]).all():
                 raise ValueError(f"query features '{name}' hold NaN or infinite values")
+        if ids is not None:
+            ids = np.asarray(ids, np.int64).reshape(-1)
+            if len(ids) != count:
+                raise ValueError(f"{len(ids)} ids for {count} points")
+            if (ids < 0).any() or len(np.unique(ids)) != count or np.isin(ids, self._ids).any():
+                raise ValueError(f"ids must be distinct, non-negative and not active: {ids[:10].tolist()}")
         free = np.flatnonzero(self._ids < 0)
         if count > len(free):
             raise TrackerFullError(
@@ -237,10 +264,12 @@ class CausalTracker:
                 f"use; remove points or raise max_points")
         slots = free[:count]
         self.backend.set_query_features(slots, features)
-        new_ids = np.arange(self._next_id, self._next_id + count, dtype=np.int64)
-        self._next_id += count
-        self._ids[slots] = new_ids
-        return new_ids
+        if ids is None:
+            ids = np.arange(self._next_id, self._next_id + count, dtype=np.int64)
+        if count:
+            self._next_id = max(self._next_id, int(ids.max()) + 1)
+        self._ids[slots] = ids
+        return ids
 
     @torch.inference_mode()
     def step(self, frame: np.ndarray, encoding: str = "rgb8", add=None) -> TrackResult:
