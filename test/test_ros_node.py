@@ -7,10 +7,12 @@ isolated domain test/conftest.py sets. Every wait is on a condition with a deadl
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -301,6 +303,22 @@ def test_the_node_has_exactly_the_interfaces_of_its_reference_table(harness_fact
                        lambda s: s.srv_type),
     }
     assert found == expected
+
+
+def test_the_reference_page_says_which_parameters_change_at_runtime(harness_factory):
+    """The parameters of docs/node-reference.md are the running node's, and its *changes*
+    column agrees with the node's own descriptors: `restart` exactly where the node refuses a
+    change as read-only (a model swap and a runtime change both take effect while it runs)."""
+    page = (Path(__file__).resolve().parents[1] / "docs" / "node-reference.md").read_text()
+    section = page.split("## Parameters", 1)[1].split("\n## ", 1)[0]
+    rows = dict(re.findall(r"^\| `([^`]+)` \| [^|]+ \| `[^`]*` \| ([a-z ]+) \|", section, re.MULTILINE))
+    assert set(rows.values()) == {"restart", "at runtime", "model swap"}
+    node = harness_factory().node
+    rclpy_own = {"use_sim_time", "start_type_description_service"}
+    declared = set(node._parameters) - rclpy_own
+    assert set(rows) == declared
+    for name, changes in rows.items():
+        assert node.describe_parameter(name).read_only == (changes == "restart"), name
 
 
 def test_start_up_errors_name_the_fix(ros, tmp_path, checkpoint):

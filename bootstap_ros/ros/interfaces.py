@@ -129,8 +129,10 @@ QUERY_POINTS = Interface(
 DIAGNOSTICS = Interface(
     "/diagnostics", "publishes", "diagnostic_msgs/msg/DiagnosticArray",
     "Every `diagnostics_period` seconds: input and output rate, latency, dropped frames, "
-    "active points, capacity, backend, device, model resolution, checkpoint and warnings "
-    "(with `use_depth`: frames without tracks_3d and its time).",
+    "active points, capacity, backend, device, model resolution, checkpoint, the model in use "
+    "and its swaps (source, sha256, loaded at, swap pending, last swap, last refused swap, kept "
+    "query images: model-swap.md) and warnings (with `use_depth`: frames without tracks_3d and "
+    "its time).",
     qos="reliable, keep last 10")
 
 INTERFACES: Tuple[Interface, ...] = (

@@ -72,6 +72,13 @@ def parameter_type(spec) -> str:
     return "integer array"
 
 
+def changes(spec) -> str:
+    """When a change to the parameter takes effect."""
+    if spec.read_only:
+        return "restart"
+    return "model swap" if spec.swap else "at runtime"
+
+
 def launch_arguments(path: Path) -> List[Tuple[str, str, str]]:
     """(name, default, description) of each entry of the launch file's ARGUMENTS table."""
     tree = ast.parse(path.read_text(), str(path))
@@ -131,11 +138,12 @@ def render(launch_file: Path = LAUNCH_FILE) -> str:
     lines += ["", "## Parameters", "",
               "Set them in a parameter file (config/tracker.yaml lists them all with their "
               "defaults; the launch file's `params_file`), with `-p name:=value`, or, where "
-              "*changes* says at runtime, with `ros2 param set /tracker_node name value`. The "
-              "others are read at start-up.", ""]
+              "*changes* says at runtime, with `ros2 param set /tracker_node name value`. A "
+              "change to a *model swap* parameter loads a new model in the background, which "
+              "takes over between two frames, every point keeping its id "
+              "([Swapping the model](model-swap.md)). The others are read at start-up.", ""]
     rows = [(f"`{spec.name}`", parameter_type(spec), f"`{yaml_value(spec.default)}`",
-             "restart" if spec.read_only else "at runtime", spec.constraints or "-",
-             spec.description) for spec in PARAMETERS]
+             changes(spec), spec.constraints or "-", spec.description) for spec in PARAMETERS]
     lines += table(("name", "type", "default", "changes", "range or choices", "what"), rows)
 
     lines += ["", "## Launch arguments", "",
