@@ -138,7 +138,7 @@ BOOTSTRAP_OUT    := outputs/bootstrap_experiment
 BOOTSTRAP_DEVICE ?= cuda
 bootstrap-experiment: setup
 	$(PY) tools/bootstrap_experiment.py --out $(BOOTSTRAP_OUT) --device $(BOOTSTRAP_DEVICE)
-	$(PY) -m training.bench_bootstrap --device $(BOOTSTRAP_DEVICE) --batch-size 2 --frames 12 \
+	$(PY) -m training.bench_bootstrap --device $(BOOTSTRAP_DEVICE) \
 	    --output $(BOOTSTRAP_OUT)/bench_bootstrap.json
 
 clean:
