@@ -263,6 +263,11 @@ def curves(args, out: Path) -> Dict:
         if log.exists():
             with open(log) as file:
                 scores = {int(r["step"]): float(r["cycle_score"]) for r in csv.DictReader(file) if r.get("cycle_score")}
+        report = run / "report.json"
+        if 0 not in scores and report.exists():
+            before_score = (json.loads(report.read_text()).get("before") or {}).get("cycle_score")
+            if before_score is not None:
+                scores[0] = float(before_score)
         grades = {}
         if (run / "grades.csv").exists():
             with open(run / "grades.csv") as file:
@@ -287,6 +292,32 @@ def curves(args, out: Path) -> Dict:
         result["spearman_label_free_vs_aj"] = spearman([p[0] for p in pairs], [p[1] for p in pairs])
         result["checkpoints_in_correlation"] = len(pairs)
     return result
+
+
+def plot_curves(curves_by_seed: Dict, output: Path) -> None:
+    """The robot runs' validation AJ and label-free score against the step (step 0: the
+    embedded model), one line per seed, into a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
+    for name, rows in curves_by_seed.items():
+        if not isinstance(rows, list) or not rows:
+            continue
+        rows = sorted(rows, key=lambda r: r["step"])
+        left.plot([r["step"] for r in rows], [r["aj"] for r in rows], marker="o", label=name)
+        scored = [r for r in rows if r.get("label_free") is not None]
+        right.plot([r["step"] for r in scored], [r["label_free"] for r in scored], marker="o", label=name)
+    left.set(xlabel="step", ylabel="AJ", title="robot validation split (labels)")
+    right.set(xlabel="step", ylabel="cycle score", title="held-out log clips (no labels)")
+    for axis in (left, right):
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(output, dpi=100)
+    plt.close(figure)
 
 
 def summarize(args, out: Path, timings: Dict[str, float], wall: float) -> Dict:
@@ -330,6 +361,8 @@ def summarize(args, out: Path, timings: Dict[str, float], wall: float) -> Dict:
     timing_file.write_text(json.dumps(summary["job_seconds"], indent=2) + "\n")
     (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "table.md").write_text(summary["markdown"] + "\n")
+    if any(isinstance(rows, list) and rows for rows in summary["curves"].values()):
+        plot_curves(summary["curves"], out / "curves.png")
     return summary
 
 
