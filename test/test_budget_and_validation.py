@@ -235,3 +235,40 @@ def test_a_runs_kept_checkpoints_are_graded_afterwards(tmp_path):
     assert [int(r["step"]) for r in rows] == [1, 2]
     for row in rows:
         assert 0.0 <= float(row["grade_kept"]) <= 1.0 and 0.0 <= float(row["grade_visibility_agreement"]) <= 1.0
+
+
+def test_the_teacher_retraces_right_labels_and_not_wrong_ones():
+    from bootstap_ros.model import Trajectories
+    from training.teacher import label_batch, round_trip_errors
+    from training.train import model_forward
+
+    model = _embedded()
+
+    def forward(net, video, queries):
+        return model_forward(net, video, queries, "off", True)
+
+    video = torch.from_numpy(blob_clip(num_frames=8, height=256, width=256, dx=2.0, dy=1.0, blobs=200, seed=7))[None]
+    generator = torch.Generator().manual_seed(0)
+    queries = torch.stack([torch.randint(0, 8, (1, 24), generator=generator).float(),
+                           40 + torch.rand(1, 24, generator=generator) * 176,
+                           40 + torch.rand(1, 24, generator=generator) * 176], -1)
+    labels = label_batch(model, video, queries, forward)
+    right = round_trip_errors(model, video, queries, labels, forward)[0]
+    # The same labels 30 px off: queried again there, the teacher tracks another point back.
+    shifted = Trajectories(labels.tracks + torch.tensor([30.0, 0.0]), labels.occlusion, labels.expected_dist)
+    wrong = round_trip_errors(model, video, queries, shifted, forward)[0]
+    finite = torch.isfinite(right)
+    assert finite.float().mean() > 0.8 and right[finite].median() < 2.0
+    assert (wrong[finite] > 10.0).float().mean() > 0.8
+
+
+def test_the_label_cache_draws_retraced_tracks_first():
+    from training.teacher import LabelCache
+
+    cache = LabelCache(small_model().eval(), None, 8, seed=0, textured_fraction=0.0, round_trip=4.0)
+    cache.queries[0] = torch.arange(8.0)[:, None].repeat(1, 3)
+    cache.errors[0] = torch.tensor([9.0, 1.0, float("inf"), 3.0, 5.0, 0.5, 7.0, 2.0])
+    for seed in range(5):
+        drawn = cache._draw(0, torch.Generator().manual_seed(seed), 4)
+        assert sorted(drawn.tolist()) == [1, 3, 5, 7]
+    assert set(cache._draw(0, torch.Generator().manual_seed(0), 6).tolist()) > {1, 3, 5, 7}

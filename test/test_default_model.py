@@ -1,7 +1,7 @@
 """The shipped default model, end to end, against two baselines on unseen clips.
 
 Clips come from the synthetic generator with seeds that training never uses
-(training seeds start at 2**31; the held-out set of the README uses 0..49), written
+(training seeds start at 2**31; the held-out set of docs/default-model.md uses 0..49), written
 in the TAP-Vid pickle layout and scored by bootstap-eval's own protocol, online, as
 the ROS node runs the model.
 """
@@ -46,7 +46,7 @@ def real_warp_scores(tmp_path_factory):
     """The embedded model and Lucas-Kanade on clips of the other generator (real
     video frames under known warps): no Kubric-lite code or texture in them."""
     folder = tmp_path_factory.mktemp("real_warps")
-    # The README's set: seeds 0..19, 24 frames, 64 points (`python -m training.real_warps`).
+    # docs/default-model.md's set: seeds 0..19, 24 frames, 64 points (`python -m training.real_warps`).
     dataset = write_dataset(folder / "real_warps.pkl", range(20))
     return _evaluate(dataset, folder)
 
@@ -67,7 +67,7 @@ def scores(tmp_path_factory):
 def test_embedded_model_is_a_small_causal_project_checkpoint():
     loaded = load_checkpoint(EMBEDDED_CHECKPOINT)
     assert loaded.source == "project" and loaded.config.causal
-    # The README's training command (`--model small`) builds exactly this architecture.
+    # The training command of docs/default-model.md (`--model small`) builds exactly this architecture.
     assert loaded.config == SMALL.replace(causal=True)
     assert EMBEDDED_CHECKPOINT.stat().st_size <= 20 * 2**20
 
@@ -83,7 +83,7 @@ def test_default_model_tracks_the_motion(scores):
 
 
 def test_default_model_beats_lucas_kanade(scores):
-    # On its own generator the margin is small (+2.6 AJ on the README's 50 held-out
+    # On its own generator the margin is small (+2.6 AJ on docs/default-model.md's 50 held-out
     # clips; 67.0 vs 64.6 on these four), so the bar here is one AJ point.
     model, lk = scores["bootstapir"], scores["lk"]
     assert model["average_jaccard"] > lk["average_jaccard"] + 0.01, (model["average_jaccard"],

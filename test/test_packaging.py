@@ -1,6 +1,8 @@
 """Packaging checks: a light top-level import, package.xml metadata, and a real colcon build."""
 
+import importlib.metadata
 import os
+import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -72,6 +74,23 @@ def test_versions_agree(manifest):
     assert result.returncode == 0, f'setup.py --version failed:\n{tail(result)}'
     setup_version = result.stdout.strip().splitlines()[-1]
     assert manifest.findtext('version') == setup_version == bootstap_ros.__version__
+    # The installed metadata (written by setup.py from package.xml at `make setup`).
+    assert importlib.metadata.version(PACKAGE) == manifest.findtext('version')
+
+
+def test_changelog_is_in_the_ros_format_and_names_the_version(manifest):
+    """CHANGELOG.rst as catkin_generate_changelog writes it, newest version first: the
+    version of package.xml, with a date, and at least one item."""
+    lines = (REPO / 'CHANGELOG.rst').read_text().splitlines()
+    title = f'Changelog for package {PACKAGE}'
+    assert lines[:3] == ['^' * len(title), title, '^' * len(title)]
+    sections = [(i, line) for i, line in enumerate(lines)
+                if re.fullmatch(r'\d+\.\d+\.\d+ \(\d{4}-\d{2}-\d{2}\)', line)]
+    assert sections, 'no "X.Y.Z (YYYY-MM-DD)" section'
+    first, heading = sections[0]
+    assert heading.split()[0] == manifest.findtext('version'), 'the newest section is not package.xml\'s version'
+    assert lines[first + 1] == '-' * len(heading)
+    assert lines[first + 2].startswith('* ')
 
 
 def colcon_executable():
@@ -86,7 +105,7 @@ def colcon_executable():
 
 
 @pytest.mark.parametrize('symlink_install', [False, True], ids=['copy', 'symlink-install'])
-def test_colcon_build_installs_package(tmp_path, symlink_install):
+def test_colcon_build_installs_package(tmp_path, symlink_install, manifest):
     colcon = colcon_executable()
     install = tmp_path / 'install'
     cmd = [
@@ -112,6 +131,7 @@ def test_colcon_build_installs_package(tmp_path, symlink_install):
     code = (
         'import bootstap_ros\n'
         'from ament_index_python.packages import get_package_share_directory\n'
+        f'print(bootstap_ros.__version__)\n'
         f'print(bootstap_ros.__file__)\nprint(get_package_share_directory({PACKAGE!r}))\n'
     )
     result = run(
@@ -120,7 +140,8 @@ def test_colcon_build_installs_package(tmp_path, symlink_install):
         cwd=tmp_path, env=env, timeout=120,
     )
     assert result.returncode == 0, f'using the colcon install failed:\n{tail(result)}'
-    module_file, share_dir = result.stdout.strip().splitlines()[-2:]
+    version, module_file, share_dir = result.stdout.strip().splitlines()[-3:]
+    assert version == manifest.findtext('version'), 'the installed package reports another version'
     assert Path(module_file).is_relative_to(tmp_path), (
         f'bootstap_ros imported from {module_file}, not from the colcon workspace {tmp_path}'
     )

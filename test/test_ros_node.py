@@ -7,10 +7,12 @@ isolated domain test/conftest.py sets. Every wait is on a condition with a deadl
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -251,6 +253,72 @@ def test_compressed_transport(harness_factory):
     corrupt.data = bytes(corrupt.data[:40])
     h.send_bad(corrupt, "bad_image")
     assert points_of(h.send(h.frame(clip[1])))["id"].tolist() == [0, 1, 2, 3]
+
+
+def _type_name(cls):
+    """'sensor_msgs/msg/Image' of a message or service class."""
+    package, kind = cls.__module__.split(".")[:2]
+    return f"{package}/{kind}/{cls.__name__}"
+
+
+# When each interface exists, by the condition interfaces.py states (a new condition fails here).
+CONDITIONS = {
+    "": lambda params: True,
+    "`image_transport: raw` (default)": lambda params: params["transport"] == "raw",
+    "`image_transport: compressed`": lambda params: params["transport"] == "compressed",
+    "`use_depth: true`": lambda params: params["use_depth"],
+}
+# What every rclpy node has (rosout, parameter events and services, type descriptions).
+STANDARD_PACKAGES = ("rcl_interfaces", "type_description_interfaces")
+
+
+@pytest.mark.parametrize("params", [dict(transport="raw", use_depth=False),
+                                    dict(transport="compressed", use_depth=True)])
+def test_the_node_has_exactly_the_interfaces_of_its_reference_table(harness_factory, params):
+    """The node's topics and service, with their types, are those of interfaces.INTERFACES
+    (the table docs/node-reference.md is written from), no more and no fewer."""
+    from bootstap_ros.ros.interfaces import INTERFACES
+
+    h = harness_factory(**params)
+    node = h.node
+    private = node.get_fully_qualified_name() + "/"
+
+    def resolved(name):
+        if name.startswith("~/"):
+            return private + name[2:]
+        return name if name.startswith("/") else f"{h.namespace}/{name}"
+
+    expected = {role: set() for role in ("subscribes", "publishes", "service")}
+    for interface in INTERFACES:
+        if CONDITIONS[interface.condition](params):
+            expected[interface.role].add((resolved(interface.name), interface.type))
+    def own(entities, name, kind):
+        named = {(name(e), _type_name(kind(e))) for e in entities}
+        return {(n, t) for n, t in named if t.split("/")[0] not in STANDARD_PACKAGES}
+
+    found = {
+        "subscribes": own(node.subscriptions, lambda s: s.topic_name, lambda s: s.msg_type),
+        "publishes": own(node.publishers, lambda p: p.topic_name, lambda p: p.msg_type),
+        "service": own(node.services, lambda s: node.resolve_service_name(s.srv_name),
+                       lambda s: s.srv_type),
+    }
+    assert found == expected
+
+
+def test_the_reference_page_says_which_parameters_change_at_runtime(harness_factory):
+    """The parameters of docs/node-reference.md are the running node's, and its *changes*
+    column agrees with the node's own descriptors: `restart` exactly where the node refuses a
+    change as read-only (a model swap and a runtime change both take effect while it runs)."""
+    page = (Path(__file__).resolve().parents[1] / "docs" / "node-reference.md").read_text()
+    section = page.split("## Parameters", 1)[1].split("\n## ", 1)[0]
+    rows = dict(re.findall(r"^\| `([^`]+)` \| [^|]+ \| `[^`]*` \| ([a-z ]+) \|", section, re.MULTILINE))
+    assert set(rows.values()) == {"restart", "at runtime", "model swap"}
+    node = harness_factory().node
+    rclpy_own = {"use_sim_time", "start_type_description_service"}
+    declared = set(node._parameters) - rclpy_own
+    assert set(rows) == declared
+    for name, changes in rows.items():
+        assert node.describe_parameter(name).read_only == (changes == "restart"), name
 
 
 def test_start_up_errors_name_the_fix(ros, tmp_path, checkpoint):

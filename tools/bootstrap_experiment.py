@@ -1,27 +1,33 @@
-"""The bootstrapping experiment in miniature, end to end (`make bootstrap-experiment`).
+"""The bootstrapping experiment: does the recipe make the tracker better on shifted domains?
 
-From the embedded default model (trained on Kubric-lite only):
+`make bootstrap-experiment` runs it on the CPU, end to end, from the embedded model (trained
+on Kubric-lite only), every run with the same wall-clock budget:
 
-1. data: labeled held-out clips of the robot domain (`training.robot_domain labeled`,
-   seeds 0..), real-warp clips (`training.real_warps`), and the unlabeled robot logs as
-   two rosbag2 bags (MCAP raw Image and SQLite3 JPEG CompressedImage; episodes from
-   seed 2**30 on, so never a held-out clip), decoded once by `bootstap-prepare-logs`;
-2. "before": `bootstap-eval` of the embedded model and of Lucas-Kanade on both sets;
-3. four runs from the embedded model, the same number of steps each:
-   `bootstrap` (bootstap-train-bootstrap on the bags), `no_affine` (affine=false),
-   `siamese` (siamese=true), and `supervised` (training.train on the same synthetic
-   clips, batch, learning rate and schedule as the bootstrapping runs' supervised task:
-   the control);
-4. "after": `bootstap-eval` of each final checkpoint on both sets;
-5. `results.json` and `table.md` (AJ, <delta_avg, OA per set and model) in --out.
+1. data, for each shifted domain (the robot domain, `training/robot_domain.py`; a camera at
+   night and a fisheye lens, `training/shifted_domains.py`): a labelled validation split
+   (seeds 1000..), a labelled test split (seeds 0..; reported once), and the unlabelled
+   logs as two rosbag2 bags (MCAP raw Image, SQLite3 JPEG CompressedImage; episode seeds
+   from 2**30 on); the source domain's test sets (Kubric-lite, real warps);
+2. "before": `bootstap-eval` of the embedded model (and Lucas-Kanade) on every test set;
+3. runs: `bootstap-train-bootstrap --data BAGS --time-budget MINUTES --device cpu` with the
+   recipe's defaults, for each domain and seed, keeping a checkpoint every `--keep-every`
+   steps; on the robot domain also the supervised-only control (`training.train` on
+   Kubric-lite with the bootstrapping runs' supervised settings and the same budget);
+4. "after": `bootstap-eval` of each run's final.pt on its domain's test split, and of the
+   robot runs on the source domain's test sets;
+5. the learning curves of the robot runs (their kept checkpoints on the validation split,
+   the pseudo-label grades, the label-free score) and the rank correlation of the
+   label-free score with AJ over every kept checkpoint;
+6. `results.json` and `table.md`.
 
-    python tools/bootstrap_experiment.py --out outputs/bootstrap_experiment --device cuda
+    python tools/bootstrap_experiment.py --out outputs/bootstrap_experiment            # all
+    python tools/bootstrap_experiment.py --out outputs/b --minutes 15 --seeds 0 --domains robot
 
-Each job writes a log beside its output and is skipped when its output exists, so an
-interrupted run continues where it stopped. With `--train-budget SECONDS` the four
-runs first train a few calibration steps together and the step count becomes what fits
-the budget (at most --steps). Evaluation runs on the CPU (as CI and the README's other
-figures); training on --device.
+Every job writes a log under `logs_text/` and is skipped when its output exists, so an
+interrupted experiment continues where it stopped. Training jobs run one at a time (each
+is timed against its budget and gets the whole machine; `--parallel-training 2 --threads 1`
+runs two side by side, each on one core, a robot run beside its control); evaluations two
+at a time.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import argparse
 import csv
 import json
 import os
-import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -38,19 +44,22 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
-CPUS = os.cpu_count() or 1
+sys.path.insert(0, str(ROOT))
 DEFAULT_MODEL = ROOT / "bootstap_ros" / "data" / "default.pt"
-RUNS = ("bootstrap", "no_affine", "siamese", "supervised")
-SETS = ("robot", "real_warps")
-ROWS = (("Lucas-Kanade (reference)", "before", "lk"), ("embedded model, before", "before", "embedded"),
-        ("bootstrapped", "after", "bootstrap"), ("bootstrapped, no affine", "after", "no_affine"),
-        ("bootstrapped, Siamese", "after", "siamese"), ("supervised only (control)", "after", "supervised"))
+#: domain -> (generator module, its extra arguments)
+DOMAINS = {
+    "robot": ("training.robot_domain", []),
+    "low_light": ("training.shifted_domains", ["--domain", "low_light"]),
+    "wide_angle": ("training.shifted_domains", ["--domain", "wide_angle"]),
+}
+SOURCE_SETS = ("kubric", "real_warps")
 METRICS = ("average_jaccard", "average_pts_within_thresh", "occlusion_accuracy")
+VALIDATION_SEED, TEST_SEED = 1000, 0
 
 
 class Job:
-    def __init__(self, name: str, command: Sequence[str], done: Path, log: Path, threads: int = 1):
-        self.name, self.command, self.done, self.log, self.threads = name, list(map(str, command)), done, log, threads
+    def __init__(self, name: str, command: Sequence, done: Path, log: Path, threads: int = 2):
+        self.name, self.command, self.done, self.log, self.threads = name, [str(c) for c in command], done, log, threads
 
 
 def run_jobs(jobs: List[Job], parallel: int, timings: Dict[str, float]) -> List[str]:
@@ -91,178 +100,323 @@ def run_jobs(jobs: List[Job], parallel: int, timings: Dict[str, float]) -> List[
     return failed
 
 
-def training_jobs(args, out: Path, steps: int, folder: str, extra_settings: Sequence[str] = ()) -> List[Job]:
-    py = args.python
-    bags = [out / "logs" / "robot_mcap", out / "logs" / "robot_sqlite_jpeg"]
-    common = [f"clip_frames={args.frames}", f"cache={out / 'clips'}", f"num_workers={args.workers}",
-              f"checkpoint_every={steps}", "eval_every=0", f"warmup={args.warmup}", f"lr={args.lr}",
-              f"seed={args.seed}", *extra_settings]
-    data = [flag for bag in bags for flag in ("--data", str(bag))]
-    boot = [py, "-m", "training.bootstrap", *data, "--steps", steps, "--batch-size", args.batch_size,
-            "--device", args.device]
-    jobs = []
-    for name, settings in (("bootstrap", []), ("no_affine", ["affine=false"]), ("siamese", ["siamese=true"])):
-        run = out / folder / name
-        jobs.append(Job(f"{folder}/{name}", [*boot, "--output", run, *common, *settings], run / "final.pt",
-                        out / "logs_text" / f"{folder}_{name}.log", args.threads))
-    run = out / folder / "supervised"
-    # The control: the bootstrapping runs' supervised task alone (2 x batch clips, 2 x lr, the
-    # same warmup and cosine schedule, Adam without weight decay, the same synthetic clips).
-    jobs.append(Job(f"{folder}/supervised", [
-        py, "-m", "training.train", "--out", run, "--init", DEFAULT_MODEL, "--steps", steps,
-        "--batch-size", 2 * args.batch_size, "--frames", args.frames, "--num-points", 128,
-        "--lr", 2 * args.lr, "--warmup", args.warmup, "--weight-decay", 0, "--device", args.device,
-        "--num-workers", args.workers, "--eval-every", 0, "--checkpoint-every", steps, "--seed", args.seed,
-        *(["--log-every", 1] if folder == "calibration" else [])],
-        run / "model.pt", out / "logs_text" / f"{folder}_supervised.log", args.threads))
+# ----------------------------------------------------------------------------- jobs
+
+def data_jobs(args, out: Path) -> List[Job]:
+    py, jobs = args.python, []
+    for domain in args.domains:
+        module, extra = DOMAINS[domain]
+        for split, seed in (("val", VALIDATION_SEED), ("test", TEST_SEED)):
+            target = out / "data" / f"{domain}_{split}.pkl"
+            jobs.append(Job(f"{domain} {split} clips", [
+                py, "-m", module, "labeled", *extra, "--out", target, "--num-clips", args.clips, "--seed", seed,
+                "--frames", 24, "--num-points", 64], target, out / "logs_text" / f"data_{domain}_{split}.log", 1))
+        half = args.episodes // 2
+        for name, first, storage in (("mcap", 0, []), ("sqlite_jpeg", half, ["--storage", "sqlite3", "--compressed"])):
+            bag = out / "data" / f"{domain}_{name}"
+            jobs.append(Job(f"{domain} {name} bag", [
+                py, "-m", module, "bag", *extra, "--out", bag, "--episodes", half, "--first-episode", first,
+                "--frames", args.episode_frames, *storage], Path(f"{bag}.json"),
+                out / "logs_text" / f"data_{domain}_{name}.log", 1))
+    kubric = out / "data" / "kubric_test.pkl"
+    jobs.append(Job("kubric test clips", [py, "-m", "training.synthetic", "--num-clips", args.clips, "--seed", TEST_SEED,
+                                          "--out", kubric], kubric, out / "logs_text" / "data_kubric.log", 1))
+    warps = out / "data" / "real_warps_test.pkl"
+    jobs.append(Job("real-warp test clips", [py, "-m", "training.real_warps", "--num-clips", 20, "--seed", TEST_SEED,
+                                             "--out", warps], warps, out / "logs_text" / "data_real_warps.log", 1))
     return jobs
 
 
-def seconds_per_step(run: Path) -> Optional[float]:
-    """Mean seconds per step after the first logged row, from a run's train_log.csv."""
-    path = run / "train_log.csv"
-    if not path.exists():
-        return None
-    with open(path) as file:
-        rows = [row for row in csv.DictReader(file) if row.get("elapsed_s")]
-    if len(rows) < 2:
-        return None
-    first, last = rows[0], rows[-1]
-    return (float(last["elapsed_s"]) - float(first["elapsed_s"])) / (int(last["step"]) - int(first["step"]))
-
-
-def eval_job(args, out: Path, name: str, dataset: str, checkpoint: Optional[Path], tracker: str = "bootstapir") -> Job:
-    target = out / "eval" / f"{name}_{dataset}.json"
-    command = [args.python, "-m", "bootstap_ros.eval.cli", out / f"{dataset}_heldout.pkl", "--output", target,
-               "--device", "cpu"]
+def eval_job(args, out: Path, name: str, dataset: str, checkpoint: Optional[Path], tracker: str = "bootstapir",
+             split: str = "test") -> Job:
+    target = out / "eval" / f"{name}__{dataset}_{split}.json"
+    command = [args.python, "-m", "bootstap_ros.eval.cli", out / "data" / f"{dataset}_{split}.pkl", "--output",
+               target, "--device", "cpu"]
     if tracker == "lk":
         command += ["--tracker", "lk"]
     elif checkpoint is not None:
         command += ["--checkpoint", checkpoint]
-    return Job(f"eval {name} on {dataset}", command, target, out / "logs_text" / f"eval_{name}_{dataset}.log",
-               args.eval_threads)
+    return Job(f"eval {name} on {dataset} {split}", command, target,
+               out / "logs_text" / f"eval_{name.replace('/', '_')}_{dataset}_{split}.log", 1)
 
 
-def summarize(out: Path, args, steps: int, timings: Dict[str, float], wall: float) -> Dict:
-    scores = {}
-    for label, _, name in ROWS:
-        for dataset in SETS:
-            path = out / "eval" / f"{name}_{dataset}.json"
-            if path.exists():
-                data = json.loads(path.read_text())
-                scores.setdefault(name, {})[dataset] = {key: 100 * data[key] for key in METRICS}
-    lines = ["| model | robot AJ | robot <δavg | robot OA | real-warp AJ | real-warp <δavg | real-warp OA |",
+def bootstrap_run(out: Path, domain: str, seed: int) -> Path:
+    return out / "runs" / domain / f"bootstrap_seed{seed}"
+
+
+def control_run(out: Path, seed: int) -> Path:
+    return out / "runs" / "robot" / f"supervised_seed{seed}"
+
+
+def training_jobs(args, out: Path) -> List[Job]:
+    from training.bootstrap import DEVICE_DEFAULTS, BootstrapConfig
+
+    py, jobs = args.python, []
+    recipe, cpu = BootstrapConfig().for_device("cpu"), DEVICE_DEFAULTS["cpu"]
+    for seed in args.seeds:
+        for domain in args.domains:
+            run = bootstrap_run(out, domain, seed)
+            data = [flag for name in ("mcap", "sqlite_jpeg") for flag in ("--data", out / "data" / f"{domain}_{name}")]
+            jobs.append(Job(f"bootstrap {domain} seed {seed}", [
+                py, "-m", "training.bootstrap", *data, "--output", run, "--time-budget", args.minutes,
+                "--device", "cpu", f"seed={seed}", f"cache={out / 'clips' / domain}", f"keep_every={args.keep_every}",
+                f"validate_every={args.keep_every}", *args.settings], run / "final.pt",
+                out / "logs_text" / f"train_{domain}_seed{seed}.log", args.threads))
+            if domain == "robot" and not args.no_control:
+                # The control, next to its run: the bootstrapping runs' supervised task alone, the same budget.
+                run = control_run(out, seed)
+                jobs.append(Job(f"supervised control seed {seed}", [
+                    py, "-m", "training.train", "--out", run, "--init", DEFAULT_MODEL, "--time-budget", args.minutes,
+                    "--batch-size", cpu["supervised_batch_size"], "--frames", cpu["supervised_frames"],
+                    "--num-points", cpu["supervised_points"], "--lr", recipe.ssl_supervised_lr,
+                    "--warmup", recipe.warmup, "--weight-decay", recipe.weight_decay, "--device", "cpu",
+                    "--num-workers", recipe.num_workers, "--eval-every", 0, "--checkpoint-every", 100,
+                    "--seed", seed], run / "model.pt", out / "logs_text" / f"train_control_seed{seed}.log",
+                    args.threads))
+    return jobs
+
+
+def after_jobs(args, out: Path) -> List[Job]:
+    jobs = []
+    for seed in args.seeds:
+        for domain in args.domains:
+            final = bootstrap_run(out, domain, seed) / "final.pt"
+            name = f"bootstrap_{domain}_seed{seed}"
+            jobs.append(eval_job(args, out, name, domain, final))
+            if domain == "robot":
+                jobs += [eval_job(args, out, name, source, final) for source in SOURCE_SETS]
+        if "robot" in args.domains and not args.no_control:
+            model = control_run(out, seed) / "model.pt"
+            jobs += [eval_job(args, out, f"control_seed{seed}", dataset, model) for dataset in ("robot", *SOURCE_SETS)]
+    return jobs
+
+
+def curve_jobs(args, out: Path) -> List[Job]:
+    """The robot runs' kept checkpoints on the validation split, and their grades."""
+    jobs = []
+    if "robot" not in args.domains:
+        return jobs
+    for seed in args.seeds:
+        run = bootstrap_run(out, "robot", seed)
+        for kept in sorted(run.glob("checkpoints/step_*.pt")):
+            jobs.append(eval_job(args, out, f"curve_robot_seed{seed}_{kept.stem}", "robot", kept, split="val"))
+        jobs.append(Job(f"grades robot seed {seed}", [
+            args.python, "-m", "training.grading", run, "--grade", out / "data" / "robot_val.pkl", "--max-clips", 4],
+            run / "grades.csv", out / "logs_text" / f"grades_robot_seed{seed}.log", 1))
+    return jobs
+
+
+# ----------------------------------------------------------------------------- summary
+
+def _scores(path: Path) -> Optional[Dict[str, float]]:
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    return {key: 100 * data[key] for key in METRICS}
+
+
+def _per_video(path: Path) -> Optional[Dict[str, float]]:
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    return {name: 100 * video["average_jaccard"] for name, video in data.get("per_video", {}).items()}
+
+
+def _mean_se(values: Sequence[float]) -> str:
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values[0]:+.1f}"
+    return f"{statistics.mean(values):+.1f} ± {statistics.stdev(values) / len(values) ** 0.5:.1f}"
+
+
+def spearman(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """Spearman's rank correlation (average ranks for ties)."""
+    def ranks(values):
+        order = sorted(range(len(values)), key=lambda i: values[i])
+        result = [0.0] * len(values)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                result[order[k]] = (i + j) / 2
+            i = j + 1
+        return result
+
+    rx, ry = ranks(list(xs)), ranks(list(ys))
+    mx, my = statistics.mean(rx), statistics.mean(ry)
+    num = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    den = (sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry)) ** 0.5
+    return num / den if den else float("nan")
+
+
+def curves(args, out: Path) -> Dict:
+    """Per robot seed: step, wall seconds, validation AJ of each kept checkpoint, its label-free
+    score, and the grades; and the rank correlation of the score with AJ over all of them."""
+    result, pairs = {}, []
+    for seed in args.seeds:
+        run = bootstrap_run(out, "robot", seed)
+        scores = {}
+        log = run / "eval_log.csv"
+        if log.exists():
+            with open(log) as file:
+                scores = {int(r["step"]): float(r["cycle_score"]) for r in csv.DictReader(file) if r.get("cycle_score")}
+        report = run / "report.json"
+        if 0 not in scores and report.exists():
+            before_score = (json.loads(report.read_text()).get("before") or {}).get("cycle_score")
+            if before_score is not None:
+                scores[0] = float(before_score)
+        grades = {}
+        if (run / "grades.csv").exists():
+            with open(run / "grades.csv") as file:
+                grades = {int(r["step"]): {k: float(v) for k, v in r.items() if v not in ("", None)}
+                          for r in csv.DictReader(file)}
+        rows = []
+        before = _scores(out / "eval" / "embedded__robot_val.json")
+        if before is not None:
+            rows.append({"step": 0, "elapsed_s": 0.0, "aj": before["average_jaccard"], "label_free": scores.get(0)})
+        for kept in sorted(run.glob("checkpoints/step_*.pt")):
+            step = int(kept.stem.split("_")[1])
+            val = _scores(out / "eval" / f"curve_robot_seed{seed}_{kept.stem}__robot_val.json")
+            if val is None:
+                continue
+            rows.append({"step": step, "elapsed_s": grades.get(step, {}).get("elapsed_s"),
+                         "aj": val["average_jaccard"], "label_free": scores.get(step), **grades.get(step, {})})
+        for row in rows:
+            if row.get("label_free") is not None:
+                pairs.append((row["label_free"], row["aj"]))
+        result[f"seed{seed}"] = rows
+    if len(pairs) >= 3:
+        result["spearman_label_free_vs_aj"] = spearman([p[0] for p in pairs], [p[1] for p in pairs])
+        result["checkpoints_in_correlation"] = len(pairs)
+    return result
+
+
+def plot_curves(curves_by_seed: Dict, output: Path) -> None:
+    """The robot runs' validation AJ and label-free score against the step (step 0: the
+    embedded model), one line per seed, into a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
+    for name, rows in curves_by_seed.items():
+        if not isinstance(rows, list) or not rows:
+            continue
+        rows = sorted(rows, key=lambda r: r["step"])
+        left.plot([r["step"] for r in rows], [r["aj"] for r in rows], marker="o", label=name)
+        scored = [r for r in rows if r.get("label_free") is not None]
+        right.plot([r["step"] for r in scored], [r["label_free"] for r in scored], marker="o", label=name)
+    left.set(xlabel="step", ylabel="AJ", title="robot validation split (labels)")
+    right.set(xlabel="step", ylabel="cycle score", title="held-out log clips (no labels)")
+    for axis in (left, right):
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(output, dpi=100)
+    plt.close(figure)
+
+
+def summarize(args, out: Path, timings: Dict[str, float], wall: float) -> Dict:
+    before = {d: _scores(out / "eval" / f"embedded__{d}_test.json") for d in (*args.domains, *SOURCE_SETS)}
+    lk = {d: _scores(out / "eval" / f"lk__{d}_test.json") for d in args.domains}
+    lines = ["| set | Lucas-Kanade AJ | embedded AJ (before) | bootstrapped AJ, per seed | change (mean ± SE over seeds; SE over clips) "
+             "| supervised-only control, change | bootstrapped - control |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
-    for label, _, name in ROWS:
-        cells = []
-        for dataset in SETS:
-            values = scores.get(name, {}).get(dataset)
-            cells += [f"{values[k]:.1f}" for k in METRICS] if values else ["n/a"] * 3
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    per_step = {name: seconds_per_step(out / "runs" / name) for name in RUNS}
-    # Job times add up over invocations (an interrupted experiment continued later).
+    table = {}
+    for dataset in (*args.domains, *(SOURCE_SETS if "robot" in args.domains else ())):
+        base = before.get(dataset)
+        trained_on = dataset if dataset in args.domains else "robot"
+        after = [_scores(out / "eval" / f"bootstrap_{trained_on}_seed{s}__{dataset}_test.json") for s in args.seeds]
+        control = [_scores(out / "eval" / f"control_seed{s}__{dataset}_test.json") for s in args.seeds]
+        if base is None:
+            continue
+        changes = [a["average_jaccard"] - base["average_jaccard"] for a in after if a]
+        # Per clip: the seeds' mean AJ minus the embedded model's, its standard error over clips.
+        base_videos = _per_video(out / "eval" / f"embedded__{dataset}_test.json") or {}
+        seed_videos = [v for v in (_per_video(out / "eval" / f"bootstrap_{trained_on}_seed{s}__{dataset}_test.json")
+                                   for s in args.seeds) if v]
+        per_clip = [statistics.mean(v[name] for v in seed_videos) - base_videos[name]
+                    for name in base_videos if seed_videos and all(name in v for v in seed_videos)]
+        clip_se = statistics.stdev(per_clip) / len(per_clip) ** 0.5 if len(per_clip) > 1 else float("nan")
+        control_changes = [c["average_jaccard"] - base["average_jaccard"] for c in control if c]
+        gaps = [a["average_jaccard"] - c["average_jaccard"] for a, c in zip(after, control) if a and c]
+        table[dataset] = {"before": base, "after": after, "control": control, "change": changes,
+                          "change_clip_se": clip_se, "control_change": control_changes, "minus_control": gaps}
+        label = dataset if dataset in args.domains else f"{dataset} (source; trained on robot)"
+        lk_cell = f"{lk[dataset]['average_jaccard']:.1f}" if lk.get(dataset) else ""
+        lines.append(f"| {label} | {lk_cell} | {base['average_jaccard']:.1f} | "
+                     + ", ".join(f"{a['average_jaccard']:.1f}" for a in after if a)
+                     + f" | {_mean_se(changes)} (clips: ± {clip_se:.1f}) | "
+                     + (f"{_mean_se(control_changes)} | {_mean_se(gaps)} |" if control_changes else " | |"))
+    summary = {"minutes": args.minutes, "seeds": args.seeds, "domains": args.domains, "settings": args.settings,
+               "table": table, "markdown": "\n".join(lines), "curves": curves(args, out),
+               "job_seconds": timings, "wall_seconds": wall}
     timing_file = out / "job_seconds.json"
     if timing_file.exists():
-        timings = {**json.loads(timing_file.read_text()), **timings}
-    timing_file.write_text(json.dumps(timings, indent=2) + "\n")
-    summary = {"steps": steps, "batch_size": args.batch_size, "supervised_batch_size": 2 * args.batch_size,
-               "frames": args.frames, "lr_self_supervised": args.lr, "lr_supervised": 2 * args.lr,
-               "warmup": args.warmup, "device": args.device, "heldout_clips": args.heldout_clips,
-               "real_warp_clips": args.real_warp_clips, "episodes": args.episodes,
-               "episode_frames": args.episode_frames, "scores": scores, "job_seconds": timings,
-               "seconds_per_step": per_step, "wall_seconds": wall, "table": "\n".join(lines)}
+        summary["job_seconds"] = {**json.loads(timing_file.read_text()), **timings}
+    timing_file.write_text(json.dumps(summary["job_seconds"], indent=2) + "\n")
     (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / "table.md").write_text("\n".join(lines) + "\n")
+    (out / "table.md").write_text(summary["markdown"] + "\n")
+    if any(isinstance(rows, list) and rows for rows in summary["curves"].values()):
+        plot_curves(summary["curves"], out / "curves.png")
     return summary
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python tools/bootstrap_experiment.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="outputs/bootstrap_experiment", help="everything goes here")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="training device")
-    parser.add_argument("--steps", type=int, default=100, help="steps of every run (the most, with --train-budget)")
-    parser.add_argument("--train-budget", type=float, default=0,
-                        help="seconds for the four runs together: calibrate and fit the step count (0: off)")
-    parser.add_argument("--min-steps", type=int, default=20)
-    parser.add_argument("--calibration-steps", type=int, default=6)
-    parser.add_argument("--batch-size", type=int, default=2, help="log clips per step (the supervised task: 2x)")
-    parser.add_argument("--frames", type=int, default=12, help="frames per training clip (both tasks)")
-    parser.add_argument("--lr", type=float, default=1e-4, help="self-supervised peak lr (supervised: 2x)")
-    parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--heldout-clips", type=int, default=20, help="labeled robot clips (seeds 0..)")
-    parser.add_argument("--heldout-frames", type=int, default=24, help="frames per held-out clip (both sets)")
-    parser.add_argument("--real-warp-clips", type=int, default=20)
-    parser.add_argument("--episodes", type=int, default=16, help="unlabeled episodes (half per bag)")
+    parser.add_argument("--minutes", type=float, default=60.0, help="time budget of every training run")
+    parser.add_argument("--seeds", default="0,1,2", help="training seeds (comma-separated)")
+    parser.add_argument("--domains", default=",".join(DOMAINS), help=f"comma-separated subset of {list(DOMAINS)}")
+    parser.add_argument("--no-control", action="store_true", help="skip the supervised-only control runs")
+    parser.add_argument("--keep-every", type=int, default=100, help="steps between kept (and scored) checkpoints")
+    parser.add_argument("--clips", type=int, default=20, help="labelled clips of each split")
+    parser.add_argument("--episodes", type=int, default=32, help="unlabelled episodes per domain (half per bag)")
     parser.add_argument("--episode-frames", type=int, default=48)
-    parser.add_argument("--parallel", type=int, default=max(1, CPUS // 2), help="jobs at a time")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per training run")
-    parser.add_argument("--workers", type=int, default=max(0, min(3, CPUS // 4 - 1)),
-                        help="data workers per training run")
-    parser.add_argument("--eval-threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of a training run")
+    parser.add_argument("--parallel-training", type=int, default=1,
+                        help="training runs at a time (e.g. 2 with --threads 1: a run and its control side by "
+                             "side, under the same load)")
     parser.add_argument("--python", default=sys.executable)
-    parser.add_argument("--stages", default="data,before,train,after",
-                        help="comma-separated subset of data,before,train,after")
+    parser.add_argument("--stages", default="data,before,train,after,curves",
+                        help="comma-separated subset of data,before,train,after,curves")
+    parser.add_argument("settings", nargs="*", metavar="key=value", help="bootstrapping settings of every run")
     args = parser.parse_args(argv)
+    args.seeds = [int(s) for s in args.seeds.split(",") if s != ""]
+    args.domains = [d for d in args.domains.split(",") if d]
+    unknown = set(args.domains) - set(DOMAINS)
+    if unknown:
+        parser.error(f"unknown domains {sorted(unknown)}; known: {list(DOMAINS)}")
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     stages = set(args.stages.split(","))
-    py, timings, failed = args.python, {}, []
+    timings: Dict[str, float] = {}
+    failed: List[str] = []
     started = time.perf_counter()
-
     if "data" in stages:
-        half = args.episodes // 2
-        bag = [py, "-m", "training.robot_domain", "bag", "--frames", args.episode_frames]
-        failed += run_jobs([
-            Job("robot held-out clips", [py, "-m", "training.robot_domain", "labeled", "--out",
-                                         out / "robot_heldout.pkl", "--num-clips", args.heldout_clips,
-                                         "--seed", 0, "--frames", args.heldout_frames, "--num-points", 64],
-                out / "robot_heldout.pkl", out / "logs_text" / "robot_heldout.log"),
-            Job("real-warp clips", [py, "-m", "training.real_warps", "--out", out / "real_warps_heldout.pkl",
-                                    "--num-clips", args.real_warp_clips, "--seed", 0,
-                                    "--frames", args.heldout_frames],
-                out / "real_warps_heldout.pkl", out / "logs_text" / "real_warps.log"),
-            Job("MCAP bag", [*bag, "--out", out / "logs" / "robot_mcap", "--episodes", half,
-                             "--first-episode", 0], out / "logs" / "robot_mcap.json", out / "logs_text" / "bag_mcap.log"),
-            Job("SQLite3 JPEG bag", [*bag, "--out", out / "logs" / "robot_sqlite_jpeg", "--episodes",
-                                     args.episodes - half, "--first-episode", half, "--storage", "sqlite3",
-                                     "--compressed"], out / "logs" / "robot_sqlite_jpeg.json",
-                out / "logs_text" / "bag_sqlite.log"),
-        ], args.parallel, timings)
-        failed += run_jobs([Job("prepare logs", [
-            py, "-m", "training.logs", out / "logs" / "robot_mcap", out / "logs" / "robot_sqlite_jpeg",
-            "--output", out / "clips", "--frames", args.frames], out / "clips" / "manifest.json",
-            out / "logs_text" / "prepare_logs.log")], 1, timings)
+        failed += run_jobs(data_jobs(args, out), 2, timings)
     if "before" in stages:
-        failed += run_jobs([eval_job(args, out, name, dataset, None, "lk" if name == "lk" else "bootstapir")
-                            for name in ("embedded", "lk") for dataset in SETS], args.parallel, timings)
-    steps = args.steps
+        jobs = [eval_job(args, out, "embedded", d, None) for d in (*args.domains, *SOURCE_SETS)]
+        jobs += [eval_job(args, out, "lk", d, None, "lk") for d in args.domains]
+        jobs += [eval_job(args, out, "embedded", "robot", None, split="val")] if "robot" in args.domains else []
+        failed += run_jobs(jobs, 2, timings)
     if "train" in stages:
-        if args.train_budget > 0 and not all((out / "runs" / n / ("model.pt" if n == "supervised" else "final.pt")).exists()
-                                             for n in RUNS):
-            calibration_steps = args.calibration_steps
-            failed_calibration = run_jobs(training_jobs(args, out, calibration_steps, "calibration", ["log_every=1"]),
-                                          len(RUNS), timings)
-            try:
-                measured = [seconds_per_step(out / "calibration" / name) for name in RUNS]
-            except (OSError, ValueError, KeyError, ZeroDivisionError) as error:
-                print(f"calibration unreadable ({error}); running --steps", flush=True)
-                measured = []
-            measured = [m for m in measured if m]
-            if measured and not failed_calibration:
-                steps = int(max(args.min_steps, min(args.steps, args.train_budget / max(measured))) // 10 * 10)
-                steps = max(steps, args.min_steps)
-            print(f"calibration: {['%.2f s/step' % m for m in measured]}; running {steps} steps", flush=True)
-            shutil.rmtree(out / "calibration", ignore_errors=True)
-        failed += run_jobs(training_jobs(args, out, steps, "runs"), len(RUNS), timings)
+        failed += run_jobs(training_jobs(args, out), args.parallel_training, timings)
     if "after" in stages:
-        finals = {name: out / "runs" / name / ("model.pt" if name == "supervised" else "final.pt") for name in RUNS}
-        failed += run_jobs([eval_job(args, out, name, dataset, finals[name]) for name in RUNS for dataset in SETS
-                            if finals[name].exists()], args.parallel, timings)
-    summary = summarize(out, args, steps, timings, time.perf_counter() - started)
-    print(summary["table"])
-    print(f"steps {steps}, batch {args.batch_size} log clips + {2 * args.batch_size} synthetic clips, "
-          f"{args.frames} frames; wall {summary['wall_seconds']:.0f} s; results in {out / 'results.json'}")
+        failed += run_jobs(after_jobs(args, out), 2, timings)
+    if "curves" in stages:
+        failed += run_jobs(curve_jobs(args, out), 2, timings)
+    summary = summarize(args, out, timings, time.perf_counter() - started)
+    print(summary["markdown"])
+    correlation = summary["curves"].get("spearman_label_free_vs_aj")
+    if correlation is not None:
+        print(f"label-free score vs validation AJ over {summary['curves']['checkpoints_in_correlation']} "
+              f"checkpoints: Spearman {correlation:.2f}")
+    print(f"results in {out / 'results.json'}")
     if failed:
         print(f"FAILED: {failed}", file=sys.stderr)
     return 1 if failed else 0

@@ -107,6 +107,9 @@ KEY_HELP = {
                "checkpoint that teaches unchanged (--teacher); a fixed teacher labels each clip once",
     "relabel_every": "with the EMA teacher: label each clip once and keep its labels, relabelling "
                      "with the current teacher every this many steps (0: label every batch afresh)",
+    "label_round_trip": "with cached labels: draw first the tracks the teacher retraces within this "
+                        "many px (256 raster) when queried again at their farthest visible frame "
+                        "(0: off; costs a second teacher pass per clip)",
     "label_points": "queries a fixed teacher labels per clip (each step draws num_points of them; "
                     "null: 4 x num_points)",
     "textured_queries": "share of teacher queries drawn at textured pixels (corner strength); "
@@ -203,20 +206,22 @@ class BootstrapConfig:
     init: Optional[str] = None
     causal: Optional[bool] = None
     expand_capacity: bool = False
-    # Teacher: "ema" (an exponential moving average of the student) or a checkpoint path
-    # (fixed; an offline model may teach a causal student).
-    teacher: str = "ema"
+    # Teacher: "fixed" (the starting model, frozen: the recipe, see docs/training.md),
+    # "ema" (an exponential moving average of the student) or a checkpoint path that
+    # teaches unchanged (an offline model may teach a causal student).
+    teacher: str = "fixed"
     teacher_causal: Optional[bool] = None
     ema_decay: float = 0.99
     relabel_every: int = 0
+    label_round_trip: float = 0.0
     label_points: Optional[int] = None
     # Optimisation: AdamW per task (weight_decay 0 = the paper's Adam), warmup then cosine.
     steps: int = 1000
     batch_size: Optional[int] = None
     supervised_batch_size: Optional[int] = None
-    lr: float = 5e-5
+    lr: float = 1e-4
     supervised_lr: Optional[float] = None
-    warmup: int = 50
+    warmup: int = 10
     weight_decay: float = 0.0
     beta2: float = 0.95
     grad_clip: float = 1.0
@@ -224,7 +229,7 @@ class BootstrapConfig:
     ssl_loss: LossConfig = field(default_factory=LossConfig)
     # Queries and pseudo-label filtering.
     num_points: Optional[int] = None
-    textured_queries: float = 0.0
+    textured_queries: float = 0.5
     visible_threshold: float = 0.5
     loss_frames: str = "all"
     same_query_prob: float = 0.5
@@ -814,7 +819,7 @@ def _bootstrap(config: BootstrapConfig, runtime: Runtime, resumed: Optional[dict
         # teacher's are only good until the next relabelling.
         folder = out / "teacher_labels" / f"rank{runtime.rank}" if fixed_teacher(config) else None
         labels = LabelCache(teacher, forward, config.label_points, config.seed, config.textured_queries,
-                            folder, [clip["file"] for clip in clips.clips])
+                            folder, [clip["file"] for clip in clips.clips], config.label_round_trip)
     validation = None
     if held_out and runtime.is_main:
         out.mkdir(parents=True, exist_ok=True)

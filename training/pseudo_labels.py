@@ -122,7 +122,7 @@ def sample_textured_queries(generator: torch.Generator, videos: torch.Tensor, nu
     jitter = torch.rand(b, num_points, 2, generator=generator)
     clips = videos.detach().cpu().numpy()
     for i in range(b):
-        frames = queries[i, :, 0].long()
+        frames = queries[i, :, 0].to(torch.int64)
         for frame in torch.unique(frames[textured[i]]).tolist():
             grey = cv2.cvtColor(np.ascontiguousarray(clips[i, frame]), cv2.COLOR_RGB2GRAY).astype(np.float32)
             strength = np.maximum(cv2.cornerMinEigenVal(grey, 5, 3), 0).reshape(-1).astype(np.float64)

@@ -43,7 +43,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -422,13 +422,17 @@ def unlabeled_seeds(first_episode: int, num_episodes: int) -> range:
     return range(UNLABELED_SEED_OFFSET + first_episode, UNLABELED_SEED_OFFSET + first_episode + num_episodes)
 
 
-def write_labeled(path, first_seed: int, num_clips: int, config: RobotConfig = RobotConfig()) -> Path:
-    """Held-out labeled clips as a TAP-Vid pickle (names ``robot_<seed>``)."""
+def write_labeled(path, first_seed: int, num_clips: int, config: RobotConfig = RobotConfig(),
+                  generate: Callable[[int, Any], Clip] = generate_robot_clip, prefix: str = "robot") -> Path:
+    """Held-out labeled clips as a TAP-Vid pickle (names ``<prefix>_<seed>``).
+
+    `generate(seed, config)` makes a clip; other domains pass their own generator and config.
+    """
     seeds = labeled_seeds(first_seed, num_clips)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_tapvid_pickle(path, (generate_robot_clip(seed, config) for seed in seeds),
-                        names=[f"robot_{seed}" for seed in seeds])
+    write_tapvid_pickle(path, (generate(seed, config) for seed in seeds),
+                        names=[f"{prefix}_{seed}" for seed in seeds])
     return path
 
 
@@ -449,9 +453,12 @@ def episode_stamps(rng: np.random.Generator, episode_lengths: Sequence[int], fps
 
 def write_bag(path, first_episode: int, num_episodes: int, config: RobotConfig = RobotConfig(frames=48),
               topic: str = "/wrist_camera/image_raw", storage: str = "mcap", compressed: bool = False,
-              fps: float = 15.0, seed: int = 0) -> dict:
+              fps: float = 15.0, seed: int = 0, generate: Callable[[int, Any], Clip] = generate_robot_clip,
+              frame_id: str = "wrist_camera_optical_frame") -> dict:
     """Unlabeled episodes as one rosbag2 image stream with gaps between episodes.
 
+    `generate(seed, config)` makes an episode (another domain's generator and config
+    work alike: the config needs `frames`, `height`, `width` and `replace(num_points=0)`).
     Returns a summary (episodes, frames, seeds, topic, storage, bytes) that is also
     written beside the bag as ``<path>.json``.
     """
@@ -459,13 +466,13 @@ def write_bag(path, first_episode: int, num_episodes: int, config: RobotConfig =
 
     seeds = unlabeled_seeds(first_episode, num_episodes)
     config = config.replace(num_points=0)  # no labels: nothing to sample
-    videos = [generate_robot_clip(s, config).video for s in seeds]
+    videos = [generate(s, config).video for s in seeds]
     stamps = episode_stamps(np.random.default_rng(seed), [len(v) for v in videos], fps)
     if compressed:
         topic = topic.replace("image_raw", "image_raw/compressed") if topic.endswith("image_raw") else topic
     path = Path(path)
     write_image_bag(path, np.concatenate(videos), np.concatenate(stamps), topic, storage=storage,
-                    compressed=compressed, frame_id="wrist_camera_optical_frame")
+                    compressed=compressed, frame_id=frame_id)
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
     summary = {"bag": str(path), "topic": topic, "storage": storage, "compressed": compressed,
                "episodes": num_episodes, "frames_per_episode": config.frames,

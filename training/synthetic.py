@@ -414,20 +414,25 @@ def render_scene(scene: Scene, config: SyntheticConfig) -> Tuple[np.ndarray, np.
 # ----------------------------------------------------------------------------- tracks
 
 def sample_queries(rng: np.random.Generator, scene: Scene, layer_ids: np.ndarray,
-                   config: SyntheticConfig):
+                   config: SyntheticConfig, image_to_render=None):
     """Samples query points on visible surfaces at random frames.
 
     Each point is drawn uniformly inside a random pixel showing its surface (objects for
     a share `object_point_fraction`, else background), so it is visible in its query frame.
     Returns query_frames int32 [N], track_layers int32 [N] and surface_points float64 [N, 2].
+
+    `layer_ids` [T, H, W] may be the id map of another view of the rendered frames (the
+    picture behind a lens): `image_to_render` then maps its raster points [N, 2] to the
+    rendered image's, and ids that name no layer (at least `scene.num_layers`: nothing
+    seen there) are never sampled.
     """
-    count, frames, width = config.num_points, config.frames, config.width
+    count, frames, width = config.num_points, config.frames, layer_ids.shape[2]
     query_frames = np.sort(rng.integers(0, frames, count)).astype(np.int32)
     on_object = rng.random(count) < config.object_point_fraction
     pixels = np.empty(count, np.int64)
     for t in np.unique(query_frames):
         ids = layer_ids[t].ravel()
-        pools = {True: np.flatnonzero(ids > 0), False: np.flatnonzero(ids == 0)}
+        pools = {True: np.flatnonzero((ids > 0) & (ids < scene.num_layers)), False: np.flatnonzero(ids == 0)}
         for wants_object in (True, False):
             chosen = np.flatnonzero((query_frames == t) & (on_object == wants_object))
             pool = pools[wants_object] if len(pools[wants_object]) else pools[not wants_object]
@@ -436,6 +441,8 @@ def sample_queries(rng: np.random.Generator, scene: Scene, layer_ids: np.ndarray
     jitter = rng.uniform(0.05, 0.95, (count, 2))
     image_points = np.stack([pixels % width, pixels // width], axis=-1) + jitter
     track_layers = layer_ids[query_frames, pixels // width, pixels % width].astype(np.int32)
+    if image_to_render is not None:
+        image_points = image_to_render(image_points)
 
     layer_from_image = np.linalg.inv(scene.image_from_layer[track_layers, query_frames])
     where = apply_homography(layer_from_image, image_points)

@@ -49,6 +49,45 @@ def label_batch(teacher: torch.nn.Module, videos: torch.Tensor, queries: torch.T
     return Trajectories(outputs.tracks.float(), outputs.occlusion.float(), outputs.expected_dist.float())
 
 
+def round_trip_errors(teacher: torch.nn.Module, video: torch.Tensor, queries: torch.Tensor,
+                      labels: Trajectories, forward: Callable) -> torch.Tensor:
+    """How far each of the teacher's tracks comes back when it is queried again [B, N]
+    (pixels, 256 raster; inf where it cannot be checked).
+
+    Each track is queried again at its visible frame farthest in time from its query and
+    tracked to the query frame (on the time-reversed clip when that lies earlier, as a
+    causal tracker must); the distance is taken there from the original query. A label
+    whose own teacher cannot retrace it is likely wrong (Sun et al., ICRA 2024, keep only
+    cycle-consistent pseudo-labels). Tracks seen on no other frame get inf."""
+    from bootstap_ros.model.tapir import visibility
+
+    b, n, t = labels.occlusion.shape
+    height, width = video.shape[2:4]
+    seen = visibility(labels.occlusion, labels.expected_dist)
+    query_t = queries[..., 0].round().long()
+    frames = torch.arange(t, device=video.device)
+    distance = (frames - query_t[..., None]).abs().float()
+    distance = torch.where(seen & (frames != query_t[..., None]), distance, torch.full_like(distance, -1.0))
+    far = distance.argmax(-1)  # [B, N]
+    checkable = distance.max(-1).values > 0
+    start = torch.gather(labels.tracks, 2, far[..., None, None].expand(b, n, 1, 2))[:, :, 0]  # (x, y)
+    errors = torch.full((b, n), float("inf"), device=video.device)
+    scale = torch.tensor([256.0 / width, 256.0 / height], device=video.device)
+    for later in (True, False):
+        chosen = checkable & ((far > query_t) if later else (far < query_t))
+        if not bool(chosen.any()):
+            continue
+        clip = torch.flip(video, dims=[1]) if later else video
+        begin = (t - 1 - far) if later else far
+        target = (t - 1 - query_t) if later else query_t
+        requery = torch.stack([begin.float(), start[..., 1], start[..., 0]], -1)
+        back = label_batch(teacher, clip, requery, forward)
+        returned = torch.gather(back.tracks, 2, target[..., None, None].expand(b, n, 1, 2))[:, :, 0]
+        error = torch.linalg.norm((returned - queries[..., [2, 1]].float()) * scale, dim=-1)
+        errors = torch.where(chosen, error, errors)
+    return errors
+
+
 def weights_digest(model: torch.nn.Module) -> str:
     """A short hash of a model's weights and config: labels made by other weights are stale."""
     digest = hashlib.sha256(repr(getattr(model, "config", "")).encode())
@@ -72,8 +111,13 @@ class LabelCache:
     """
 
     def __init__(self, teacher: torch.nn.Module, forward: Callable, points_per_clip: int, seed: int,
-                 textured_fraction: float, folder: Optional[Path] = None, clip_files: Sequence[str] = ()):
+                 textured_fraction: float, folder: Optional[Path] = None, clip_files: Sequence[str] = (),
+                 round_trip: float = 0.0):
         self.teacher, self.forward = teacher, forward
+        # With round_trip > 0 (px, 256 raster), only tracks the teacher retraces that closely
+        # are drawn while there are enough of them (`round_trip_errors`).
+        self.round_trip = float(round_trip)
+        self.errors: Dict[int, torch.Tensor] = {}
         self.points_per_clip = int(points_per_clip)
         self.seed = int(seed)
         self.textured_fraction = float(textured_fraction)
@@ -87,7 +131,8 @@ class LabelCache:
 
     def key(self) -> str:
         digest = hashlib.sha256(weights_digest(self.teacher).encode())
-        digest.update(repr((LABELS_VERSION, self.points_per_clip, self.seed, self.textured_fraction)).encode())
+        digest.update(repr((LABELS_VERSION, self.points_per_clip, self.seed, self.textured_fraction,
+                            self.round_trip > 0)).encode())
         return digest.hexdigest()[:32]
 
     def _open_folder(self) -> None:
@@ -129,6 +174,9 @@ class LabelCache:
                 queries = sample_queries(generator, video[None], self.points_per_clip, self.textured_fraction)
                 labels = label_batch(self.teacher, video[None], queries, self.forward)
                 stored = {"queries": queries[0].cpu(), "labels": tuple(t[0].cpu() for t in labels[:3])}
+                if self.round_trip > 0:
+                    stored["round_trip"] = round_trip_errors(self.teacher, video[None], queries, labels,
+                                                             self.forward)[0].cpu()
                 self.labelled += 1
                 if path is not None:
                     partial = path.with_name(path.name + ".partial")
@@ -136,11 +184,22 @@ class LabelCache:
                     partial.replace(path)
             self.queries[index] = stored["queries"]
             self.labels[index] = Trajectories(*stored["labels"])
+            if "round_trip" in stored:
+                self.errors[index] = stored["round_trip"]
         return self.queries[index], self.labels[index]
+
+    def _draw(self, index: int, generator: torch.Generator, num_points: int) -> torch.Tensor:
+        """`num_points` of clip `index`'s tracks, without replacement: with a round-trip check,
+        the retraced ones first (in random order), then the others."""
+        order = torch.randperm(self.points_per_clip, generator=generator)
+        if self.round_trip > 0 and index in self.errors:
+            good = self.errors[index][order] < self.round_trip
+            order = torch.cat([order[good], order[~good]])
+        return order[:num_points]
 
     def clear(self) -> None:
         """Forgets every label held in memory (a moving teacher's, before it labels again)."""
-        self.queries, self.labels = {}, {}
+        self.queries, self.labels, self.errors = {}, {}, {}
 
     def batch(self, indices: Sequence[int], videos: torch.Tensor, generator: torch.Generator, num_points: int,
               ) -> Tuple[torch.Tensor, Trajectories]:
@@ -150,7 +209,7 @@ class LabelCache:
         queries, tracks, occlusion, expected_dist = [], [], [], []
         for index, video in zip(indices, videos):
             clip_queries, labels = self.clip(index, video)
-            chosen = torch.randperm(self.points_per_clip, generator=generator)[:num_points]
+            chosen = self._draw(int(index), generator, num_points)
             queries.append(clip_queries[chosen])
             tracks.append(labels.tracks[chosen])
             occlusion.append(labels.occlusion[chosen])

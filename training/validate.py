@@ -20,7 +20,7 @@ A point that is really hidden at the end frame cannot succeed, whatever the mode
 ceiling is below 1 and the same for every model, so the score ranks models of one clip
 set, it does not grade them absolutely. Calling a visible point occluded fails the trip;
 calling a hidden point visible sends the return query somewhere wrong, which seldom comes
-back. Checked against AJ on labelled domains (README, bootstrapping section).
+back. How it ranks models against AJ on labelled domains: docs/training.md, Bootstrapping recipe.
 
     bootstap-validate --data ~/bags/run3 --checkpoint runs/boot/final.pt runs/boot/best.pt
 """

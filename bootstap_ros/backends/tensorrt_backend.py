@@ -13,9 +13,9 @@ Inference binds torch CUDA tensors by address (`set_tensor_address`) and runs
 each block stays on the GPU as two float32 tensors, swapped with the step's
 outputs after every frame; the outputs of all blocks come back in one copy.
 
-NOT VERIFIED: TensorRT cannot be installed on the machines this was written
-on, so the engine build and the inference path have never run. What does run
-in the tests are the pure parts: cache keys and paths, dtype/shape handling,
+NOT VERIFIED: the engine build and the inference path have not run yet (the
+tests run where TensorRT is not installed; CI has no GPU). What does run in the
+tests are the pure parts: cache keys and paths, dtype/shape handling,
 which ONNX nodes stay FP32 and how layers are pinned, the atomic engine write
 and the ONNX export the engines are built from.
 """

@@ -22,7 +22,7 @@ on CUDA, all of it is still captured in the graphs).
 Reduced precision runs the network under autocast (the state, the positions and
 the soft-argmax stay float32): fp16 or bf16 on CUDA, bf16 on CPU. On a CPU with
 AVX512-BF16 or AMX, bf16 runs the backbone about 2.5x faster than fp32 with the
-same accuracy (see the README); on CPUs without them it is slower.
+same accuracy (docs/speed.md); on CPUs without them it is slower.
 """
 
 from __future__ import annotations

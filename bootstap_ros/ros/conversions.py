@@ -28,6 +28,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, Poi
 # The pixel logic lives in bootstap_ros.images (no rclpy); re-exported here for the node.
 from bootstap_ros.images import (  # noqa: F401
     SUPPORTED_ENCODINGS, ImageError, compressed_to_array, encode_compressed, image_to_array)
+from bootstap_ros.ros import interfaces
 from bootstap_ros.tracking.frames import ENCODINGS
 
 
@@ -119,17 +120,15 @@ POINTFIELD_DTYPES = {
     PointField.FLOAT64: "f8",
 }
 
-#: Layout of the `tracks` cloud: (name, datatype, offset). Bytes 13..15 are padding
-#: so that the float32 fields stay 4-byte aligned; point_step is 24.
-TRACK_FIELDS: Tuple[Tuple[str, int, int], ...] = (
-    ("x", PointField.FLOAT32, 0),          # pixels of the input image (TAPIR raster, centres +0.5)
-    ("y", PointField.FLOAT32, 4),
-    ("id", PointField.UINT32, 8),          # stable per point, never reused
-    ("visible", PointField.UINT8, 12),     # 1 when (1 - occlusion) * (1 - uncertainty) > threshold
-    ("occlusion", PointField.FLOAT32, 16),     # probability the point is occluded
-    ("uncertainty", PointField.FLOAT32, 20),   # probability the position is off by > 6 px
-)
-TRACK_POINT_STEP = 24
+def point_fields(layout) -> Tuple[Tuple[str, int, int], ...]:
+    """(name, PointField datatype, offset) of each `interfaces.CloudField` of a layout."""
+    return tuple((f.name, getattr(PointField, f.type.upper()), f.offset) for f in layout)
+
+
+#: Layout of the `tracks` cloud: (name, datatype, offset), declared in `interfaces.TRACKS`.
+#: Bytes 13..15 are padding so that the float32 fields stay 4-byte aligned; point_step is 24.
+TRACK_FIELDS: Tuple[Tuple[str, int, int], ...] = point_fields(interfaces.TRACKS.fields)
+TRACK_POINT_STEP = interfaces.TRACKS.point_step
 
 
 def fields_dtype(fields: Sequence[Tuple[str, int, int]], point_step: int,
@@ -190,26 +189,23 @@ def tracks_to_cloud(result, header=None) -> PointCloud2:
     return make_cloud(points, TRACK_FIELDS, header)
 
 
-#: Layout of `~/query_points`: the points of a query set as added, at their positions on the
-#: demonstration image mapped to the live image's pixels (TAPIR raster).
-QUERY_POINT_FIELDS: Tuple[Tuple[str, int, int], ...] = (
-    ("x", PointField.FLOAT32, 0), ("y", PointField.FLOAT32, 4), ("id", PointField.UINT32, 8))
+#: Layout of `~/query_points` (`interfaces.QUERY_POINTS`): the points of a query set as added,
+#: at their positions on the demonstration image mapped to the live image's pixels.
+QUERY_POINT_FIELDS: Tuple[Tuple[str, int, int], ...] = point_fields(interfaces.QUERY_POINTS.fields)
 
 
 def query_points_to_cloud(ids, xy, header=None) -> PointCloud2:
     """The `~/query_points` PointCloud2: x, y (pixels) and id of each point of a query set."""
     xy = np.asarray(xy, np.float32).reshape(-1, 2)
-    points = np.zeros(len(xy), fields_dtype(QUERY_POINT_FIELDS, 12))
+    points = np.zeros(len(xy), fields_dtype(QUERY_POINT_FIELDS, interfaces.QUERY_POINTS.point_step))
     points["x"], points["y"], points["id"] = xy[:, 0], xy[:, 1], np.asarray(ids, np.uint32)
     return make_cloud(points, QUERY_POINT_FIELDS, header)
 
 
-#: Layout of `tracks_3d`: one point per track, in the order of `tracks`. x, y, z are metres in
-#: the image's optical frame (x right, y down, z forward), NaN where no depth was found.
-TRACK_3D_FIELDS: Tuple[Tuple[str, int, int], ...] = (
-    ("x", PointField.FLOAT32, 0), ("y", PointField.FLOAT32, 4), ("z", PointField.FLOAT32, 8),
-    ("id", PointField.UINT32, 12), ("visible", PointField.UINT8, 16))
-TRACK_3D_DTYPE = fields_dtype(TRACK_3D_FIELDS, 20)
+#: Layout of `tracks_3d` (`interfaces.TRACKS_3D`): one point per track, in the order of
+#: `tracks`. x, y, z are metres in the image's optical frame, NaN where no depth was found.
+TRACK_3D_FIELDS: Tuple[Tuple[str, int, int], ...] = point_fields(interfaces.TRACKS_3D.fields)
+TRACK_3D_DTYPE = fields_dtype(TRACK_3D_FIELDS, interfaces.TRACKS_3D.point_step)
 
 
 def tracks_3d_to_cloud(ids, xyz, visible, header=None) -> PointCloud2:

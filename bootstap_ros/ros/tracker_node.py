@@ -2,7 +2,7 @@
 
 Subscribes to `image` (or `image/compressed`), publishes `tracks`
 (sensor_msgs/PointCloud2, the image's header, one point per active track; the
-fields are in `conversions.TRACK_FIELDS` and the README), `~/debug_image` and
+fields are in `interfaces.TRACKS`), `~/debug_image` and
 `/diagnostics`. Points are added through `~/add_point` (geometry_msgs/Point, as
 rqt_image_view publishes clicks), `~/add_points` (PointCloud2 with x, y),
 removed through `~/remove_points` (std_msgs/UInt32MultiArray) and all dropped by
@@ -56,6 +56,7 @@ from std_srvs.srv import Trigger
 from bootstap_ros.ros.conversions import (CloudError, ImageError, array_to_image, cloud_xy,
                                           compressed_to_array, image_to_array,
                                           query_points_to_cloud, tracks_to_cloud)
+from bootstap_ros.ros import interfaces
 from bootstap_ros.ros.entry import run_node
 from bootstap_ros.ros.queues import LatestSlot, WarningLimiter
 from bootstap_ros.ros.session import (ModelLoader, StartupError, TrackingSession, check_swap,
@@ -191,14 +192,16 @@ class TrackerNode(Node):
         self._compressed = self.settings.image_transport == "compressed"
         if self._compressed:
             self._image_sub = self.create_subscription(
-                CompressedImage, "image/compressed", self._on_image, image_qos)
+                CompressedImage, interfaces.IMAGE_COMPRESSED.name, self._on_image, image_qos)
         else:
-            self._image_sub = self.create_subscription(Image, "image", self._on_image, image_qos)
-        self._tracks_pub = self.create_publisher(PointCloud2, "tracks", output_qos)
-        self._debug_pub = self.create_publisher(Image, "~/debug_image", output_qos)
-        self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+            self._image_sub = self.create_subscription(
+                Image, interfaces.IMAGE.name, self._on_image, image_qos)
+        self._tracks_pub = self.create_publisher(PointCloud2, interfaces.TRACKS.name, output_qos)
+        self._debug_pub = self.create_publisher(Image, interfaces.DEBUG_IMAGE.name, output_qos)
+        self._diagnostics_pub = self.create_publisher(
+            DiagnosticArray, interfaces.DIAGNOSTICS.name, 10)
         # Latched: a controller that subscribes later still gets the last sets' goal positions.
-        self._query_points_pub = self.create_publisher(PointCloud2, "~/query_points", QoSProfile(
+        self._query_points_pub = self.create_publisher(PointCloud2, interfaces.QUERY_POINTS.name, QoSProfile(
             history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE,
             durability=DurabilityPolicy.TRANSIENT_LOCAL))
         if self.settings.use_depth:
@@ -209,13 +212,16 @@ class TrackerNode(Node):
             self._depth_notes: set = set()  # one-time warnings already given
             self._depth_slop, self._depth_window = self.settings.depth_slop, self.settings.depth_window
             self._depth_wait = self.settings.depth_wait
-            self.create_subscription(Image, "depth", self._on_depth, image_qos)
-            self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, image_qos)
-            self._tracks_3d_pub = self.create_publisher(PointCloud2, "tracks_3d", output_qos)
-        self.create_subscription(Point, "~/add_point", self._on_add_point, 10)
-        self.create_subscription(PointCloud2, "~/add_points", self._on_add_points, 10)
-        self.create_subscription(UInt32MultiArray, "~/remove_points", self._on_remove_points, 10)
-        self.create_service(Trigger, "~/reset", self._on_reset)
+            self.create_subscription(Image, interfaces.DEPTH.name, self._on_depth, image_qos)
+            self.create_subscription(
+                CameraInfo, interfaces.CAMERA_INFO.name, self._on_camera_info, image_qos)
+            self._tracks_3d_pub = self.create_publisher(
+                PointCloud2, interfaces.TRACKS_3D.name, output_qos)
+        self.create_subscription(Point, interfaces.ADD_POINT.name, self._on_add_point, 10)
+        self.create_subscription(PointCloud2, interfaces.ADD_POINTS.name, self._on_add_points, 10)
+        self.create_subscription(
+            UInt32MultiArray, interfaces.REMOVE_POINTS.name, self._on_remove_points, 10)
+        self.create_service(Trigger, interfaces.RESET.name, self._on_reset)
         # on_set, not post_set: ROS 2 Humble has no post-set callbacks. rclpy checks the
         # ranges and read-only flags before calling it.
         self.add_on_set_parameters_callback(self._on_parameters_set)

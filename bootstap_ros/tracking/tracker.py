@@ -86,7 +86,7 @@ class TrackResult:
 def default_block_size(device) -> int:
     """Points per block when none is given: 64 on the CPU; 256 on a GPU, where each block is
     one CUDA-graph replay of the whole refinement and fewer, larger blocks cost less (H200,
-    bf16: 256 points 19.4 -> 7.2 ms, 1024 points 71.9 -> 23.2 ms per frame; README)."""
+    bf16: 256 points 19.4 -> 7.2 ms, 1024 points 71.9 -> 23.2 ms per frame; docs/speed.md)."""
     return 256 if torch.device(device).type == "cuda" else 64
 
 
