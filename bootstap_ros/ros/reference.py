@@ -90,6 +90,8 @@ def launch_arguments(path: Path) -> List[Tuple[str, str, str]]:
                 name, default, description = entry.elts
                 if isinstance(default, ast.Constant):
                     default_text = f"`{default.value}`" if default.value else "empty"
+                elif isinstance(default, ast.Name) and default.id == "DEFAULT_ADAPTER_PARAMS":
+                    default_text = "this package's config/adapter.yaml"
                 else:  # DEFAULT_PARAMS: a path computed when the launch file runs
                     default_text = "this package's config/tracker.yaml"
                 rows.append((ast.literal_eval(name), default_text, ast.literal_eval(description)))
