@@ -84,7 +84,7 @@ def _loss_gradients(siamese: bool):
     teacher = copy.deepcopy(student).train()  # requires_grad on: only the code may cut the path
     video = torch.from_numpy(moving_clip(num_frames=4, height=64, width=64))[None]
     numpy_rng, torch_rng = step_generators(0, 0, 0)
-    loss, parts = bootstrap_loss(student, teacher, video, _tiny_config(siamese=siamese), numpy_rng,
+    loss, parts = bootstrap_loss(student, teacher, video, _tiny_config(siamese=siamese, teacher="ema"), numpy_rng,
                                  torch_rng, True, True)
     loss.backward()
     assert loss.item() > 0 and parts["kept_tracks"].item() == 1.0
@@ -196,8 +196,8 @@ def test_ema_teacher_is_the_moving_average_of_the_student(inputs, tmp_path):
     # One step with decay 0.5 and no supervised task: the stored teacher must be exactly the
     # average of the initial and the updated student (an optimiser step on the teacher, or a
     # gradient reaching it, would break that).
-    assert main(_run_args(inputs, tmp_path / "run", 1, "ema_decay=0.5", "supervised_batch_size=0",
-                          "cycle_mask=false")) == 0
+    assert main(_run_args(inputs, tmp_path / "run", 1, "--teacher", "ema", "ema_decay=0.5",
+                          "supervised_batch_size=0", "cycle_mask=false")) == 0
     initial = _state(inputs / "tiny.pt")["state_dict"]
     stored = _state(tmp_path / "run" / "checkpoint.pt")
     student, teacher = stored["state_dict"], stored["teacher"]
@@ -482,7 +482,7 @@ def test_an_ema_teacher_relabels_its_cached_clips_every_relabel_every_steps(inpu
 
     monkeypatch.setattr(teacher_module, "label_batch", counting)
     # 4 clips, one a step: steps 0-3 label each once, step 4 relabels (the cache was cleared), 5 too.
-    assert main(_run_args(inputs, tmp_path / "run", 6, "relabel_every=4", "label_points=16", "holdout=0",
+    assert main(_run_args(inputs, tmp_path / "run", 6, "--teacher", "ema", "relabel_every=4", "label_points=16", "holdout=0",
                           "supervised_batch_size=0")) == 0
     assert len(labelled) == 6
     assert not (tmp_path / "run" / "teacher_labels").exists()  # a moving teacher's labels stay in memory
