@@ -1,0 +1,59 @@
+"""The bootstrapping experiment's arithmetic (tools/bootstrap_experiment.py): the rank
+correlation it reports and the table's changes, against hand-computed values."""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def experiment():
+    spec = importlib.util.spec_from_file_location("bootstrap_experiment", ROOT / "tools" / "bootstrap_experiment.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_spearman_matches_hand_computed_ranks(experiment):
+    assert experiment.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert experiment.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # Without ties: 1 - 6 sum(d^2) / (n (n^2 - 1)); ranks y = 2, 1, 4, 3, 5: d^2 = 1+1+1+1+0.
+    assert experiment.spearman([0.1, 0.2, 0.3, 0.4, 0.5], [5, 1, 9, 7, 11]) == pytest.approx(1 - 6 * 4 / (5 * 24))
+    # Ties take their average rank: x ranks 1, 2.5, 2.5, 4; y ranks 1, 3, 2, 4.
+    rx, ry = [1, 2.5, 2.5, 4], [1, 3, 2, 4]
+    mx, my = sum(rx) / 4, sum(ry) / 4
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    expected = cov / math.sqrt(sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry))
+    assert experiment.spearman([1, 2, 2, 3], [1, 3, 2, 4]) == pytest.approx(expected)
+
+
+def _write_eval(path: Path, videos):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mean = sum(videos.values()) / len(videos)
+    path.write_text(json.dumps({"average_jaccard": mean, "average_pts_within_thresh": mean,
+                                "occlusion_accuracy": mean,
+                                "per_video": {k: {"average_jaccard": v} for k, v in videos.items()}}))
+
+
+def test_the_table_reports_changes_against_the_embedded_model_and_the_control(experiment, tmp_path):
+    evals = tmp_path / "eval"
+    _write_eval(evals / "embedded__robot_test.json", {"a": 0.30, "b": 0.40})
+    _write_eval(evals / "bootstrap_robot_seed0__robot_test.json", {"a": 0.33, "b": 0.43})
+    _write_eval(evals / "bootstrap_robot_seed1__robot_test.json", {"a": 0.35, "b": 0.41})
+    _write_eval(evals / "control_seed0__robot_test.json", {"a": 0.31, "b": 0.40})
+    _write_eval(evals / "control_seed1__robot_test.json", {"a": 0.30, "b": 0.41})
+    args = experiment.argparse.Namespace(domains=["robot"], seeds=[0, 1], minutes=1.0, settings=[])
+    summary = experiment.summarize(args, tmp_path, {}, 0.0)
+    row = summary["table"]["robot"]
+    # Means: before 35, seeds 38 and 38, controls 35.5 and 35.5 (AJ in per cent).
+    assert row["change"] == pytest.approx([3.0, 3.0])
+    assert row["control_change"] == pytest.approx([0.5, 0.5])
+    assert row["minus_control"] == pytest.approx([2.5, 2.5])
+    # Per clip: seeds' mean minus before = a: +4, b: +2 -> SE = stdev([4, 2]) / sqrt(2) = 1.
+    assert row["change_clip_se"] == pytest.approx(1.0)
+    assert (tmp_path / "table.md").read_text().splitlines()[2].startswith("| robot |")
