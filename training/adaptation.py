@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import shutil
 import signal
@@ -498,8 +499,11 @@ def score_checkpoints(data: Sequence[str], checkpoints: Sequence[str], causal: b
     with tempfile.TemporaryDirectory(prefix="bootstap_adapter_score_") as scratch:
         for name, model in models:
             size = model.config.resolution[0]
-            clips = LogClips(prepare_logs(list(data), Path(scratch) / f"size_{size}",
-                                          ClipConfig(frames=frames, size=size)))
+            # The store's clips passed the recorder's filters already; cutting them again at
+            # the model's size could see a cut or a gap the recorder did not, and lose a clip.
+            unfiltered = ClipConfig(frames=frames, size=size, static_threshold=1e-9, cut_min=math.inf,
+                                    cut_threshold=math.inf, gap_factor=math.inf, max_gap_s=None)
+            clips = LogClips(prepare_logs(list(data), Path(scratch) / f"size_{size}", unfiltered))
             if not len(clips):
                 raise ValueError(f"the held-out bags gave no clip of {frames} frames")
             videos = [clips[i]["video"] for i in range(len(clips))]
