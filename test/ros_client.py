@@ -94,8 +94,13 @@ class Client:
     (images go as CompressedImage when `params` set image_transport to compressed)."""
 
     timeout = TIMEOUT  # what `send` waits for the tracks of an image at most
+    resend_after = 5.0  # seconds without tracks before `send` publishes the image again
 
     def __init__(self, ros, **params):
+        # Images (and depth images, which share their QoS) go reliably unless a test says
+        # otherwise: the tests check what the node computes from each image they send, and a
+        # best-effort image lost on a loaded machine would fail them for no fault of the node.
+        params.setdefault("qos.image.reliability", "reliable")
         self.ros = ros
         self.namespace = "/test_" + uuid.uuid4().hex[:8]
         self.node = TrackerNode(namespace=self.namespace, context=ros.context, parameter_overrides=[
@@ -134,12 +139,16 @@ class Client:
         return set_stamp(msg, next(STAMPS) if stamp is None else stamp, frame_id)
 
     def send(self, msg, timeout=None):
-        """Publish an image and return the tracks computed from it (republished if lost)."""
+        """Publish an image and return the tracks computed from it (republished if lost).
+
+        A republished image is tracked again when the first one was only slow, so the wait
+        before it is long: a late duplicate would be taken as a frame of its own and could
+        take a request meant for the next one."""
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         while True:
             self.image.publish(msg)
             try:
-                return self.tracks.wait_for(lambda m: stamp_of(m) == stamp_of(msg), timeout=1.0)
+                return self.tracks.wait_for(lambda m: stamp_of(m) == stamp_of(msg), timeout=self.resend_after)
             except AssertionError:
                 if time.monotonic() > deadline:
                     raise AssertionError(f"no tracks for the image stamped {stamp_of(msg)}") from None

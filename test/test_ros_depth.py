@@ -66,13 +66,17 @@ def check_cloud(cloud, tracks, depth, window):
 
 def test_tracks_3d_equal_an_independent_back_projection(ros, checkpoint):
     window = 3
+    # depth_wait well above the default: the depth image goes out just before its colour image
+    # on another topic, and on a loaded machine it can reach the node after the frame is tracked.
     h = Client(ros, checkpoint=checkpoint, grid_points=3, use_depth=True, depth_window=window,
-               diagnostics_period=0.2)
+               depth_wait=1.0, diagnostics_period=0.2)
     try:
         tracks_3d = h.subscribe(PointCloud2, "tracks_3d")
         diagnostics = h.subscribe(DiagnosticArray, "/diagnostics")
         depth_pub = h.publisher(Image, "depth")
         info_pub = h.publisher(CameraInfo, "camera_info")
+        info_pub.publish(set_stamp(camera_info(), next(STAMPS)))  # in before the first frame
+        wait_until(lambda: h.node._camera_info is not None, what="the node's camera_info")
         rng = np.random.default_rng(0)
         clip = moving_clip(num_frames=6, height=HEIGHT, width=WIDTH)
 
@@ -110,9 +114,11 @@ def test_tracks_3d_equal_an_independent_back_projection(ros, checkpoint):
         xyz = check_cloud(cloud_for(msg), tracks, np.zeros((HEIGHT, WIDTH), np.uint16), window)
         assert len(xyz) == 9 and np.isnan(xyz).all()
 
-        # Depth 100 ms off (beyond depth_slop, and frames are 33 ms apart) and no depth at
-        # all: tracks, but no tracks_3d.
-        late, _ = frame_with_depth(4, metres, offset_ns=100_000_000)
+        # Depth 100 ms older than its colour image (beyond depth_slop, and frames are 33 ms
+        # apart) and no depth at all: tracks, but no tracks_3d. (A depth image stamped ahead of
+        # the colour images would end the node's wait for the ones after it: depth comes in
+        # stamp order.)
+        late, _ = frame_with_depth(4, metres, offset_ns=-100_000_000)
         missing, _ = frame_with_depth(5, None)
         final, tracks = frame_with_depth(0, metres)
         check_cloud(cloud_for(final), tracks, metres, window)  # in order: earlier ones came first
@@ -132,7 +138,7 @@ def test_tracks_3d_equal_an_independent_back_projection(ros, checkpoint):
 
 
 def test_camera_info_of_another_size_is_scaled_and_depth_off_means_no_subscription(ros, checkpoint):
-    h = Client(ros, checkpoint=checkpoint, grid_points=2, use_depth=True, depth_window=1)
+    h = Client(ros, checkpoint=checkpoint, grid_points=2, use_depth=True, depth_window=1, depth_wait=2.0)
     try:
         tracks_3d = h.subscribe(PointCloud2, "tracks_3d")
         depth_pub = h.publisher(Image, "depth")
@@ -148,6 +154,7 @@ def test_camera_info_of_another_size_is_scaled_and_depth_off_means_no_subscripti
         depth = np.full((HEIGHT, WIDTH), 1.5, np.float32)
         stamp = next(STAMPS)
         info_pub.publish(set_stamp(info, stamp))
+        wait_until(lambda: h.node._camera_info is not None, what="the node's camera_info")
         depth_pub.publish(depth_message(depth, stamp))
         msg = h.frame(frame, stamp=stamp)
         tracks = h.send(msg)
@@ -181,8 +188,9 @@ def test_launch_arguments_for_depth_and_query_sets(monkeypatch):
 
 def test_depth_wait_pairs_a_depth_image_that_lags_the_colour_image(ros, checkpoint):
     # A depth stream 0.5 s behind its colour images (a slow depth pipeline, or a loaded
-    # computer): the default 0.1 s wait gives up on it, depth_wait=1.5 pairs it.
-    h = Client(ros, checkpoint=checkpoint, grid_points=2, use_depth=True, depth_window=1, depth_wait=1.5)
+    # computer): the default 0.1 s wait gives up on it, the longest depth_wait pairs it (2 s, so
+    # that a slow delivery of the tracks to this client cannot use the wait up).
+    h = Client(ros, checkpoint=checkpoint, grid_points=2, use_depth=True, depth_window=1, depth_wait=2.0)
     try:
         tracks_3d = h.subscribe(PointCloud2, "tracks_3d")
         depth_pub = h.publisher(Image, "depth")
@@ -191,6 +199,7 @@ def test_depth_wait_pairs_a_depth_image_that_lags_the_colour_image(ros, checkpoi
         depth = np.full((HEIGHT, WIDTH), 2.0, np.float32)
         first = next(STAMPS)  # an on-time pair first: the node then knows depth is coming
         info_pub.publish(set_stamp(camera_info(), first))
+        wait_until(lambda: h.node._camera_info is not None, what="the node's camera_info")
         depth_pub.publish(depth_message(depth, first))
         h.send(h.frame(clip[0], stamp=first))
         tracks_3d.wait_for(lambda m: stamp_of(m) == first, what="tracks_3d of the on-time pair")
