@@ -1,5 +1,6 @@
 """The node's ROS-free parts: queues, warning limiter, settings, start-up checks, TrackingSession."""
 
+import dataclasses
 import threading
 import time
 from collections import deque
@@ -80,6 +81,20 @@ def test_defaults_checks_and_grid_points():
                           ({"qos.image.reliability": "fast"}, "qos.image.reliability")]:
         with pytest.raises(SettingsError, match=match):
             config_from_parameters(values)
+
+
+def test_parameter_tables_take_their_defaults_from_their_config():
+    from bootstap_ros.ros import adapter_settings
+    from bootstap_ros.ros.parameters import ParameterSpec, parameter_table
+
+    for specs, config in ((PARAMETERS, TrackerNodeConfig()), (adapter_settings.PARAMETERS,
+                                                               adapter_settings.AdapterConfig())):
+        # Every setting is a parameter, and each parameter's default is its setting's.
+        assert sorted(spec.field for spec in specs) == sorted(f.name for f in dataclasses.fields(config))
+        for spec in specs:
+            assert spec.default == getattr(config, spec.field), spec.name
+    with pytest.raises(TypeError, match=r"no field for the parameters \['nope'\]"):
+        parameter_table(TrackerNodeConfig, ParameterSpec("nope", "nope", "a parameter"))
 
 
 def test_yaml_documents_every_parameter_with_its_default():

@@ -28,13 +28,11 @@ import sys
 import threading
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
-                                SetParametersResult)
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
 from rclpy.parameter import Parameter, parameter_value_to_python
 from rclpy.parameter_client import AsyncParameterClient
@@ -45,6 +43,7 @@ from std_msgs.msg import String
 from bootstap_ros.ros.adapter_settings import (PARAMETERS, AdapterConfig, AdapterSettingsError,
                                                config_from_parameters, training_module)
 from bootstap_ros.ros.entry import run_node
+from bootstap_ros.ros.parameters import declare_parameters
 from bootstap_ros.ros.queues import WarningLimiter
 
 _RELIABILITY = {
@@ -136,21 +135,7 @@ class AdapterNode(Node):
             f"{self.settings.round_device} for {self._tracker_name}")
 
     def _declare_parameters(self) -> AdapterConfig:
-        values = {}
-        for spec in PARAMETERS:
-            descriptor = ParameterDescriptor(description=spec.description, read_only=spec.read_only,
-                                             additional_constraints=spec.constraints)
-            if spec.integer_range:
-                descriptor.integer_range = [IntegerRange(from_value=spec.integer_range[0],
-                                                         to_value=spec.integer_range[1], step=0)]
-            if spec.float_range:
-                descriptor.floating_point_range = [FloatingPointRange(
-                    from_value=float(spec.float_range[0]), to_value=float(spec.float_range[1]), step=0.0)]
-            try:
-                values[spec.name] = self.declare_parameter(spec.name, spec.default, descriptor).value
-            except Exception as error:  # rclpy's type/range exceptions have no common base
-                raise AdapterStartupError(f"parameter {spec.name}: {error}"
-                                          f"{' (' + spec.constraints + ')' if spec.constraints else ''}") from None
+        values = declare_parameters(self, PARAMETERS, AdapterStartupError)
         try:
             config = config_from_parameters(values)
             config.round_config()

@@ -8,16 +8,16 @@ settings and defaults come from `training.adaptation.RoundConfig`. No ROS import
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Tuple
 
-RELIABILITIES = ("best_effort", "reliable", "system_default")
-TRANSPORTS = ("raw", "compressed")
+from bootstap_ros.ros.parameters import (RELIABILITIES, TRANSPORTS, ParameterSpec, config_from_values,
+                                         parameter_table)
+
 DEVICES = ("cpu", "cuda", "auto")
 #: The round settings' defaults (training.adaptation.RoundConfig), repeated here so that this
 #: module imports nothing heavy; test_adapter checks that they agree.
@@ -74,33 +74,9 @@ class AdapterConfig:
             score_points=self.score_points)
 
 
-@dataclass(frozen=True)
-class ParameterSpec:
-    name: str  # the ROS parameter name
-    field: str  # the AdapterConfig field it fills
-    description: str
-    read_only: bool = True  # changing it needs a restart
-    choices: Optional[Sequence[str]] = None
-    integer_range: Optional[Tuple[int, int]] = None
-    float_range: Optional[Tuple[float, float]] = None
-
-    @property
-    def default(self) -> Any:
-        return getattr(AdapterConfig(), self.field)
-
-    @property
-    def constraints(self) -> str:
-        if self.choices:
-            return "one of: " + ", ".join(self.choices)
-        if self.integer_range:
-            return f"integer in [{self.integer_range[0]}, {self.integer_range[1]}]"
-        if self.float_range:
-            return f"number in [{self.float_range[0]}, {self.float_range[1]}]"
-        return ""
-
-
 NEXT_ROUND = " Changes at runtime; a round in progress keeps the value it started with."
-PARAMETERS: Tuple[ParameterSpec, ...] = (
+PARAMETERS: Tuple[ParameterSpec, ...] = parameter_table(
+    AdapterConfig,
     ParameterSpec("tracker_node", "tracker_node",
                   "The tracker node whose model the adapter bootstraps and swaps (its `checkpoint` and "
                   "`causal` parameters, its /diagnostics); a relative name is in the adapter's namespace."),
@@ -201,15 +177,7 @@ class AdapterSettingsError(ValueError):
 
 def config_from_parameters(values: Dict[str, Any]) -> AdapterConfig:
     """A checked AdapterConfig from {parameter name: value} (missing names: defaults)."""
-    changes = {}
-    for spec in PARAMETERS:
-        if spec.name not in values:
-            continue
-        value = values[spec.name]
-        if spec.choices and value not in spec.choices:
-            raise AdapterSettingsError(f"parameter {spec.name}={value!r} is not {spec.constraints}")
-        changes[spec.field] = value
-    config = dataclasses.replace(AdapterConfig(), **changes)
+    config = config_from_values(values, PARAMETERS, AdapterConfig, AdapterSettingsError)
     try:
         config.settings_list
     except ValueError as error:

@@ -6,20 +6,20 @@ can change at runtime and how, its range or choices). The model's parameters
 (`swap`) change at runtime through a model loaded in the background and swapped
 in between two frames (docs/model-swap.md). The node declares its parameters
 from this table, config/tracker.yaml documents the same names, and a test
-checks that the two agree. No rclpy here: the node turns `ParameterSpec` into
-a `ParameterDescriptor`.
+checks that the two agree. No rclpy here: `parameters.declare_parameters` turns
+the table into the node's parameter declarations.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Tuple, Union
 
 from bootstap_ros.backends.base import BACKEND_CHOICES, PRECISION_CHOICES
+from bootstap_ros.ros.parameters import (RELIABILITIES, TRANSPORTS, ParameterSpec, config_from_values,
+                                         parameter_table)
 
-RELIABILITIES = ("best_effort", "reliable", "system_default")
-TRANSPORTS = ("raw", "compressed")
 
 
 @dataclass(frozen=True)
@@ -57,38 +57,8 @@ class TrackerNodeConfig:
     query_frame_memory_mb: int = 128
 
 
-@dataclass(frozen=True)
-class ParameterSpec:
-    name: str  # the ROS parameter name
-    field: str  # the TrackerNodeConfig field it fills
-    description: str
-    read_only: bool = True  # changing it needs a restart
-    swap: bool = False  # a change loads a new model in the background and swaps it in
-    choices: Optional[Sequence[str]] = None
-    integer_range: Optional[Tuple[int, int]] = None
-    float_range: Optional[Tuple[float, float]] = None
-    dynamic_typing: bool = False
-
-    def __post_init__(self):
-        if self.swap and self.read_only:
-            raise ValueError(f"parameter {self.name}: a swap parameter changes at runtime")
-
-    @property
-    def default(self) -> Any:
-        return getattr(TrackerNodeConfig(), self.field)
-
-    @property
-    def constraints(self) -> str:
-        if self.choices:
-            return "one of: " + ", ".join(self.choices)
-        if self.integer_range:
-            return f"integer in [{self.integer_range[0]}, {self.integer_range[1]}]"
-        if self.float_range:
-            return f"number in [{self.float_range[0]}, {self.float_range[1]}]"
-        return ""
-
-
-PARAMETERS: Tuple[ParameterSpec, ...] = (
+PARAMETERS: Tuple[ParameterSpec, ...] = parameter_table(
+    TrackerNodeConfig,
     ParameterSpec("checkpoint", "checkpoint",
                   "Model checkpoint (.pt): an official causal BootsTAPIR state_dict or a project "
                   "checkpoint. Empty: the embedded default model (bootstap_ros/data/default.pt). "
@@ -122,7 +92,7 @@ PARAMETERS: Tuple[ParameterSpec, ...] = (
     ParameterSpec("resolution", "resolution",
                   "Square model input resolution in pixels, a multiple of 8; 0 keeps the "
                   "checkpoint's (256). Lower is faster and less accurate. Changes at runtime by a model swap (see checkpoint).",
-                  integer_range=(0, 2048), read_only=False, swap=True),
+                  integer_range=(0, 2048), integer_step=8, read_only=False, swap=True),
     ParameterSpec("refine_resolution", "refine_resolution",
                   "[H, W], multiples of 8: the top of the refinement ladder. Above the model "
                   "resolution, refinement repeats on log-spaced levels up to it (official TAPIR for "
@@ -215,17 +185,9 @@ class SettingsError(ValueError):
 
 def config_from_parameters(values: Dict[str, Any]) -> TrackerNodeConfig:
     """A checked TrackerNodeConfig from {parameter name: value} (missing names: defaults)."""
-    changes = {}
-    for spec in PARAMETERS:
-        if spec.name not in values:
-            continue
-        value = values[spec.name]
-        if spec.choices and value not in spec.choices:
-            raise SettingsError(f"parameter {spec.name}={value!r} is not {spec.constraints}")
-        changes[spec.field] = value
-    if "grid_points" in changes:
-        changes["grid_points"] = parse_grid_points(changes["grid_points"])
-    config = dataclasses.replace(TrackerNodeConfig(), **changes)
+    config = config_from_values(values, PARAMETERS, TrackerNodeConfig, SettingsError)
+    if "grid_points" in values:
+        config = dataclasses.replace(config, grid_points=parse_grid_points(config.grid_points))
     if config.resolution and config.resolution % 8:
         raise SettingsError(f"parameter resolution={config.resolution} must be a multiple of 8 "
                             "(or 0 for the checkpoint's own)")

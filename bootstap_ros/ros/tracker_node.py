@@ -44,8 +44,7 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point
-from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
-                                SetParametersResult)
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy)
@@ -58,6 +57,7 @@ from bootstap_ros.ros.conversions import (CloudError, ImageError, array_to_image
                                           query_points_to_cloud, tracks_to_cloud)
 from bootstap_ros.ros import interfaces
 from bootstap_ros.ros.entry import run_node
+from bootstap_ros.ros.parameters import declare_parameters
 from bootstap_ros.ros.queues import LatestSlot, WarningLimiter
 from bootstap_ros.ros.session import (ModelLoader, StartupError, TrackingSession, check_swap,
                                       create_tracker, load_query_set)
@@ -247,31 +247,7 @@ class TrackerNode(Node):
                 f"{info.resolution[0]}{refined}) on {info.backend}/{info.device}")
 
     def _declare_parameters(self) -> TrackerNodeConfig:
-        values = {}
-        for spec in PARAMETERS:
-            descriptor = ParameterDescriptor(
-                description=spec.description, read_only=spec.read_only,
-                additional_constraints=spec.constraints, dynamic_typing=spec.dynamic_typing)
-            if spec.integer_range:
-                step = 8 if spec.name == "resolution" else 0
-                descriptor.integer_range = [IntegerRange(
-                    from_value=spec.integer_range[0], to_value=spec.integer_range[1], step=step)]
-            if spec.float_range:
-                descriptor.floating_point_range = [FloatingPointRange(
-                    from_value=float(spec.float_range[0]), to_value=float(spec.float_range[1]),
-                    step=0.0)]
-            try:
-                value = self.declare_parameter(spec.name, spec.default, descriptor).value
-            except Exception as error:  # rclpy's type/range exceptions have no common base
-                expected = {bool: "true or false", int: "an integer", float: "a number with a "
-                            "decimal point (1.0, not 1)", str: "a string"}.get(type(spec.default),
-                                                                                "a list of integers")
-                raise StartupError(
-                    f"parameter {spec.name}: {error}. Expected {expected}"
-                    f"{' (' + spec.constraints + ')' if spec.constraints else ''}") from None
-            if isinstance(value, (array.array, list, tuple)):
-                value = list(value)
-            values[spec.name] = value
+        values = declare_parameters(self, PARAMETERS, StartupError)
         try:
             return config_from_parameters(values)
         except SettingsError as error:
