@@ -6,7 +6,6 @@ processes) while the tracker goes on tracking."""
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from std_msgs.msg import String
 
 from bootstap_ros.ros.adapter_node import AdapterNode, AdapterStartupError
 from bootstap_ros.ros.conversions import array_to_image, cloud_to_array
+from bootstap_ros.ros.processes import stop_process_groups
 from ros_client import Client, wait_until
 from test_adapter import FAST, panning, read_bag
 
@@ -344,14 +344,7 @@ def test_killing_the_adapter_mid_round_leaves_the_tracker_tracking(tmp_path, che
         executor.shutdown(timeout_sec=5)
         node.destroy_node()
         rclpy.try_shutdown(context=context)
-        for process in processes.values():
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGINT)
-        for name, process in processes.items():
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
-            logs[name].close()
+        stop_process_groups(processes.values())
+        for handle in logs.values():
+            handle.close()
     assert processes["tracker_node"].returncode == 0, (tmp_path / "tracker_node.log").read_text()[-3000:]

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bootstap_ros.ros.processes import stop_process_groups
+
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = "bootstap_ros"
 LAUNCH_FILE = REPO / "launch" / "tracker.launch.py"
@@ -306,13 +308,7 @@ def test_ros2_launch_runs_the_tracker_on_a_video(workspace, tmp_path):
         executor.shutdown(timeout_sec=5)
         node.destroy_node()
         rclpy.try_shutdown(context=context)
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
+        stop_process_groups([process])
         log.close()
     text = (tmp_path / "launch.log").read_text()
     assert text.count("process has finished cleanly") == 2, text[-3000:]
@@ -398,13 +394,7 @@ def test_ros2_param_set_swaps_the_model_under_ros2_launch(workspace, tmp_path):
         executor.shutdown(timeout_sec=5)
         node.destroy_node()
         rclpy.try_shutdown(context=context)
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
+        stop_process_groups([process])
         log.close()
     text = (tmp_path / "launch.log").read_text()
     assert text.count("process has finished cleanly") == 2, text[-3000:]
@@ -482,13 +472,7 @@ def test_killing_the_adapter_under_ros2_launch_leaves_the_tracker_running(worksp
         executor.shutdown(timeout_sec=5)
         node.destroy_node()
         rclpy.try_shutdown(context=context)
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
+        stop_process_groups([process])
         log.close()
     text = (tmp_path / "launch.log").read_text()
     assert text.count("process has finished cleanly") == 2, text[-3000:]  # the tracker and the video

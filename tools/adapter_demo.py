@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -107,12 +106,11 @@ def run(command: List[str], log_path: Path) -> None:
 
 
 def environment() -> Dict[str, str]:
+    from bootstap_ros.ros.processes import local_ros_environment
+
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    env.setdefault("ROS_LOCALHOST_ONLY", "1")
-    env.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 101))
-    return env
+    return local_ros_environment(env)
 
 
 # ---------------------------------------------------------------------------- the run
@@ -126,6 +124,8 @@ def run_nodes(out: Path, data: Dict[str, Path], args) -> Dict:
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import PointCloud2
     from std_msgs.msg import String
+
+    from bootstap_ros.ros.processes import stop_process_groups
 
     namespace = "/adapter_demo_" + uuid.uuid4().hex[:6]
     store, models = out / "store", out / "models"
@@ -215,16 +215,9 @@ def run_nodes(out: Path, data: Dict[str, Path], args) -> Dict:
         executor.shutdown(timeout_sec=5)
         node.destroy_node()
         rclpy.try_shutdown(context=context)
-        for process in processes.values():
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGINT)
-        for name, process in processes.items():
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-            logs[name].close()
+        stop_process_groups(processes.values())
+        for handle in logs.values():
+            handle.close()
         save_timeline(out, timeline, lock)
     return timeline
 

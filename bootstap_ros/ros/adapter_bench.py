@@ -29,7 +29,6 @@ import json
 import math
 import os
 import platform
-import signal
 import subprocess
 import sys
 import tempfile
@@ -38,11 +37,12 @@ import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import numpy as np
 
 from bootstap_ros.ros.latency_bench import _cpu_seconds, _frames, _percentile, _random_checkpoint
+from bootstap_ros.ros.processes import local_ros_environment, stop_process_groups
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,16 +99,6 @@ def _niceness(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
 
 
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-
-
 def run(args) -> Dict:
     import rclpy
     from rclpy.context import Context
@@ -120,9 +110,7 @@ def run(args) -> Dict:
     from bootstap_ros.ros.adapter_settings import AdapterConfig
     from bootstap_ros.ros.conversions import array_to_image
 
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    os.environ.setdefault("ROS_LOCALHOST_ONLY", "1")
-    os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 101))
+    local_ros_environment(os.environ)
     width, height = (int(v) for v in args.size.lower().split("x"))
     grid = round(math.sqrt(max(args.points, 1)))
     namespace = "/adapter_bench_" + uuid.uuid4().hex[:8]
@@ -251,7 +239,7 @@ def run(args) -> Dict:
                          "round_minutes": round_minutes}
         results.append(with_round)
         stopping[0] = True
-        _stop(processes["bootstap_adapter"])
+        stop_process_groups([processes["bootstap_adapter"]])
         child_gone = not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
         round_process["killed_with_the_adapter"] = child_gone
         spin(5.0)
@@ -261,8 +249,7 @@ def run(args) -> Dict:
         node.destroy_node()
         rclpy.try_shutdown(context=context)
         stopping[0] = True
-        for process in processes.values():
-            _stop(process)
+        stop_process_groups(processes.values())
         for log in logs.values():
             log.close()
         scratch.cleanup()

@@ -24,7 +24,6 @@ import json
 import math
 import os
 import platform
-import signal
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,8 @@ from pathlib import Path
 from typing import List, Optional
 
 import numpy as np
+
+from bootstap_ros.ros.processes import local_ros_environment, stop_process_groups
 
 SMALL = dict(backbone_channels=(16, 32, 32, 48), backbone_blocks=(1, 1, 1, 1), stem_channels=16,
              extra_conv_blocks=1, extra_conv_multiplier=2, mixer_hidden_dim=32, mixer_blocks=2,
@@ -112,9 +113,7 @@ def run(args) -> dict:
 
     from bootstap_ros.ros.conversions import array_to_image
 
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    os.environ.setdefault("ROS_LOCALHOST_ONLY", "1")
-    os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 101))
+    local_ros_environment(os.environ)
     width, height = (int(v) for v in args.size.lower().split("x"))
     grid = round(math.sqrt(max(args.points, 0)))
     namespace = "/latency_bench_" + uuid.uuid4().hex[:8]
@@ -237,13 +236,7 @@ def run(args) -> dict:
         executor.shutdown(timeout_sec=5)
         node.destroy_node()
         rclpy.try_shutdown(context=context)
-        if tracker.poll() is None:
-            os.killpg(tracker.pid, signal.SIGINT)
-            try:
-                tracker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(tracker.pid, signal.SIGKILL)
-                tracker.wait(timeout=10)
+        stop_process_groups([tracker], grace=30)
         node_log.close()
         scratch.cleanup()
 
