@@ -73,7 +73,7 @@ docs-figures: demo
 	    --still $(DOCS_IMAGES)/demo.png --still-frame 40 --scale 3 \
 	    --gif $(DOCS_IMAGES)/demo.gif --gif-scale 1.5 --seconds 4 --step 3 --colors 40
 	$(VENV)/bin/bootstap-bench --checkpoint bootstap_ros/data/default.pt --precisions fp32,bf16 \
-	    --points 8,32,128,256 --frames 10 --warmup 2 --output $(DOCS_BENCH)
+	    --points 8,32,128,256 --frames 50 --warmup 5 --output $(DOCS_BENCH)
 	cp $(DOCS_BENCH)/latency.png $(DOCS_IMAGES)/latency.png
 
 # Learning curves of a training or bootstrapping run: every numeric column of
