@@ -10,7 +10,8 @@ import uuid
 import rclpy
 from rclpy.context import Context
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
-from rclpy.parameter import Parameter
+from rclpy.parameter import Parameter, parameter_value_to_python
+from rclpy.parameter_client import AsyncParameterClient
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image, PointCloud2
 
@@ -152,3 +153,45 @@ class Client:
             except AssertionError:
                 if time.monotonic() > deadline:
                     raise AssertionError(f"no tracks for the image stamped {stamp_of(msg)}") from None
+
+
+class Camera:
+    """Publishes `frames` through `client`'s image publisher every `period` seconds, over and
+    over, with increasing stamps, until closed (a camera, not a wait for a result)."""
+
+    def __init__(self, client, frames, period=0.04):
+        self.client, self.frames, self.period = client, frames, period
+        self.stop = threading.Event()
+        self.sent = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.stop.is_set():
+            self.client.image.publish(self.client.frame(self.frames[self.sent % len(self.frames)]))
+            self.sent += 1
+            self.stop.wait(self.period)
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(timeout=10)
+
+
+class RemoteParameters:
+    """Another node's parameters, set and read through its parameter services from `node`."""
+
+    def __init__(self, node, remote, timeout=TIMEOUT):
+        self.timeout = timeout
+        self.client = AsyncParameterClient(node, remote)
+        assert self.client.wait_for_services(timeout_sec=timeout), f"no parameter services of {remote}"
+
+    def set(self, name, value):
+        """The SetParametersResult of setting `name` to `value`."""
+        future = self.client.set_parameters([Parameter(name, value=value)])
+        wait_until(future.done, timeout=self.timeout, what=f"setting {name}")
+        return future.result().results[0]
+
+    def get(self, name):
+        future = self.client.get_parameters([name])
+        wait_until(future.done, timeout=self.timeout, what=f"reading {name}")
+        return parameter_value_to_python(future.result().values[0])

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -20,8 +19,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
-from rclpy.parameter import Parameter, parameter_value_to_python
-from rclpy.parameter_client import AsyncParameterClient
+from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image, PointCloud2
 from std_msgs.msg import String
@@ -29,7 +27,7 @@ from std_msgs.msg import String
 from bootstap_ros.ros.adapter_node import AdapterNode, AdapterStartupError
 from bootstap_ros.ros.conversions import array_to_image, cloud_to_array
 from bootstap_ros.ros.processes import stop_process_groups
-from ros_client import Client, wait_until
+from ros_client import Camera, Client, RemoteParameters, wait_until
 from test_adapter import FAST, panning, read_bag
 
 TIMEOUT = 120.0  # a round's children import torch on a loaded 2-core machine
@@ -41,43 +39,6 @@ ROUNDS_QOS = QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE,
 def camera_frames():
     """Three pans of 64x64 (two scene cuts), looped: clips pass the filters."""
     return np.concatenate([panning(16, seed=s, speed=3) for s in range(3)])
-
-
-class Camera:
-    """Publishes frames at `period` with increasing stamps until closed."""
-
-    def __init__(self, client, frames, period=0.04):
-        self.client, self.frames, self.period = client, frames, period
-        self.stop = threading.Event()
-        self.sent = 0
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self):
-        while not self.stop.is_set():
-            self.client.image.publish(self.client.frame(self.frames[self.sent % len(self.frames)]))
-            self.sent += 1
-            self.stop.wait(self.period)  # the camera's frame period
-
-    def close(self):
-        self.stop.set()
-        self.thread.join(timeout=10)
-
-
-class Params:
-    def __init__(self, node, remote):
-        self.client = AsyncParameterClient(node, remote)
-        assert self.client.wait_for_services(timeout_sec=TIMEOUT)
-
-    def set(self, name, value):
-        future = self.client.set_parameters([Parameter(name, value=value)])
-        wait_until(future.done, timeout=TIMEOUT, what=f"setting {name}")
-        return future.result().results[0]
-
-    def get(self, name):
-        future = self.client.get_parameters([name])
-        wait_until(future.done, timeout=TIMEOUT, what=f"reading {name}")
-        return parameter_value_to_python(future.result().values[0])
 
 
 def adapter_status(topic, namespace, predicate, what, timeout=TIMEOUT):
@@ -128,7 +89,7 @@ def test_a_round_is_adopted_and_swapped_in_a_failed_one_changes_nothing_and_roll
                             round_nice=0)
     camera = Camera(h, camera_frames())
     try:
-        params = Params(h.client, "tracker_node")
+        params = RemoteParameters(h.client, "tracker_node", timeout=TIMEOUT)
         finished = rounds.wait_for(lambda m: json.loads(m.data).get("state") == "finished",
                                    timeout=3 * TIMEOUT, what="the first round's report")
         report = json.loads(finished.data)
@@ -192,7 +153,7 @@ _PARAMS = {}
 def params_of(h, name):
     key = (h.namespace, name)
     if key not in _PARAMS:
-        _PARAMS[key] = Params(h.client, name)
+        _PARAMS[key] = RemoteParameters(h.client, name, timeout=TIMEOUT)
     return _PARAMS[key]
 
 

@@ -2,19 +2,15 @@
 other parameters) set through the parameter service while images flow, read back by an
 independent client from /tracks, /diagnostics and the parameter service."""
 
-import threading
 from datetime import datetime
 
-import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.parameter import Parameter, parameter_value_to_python
-from rclpy.parameter_client import AsyncParameterClient
 
 from bootstap_ros.model import save_checkpoint
 from bootstap_ros.ros.conversions import cloud_to_array
 from bootstap_ros.tracking.query_set import file_sha256
-from ros_client import Client, stamp_of, wait_until
+from ros_client import Camera, Client, RemoteParameters, stamp_of, wait_until
 from small_model import moving_clip, small_model
 
 TIMEOUT = 60.0
@@ -26,45 +22,6 @@ def second_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("second") / "second.pt"
     save_checkpoint(path, small_model(seed=1))
     return str(path)
-
-
-class Traffic:
-    """Publishes the frames of a clip, over and over, with increasing stamps, until stopped."""
-
-    def __init__(self, client, clip, period=0.03):
-        self.client, self.clip, self.period = client, clip, period
-        self.stop = threading.Event()
-        self.sent = 0
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self):
-        while not self.stop.is_set():
-            self.client.image.publish(self.client.frame(self.clip[self.sent % len(self.clip)]))
-            self.sent += 1
-            self.stop.wait(self.period)  # the camera's frame period, not a wait for a result
-
-    def close(self):
-        self.stop.set()
-        self.thread.join(timeout=10)
-
-
-class Swapper:
-    """A client of the node's parameter service."""
-
-    def __init__(self, h):
-        self.parameters = AsyncParameterClient(h.client, "tracker_node")
-        assert self.parameters.wait_for_services(timeout_sec=TIMEOUT)
-
-    def set(self, name, value):
-        future = self.parameters.set_parameters([Parameter(name, value=value)])
-        wait_until(future.done, timeout=TIMEOUT, what=f"setting {name}")
-        return future.result().results[0]
-
-    def get(self, name):
-        future = self.parameters.get_parameters([name])
-        wait_until(future.done, timeout=TIMEOUT, what=f"reading {name}")
-        return parameter_value_to_python(future.result().values[0])
 
 
 def tracked_ids(h, since=0):
@@ -85,9 +42,9 @@ def diagnostics_of(h, topic, predicate, what):
 def test_a_swap_under_traffic_keeps_the_ids_and_tracks_flowing(ros, checkpoint, second_checkpoint):
     h = Client(ros, checkpoint=checkpoint, grid_points=3, diagnostics_period=0.2)
     diagnostics = h.subscribe(DiagnosticArray, "/diagnostics")
-    traffic = Traffic(h, moving_clip(num_frames=8))
+    traffic = Camera(h, moving_clip(num_frames=8), period=0.03)
     try:
-        parameters = Swapper(h)
+        parameters = RemoteParameters(h.client, "tracker_node", timeout=TIMEOUT)
         h.tracks.wait_for(lambda m: m.width == 9, timeout=TIMEOUT, what="tracks of the grid")
         before = len(h.tracks.messages)
         assert parameters.set("checkpoint", second_checkpoint).successful
@@ -126,9 +83,9 @@ def test_a_missing_or_broken_checkpoint_is_refused_and_tracking_goes_on(ros, che
     truncated.write_bytes(data[:len(data) // 2])
     text = tmp_path / "notes.pt"
     text.write_text("not a model\n")
-    traffic = Traffic(h, moving_clip(num_frames=8))
+    traffic = Camera(h, moving_clip(num_frames=8), period=0.03)
     try:
-        parameters = Swapper(h)
+        parameters = RemoteParameters(h.client, "tracker_node", timeout=TIMEOUT)
         h.tracks.wait_for(lambda m: m.width == 4, timeout=TIMEOUT, what="tracks of the grid")
         tracker = h.node.session.tracker
         result = parameters.set("checkpoint", str(tmp_path / "missing.pt"))

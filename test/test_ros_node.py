@@ -19,7 +19,6 @@ import pytest
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import Point
 from rclpy.parameter import Parameter
-from rclpy.parameter_client import AsyncParameterClient
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image, PointCloud2
 from std_msgs.msg import UInt32MultiArray
@@ -30,7 +29,7 @@ from bootstap_ros.model.checkpoint import EMBEDDED_CHECKPOINT
 from bootstap_ros.ros.session import StartupError
 from bootstap_ros.ros.tracker_node import TrackerNode
 from small_model import blob_clip, moving_clip
-from ros_client import RELIABLE, STAMPS, Client, Topic, stamp_of, wait_until
+from ros_client import RELIABLE, STAMPS, Client, RemoteParameters, Topic, stamp_of, wait_until
 
 TIMEOUT = 20.0
 
@@ -199,13 +198,7 @@ def test_the_newest_frame_wins_and_drops_are_counted(harness_factory):
 def test_runtime_parameters_and_read_only_ones(ros, harness_factory):
     h = harness_factory(grid_points=2)
     clip = moving_clip(num_frames=3)
-    parameters = AsyncParameterClient(h.client, "tracker_node")
-    assert parameters.wait_for_services(timeout_sec=TIMEOUT)
-
-    def set_parameter(name, value):
-        future = parameters.set_parameters([Parameter(name, value=value)])
-        wait_until(future.done, what=f"setting {name}")
-        return future.result().results[0]
+    set_parameter = RemoteParameters(h.client, "tracker_node").set
 
     assert set_parameter("visibility_threshold", 1.0).successful
     assert points_of(h.send(h.frame(clip[0])))["visible"].tolist() == [0, 0, 0, 0]

@@ -5,7 +5,6 @@ import cv2
 import numpy as np
 import pytest
 from rclpy.parameter import Parameter
-from rclpy.parameter_client import AsyncParameterClient
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import PointCloud2
 
@@ -16,7 +15,7 @@ from bootstap_ros.ros.conversions import cloud_to_array
 from bootstap_ros.ros.session import StartupError
 from bootstap_ros.ros.tracker_node import TrackerNode
 from query_set_files import as_version_1
-from ros_client import Client, wait_until
+from ros_client import Client, RemoteParameters
 from small_model import blob_clip, moving_clip
 
 LATCHED = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
@@ -95,13 +94,10 @@ def test_runtime_sets_add_points_and_old_sets_of_another_model_are_refused(ros, 
     foreign = as_version_1(make_query_set(tmp_path, clip[1], "--grid", "2"), tmp_path / "old.npz")
     h = Client(ros, checkpoint=checkpoint, grid_points=1)
     try:
-        parameters = AsyncParameterClient(h.client, "tracker_node")
-        assert parameters.wait_for_services(timeout_sec=30)
+        parameters = RemoteParameters(h.client, "tracker_node")
 
         def set_query_set(value):
-            future = parameters.set_parameters([Parameter("query_set", value=value)])
-            wait_until(future.done, what="setting query_set")
-            return future.result().results[0]
+            return parameters.set("query_set", value)
 
         assert xy_of(h.send(h.frame(clip[0])))[0] == [0]
         result = set_query_set(foreign)
