@@ -128,6 +128,21 @@ def test_real_footage_cuts_and_slow_scenes():
     assert stats.cuts == 0 and stats.static_dropped == 0 and len(clips) == 2
 
 
+def test_a_burst_at_the_start_does_not_make_every_later_frame_a_gap():
+    # A live subscriber that starts slowly takes its first queued messages ~1 ms apart, then
+    # one every 66 ms (15 Hz). The stream has no gap after the burst: clips must come out.
+    from training.clips import ClipBuilder
+
+    frames = moving(60)
+    receive = [i * 1_000_000 for i in range(5)] + [4_000_000 + i * 66_000_000 for i in range(1, 56)]
+    clips = []
+    builder = ClipBuilder(ClipConfig(frames=8), clips.append)
+    for frame, t in zip(frames, receive):
+        builder.add(t, t, lambda frame=frame: frame)
+    assert builder.stats.gaps <= 5  # the burst's length at most: the usual interval moves to 66 ms
+    assert len(clips) == 6  # back to back from the recovery on: 6 clips of 8 in the last 52 frames
+
+
 @pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
 @pytest.mark.parametrize("kind", ["rgb8", "bgr8", "png", "jpeg"])
 def test_bag_is_read_back_frame_exact(tmp_path, storage, kind):

@@ -170,7 +170,11 @@ class _GapDetector:
             usual = float(np.median(self.intervals))
             if usual > 0 and delta > self.config.gap_factor * usual:
                 gap = True
-        if not gap:
+        # Every forward interval, a gap's too, counts towards the usual one: the median shrugs
+        # off a rare gap, and follows a stream whose rate really changed. Left out, a burst at
+        # the start (messages queued while a subscriber started, ~1 ms apart) would set the
+        # usual interval for good and make every later frame a gap.
+        if delta >= 0:
             self.intervals.append(delta)
         return gap
 
