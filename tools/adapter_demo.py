@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Dict, List
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # training/ is a folder of the checkout
 EPISODE_FRAMES = 48
 RATE_BIN_S = 10.0
 
