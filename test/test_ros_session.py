@@ -97,6 +97,17 @@ def test_parameter_tables_take_their_defaults_from_their_config():
         parameter_table(TrackerNodeConfig, ParameterSpec("nope", "nope", "a parameter"))
 
 
+def test_array_parameters_come_back_as_lists():
+    import array
+
+    from bootstap_ros.ros.parameters import plain_value
+
+    # rclpy returns integer arrays as array.array, which is never equal to the config's list.
+    assert array.array("q", [0, 0]) != [0, 0]
+    assert plain_value(array.array("q", [512, 512])) == [512, 512]
+    assert plain_value((1.0, 2.5)) == [1.0, 2.5] and plain_value("x") == "x" and plain_value(3) == 3
+
+
 def test_yaml_documents_every_parameter_with_its_default():
     text = (REPO / "config" / "tracker.yaml").read_text()
     values = yaml.safe_load(text)["/**"]["ros__parameters"]

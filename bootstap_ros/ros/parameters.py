@@ -73,6 +73,12 @@ def config_from_values(values: Dict[str, Any], specs: Sequence[ParameterSpec], c
     return dataclasses.replace(config_cls(), **changes)
 
 
+def plain_value(value: Any) -> Any:
+    """A parameter's value as the configs hold it: ROS gives integer and double arrays back as
+    array.array (or tuples); they become lists, anything else stays as it is."""
+    return list(value) if isinstance(value, (array.array, list, tuple)) else value
+
+
 _EXPECTED = {bool: "true or false", int: "an integer", float: "a number with a decimal point (1.0, not 1)",
              str: "a string"}
 
@@ -100,5 +106,5 @@ def declare_parameters(node, specs: Sequence[ParameterSpec], error_cls: Type[Exc
             expected = _EXPECTED.get(type(spec.default), "a list of integers")
             raise error_cls(f"parameter {spec.name}: {error}. Expected {expected}"
                             f"{' (' + spec.constraints + ')' if spec.constraints else ''}") from None
-        values[spec.name] = list(value) if isinstance(value, (array.array, list, tuple)) else value
+        values[spec.name] = plain_value(value)
     return values

@@ -21,7 +21,6 @@ from bootstap_ros.ros.parameters import (RELIABILITIES, TRANSPORTS, ParameterSpe
                                          parameter_table)
 
 
-
 @dataclass(frozen=True)
 class TrackerNodeConfig:
     """Everything the tracker node is configured with (see PARAMETERS for the meaning)."""

@@ -30,7 +30,6 @@ or `python -m bootstap_ros.ros.tracker_node`.
 
 from __future__ import annotations
 
-import array
 import dataclasses
 import logging
 import sys
@@ -57,7 +56,7 @@ from bootstap_ros.ros.conversions import (CloudError, ImageError, array_to_image
                                           query_points_to_cloud, tracks_to_cloud)
 from bootstap_ros.ros import interfaces
 from bootstap_ros.ros.entry import run_node
-from bootstap_ros.ros.parameters import declare_parameters
+from bootstap_ros.ros.parameters import declare_parameters, plain_value
 from bootstap_ros.ros.queues import LatestSlot, WarningLimiter
 from bootstap_ros.ros.session import (ModelLoader, StartupError, TrackingSession, check_swap,
                                       create_tracker, load_query_set)
@@ -312,7 +311,7 @@ class TrackerNode(Node):
         values = {}
         for spec in SWAP_PARAMETERS:
             value = changed[spec.name] if spec.name in changed else self.get_parameter(spec.name).value
-            values[spec.name] = list(value) if isinstance(value, (array.array, list, tuple)) else value
+            values[spec.name] = plain_value(value)
         try:
             parsed = config_from_parameters(values)
         except SettingsError as error:
@@ -390,7 +389,7 @@ class TrackerNode(Node):
         changes = []
         for spec in SWAP_PARAMETERS:
             value = self.get_parameter(spec.name).value
-            value = list(value) if isinstance(value, (array.array, list, tuple)) else value
+            value = plain_value(value)
             active = _parameter_value(getattr(self._model_config, spec.field))
             if value != active:
                 changes.append(Parameter(spec.name, value=active))
