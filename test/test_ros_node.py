@@ -198,7 +198,7 @@ def test_the_newest_frame_wins_and_drops_are_counted(harness_factory):
 def test_runtime_parameters_and_read_only_ones(ros, harness_factory):
     h = harness_factory(grid_points=2)
     clip = moving_clip(num_frames=3)
-    set_parameter = RemoteParameters(h.client, "tracker_node").set
+    set_parameter = RemoteParameters(h.client, "tracker_node", timeout=TIMEOUT).set
 
     assert set_parameter("visibility_threshold", 1.0).successful
     assert points_of(h.send(h.frame(clip[0])))["visible"].tolist() == [0, 0, 0, 0]
