@@ -30,7 +30,7 @@ if 'ROS_LOG_DIR' not in os.environ:
 def checkpoint(tmp_path_factory):
     """The small test model (small_model.py) saved as a project checkpoint: its path, a str."""
     from bootstap_ros.model import save_checkpoint
-    from small_model import small_model
+    from helpers.small_model import small_model
 
     path = tmp_path_factory.mktemp('ckpt') / 'small.pt'
     save_checkpoint(path, small_model())
@@ -59,7 +59,7 @@ def perturbed_embedded(tmp_path_factory):
 @pytest.fixture(scope='module')
 def ros():
     """A ROS context and executor (ros_client.Ros) shared by a module's nodes (imports rclpy)."""
-    from ros_client import Ros
+    from helpers.ros_client import Ros
 
     ros = Ros()
     yield ros

@@ -16,7 +16,7 @@ from bootstap_ros.backends import (BackendError, available_backends, create_back
 from bootstap_ros.model.layers import gelu_tanh, inference_linear
 from bootstap_ros.model.tapir import CausalState, QueryFeatures, preprocess_frames, resize_video
 from bootstap_ros.tracking import CausalTracker, track_online
-from small_model import moving_clip, small_model
+from helpers.small_model import moving_clip, small_model
 
 
 pytestmark = pytest.mark.usefixtures('no_grad')

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from small_model import SMALL
+from helpers.small_model import SMALL
 from training.bench_bootstrap import KINDS, main
 
 

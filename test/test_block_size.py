@@ -5,7 +5,7 @@ import torch
 
 from bootstap_ros.tracking import CausalTracker
 from bootstap_ros.tracking.tracker import default_block_size
-from small_model import small_model
+from helpers.small_model import small_model
 
 
 def test_default_block_size_follows_the_device():

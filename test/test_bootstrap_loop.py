@@ -18,9 +18,9 @@ import torch
 
 from bootstap_ros.model import load_checkpoint, save_checkpoint
 from bootstap_ros.tracking import CausalTracker
-from ddp import run_ddp
-from test_train import logged_steps
-from small_model import blob_clip, moving_clip, small_model
+from helpers.ddp import run_ddp
+from helpers.runs import logged_steps
+from helpers.small_model import blob_clip, moving_clip, small_model
 from training.bootstrap import (BootstrapConfig, bootstrap, bootstrap_loss, build_parser, main,
                                 step_generators)
 from training.logs import write_image_bag

@@ -9,7 +9,7 @@ import torch
 
 from bootstap_ros.model import load_checkpoint
 from bootstap_ros.model.checkpoint import resolve_checkpoint
-from small_model import blob_clip, small_model
+from helpers.small_model import blob_clip, small_model
 from training.budget import CALIBRATION_STEPS, TimeBudget
 from training.validate import cycle_score, holdout_split
 

@@ -7,7 +7,7 @@ import torch
 from bootstap_ros.config import ModelConfig
 from bootstap_ros.model import CheckpointError, build_model, load_checkpoint, save_checkpoint
 from bootstap_ros.model.checkpoint import infer_official_config
-from small_model import SMALL, small_model
+from helpers.small_model import SMALL, small_model
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +174,7 @@ def test_project_checkpoint_with_wrong_weights_names_the_mismatch(tmp_path):
 
 def test_a_new_resolution_alone_refines_at_that_one_level():
     from bootstap_ros.model.checkpoint import with_settings
-    from small_model import small_model
+    from helpers.small_model import small_model
 
     ladder = with_settings(small_model(), refine_resolution=(128, 128))  # the small model is 64x64
     assert ladder.config.refinement_resolutions == ((64, 64), (128, 128))

@@ -10,8 +10,8 @@ from bootstap_ros.eval.cli import main
 from bootstap_ros.eval.metrics import compute_video_metrics, mean_over_videos
 from bootstap_ros.model import save_checkpoint
 from bootstap_ros.model.tapir import preprocess_frames
-from eval_fixtures import translating_square, write_davis
-from small_model import small_model
+from helpers.eval_fixtures import translating_square, write_davis
+from helpers.small_model import small_model
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 
 from bootstap_ros.eval.cli import EvalConfig, format_table, main, parse_config
 from bootstap_ros.eval.metrics import METRIC_NAMES
-from eval_fixtures import translating_square, write_davis, write_robotap
+from helpers.eval_fixtures import translating_square, write_davis, write_robotap
 
 
 @pytest.fixture

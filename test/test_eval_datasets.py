@@ -12,7 +12,7 @@ from bootstap_ros.eval.datasets import (
     sample_queries_first,
     sample_queries_strided,
 )
-from eval_fixtures import (
+from helpers.eval_fixtures import (
     make_entry,
     random_entry,
     write_davis,

@@ -4,7 +4,7 @@ import numpy as np
 
 from bootstap_ros.eval.lk import LucasKanadePredictor
 from bootstap_ros.eval.predictors import Predictor, predict_tracks
-from eval_fixtures import smooth_texture, translating_square
+from helpers.eval_fixtures import smooth_texture, translating_square
 
 
 def raster(entry, size=256):

@@ -1,7 +1,6 @@
 """Robot logs into training clips: bags (MCAP, SQLite3; raw and compressed), videos, folders,
 the topic rule, damaged inputs, time gaps, static stretches, scene cuts and the cache."""
 
-import json
 import logging
 import os
 import subprocess
@@ -16,40 +15,12 @@ import torch
 from bootstap_ros.video import VideoWriter
 from training.clips import THUMBNAIL, ClipConfig, frame_change, frame_motion, thumbnail
 from training.logs import LogClips, LogError, main, prepare_logs, write_image_bag
-
-SIZE = 64
-PERIOD_NS = 33_333_333  # 30 Hz
-START_NS = 1_700_000_000 * 10**9
-
-
-def texture(seed: int, height: int = 160, width: int = 400) -> np.ndarray:
-    """A smooth random colour image: moving crops of it change a little per frame."""
-    rng = np.random.default_rng(seed)
-    noise = rng.integers(0, 256, (height // 8, width // 8, 3), dtype=np.uint8)
-    return cv2.resize(noise, (width, height), interpolation=cv2.INTER_CUBIC)
-
-
-def moving(count: int, seed: int = 0, speed: int = 2, size: int = SIZE) -> np.ndarray:
-    """`count` frames [T, size, size, 3] panning across a texture by `speed` px a frame."""
-    image = texture(seed)
-    return np.stack([image[20:20 + size, speed * i:speed * i + size] for i in range(count)])
+from helpers.log_frames import PERIOD_NS, SIZE, START_NS, config, manifest_of, moving, stamps, texture
 
 
 def elsewhere(count: int) -> np.ndarray:
     """Frames of another, brighter place: the step from `moving` to these is a scene cut."""
     return moving(count, seed=5) // 2 + 128
-
-
-def stamps(count: int, start: int = START_NS, period: int = PERIOD_NS):
-    return [start + i * period for i in range(count)]
-
-
-def config(**overrides) -> ClipConfig:
-    return ClipConfig(**{"frames": 8, "size": SIZE, **overrides})
-
-
-def manifest_of(path: Path) -> dict:
-    return json.loads(Path(path).read_text())
 
 
 def test_test_frames_are_neither_static_nor_cuts():

@@ -13,7 +13,7 @@ import pytest
 
 from training.logs import LogClips, prepare_logs, write_image_bag
 from training.mcap_salvage import McapSalvageError, TruncatedMcap
-from test_logs import config, manifest_of, moving, stamps
+from helpers.log_frames import config, manifest_of, moving, stamps
 
 TOPIC = "/camera/image_raw"
 # 48 frames of 160x160 RGB (77 kB each): rosbags' writer closes a chunk past 1 MiB,

@@ -9,7 +9,7 @@ from bootstap_ros.config import ModelConfig
 from bootstap_ros.model import build_model, preprocess_frames
 from bootstap_ros.model.layers import temporal_depthwise
 from bootstap_ros.model.tapir import CausalState, _soft_argmax
-from small_model import SMALL, moving_clip, small_model
+from helpers.small_model import SMALL, moving_clip, small_model
 
 
 pytestmark = pytest.mark.usefixtures('no_grad')

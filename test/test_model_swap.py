@@ -16,8 +16,8 @@ from bootstap_ros.ros.session import (ModelLoader, StartupError, TrackerInfo, Tr
 from bootstap_ros.tracking import CausalTracker, TrackResult
 from bootstap_ros.tracking.query_set import ModelIdentity, QuerySet, QuerySetError
 from bootstap_ros.tracking.reencode import PointOrigins, reencode
-from query_set_files import as_version_1
-from small_model import blob_clip, moving_clip, small_model
+from helpers.query_set_files import as_version_1
+from helpers.small_model import blob_clip, moving_clip, small_model
 
 needs_embedded = pytest.mark.skipif(not EMBEDDED_CHECKPOINT.is_file(),
                                     reason="the embedded default model is not installed")

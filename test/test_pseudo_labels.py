@@ -10,7 +10,7 @@ from torch import nn
 
 from bootstap_ros.model import Trajectories, preprocess_frames
 from bootstap_ros.model.layers import l2_normalize
-from small_model import SMALL, moving_clip, small_model
+from helpers.small_model import SMALL, moving_clip, small_model
 from training.capacity import expand_capacity
 from training.pseudo_labels import (
     cycle_consistency_mask,

@@ -12,7 +12,7 @@ from bootstap_ros.model.tapir import preprocess_frames
 from bootstap_ros.ros.session import TrackerInfo, TrackingSession, load_query_set
 from bootstap_ros.tracking import CausalTracker, TrackerFullError
 from bootstap_ros.tracking.query_set import ModelIdentity, QuerySet, QuerySetError, file_sha256
-from small_model import moving_clip, small_model
+from helpers.small_model import moving_clip, small_model
 
 
 @pytest.fixture(scope="module")

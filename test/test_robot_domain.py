@@ -11,7 +11,7 @@ import pytest
 from bootstap_ros.eval.datasets import TapVidDataset
 from training.robot_domain import (UNLABELED_SEED_OFFSET, RobotConfig, episode_stamps, generate_robot_clip,
                                    labeled_seeds, main, unlabeled_seeds, write_bag)
-from test_synthetic import bilinear  # the independent sampler of the synthetic tests
+from helpers.sampling import bilinear  # written independently of the generators
 from training.synthetic import SyntheticConfig, generate_clip
 
 # Small clips keep the tests fast; `photometric=False` renders colours as the textures hold them.

@@ -27,8 +27,8 @@ from std_msgs.msg import String
 from bootstap_ros.ros.adapter_node import AdapterNode, AdapterStartupError
 from bootstap_ros.ros.conversions import array_to_image, cloud_to_array
 from bootstap_ros.ros.processes import stop_process_groups
-from ros_client import Camera, Client, RemoteParameters, wait_until
-from test_adapter import FAST, panning, read_bag
+from helpers.ros_client import Camera, Client, RemoteParameters, wait_until
+from helpers.adapter_bags import FAST, panning, read_bag
 
 TIMEOUT = 120.0  # a round's children import torch on a loaded 2-core machine
 REPO = Path(__file__).resolve().parents[1]
@@ -225,7 +225,8 @@ def _alive(pid):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_killing_the_adapter_mid_round_leaves_the_tracker_tracking(tmp_path, checkpoint):
-    from test_adapter import ClipRecorder, ClipStore, START_NS, PERIOD_NS, TOPIC, feed, stream
+    from helpers.adapter_bags import PERIOD_NS, START_NS, TOPIC, feed, stream
+    from training.clip_store import ClipRecorder, ClipStore
 
     namespace = "/adapter_kill_" + uuid.uuid4().hex[:8]
     store = tmp_path / "store"

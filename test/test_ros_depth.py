@@ -9,8 +9,8 @@ from diagnostic_msgs.msg import DiagnosticArray
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
 from bootstap_ros.ros.conversions import cloud_to_array
-from ros_client import Client, STAMPS, set_stamp, stamp_of, wait_until
-from small_model import moving_clip
+from helpers.ros_client import Client, STAMPS, set_stamp, stamp_of, wait_until
+from helpers.small_model import moving_clip
 
 HEIGHT, WIDTH = 48, 80
 K = np.array([[70.0, 0.0, 39.0], [0.0, 72.0, 24.5], [0.0, 0.0, 1.0]])
@@ -171,7 +171,7 @@ def test_camera_info_of_another_size_is_scaled_and_depth_off_means_no_subscripti
 
 
 def test_launch_arguments_for_depth_and_query_sets(monkeypatch):
-    from test_ros_packaging import launch_nodes, load_launch_file
+    from helpers.launch_file import launch_nodes, load_launch_file
 
     module = load_launch_file(monkeypatch)
     nodes, _ = launch_nodes(module)

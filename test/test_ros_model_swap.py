@@ -10,8 +10,8 @@ from diagnostic_msgs.msg import DiagnosticArray
 from bootstap_ros.model import save_checkpoint
 from bootstap_ros.ros.conversions import cloud_to_array
 from bootstap_ros.tracking.query_set import file_sha256
-from ros_client import Camera, Client, RemoteParameters, stamp_of, wait_until
-from small_model import moving_clip, small_model
+from helpers.ros_client import Camera, Client, RemoteParameters, stamp_of, wait_until
+from helpers.small_model import moving_clip, small_model
 
 TIMEOUT = 60.0
 

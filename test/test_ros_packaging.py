@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 
 from bootstap_ros.ros.processes import stop_process_groups
+from helpers.launch_file import launch_nodes, load_launch_file
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = "bootstap_ros"
-LAUNCH_FILE = REPO / "launch" / "tracker.launch.py"
 
 
 def run(cmd, **kwargs):
@@ -91,48 +91,6 @@ def test_colcon_test_runs_the_package_tests(workspace):
 
 
 # ------------------------------------------------------------------ the launch file's logic
-class _Recorded:
-    def __init__(self, *args, **kwargs):
-        self.args, self.kwargs = args, kwargs
-
-
-class _ParameterValue(str):
-    """launch_ros's ParameterValue for a string: compares as the string, keeps value_type."""
-
-    def __new__(cls, value, value_type=None):
-        made = super().__new__(cls, value)
-        made.value_type = value_type
-        return made
-
-
-class _LaunchConfiguration:
-    def __init__(self, name):
-        self.name = name
-
-    def perform(self, context):
-        return context[self.name]
-
-
-def load_launch_file(monkeypatch):
-    """The launch module, with launch and launch_ros stood in for by recorders."""
-    stubs = {
-        "launch": types.SimpleNamespace(LaunchDescription=_Recorded),
-        "launch.actions": types.SimpleNamespace(
-            DeclareLaunchArgument=_Recorded, OpaqueFunction=_Recorded, EmitEvent=_Recorded,
-            RegisterEventHandler=_Recorded),
-        "launch.event_handlers": types.SimpleNamespace(OnProcessExit=_Recorded),
-        "launch.events": types.SimpleNamespace(Shutdown=_Recorded),
-        "launch.substitutions": types.SimpleNamespace(LaunchConfiguration=_LaunchConfiguration),
-        "launch_ros": types.SimpleNamespace(),
-        "launch_ros.actions": types.SimpleNamespace(Node=_Recorded),
-        "launch_ros.parameter_descriptions": types.SimpleNamespace(ParameterValue=_ParameterValue),
-    }
-    for name, module in stubs.items():
-        monkeypatch.setitem(sys.modules, name, module)
-    spec = importlib.util.spec_from_file_location("tracker_launch_under_test", LAUNCH_FILE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_launch_arguments_and_nodes(monkeypatch):
@@ -167,19 +125,6 @@ def test_launch_arguments_and_nodes(monkeypatch):
     assert source["executable"] == "video_source"
     assert source["parameters"][0]["source"] == "/clip.mp4" and source["parameters"][0]["loop"] is True
     assert source["remappings"] == [("image", "/camera/image_raw")]
-
-
-def launch_nodes(module, **given):
-    """The nodes and the other actions the launch file makes for these arguments."""
-    description = module.generate_launch_description()
-    actions = description.args[0]
-    arguments = {a.args[0] if a.args else a.kwargs["name"]: a.kwargs["default_value"]
-                 for a in actions if "default_value" in a.kwargs}
-    unknown = set(given) - set(arguments)
-    assert not unknown, f"not declared: {unknown}"
-    made = actions[-1].kwargs["function"](dict(arguments, **given))
-    nodes = {a.kwargs["executable"]: a.kwargs for a in made if "executable" in a.kwargs}
-    return nodes, [a for a in made if "executable" not in a.kwargs]
 
 
 def test_launch_arguments_reach_the_nodes_only_when_given(monkeypatch):
@@ -232,7 +177,6 @@ def test_a_node_that_exits_stops_the_launch_and_a_failure_is_an_error(monkeypatc
         assert "reason" in actions[0].kwargs["event"].kwargs
 
 
-
 def test_adapt_starts_the_adapter_beside_the_tracker_and_its_exit_stops_nothing(monkeypatch):
     module = load_launch_file(monkeypatch)
     nodes, _ = launch_nodes(module)
@@ -271,7 +215,7 @@ def test_ros2_launch_runs_the_tracker_on_a_video(workspace, tmp_path):
     from sensor_msgs.msg import PointCloud2
 
     from bootstap_ros.model import save_checkpoint
-    from small_model import moving_clip, small_model
+    from helpers.small_model import moving_clip, small_model
 
     save_checkpoint(tmp_path / "small.pt", small_model())
     np.save(tmp_path / "clip.npy", moving_clip(num_frames=10))
@@ -334,7 +278,7 @@ def test_ros2_param_set_swaps_the_model_under_ros2_launch(workspace, tmp_path):
 
     from bootstap_ros.model import save_checkpoint
     from bootstap_ros.ros.conversions import cloud_to_array
-    from small_model import moving_clip, small_model
+    from helpers.small_model import moving_clip, small_model
 
     save_checkpoint(tmp_path / "small.pt", small_model())
     save_checkpoint(tmp_path / "other.pt", small_model(seed=1))
@@ -402,7 +346,6 @@ def test_ros2_param_set_swaps_the_model_under_ros2_launch(workspace, tmp_path):
     assert "re-encoded from their query image 16" in text, text[-3000:]
 
 
-
 def _descendants(pid):
     """Process ids below `pid` (Linux /proc)."""
     found, queue = [], [pid]
@@ -427,7 +370,7 @@ def test_killing_the_adapter_under_ros2_launch_leaves_the_tracker_running(worksp
     from sensor_msgs.msg import PointCloud2
 
     from bootstap_ros.model import save_checkpoint
-    from small_model import moving_clip, small_model
+    from helpers.small_model import moving_clip, small_model
 
     save_checkpoint(tmp_path / "small.pt", small_model())
     np.save(tmp_path / "clip.npy", moving_clip(num_frames=10))

@@ -14,9 +14,9 @@ from bootstap_ros.queries import grid_queries
 from bootstap_ros.ros.conversions import cloud_to_array
 from bootstap_ros.ros.session import StartupError
 from bootstap_ros.ros.tracker_node import TrackerNode
-from query_set_files import as_version_1
-from ros_client import Client, RemoteParameters
-from small_model import blob_clip, moving_clip
+from helpers.query_set_files import as_version_1
+from helpers.ros_client import Client, RemoteParameters
+from helpers.small_model import blob_clip, moving_clip
 
 LATCHED = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
                      durability=DurabilityPolicy.TRANSIENT_LOCAL)

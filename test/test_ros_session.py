@@ -15,7 +15,7 @@ from bootstap_ros.ros.session import StartupError, TrackingSession, create_track
 from bootstap_ros.ros.settings import (PARAMETER_NAMES, PARAMETERS, SettingsError,
                                        TrackerNodeConfig, config_from_parameters)
 from bootstap_ros.tracking import CausalTracker
-from small_model import moving_clip, small_model
+from helpers.small_model import moving_clip, small_model
 
 REPO = Path(__file__).resolve().parents[1]
 

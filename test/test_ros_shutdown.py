@@ -27,7 +27,7 @@ from rclpy.executors import SingleThreadedExecutor
 from sensor_msgs.msg import PointCloud2
 
 from bootstap_ros.model.checkpoint import EMBEDDED_CHECKPOINT
-from small_model import moving_clip
+from helpers.small_model import moving_clip
 
 STARTUP_TIMEOUT = 120.0  # importing torch and loading the model on a loaded 2-core machine
 EXIT_TIMEOUT = 60.0

@@ -16,7 +16,7 @@ from sensor_msgs.msg import CameraInfo, Image
 
 from bootstap_ros.ros.conversions import image_to_array
 from bootstap_ros.ros.video_source import SourceError, VideoSourceNode
-from small_model import moving_clip
+from helpers.small_model import moving_clip
 
 TIMEOUT = 20.0
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from bootstap_ros.eval.datasets import TapVidDataset
-from test_synthetic import bilinear  # the independent sampler of the synthetic tests
+from helpers.sampling import bilinear  # written independently of the generators
 from training.robot_domain import UNLABELED_SEED_OFFSET, RobotConfig, generate_robot_clip, unlabeled_seeds
 from training.shifted_domains import (OUTSIDE_VIEW, LensView, LowLightConfig, WideAngleConfig, generate_low_light_clip,
                                       generate_wide_angle_clip, main, sample_lens)

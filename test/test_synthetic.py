@@ -8,26 +8,11 @@ import numpy as np
 import pytest
 
 from training.synthetic import SyntheticConfig, generate_clip, main, write_tapvid_pickle
+from helpers.sampling import bilinear
 
 # No lighting, brightness, blur or noise: rendered colours must equal the textures.
 CLEAN = SyntheticConfig(lighting_gain=0.0, lighting_bias=0.0, object_brightness=0.0,
                         motion_blur_probability=0.0, noise_std=0.0)
-
-
-def bilinear(image, points):
-    """Samples image [H, W, C] at raster points [..., 2] (pixel centres at +0.5),
-    replicating the border. Written independently of the generator."""
-    height, width = image.shape[:2]
-    x, y = points[..., 0] - 0.5, points[..., 1] - 0.5
-    x0, y0 = np.floor(x), np.floor(y)
-    fx, fy = (x - x0)[..., None], (y - y0)[..., None]
-
-    def at(yy, xx):
-        return image[np.clip(yy, 0, height - 1).astype(int), np.clip(xx, 0, width - 1).astype(int)]
-
-    image_top = at(y0, x0) * (1 - fx) + at(y0, x0 + 1) * fx
-    image_bottom = at(y0 + 1, x0) * (1 - fx) + at(y0 + 1, x0 + 1) * fx
-    return image_top * (1 - fy) + image_bottom * fy
 
 
 def to_surface(scene, layer, t, image_points):

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from bootstap_ros.tracking import CausalTracker
-from small_model import moving_clip, small_model
+from helpers.small_model import moving_clip, small_model
 
 POINTS = [[10.5, 12.5], [30.0, 20.0], [50.0, 30.0], [70.0, 40.0], [20.0, 35.0]]
 

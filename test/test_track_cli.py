@@ -7,7 +7,7 @@ from bootstap_ros.cli import track
 from bootstap_ros.model import save_checkpoint
 from bootstap_ros.tracking import track_online
 from bootstap_ros.video import VideoWriter, open_video
-from small_model import moving_clip, small_model
+from helpers.small_model import moving_clip, small_model
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bootstap_ros.tracking import CausalTracker, FrameError, TrackerFullError, to_rgb, track_online
-from small_model import moving_clip, small_model
+from helpers.small_model import moving_clip, small_model
 
 POINTS = np.array([[10.0, 12.0], [40.5, 30.25], [70.0, 5.0]], np.float32)
 

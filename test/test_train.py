@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from bootstap_ros.model import build_model, load_checkpoint
-from ddp import run_ddp
-from small_model import SMALL
+from helpers.ddp import run_ddp
+from helpers.small_model import SMALL
 from training.configs import SMALL as SMALL_TRAINING_MODEL
 from training.configs import resolve_model_config
 from training.data import (
@@ -35,6 +35,7 @@ from training.train import (
     optimizer_step,
     train,
 )
+from helpers.runs import logged_steps
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_MODEL = json.dumps(SMALL.to_dict())
@@ -157,14 +158,6 @@ def test_fresh_run_refuses_an_existing_checkpoint_and_resume_refuses_a_new_archi
     with pytest.raises(ValueError, match="--resume"):
         train(tiny_config(tmp_path, steps=1))
     assert main(["--out", str(tmp_path), "--resume", "--model", "small"]) == 1
-
-
-def logged_steps(path):
-    """The steps of a run's train_log.csv so far ([] before it exists)."""
-    if not path.exists():
-        return []
-    with open(path) as file:
-        return [int(row["step"]) for row in csv.DictReader(file)]
 
 
 @pytest.mark.slow
