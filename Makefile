@@ -102,12 +102,12 @@ figures: setup
 	$(VENV)/bin/bootstap-eval $(FIGURES)/real_warps.pkl --tracker lk --output $(FIGURES)/real_warps_lk.json
 	$(VENV)/bin/bootstap-bench --checkpoint bootstap_ros/data/default.pt --points 32,256 \
 	    --backends torch,onnxruntime --precisions fp32,bf16 --frames 50 --output $(FIGURES)/bench
-	for precision in fp32 bf16; do $(PY) -m bootstap_ros.ros.latency_bench --points 64 \
+	for precision in fp32 bf16; do $(PY) -m bootstap_ros.bench.latency --points 64 \
 	    --image-reliability reliable --precision $$precision \
 	    --output $(FIGURES)/ros_latency_$$precision.json || exit 1; done
-	$(PY) -m bootstap_ros.ros.latency_bench --points 64 --depth --image-reliability reliable \
+	$(PY) -m bootstap_ros.bench.latency --points 64 --depth --image-reliability reliable \
 	    --output $(FIGURES)/ros_latency_tracks_3d.json
-	$(PY) -m bootstap_ros.ros.latency_bench --points 0 --image-reliability reliable \
+	$(PY) -m bootstap_ros.bench.latency --points 0 --image-reliability reliable \
 	    --output $(FIGURES)/ros_no_points.json
 
 # The GPU figures and checks of docs/speed.md (*On a GPU*), for a machine with a CUDA

@@ -68,7 +68,7 @@ setup(
         'console_scripts': [
             'bootstap-track = bootstap_ros.cli.track:main',
             'bootstap-eval = bootstap_ros.eval.cli:main',
-            'bootstap-bench = bootstap_ros.bench:main',
+            'bootstap-bench = bootstap_ros.bench.step:main',
             'bootstap-queries = bootstap_ros.cli.queries:main',
             'bootstap-prepare-logs = bootstap_ros_training.logs:main',
             'bootstap-train-bootstrap = bootstap_ros_training.bootstrap:main',

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from bootstap_ros import bench
+from bootstap_ros.bench import step as bench
 
 TINY = ('{"backbone_channels": [16, 32, 32, 48], "backbone_blocks": [1, 1, 1, 1], "stem_channels": 16, '
         '"extra_conv_blocks": 1, "extra_conv_multiplier": 2, "mixer_hidden_dim": 32, "mixer_blocks": 2, '

@@ -373,7 +373,7 @@ def test_model_loader_lets_the_latest_request_win_and_reports_failures():
 
 
 def test_swap_bench_prints_and_writes_its_figures(tmp_path, checkpoints, capsys):
-    from bootstap_ros.ros import swap_bench
+    from bootstap_ros.bench import swap as swap_bench
 
     out = tmp_path / "swap.json"
     assert swap_bench.main(["--checkpoint", str(checkpoints[0]), "--grid", "2", "--size", "80x48",

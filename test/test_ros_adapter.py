@@ -26,7 +26,7 @@ from std_msgs.msg import String
 
 from bootstap_ros.ros.adapter_node import AdapterNode, AdapterStartupError
 from bootstap_ros.ros.conversions import array_to_image, cloud_to_array
-from bootstap_ros.ros.processes import stop_process_groups
+from bootstap_ros.bench.processes import stop_process_groups
 from helpers.ros_client import Camera, Client, RemoteParameters, wait_until
 from helpers.adapter_bags import FAST, panning, read_bag
 

@@ -420,7 +420,7 @@ def test_python_logging_warnings_reach_rosout_rate_limited(harness_factory):
 
 
 def test_latency_bench_reports_rate_latency_and_cpu(tmp_path):
-    from bootstap_ros.ros import latency_bench
+    from bootstap_ros.bench import latency as latency_bench
 
     output = tmp_path / "bench.json"
     status = latency_bench.main(["--random", "small", "--points", "4", "--size", "160x120",

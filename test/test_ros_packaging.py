@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bootstap_ros.ros.processes import stop_process_groups
+from bootstap_ros.bench.processes import stop_process_groups
 from helpers.launch_file import launch_nodes, load_launch_file
 
 REPO = Path(__file__).resolve().parents[1]

@@ -107,7 +107,7 @@ def run(command: List[str], log_path: Path) -> None:
 
 
 def environment() -> Dict[str, str]:
-    from bootstap_ros.ros.processes import local_ros_environment
+    from bootstap_ros.bench.processes import local_ros_environment
 
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
@@ -126,7 +126,7 @@ def run_nodes(out: Path, data: Dict[str, Path], args) -> Dict:
     from sensor_msgs.msg import PointCloud2
     from std_msgs.msg import String
 
-    from bootstap_ros.ros.processes import stop_process_groups
+    from bootstap_ros.bench.processes import stop_process_groups
 
     namespace = "/adapter_demo_" + uuid.uuid4().hex[:6]
     store, models = out / "store", out / "models"

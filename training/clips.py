@@ -217,13 +217,13 @@ class ClipBuilder:
 
     def _restart(self) -> None:
         """Start a new segment: nothing before this point joins a later clip."""
-        self._frames: List[np.ndarray] = []
+        self.frames: List[np.ndarray] = []
         self._stamps: List[int] = []
         self._indices: List[int] = []
         self._last_thumb: Optional[np.ndarray] = None
         self._changes: deque = deque(maxlen=_CHANGE_WINDOW)  # recent frame changes
         self._anchor: Optional[np.ndarray] = None  # thumbnail of the current still run's start
-        self._static_run = 0       # trailing frames of _frames within static_threshold of it
+        self._static_run = 0       # trailing frames of frames within static_threshold of it
         self._since_sample = None  # stride counter (None: sample the next frame)
         self._next_tick: Optional[int] = None
 
@@ -287,25 +287,25 @@ class ClipBuilder:
             self._restart()
             self._next_tick, self._since_sample = keep_tick, keep_count
         self._last_thumb = thumb
-        if (self._frames and self._anchor is not None
+        if (self.frames and self._anchor is not None
                 and frame_motion(self._anchor, thumb) < self.config.static_threshold):
             self._static_run += 1
         else:
             self._anchor, self._static_run = thumb, 1
-        self._frames.append(frame)
+        self.frames.append(frame)
         self._stamps.append(stamp)
         self._indices.append(self._index)
         if self._static_run >= self.config.static_frames:
             # Inside a static stretch: drop everything up to here; the last frame
             # stays as a possible start once the picture moves again.
-            self.stats.static_dropped += len(self._frames) - 1
-            self._frames, self._stamps, self._indices = (
-                self._frames[-1:], self._stamps[-1:], self._indices[-1:])
+            self.stats.static_dropped += len(self.frames) - 1
+            self.frames, self._stamps, self._indices = (
+                self.frames[-1:], self._stamps[-1:], self._indices[-1:])
             self._static_run = 1  # the kept frame: still the anchor of the run
             return
-        if len(self._frames) == self.config.frames:
+        if len(self.frames) == self.config.frames:
             self.stats.clips += 1
-            self.emit(Clip(np.stack(self._frames), self._stamps[0], self._stamps[-1],
+            self.emit(Clip(np.stack(self.frames), self._stamps[0], self._stamps[-1],
                            self._indices[0], self._indices[-1]))
-            self._frames, self._stamps, self._indices = [], [], []
+            self.frames, self._stamps, self._indices = [], [], []
             self._anchor, self._static_run = None, 0

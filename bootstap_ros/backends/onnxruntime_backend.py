@@ -85,7 +85,7 @@ class OnnxRuntimeBackend:
         self._spare = (self._zeros(shapes["conv1"]), self._zeros(shapes["conv2"]))
         encoder = expected_shapes(model.config, block_size)["encoder"]
         # One frame and two grids per backbone resolution (more than one with a refinement ladder).
-        self._frames = {name: self._zeros(encoder[name]) for name in frame_names(model.config)}
+        self.frames = {name: self._zeros(encoder[name]) for name in frame_names(model.config)}
         self._grids = {name: self._zeros(encoder[name]) for name in grid_names(model.config)}
         # The step's [Q, 4] outputs are bound to host memory: their one transfer per block.
         self._outputs = np.zeros((blocks, block_size, 4), np.float32)
@@ -113,9 +113,9 @@ class OnnxRuntimeBackend:
     def encode(self, frame):
         """The frame's feature grids, {name: ORT value} on the device (overwritten by the next
         frame). frame: [1, H, W, 3], or a tuple of them at the grid resolutions."""
-        for value, part in zip(self._frames.values(), frame if isinstance(frame, tuple) else (frame,)):
+        for value, part in zip(self.frames.values(), frame if isinstance(frame, tuple) else (frame,)):
             value.update_inplace(np.ascontiguousarray(np.asarray(part, np.float32)))
-        self._run("encoder", self._frames, self._grids)
+        self._run("encoder", self.frames, self._grids)
         return self._grids
 
     def set_queries(self, features, slots: np.ndarray, points: np.ndarray) -> None:

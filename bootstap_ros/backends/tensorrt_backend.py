@@ -290,7 +290,7 @@ class TensorRTBackend:
         self._spare = (zeros(step["conv1_out"], "conv1_out", "step"), zeros(step["conv2_out"], "conv2_out", "step"))
         # One frame and two grids per backbone resolution (more than one with a refinement ladder).
         self._grids = {name: zeros(shapes["encoder"][name], name, "encoder") for name in grid_names(model.config)}
-        self._frames = {name: zeros(shapes["encoder"][name], name, "encoder") for name in frame_names(model.config)}
+        self.frames = {name: zeros(shapes["encoder"][name], name, "encoder") for name in frame_names(model.config)}
         self._points = zeros(shapes["queries"]["points"], "points", "queries")
         self._query_out = {name: zeros(shapes["queries"][name], name, "queries")
                            for name in ("query_hires", "query_lowres")}
@@ -299,9 +299,9 @@ class TensorRTBackend:
     def encode(self, frame):
         import torch
 
-        for buffer, part in zip(self._frames.values(), frame if isinstance(frame, tuple) else (frame,)):
+        for buffer, part in zip(self.frames.values(), frame if isinstance(frame, tuple) else (frame,)):
             buffer.copy_(torch.as_tensor(part), non_blocking=True)
-        self.engines["encoder"].run({**self._frames, **self._grids}, self._stream)
+        self.engines["encoder"].run({**self.frames, **self._grids}, self._stream)
         return self._grids
 
     def set_queries(self, features, slots: np.ndarray, points: np.ndarray) -> None:

@@ -98,7 +98,7 @@ class TorchBackend:
             self._compile()
         if self.cuda_graphs:
             # One input buffer per backbone resolution (more than one with a refinement ladder).
-            self._frames = tuple(torch.zeros(1, h, w, 3, device=self.device) for h, w in c.grid_resolutions)
+            self.frames = tuple(torch.zeros(1, h, w, 3, device=self.device) for h, w in c.grid_resolutions)
             self._outputs = torch.zeros(max_points, 4, device=self.device)
             self._grids: Optional[FeatureGrids] = None  # the encode graph's outputs
             self._encode_graph = None
@@ -194,9 +194,9 @@ class TorchBackend:
             return None
 
     def _graph_encode(self, frame) -> FeatureGrids:
-        for buffer, part in zip(self._frames, frame if isinstance(frame, tuple) else (frame,)):
+        for buffer, part in zip(self.frames, frame if isinstance(frame, tuple) else (frame,)):
             buffer.copy_(part)
-        staged = self._frames if len(self._frames) > 1 else self._frames[0]
+        staged = self.frames if len(self.frames) > 1 else self.frames[0]
         if self._encode_graph is None:
             def run():
                 self._grids = self._encode(staged)

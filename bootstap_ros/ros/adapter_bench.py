@@ -41,8 +41,8 @@ from typing import Dict, List
 
 import numpy as np
 
-from bootstap_ros.ros.latency_bench import _cpu_seconds, _frames, _percentile, _random_checkpoint
-from bootstap_ros.ros.processes import local_ros_environment, stop_process_groups
+from bootstap_ros.bench.latency import camera_frames, cpu_seconds, percentile, random_checkpoint
+from bootstap_ros.bench.processes import local_ros_environment, stop_process_groups
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,8 +116,8 @@ def run(args) -> Dict:
     namespace = "/adapter_bench_" + uuid.uuid4().hex[:8]
     scratch = tempfile.TemporaryDirectory(prefix="bootstap_adapter_bench_")
     folder = Path(scratch.name)
-    checkpoint = _random_checkpoint(args.random, folder) if args.random else args.checkpoint
-    frames = _frames(width, height)
+    checkpoint = random_checkpoint(args.random, folder) if args.random else args.checkpoint
+    frames = camera_frames(width, height)
     defaults = AdapterConfig()
     store = folder / "store"
     _fill_store(store, frames, defaults.holdout_clips + defaults.min_train_clips, defaults.clip_frames)
@@ -182,10 +182,10 @@ def run(args) -> Dict:
     def window(label: str) -> Dict:
         with lock:
             start = time.time_ns()
-        cpu = _cpu_seconds(processes["tracker_node"].pid)
+        cpu = cpu_seconds(processes["tracker_node"].pid)
         spin(args.window)
         end = time.time_ns()
-        cpu = _cpu_seconds(processes["tracker_node"].pid) - cpu
+        cpu = cpu_seconds(processes["tracker_node"].pid) - cpu
         spin(2.0)  # the window's last frames' tracks
         with lock:
             sent = [s for s in published if start <= s < end]
@@ -195,7 +195,7 @@ def run(args) -> Dict:
         return {"window": label, "seconds": seconds, "input_rate_hz": len(sent) / seconds,
                 "output_rate_hz": len(answered) / seconds, "tracker_cpu_cores": cpu / seconds,
                 "latency_ms": {"mean": float(np.mean(latencies)) if latencies else None,
-                               "p50": _percentile(latencies, 50), "p95": _percentile(latencies, 95)}}
+                               "p50": percentile(latencies, 50), "p95": percentile(latencies, 95)}}
 
     stopping = [False]
     results = []
@@ -229,12 +229,12 @@ def run(args) -> Dict:
                           if b".bootstrap" in Path(f"/proc/{pid}/cmdline").read_bytes()), None)
         started = time.monotonic()
         spin(args.settle)
-        child_cpu = _cpu_seconds(child)
+        child_cpu = cpu_seconds(child)
         with_round = window("with a round")
         finished = [e for e in events if e.get("state") == "finished"]
         if finished or not Path(f"/proc/{child}").exists():
             raise RuntimeError("the round ended inside the window: " + json.dumps(finished[-1:]))
-        round_process = {"cpu_cores": (_cpu_seconds(child) - child_cpu) / with_round["seconds"],
+        round_process = {"cpu_cores": (cpu_seconds(child) - child_cpu) / with_round["seconds"],
                          "niceness": _niceness(child), "seconds_since_start": time.monotonic() - started,
                          "round_minutes": round_minutes}
         results.append(with_round)

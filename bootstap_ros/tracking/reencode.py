@@ -104,7 +104,7 @@ class PointOrigins:
     def __init__(self, memory_bytes: int = 128 << 20):
         self.memory_bytes = int(memory_bytes)  # may change at any time; applied by `observe`
         self._lock = threading.Lock()
-        self._frames: "OrderedDict[int, np.ndarray]" = OrderedDict()  # key -> image, oldest first
+        self.frames: "OrderedDict[int, np.ndarray]" = OrderedDict()  # key -> image, oldest first
         self._next_key = 0
         self._queries: Dict[int, _Query] = {}
         self._seen: Dict[int, Tuple[int, Tuple[float, float]]] = {}  # id -> (frame, xy)
@@ -117,7 +117,7 @@ class PointOrigins:
         with self._lock:
             key = self._next_key
             self._next_key += 1
-            self._frames[key] = image
+            self.frames[key] = image
             return key
 
     def add(self, ids, frame: int, xy) -> None:
@@ -152,17 +152,17 @@ class PointOrigins:
             self._latest = (frame, positions)
             needed = ({q.frame for q in self._queries.values()} | {f for f, _ in self._seen.values()}
                       | {frame})
-            for key in [k for k in self._frames if k not in needed]:
-                del self._frames[key]
-            while self._bytes() > self.memory_bytes and len(self._frames) > 1:
-                key = next(k for k in self._frames if k != frame)
+            for key in [k for k in self.frames if k not in needed]:
+                del self.frames[key]
+            while self._bytes() > self.memory_bytes and len(self.frames) > 1:
+                key = next(k for k in self.frames if k != frame)
                 self._drop(key)
 
     def _bytes(self) -> int:
-        return sum(image.nbytes for image in self._frames.values())
+        return sum(image.nbytes for image in self.frames.values())
 
     def _drop(self, key: int) -> None:
-        del self._frames[key]
+        del self.frames[key]
         self.dropped_frames += 1
         for query in self._queries.values():
             if query.frame == key:
@@ -182,7 +182,7 @@ class PointOrigins:
     def kept(self) -> Tuple[int, int]:
         """(camera frames kept, their bytes)."""
         with self._lock:
-            return len(self._frames), self._bytes()
+            return len(self.frames), self._bytes()
 
     def records(self, ids=None) -> List[PointRecord]:
         """A snapshot of the points `ids` (default: every point known), safe to use from
@@ -196,15 +196,15 @@ class PointOrigins:
                 query_source = None
                 if query is not None and query.image is not None:
                     query_source = Source("query", query.image, query.xy)
-                elif query is not None and query.frame in self._frames:
-                    query_source = Source("query", self._frames[query.frame], query.xy, query.frame)
+                elif query is not None and query.frame in self.frames:
+                    query_source = Source("query", self.frames[query.frame], query.xy, query.frame)
                 seen = self._seen.get(point_id)
-                seen_source = (Source("seen", self._frames[seen[0]], seen[1], seen[0])
-                               if seen is not None and seen[0] in self._frames else None)
+                seen_source = (Source("seen", self.frames[seen[0]], seen[1], seen[0])
+                               if seen is not None and seen[0] in self.frames else None)
                 latest_source = None
-                if self._latest is not None and point_id in self._latest[1] and self._latest[0] in self._frames:
+                if self._latest is not None and point_id in self._latest[1] and self._latest[0] in self.frames:
                     key = self._latest[0]
-                    latest_source = Source("latest", self._frames[key], self._latest[1][point_id], key)
+                    latest_source = Source("latest", self.frames[key], self._latest[1][point_id], key)
                 out.append(PointRecord(point_id, query_source, seen_source, latest_source,
                                        query.features if query is not None else None,
                                        query.identity if query is not None else None))

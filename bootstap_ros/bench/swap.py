@@ -1,6 +1,6 @@
 """What a model swap costs the node's worker, against a frame's time in the same run.
 
-    python -m bootstap_ros.ros.swap_bench [--checkpoint CKPT] [--grid 8] [--size 640x480]
+    python -m bootstap_ros.bench.swap [--checkpoint CKPT] [--grid 8] [--size 640x480]
         [--frames 6] [--device cpu] [--output swap.json]
 
 A TrackingSession (the node's, without ROS) tracks a grid on a synthetic stream, then
@@ -60,7 +60,7 @@ def measure(model, stream: np.ndarray, grid: int, device: str, memory_bytes: int
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bootstap_ros.ros.swap_bench",
+    parser = argparse.ArgumentParser(prog="python -m bootstap_ros.bench.swap",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", default=None, help="model (default: the embedded model)")
     parser.add_argument("--grid", type=int, default=8, help="an NxN grid of points (default 8)")

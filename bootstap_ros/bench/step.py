@@ -29,7 +29,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-LOG = logging.getLogger("bootstap_ros.bench")
+LOG = logging.getLogger("bootstap_ros.bench.step")
 BASELINE = "torch-eager"
 
 

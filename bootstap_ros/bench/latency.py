@@ -10,8 +10,8 @@ and the node process's CPU use (user + system time over the window, in cores).
 `--depth` also publishes a depth image (16UC1) and a CameraInfo with every image and
 runs the node with `use_depth`, to measure what `tracks_3d` costs.
 
-    python -m bootstap_ros.ros.latency_bench --checkpoint model.pt --fps 30 --points 64
-    python -m bootstap_ros.ros.latency_bench --random bootstapir --output bench.json
+    python -m bootstap_ros.bench.latency --checkpoint model.pt --fps 30 --points 64
+    python -m bootstap_ros.bench.latency --random bootstapir --output bench.json
 
 `--random small|bootstapir` measures a random-weight model of that architecture
 (speed does not depend on the weights). Prints a summary and writes JSON.
@@ -35,7 +35,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from bootstap_ros.ros.processes import local_ros_environment, stop_process_groups
+from bootstap_ros.bench.processes import local_ros_environment, stop_process_groups
 
 SMALL = dict(backbone_channels=(16, 32, 32, 48), backbone_blocks=(1, 1, 1, 1), stem_channels=16,
              extra_conv_blocks=1, extra_conv_multiplier=2, mixer_hidden_dim=32, mixer_blocks=2,
@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _frames(width: int, height: int, count: int = 30) -> List[np.ndarray]:
+def camera_frames(width: int, height: int, count: int = 30) -> List[np.ndarray]:
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
     frames = []
     for t in range(count):  # a texture drifting right and down: something to track
@@ -80,7 +80,7 @@ def _frames(width: int, height: int, count: int = 30) -> List[np.ndarray]:
     return frames
 
 
-def _random_checkpoint(kind: str, folder: Path) -> str:
+def random_checkpoint(kind: str, folder: Path) -> str:
     from bootstap_ros.config import ModelConfig
     from bootstap_ros.model import build_model, save_checkpoint
 
@@ -93,13 +93,13 @@ def _random_checkpoint(kind: str, folder: Path) -> str:
     return str(path)
 
 
-def _cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> float:
     """User + system CPU time of process `pid` and its threads so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
-def _percentile(values, q) -> Optional[float]:
+def percentile(values, q) -> Optional[float]:
     return float(np.percentile(values, q)) if len(values) else None
 
 
@@ -120,7 +120,7 @@ def run(args) -> dict:
     scratch = tempfile.TemporaryDirectory(prefix="bootstap_latency_")
     checkpoint = args.checkpoint
     if args.random:
-        checkpoint = _random_checkpoint(args.random, Path(scratch.name))
+        checkpoint = random_checkpoint(args.random, Path(scratch.name))
     # No checkpoint parameter: the node's default, the embedded model (an empty
     # `-p checkpoint:=` is not a valid override).
     model = ["-p", f"checkpoint:={checkpoint}"] if checkpoint else []
@@ -137,7 +137,7 @@ def run(args) -> dict:
     context = Context()
     rclpy.init(context=context)
     node = rclpy.create_node("latency_bench", namespace=namespace, context=context)
-    frames = [array_to_image(f, "rgb8") for f in _frames(width, height)]
+    frames = [array_to_image(f, "rgb8") for f in camera_frames(width, height)]
     publisher = node.create_publisher(Image, "image", QoSProfile(
         depth=5, reliability=ReliabilityPolicy.RELIABLE))
     lock = threading.Lock()
@@ -222,12 +222,12 @@ def run(args) -> dict:
             executor.spin_once(timeout_sec=0.05)
         with lock:
             window_start = time.time_ns()
-        cpu_start = _cpu_seconds(tracker.pid)
+        cpu_start = cpu_seconds(tracker.pid)
         end = time.monotonic() + args.duration
         while time.monotonic() < end:
             executor.spin_once(timeout_sec=0.05)
         window_end = time.time_ns()
-        node_cpu = _cpu_seconds(tracker.pid) - cpu_start
+        node_cpu = cpu_seconds(tracker.pid) - cpu_start
         timer.cancel()
         settle = time.monotonic() + 2.0  # let the last frames' tracks arrive
         while time.monotonic() < settle:
@@ -269,7 +269,7 @@ def run(args) -> dict:
         # CPU time of the node process (every thread) over the window, in cores.
         "node_cpu_cores": node_cpu / seconds,
         "latency_ms": {"mean": float(np.mean(latencies)) if latencies else None,
-                       "p50": _percentile(latencies, 50), "p95": _percentile(latencies, 95),
+                       "p50": percentile(latencies, 50), "p95": percentile(latencies, 95),
                        "max": float(np.max(latencies)) if latencies else None},
     }
     return {

@@ -1,6 +1,6 @@
 """What tracks_3d costs the node per frame: the depth lookup and the cloud, next to a tracking step.
 
-    python -m bootstap_ros.ros.depth_bench [--points 64,256] [--size 640x480] [--window 5]
+    python -m bootstap_ros.bench.depth [--points 64,256] [--size 640x480] [--window 5]
         [--repeats 300] [--output depth_cost.json]
 
 Times, per frame, what the node does for `tracks_3d` once a depth image is paired
@@ -79,7 +79,7 @@ def measure(points: int, size, window: int, repeats: int, step_repeats: int, see
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bootstap_ros.ros.depth_bench",
+    parser = argparse.ArgumentParser(prog="python -m bootstap_ros.bench.depth",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--points", default="64,256")
     parser.add_argument("--size", default="640x480", help="WxH of the colour and depth images")
