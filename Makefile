@@ -86,18 +86,18 @@ training-curves: setup
 
 # The embedded model's figures (docs/default-model.md, docs/speed.md): accuracy on 50 held-out synthetic clips
 # (seeds 0..49; training seeds start at 2**31) and on 20 clips of the second generator
-# (training/real_warps.py) next to Lucas-Kanade on the same clips,
+# (training/domains/real_warps.py) next to Lucas-Kanade on the same clips,
 # its per-frame CPU latency for 32 and 256 points (fp32 and bf16), and the node's end-to-end latency,
 # output rate and CPU use against a 30 FPS camera: 64 points (fp32, bf16, and with tracks_3d)
 # and no point at all.
 FIGURES := outputs/figures
 figures: setup
 	@mkdir -p $(FIGURES)
-	$(PY) -m training.synthetic --num-clips 50 --seed 0 --out $(FIGURES)/held_out.pkl
+	$(PY) -m bootstap_ros_training.domains.synthetic --num-clips 50 --seed 0 --out $(FIGURES)/held_out.pkl
 	$(VENV)/bin/bootstap-eval $(FIGURES)/held_out.pkl --output $(FIGURES)/embedded.json
 	$(VENV)/bin/bootstap-eval $(FIGURES)/held_out.pkl --precision bf16 --output $(FIGURES)/embedded_bf16.json
 	$(VENV)/bin/bootstap-eval $(FIGURES)/held_out.pkl --tracker lk --output $(FIGURES)/lk.json
-	$(PY) -m training.real_warps --num-clips 20 --seed 0 --out $(FIGURES)/real_warps.pkl
+	$(PY) -m bootstap_ros_training.domains.real_warps --num-clips 20 --seed 0 --out $(FIGURES)/real_warps.pkl
 	$(VENV)/bin/bootstap-eval $(FIGURES)/real_warps.pkl --output $(FIGURES)/real_warps_embedded.json
 	$(VENV)/bin/bootstap-eval $(FIGURES)/real_warps.pkl --tracker lk --output $(FIGURES)/real_warps_lk.json
 	$(VENV)/bin/bootstap-bench --checkpoint bootstap_ros/data/default.pt --points 32,256 \
@@ -140,14 +140,14 @@ BOOTSTRAP_OUT  := outputs/bootstrap_experiment
 BOOTSTRAP_ARGS ?=
 bootstrap-experiment: setup
 	$(PY) tools/bootstrap_experiment.py --out $(BOOTSTRAP_OUT) $(BOOTSTRAP_ARGS)
-	$(PY) -m training.bench_bootstrap --device cpu --profile --output $(BOOTSTRAP_OUT)/bench_bootstrap.json
+	$(PY) -m bootstap_ros_training.bench.bootstrap --device cpu --profile --output $(BOOTSTRAP_OUT)/bench_bootstrap.json
 
 # The adapter's cost (docs/adapter.md): the tracker's output rate while bootstap_adapter runs
 # a bootstrapping round on this CPU, against without it, in one run.
 ADAPTER_OUT := outputs/adapter
 adapter-bench: setup
 	@mkdir -p $(ADAPTER_OUT)
-	$(PY) -m bootstap_ros.ros.adapter_bench --fps 15 --points 64 --output $(ADAPTER_OUT)/adapter_bench.json
+	$(PY) -m bootstap_ros_training.bench.adapter --fps 15 --points 64 --output $(ADAPTER_OUT)/adapter_bench.json
 
 # The adapter on a long robot-domain stream (docs/adapter.md, *The adapter over an hour*):
 # tracker, video_source at 15 FPS and adapter for ADAPTER_MINUTES of wall time, rounds of

@@ -13,6 +13,9 @@ from setuptools import find_packages, setup
 PACKAGE_NAME = 'bootstap_ros'
 TRAINING_PACKAGE = 'bootstap_ros_training'
 HERE = Path(__file__).resolve().parent
+#: bootstap_ros_training and its subpackages (adapter, bench, domains, ...), from training/.
+TRAINING_PACKAGES = [TRAINING_PACKAGE] + [TRAINING_PACKAGE + '.' + name
+                                          for name in find_packages(where=str(HERE / 'training'))]
 
 
 def read_version():
@@ -36,11 +39,13 @@ setup(
     description='Real-time causal BootsTAPIR point tracking for ROS 2',
     license='Apache-2.0',
     python_requires='>=3.10',
-    # The repository's training/ folder installs as bootstap_ros_training: a top-level
-    # `training` in site-packages would collide with other projects. From a checkout,
-    # `python -m training.<module>` still runs (its imports are relative).
-    packages=find_packages(include=[PACKAGE_NAME, PACKAGE_NAME + '.*']) + [TRAINING_PACKAGE],
-    package_dir={TRAINING_PACKAGE: 'training'},
+    # The repository's training/ folder is the package bootstap_ros_training, its only name
+    # (a top-level `training` in site-packages would collide with other projects); each of
+    # its subfolders is mapped too. `make setup` installs editable, so the name also works
+    # in a checkout.
+    packages=find_packages(include=[PACKAGE_NAME, PACKAGE_NAME + '.*']) + TRAINING_PACKAGES,
+    package_dir={name: name.replace(TRAINING_PACKAGE, 'training', 1).replace('.', '/')
+                 for name in TRAINING_PACKAGES},
     # The embedded default checkpoint (added later) ships inside the package.
     package_data={PACKAGE_NAME: ['data/*.pt']},
     data_files=[
@@ -76,7 +81,7 @@ setup(
             # The ROS nodes (run with `ros2 run bootstap_ros <name>`):
             'tracker_node = bootstap_ros.ros.tracker_node:main',
             'video_source = bootstap_ros.ros.video_source:main',
-            'bootstap_adapter = bootstap_ros.ros.adapter_node:main',
+            'bootstap_adapter = bootstap_ros_training.adapter.node:main',
         ],
     },
 )

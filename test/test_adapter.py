@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.adaptation import (Adaptation, ModelHistory, RoundConfig, RoundReport, decide, run_child,
-                                 split_clips)
-from training.clip_store import ClipRecorder, ClipStore
-from training.clips import ClipBuilder, ClipConfig
+from bootstap_ros_training.adapter.adaptation import (Adaptation, ModelHistory, RoundConfig, RoundReport, decide,
+                                                      run_child, split_clips)
+from bootstap_ros_training.adapter.clip_store import ClipRecorder, ClipStore
+from bootstap_ros_training.clips import ClipBuilder, ClipConfig
 from helpers.adapter_bags import (FAST, IMAGE, PERIOD_NS, START_NS, TOPIC, clip_messages, feed, panning,
                                   read_bag, stream)
 
@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 # ---------------------------------------------------------------------------- the recorder
 
 def test_recorded_clips_are_bags_of_the_stream_that_training_reads(tmp_path):
-    from training.logs import LogClips, prepare_logs
+    from bootstap_ros_training.logs import LogClips, prepare_logs
 
     # Scene A pans, stands still, pans on (with a time gap), then scene B (a cut from A).
     scene_a = panning(28, seed=0)
@@ -65,7 +65,7 @@ def test_recorded_clips_are_bags_of_the_stream_that_training_reads(tmp_path):
         assert [m[0] for m in messages] == [stamps[i] + 1_000_000 for i in indices]  # receive times
         for (_, _, frame), i in zip(messages, indices):
             np.testing.assert_array_equal(frame, frames[i])  # the messages, unchanged
-    # training.logs reads the store as ordinary logs: every bag one clip, frame exact.
+    # bootstap_ros_training.logs reads the store as ordinary logs: every bag one clip, frame exact.
     dataset = LogClips(prepare_logs([store.clips_folder], tmp_path / "decoded", config))
     assert len(dataset) == len(clips)
     for index, cut in enumerate(expected):
@@ -163,9 +163,9 @@ def test_a_full_disk_stops_recording_with_a_warning_and_it_resumes(tmp_path):
 
 WRITE_ERROR_SCRIPT = textwrap.dedent("""
     import json, resource, signal, sys
-    sys.path[:0] = [sys.argv[2], sys.argv[3]]
+    sys.path.insert(0, sys.argv[2])
     from helpers.adapter_bags import clip_messages, IMAGE, TOPIC
-    from training.clip_store import ClipStore
+    from bootstap_ros_training.adapter.clip_store import ClipStore
     warnings = []
     store = ClipStore(sys.argv[1], max_bytes=1 << 30, warn=warnings.append)
     messages = clip_messages(count=12)
@@ -180,7 +180,7 @@ def test_a_failed_write_stops_recording_and_leaves_no_half_bag(tmp_path):
     # A real failing write: the file size limit (RLIMIT_FSIZE) makes the bag's write fail
     # with EFBIG, as a full disk fails it with ENOSPC.
     result = subprocess.run([sys.executable, "-c", WRITE_ERROR_SCRIPT, str(tmp_path / "store"),
-                             str(REPO / "test"), str(REPO)], capture_output=True, text=True, timeout=120)
+                             str(REPO / "test")], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert not report["clip"] and "writing clip_000001 failed" in report["stopped"]
@@ -211,7 +211,7 @@ def test_decision_needs_more_than_the_margin():
 
 
 def test_the_newest_clips_are_held_out():
-    from training.clip_store import StoredClip
+    from bootstap_ros_training.adapter.clip_store import StoredClip
 
     clips = [StoredClip(n, Path(f"clip_{n}"), 1, 6) for n in (5, 2, 9, 7, 3)]
     train, held = split_clips(clips, holdout=2, min_train=3)
@@ -258,13 +258,11 @@ def test_round_settings_are_checked():
 
 
 def test_node_settings_and_round_config_share_the_defaults():
-    from bootstap_ros.ros.adapter_settings import AdapterConfig, config_from_parameters
+    from bootstap_ros_training.adapter.settings import AdapterConfig, config_from_parameters
 
     import dataclasses
 
     config = AdapterConfig()
-    # The node imports the installed bootstap_ros_training, this test the checkout's training:
-    # two classes of one source, so compare the values.
     assert dataclasses.asdict(config.round_config()) == dataclasses.asdict(RoundConfig())
     parsed = config_from_parameters({"round_settings": "steps=2 'ssl_loss={uncertainty_weight: 0.5}'"})
     assert parsed.settings_list == ("steps=2", "ssl_loss={uncertainty_weight: 0.5}")
@@ -273,7 +271,7 @@ def test_node_settings_and_round_config_share_the_defaults():
 def test_adapter_yaml_documents_every_parameter_with_its_default():
     import yaml
 
-    from bootstap_ros.ros.adapter_settings import PARAMETERS
+    from bootstap_ros_training.adapter.settings import PARAMETERS
 
     text = (REPO / "config" / "adapter.yaml").read_text()
     values = yaml.safe_load(text)["/**"]["ros__parameters"]
@@ -310,9 +308,8 @@ def test_a_child_past_its_time_limit_or_stopped_is_killed(tmp_path):
 
 PARENT_SCRIPT = textwrap.dedent("""
     import sys, threading
-    sys.path.insert(0, sys.argv[1])
     from pathlib import Path
-    from training.adaptation import run_child
+    from bootstap_ros_training.adapter.adaptation import run_child
     code = "import os, time; open(%r, 'w').write(str(os.getpid())); time.sleep(300)" % sys.argv[2]
     run_child([sys.executable, "-c", code], Path(sys.argv[3]), 1, 0, 600, threading.Event())
 """)
@@ -366,7 +363,7 @@ def filled_store(tmp_path_factory):
 def test_a_round_trains_scores_and_adopts_or_keeps(tmp_path, filled_store, checkpoint):
     import shutil
 
-    from training.validate import main as validate_main
+    from bootstap_ros_training.validate import main as validate_main
 
     folder = tmp_path / "store"
     shutil.copytree(filled_store, folder)

@@ -1,4 +1,4 @@
-"""The bootstrapping cost benchmark (training/bench_bootstrap.py) runs every kind of step
+"""The bootstrapping cost benchmark (training/bench/bootstrap.py) runs every kind of step
 and writes its figures; timings themselves are not asserted (no timed tests)."""
 
 import json
@@ -6,7 +6,7 @@ import json
 import pytest
 
 from helpers.small_model import SMALL
-from training.bench_bootstrap import KINDS, main
+from bootstap_ros_training.bench.bootstrap import KINDS, main
 
 
 def test_benchmark_runs_each_step_kind_and_writes_its_figures(tmp_path, capsys):

@@ -21,9 +21,9 @@ from bootstap_ros.tracking import CausalTracker
 from helpers.ddp import run_ddp
 from helpers.runs import logged_steps
 from helpers.small_model import blob_clip, moving_clip, small_model
-from training.bootstrap import (BootstrapConfig, bootstrap, bootstrap_loss, build_parser, main,
-                                step_generators)
-from training.logs import write_image_bag
+from bootstap_ros_training.bootstrap import (BootstrapConfig, bootstrap, bootstrap_loss, build_parser, main,
+                                             step_generators)
+from bootstap_ros_training.logs import write_image_bag
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -156,7 +156,7 @@ def inputs(tmp_path_factory):
 
 
 def test_a_fixed_offline_teacher_a_capacity_expanded_student_and_periodic_evaluation(inputs, tmp_path):
-    from training.synthetic import SyntheticConfig, generate_clip, write_tapvid_pickle
+    from bootstap_ros_training.domains.synthetic import SyntheticConfig, generate_clip, write_tapvid_pickle
 
     save_checkpoint(tmp_path / "plain.pt", small_model(extra_conv_blocks=0))
     clips = [generate_clip(seed, SyntheticConfig(frames=4, height=64, width=64, num_points=4))
@@ -236,7 +236,7 @@ def test_a_run_from_a_bag_writes_a_checkpoint_the_tracker_cli_and_the_node_load(
     assert tracker.config == loaded.config
 
     from bootstap_ros.eval import cli as eval_cli
-    from training.synthetic import SyntheticConfig, generate_clip, write_tapvid_pickle
+    from bootstap_ros_training.domains.synthetic import SyntheticConfig, generate_clip, write_tapvid_pickle
 
     write_tapvid_pickle(tmp_path / "eval.pkl",
                         [generate_clip(0, SyntheticConfig(frames=4, height=64, width=64, num_points=4))])
@@ -248,12 +248,11 @@ def test_a_run_from_a_bag_writes_a_checkpoint_the_tracker_cli_and_the_node_load(
 def _clean_env():
     # One thread: the same float reductions in every process (bit-exact resume), and no
     # oversubscription of a loaded machine.
-    return {**os.environ, "OMP_NUM_THREADS": "1",
-            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def _command(args):
-    return [sys.executable, "-m", "training.bootstrap", *args]
+    return [sys.executable, "-m", "bootstap_ros_training.bootstrap", *args]
 
 
 @pytest.mark.slow
@@ -343,7 +342,7 @@ def test_training_installs_under_its_own_name_not_as_a_top_level_training(tmp_pa
 
 
 def test_log_batches_visit_every_clip_once_per_epoch_and_resume_in_place():
-    from training.bootstrap import LogBatches
+    from bootstap_ros_training.bootstrap import LogBatches
 
     one = list(LogBatches(5, 0, 5, batch_size=2, seed=3, rank=0, world_size=1))
     flat = [index for batch in one for index in batch]
@@ -380,7 +379,7 @@ def test_sigterm_writes_a_checkpoint_and_stops(inputs, tmp_path):
 
 
 def test_settings_come_from_yaml_then_flags_then_key_value_pairs(tmp_path):
-    from training.bootstrap import parse_command
+    from bootstap_ros_training.bootstrap import parse_command
 
     (tmp_path / "run.yaml").write_text("steps: 5\nlr: 1e-3\ndata: [a.bag]\naffine: true\n"
                                        "loss: {position_weight: 0.1}\n")
@@ -429,7 +428,7 @@ def test_without_steps_or_budget_the_run_says_what_it_will_do(inputs, tmp_path, 
 
 
 def test_bf16_on_a_cpu_without_bf16_units_is_warned_about(monkeypatch, capsys):
-    from training import bootstrap as module
+    from bootstap_ros_training import bootstrap as module
 
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
@@ -471,7 +470,7 @@ def test_kept_checkpoints_hold_the_student_and_the_teacher_of_their_step(inputs,
 
 
 def test_an_ema_teacher_relabels_its_cached_clips_every_relabel_every_steps(inputs, tmp_path, monkeypatch):
-    from training import teacher as teacher_module
+    from bootstap_ros_training import teacher as teacher_module
 
     labelled = []
     original = teacher_module.label_batch
@@ -489,7 +488,7 @@ def test_an_ema_teacher_relabels_its_cached_clips_every_relabel_every_steps(inpu
 
 
 def test_loss_settings_of_each_task_are_read_from_key_value_pairs_and_checked():
-    from training.bootstrap import parse_command
+    from bootstap_ros_training.bootstrap import parse_command
 
     given, _, _, _ = parse_command(["--output", "x", "ssl_loss={uncertainty_weight: 0, position_weight: 0.1}"])
     config = BootstrapConfig.from_dict(given)
@@ -500,7 +499,7 @@ def test_loss_settings_of_each_task_are_read_from_key_value_pairs_and_checked():
 
 
 def test_the_self_supervised_loss_takes_its_own_weights():
-    from training.losses import LossConfig
+    from bootstap_ros_training.losses import LossConfig
 
     student = confident_model().train()
     teacher = copy.deepcopy(student).eval().requires_grad_(False)

@@ -10,8 +10,8 @@ import torch
 from bootstap_ros.model import load_checkpoint
 from bootstap_ros.model.checkpoint import resolve_checkpoint
 from helpers.small_model import blob_clip, small_model
-from training.budget import CALIBRATION_STEPS, TimeBudget
-from training.validate import cycle_score, holdout_split
+from bootstap_ros_training.budget import CALIBRATION_STEPS, TimeBudget
+from bootstap_ros_training.validate import cycle_score, holdout_split
 
 
 @pytest.fixture(autouse=True)
@@ -114,8 +114,8 @@ def test_the_cycle_score_ranks_a_trained_model_above_random_weights():
 
 
 def test_the_label_cache_labels_each_clip_once_with_the_teachers_own_outputs(tmp_path):
-    from training.teacher import LabelCache
-    from training.train import model_forward
+    from bootstap_ros_training.teacher import LabelCache
+    from bootstap_ros_training.train import model_forward
 
     videos = torch.from_numpy(np.stack([blob_clip(num_frames=4, height=64, width=64, blobs=40, seed=s)
                                         for s in range(3)]))
@@ -157,7 +157,7 @@ def test_the_label_cache_labels_each_clip_once_with_the_teachers_own_outputs(tmp
 
 
 def test_textured_queries_avoid_flat_regions():
-    from training.pseudo_labels import sample_textured_queries
+    from bootstap_ros_training.pseudo_labels import sample_textured_queries
 
     video = np.full((1, 2, 64, 64, 3), 128, np.uint8)
     video[0, :, 20:40, 30:50] = blob_clip(num_frames=2, height=20, width=20, blobs=30, seed=4)
@@ -171,8 +171,8 @@ def test_textured_queries_avoid_flat_regions():
 
 def test_bootstap_validate_scores_checkpoints_on_a_bag(tmp_path, capsys):
     from bootstap_ros.model import save_checkpoint
-    from training.logs import write_image_bag
-    from training.validate import main
+    from bootstap_ros_training.logs import write_image_bag
+    from bootstap_ros_training.validate import main
 
     frames = blob_clip(num_frames=24, height=96, width=128, dx=1.5, dy=0.5, blobs=120, seed=6)
     write_image_bag(tmp_path / "bag", frames, [i * 66_000_000 for i in range(len(frames))],
@@ -190,7 +190,7 @@ def test_bootstap_validate_scores_checkpoints_on_a_bag(tmp_path, capsys):
 
 
 def test_pseudo_label_grades_by_hand():
-    from training.grading import summarise
+    from bootstap_ros_training.grading import summarise
 
     # Six entries: kept by the masks / taught as positions (teacher visible) / truly visible,
     # the teacher's error in px.
@@ -214,10 +214,10 @@ def test_pseudo_label_grades_by_hand():
 
 def test_a_runs_kept_checkpoints_are_graded_afterwards(tmp_path):
     from bootstap_ros.model import save_checkpoint
-    from training.bootstrap import main as bootstrap_main
-    from training.grading import main as grading_main
-    from training.logs import write_image_bag
-    from training.synthetic import SyntheticConfig, generate_clip, write_tapvid_pickle
+    from bootstap_ros_training.bootstrap import main as bootstrap_main
+    from bootstap_ros_training.grading import main as grading_main
+    from bootstap_ros_training.logs import write_image_bag
+    from bootstap_ros_training.domains.synthetic import SyntheticConfig, generate_clip, write_tapvid_pickle
 
     frames = blob_clip(num_frames=16, height=64, width=80, dx=1.0, dy=0.5, blobs=60)
     write_image_bag(tmp_path / "bag", frames, [i * 50_000_000 for i in range(len(frames))],
@@ -239,8 +239,8 @@ def test_a_runs_kept_checkpoints_are_graded_afterwards(tmp_path):
 
 def test_the_teacher_retraces_right_labels_and_not_wrong_ones():
     from bootstap_ros.model import Trajectories
-    from training.teacher import label_batch, round_trip_errors
-    from training.train import model_forward
+    from bootstap_ros_training.teacher import label_batch, round_trip_errors
+    from bootstap_ros_training.train import model_forward
 
     model = _embedded()
 
@@ -263,7 +263,7 @@ def test_the_teacher_retraces_right_labels_and_not_wrong_ones():
 
 
 def test_the_label_cache_draws_retraced_tracks_first():
-    from training.teacher import LabelCache
+    from bootstap_ros_training.teacher import LabelCache
 
     cache = LabelCache(small_model().eval(), None, 8, seed=0, textured_fraction=0.0, round_trip=4.0)
     cache.queries[0] = torch.arange(8.0)[:, None].repeat(1, 3)

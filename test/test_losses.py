@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bootstap_ros.model import Trajectories
-from training.losses import LossConfig, LossMasks, huber_distance, stage_loss, tapir_loss
+from bootstap_ros_training.losses import LossConfig, LossMasks, huber_distance, stage_loss, tapir_loss
 
 LN2 = math.log(2.0)
 
@@ -112,11 +112,11 @@ def test_per_term_masks_replace_the_common_mask_for_their_term_only():
 
 # ----------------------------------------------------------------------------- pseudo-labels
 
-from training.losses import PseudoLabelTargets, pseudo_label_loss, soft_binary_divergence  # noqa: E402
+from bootstap_ros_training.losses import PseudoLabelTargets, pseudo_label_loss, soft_binary_divergence  # noqa: E402
 
 
 def _targets(tracks, occ_logits, expd_logits, visible_threshold=0.5):
-    from training.pseudo_labels import teacher_targets
+    from bootstap_ros_training.pseudo_labels import teacher_targets
 
     return teacher_targets(Trajectories(tracks, occ_logits, expd_logits), visible_threshold)
 

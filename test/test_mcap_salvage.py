@@ -11,8 +11,8 @@ import shutil
 import numpy as np
 import pytest
 
-from training.logs import LogClips, prepare_logs, write_image_bag
-from training.mcap_salvage import McapSalvageError, TruncatedMcap
+from bootstap_ros_training.logs import LogClips, prepare_logs, write_image_bag
+from bootstap_ros_training.mcap_salvage import McapSalvageError, TruncatedMcap
 from helpers.log_frames import config, manifest_of, moving, stamps
 
 TOPIC = "/camera/image_raw"
@@ -76,7 +76,7 @@ def test_prepare_logs_keeps_the_clips_before_the_cut(recording, tmp_path, caplog
     killed.mkdir()
     shutil.copy(mcap, killed / "killed_0.mcap")
     os.truncate(killed / "killed_0.mcap", int(mcap.stat().st_size * 0.8))
-    with caplog.at_level(logging.WARNING, logger="training.logs"):
+    with caplog.at_level(logging.WARNING, logger="bootstap_ros_training.logs"):
         manifest = manifest_of(prepare_logs([killed], tmp_path / "out", config(size=64)))
     warning = next(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
     assert str(killed.resolve()) in warning and "killed_0.mcap" in warning and "cut short" in warning

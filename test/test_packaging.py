@@ -153,3 +153,20 @@ def test_colcon_build_installs_package(tmp_path, symlink_install, manifest):
         result = run(['bash', '-c', 'source "$1/setup.bash" && exec "$2" --help', 'bash', str(install),
                       str(prefix / 'lib' / PACKAGE / script)], cwd=tmp_path, env=env, timeout=120)
         assert result.returncode == 0 and 'usage:' in result.stdout, f'{script} --help failed:\n{tail(result)}'
+
+
+def test_an_install_holds_every_training_subpackage_under_the_one_name(tmp_path):
+    # A plain (non-editable) install of the checkout: the training package and each of its
+    # subfolders land under bootstap_ros_training, and no top-level `training` does.
+    target = tmp_path / 'target'
+    result = run([sys.executable, '-m', 'pip', 'install', '--quiet', '--no-deps', '--no-build-isolation',
+                  '--target', str(target), str(REPO)], cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, f'pip install failed:\n{tail(result)}'
+    folders = sorted(path.parent.relative_to(REPO / 'training')
+                     for path in (REPO / 'training').rglob('__init__.py'))
+    assert len(folders) > 1, folders
+    for folder in folders:
+        for module in (REPO / 'training' / folder).glob('*.py'):
+            installed = target / 'bootstap_ros_training' / folder / module.name
+            assert installed.is_file(), f'{installed} missing from the install'
+    assert not (target / 'training').exists()

@@ -11,16 +11,9 @@ from torch import nn
 from bootstap_ros.model import Trajectories, preprocess_frames
 from bootstap_ros.model.layers import l2_normalize
 from helpers.small_model import SMALL, moving_clip, small_model
-from training.capacity import expand_capacity
-from training.pseudo_labels import (
-    cycle_consistency_mask,
-    ema_update,
-    make_ema_teacher,
-    proximity_mask,
-    pseudo_labels,
-    resample_student_queries,
-    sample_teacher_queries,
-)
+from bootstap_ros_training.capacity import expand_capacity
+from bootstap_ros_training.pseudo_labels import (cycle_consistency_mask, ema_update, make_ema_teacher, proximity_mask,
+                                                 pseudo_labels, resample_student_queries, sample_teacher_queries)
 
 
 def _generator(seed=0):
@@ -325,7 +318,7 @@ def test_capacity_command_writes_an_expanded_checkpoint_and_a_report(tmp_path, c
     import json
 
     from bootstap_ros.model.checkpoint import load_checkpoint, save_checkpoint
-    from training.capacity import main
+    from bootstap_ros_training.capacity import main
 
     source = tmp_path / "small.pt"
     save_checkpoint(source, small_model(seed=5, extra_conv_blocks=0))
@@ -342,7 +335,7 @@ def test_capacity_command_writes_an_expanded_checkpoint_and_a_report(tmp_path, c
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 def test_parts_keep_tensors_on_the_models_device(device):
-    from training.views import ViewConfig, invert_affine, map_queries, map_tracks, student_batch
+    from bootstap_ros_training.views import ViewConfig, invert_affine, map_queries, map_tracks, student_batch
 
     g = _generator(9)
     videos = torch.randint(0, 256, (2, 3, 32, 32, 3), generator=g, dtype=torch.uint8).to(device)

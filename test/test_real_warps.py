@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from training.real_warps import make_clip, read_frames, write_dataset
+from bootstap_ros_training.domains.real_warps import make_clip, read_frames, write_dataset
 
 
 def _gradient_frame(height=240, width=320):

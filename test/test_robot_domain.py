@@ -1,4 +1,4 @@
-"""Tests for the robot-domain generator (training/robot_domain.py): exact labels under a
+"""Tests for the robot-domain generator (training/domains/robot_domain.py): exact labels under a
 wrist camera and an arm occluder, determinism, disjoint seeds, an appearance that
 differs from Kubric-lite's, the TAP-Vid pickle and the unlabeled bag."""
 
@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from bootstap_ros.eval.datasets import TapVidDataset
-from training.robot_domain import (UNLABELED_SEED_OFFSET, RobotConfig, episode_stamps, generate_robot_clip,
-                                   labeled_seeds, main, unlabeled_seeds, write_bag)
+from bootstap_ros_training.domains.robot_domain import (UNLABELED_SEED_OFFSET, RobotConfig, episode_stamps,
+                                                        generate_robot_clip, labeled_seeds, main, unlabeled_seeds,
+                                                        write_bag)
 from helpers.sampling import bilinear  # written independently of the generators
-from training.synthetic import SyntheticConfig, generate_clip
+from bootstap_ros_training.domains.synthetic import SyntheticConfig, generate_clip
 
 # Small clips keep the tests fast; `photometric=False` renders colours as the textures hold them.
 SMALL = RobotConfig(frames=12, height=120, width=160, num_points=128)
@@ -188,7 +189,7 @@ def test_labeled_command_writes_a_tapvid_pickle_that_eval_reads(tmp_path):
 def test_unlabeled_bag_is_one_stream_that_log_preparation_cuts_at_the_gaps(tmp_path, storage, compressed):
     """Three episodes in one bag: every frame comes back in order, and the clips that
     bootstap-prepare-logs cuts never span the pause between two episodes."""
-    from training.logs import ClipConfig, LogClips, prepare_logs
+    from bootstap_ros_training.logs import ClipConfig, LogClips, prepare_logs
 
     config = RobotConfig(frames=6, height=48, width=64)
     bag = tmp_path / "robot_bag"

@@ -24,7 +24,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image, PointCloud2
 from std_msgs.msg import String
 
-from bootstap_ros.ros.adapter_node import AdapterNode, AdapterStartupError
+from bootstap_ros_training.adapter.node import AdapterNode, AdapterStartupError
 from bootstap_ros.ros.conversions import array_to_image, cloud_to_array
 from bootstap_ros.bench.processes import stop_process_groups
 from helpers.ros_client import Camera, Client, RemoteParameters, wait_until
@@ -226,7 +226,7 @@ def _alive(pid):
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_killing_the_adapter_mid_round_leaves_the_tracker_tracking(tmp_path, checkpoint):
     from helpers.adapter_bags import PERIOD_NS, START_NS, TOPIC, feed, stream
-    from training.clip_store import ClipRecorder, ClipStore
+    from bootstap_ros_training.adapter.clip_store import ClipRecorder, ClipStore
 
     namespace = "/adapter_kill_" + uuid.uuid4().hex[:8]
     store = tmp_path / "store"
@@ -239,7 +239,7 @@ def test_killing_the_adapter_mid_round_leaves_the_tracker_tracking(tmp_path, che
         "tracker_node": common + ["bootstap_ros.ros.tracker_node", *ros_args, "-p", f"checkpoint:={checkpoint}",
                                   "-p", "grid_points:=2"],
         # A round with a 5-minute budget and no step limit: it is training when the kill comes.
-        "bootstap_adapter": common + ["bootstap_ros.ros.adapter_node", *ros_args, "-p", f"store:={store}",
+        "bootstap_adapter": common + ["bootstap_ros_training.adapter.node", *ros_args, "-p", f"store:={store}",
                                       "-p", "clip_frames:=6", "-p", "holdout_clips:=2", "-p", "min_train_clips:=3",
                                       "-p", "round_minutes:=5.0", "-p",
                                       "round_settings:=" + " ".join(s for s in FAST if s != "steps=1")],

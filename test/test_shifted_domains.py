@@ -1,4 +1,4 @@
-"""Tests for the shifted domains (training/shifted_domains.py): the low-light sensor is a
+"""Tests for the shifted domains (training/domains/shifted_domains.py): the low-light sensor is a
 pixel-wise map of the clean picture (labels exactly Kubric-lite's); the fisheye lens maps
 frames and tracks alike (checked against OpenCV's own fisheye model and against rendered
 dots), occludes what leaves its image circle, bends straight lines; determinism, disjoint
@@ -12,10 +12,11 @@ import pytest
 
 from bootstap_ros.eval.datasets import TapVidDataset
 from helpers.sampling import bilinear  # written independently of the generators
-from training.robot_domain import UNLABELED_SEED_OFFSET, RobotConfig, generate_robot_clip, unlabeled_seeds
-from training.shifted_domains import (OUTSIDE_VIEW, LensView, LowLightConfig, WideAngleConfig, generate_low_light_clip,
-                                      generate_wide_angle_clip, main, sample_lens)
-from training.synthetic import SyntheticConfig, generate_clip, render_scene
+from bootstap_ros_training.domains.robot_domain import UNLABELED_SEED_OFFSET, RobotConfig, generate_robot_clip, unlabeled_seeds
+from bootstap_ros_training.domains.shifted_domains import (OUTSIDE_VIEW, LensView, LowLightConfig, WideAngleConfig,
+                                                           generate_low_light_clip, generate_wide_angle_clip, main,
+                                                           sample_lens)
+from bootstap_ros_training.domains.synthetic import SyntheticConfig, generate_clip, render_scene
 
 NIGHT = LowLightConfig(frames=8, height=96, width=128, num_points=96)
 WIDE = WideAngleConfig(frames=6, height=120, width=160, num_points=96)
@@ -313,7 +314,7 @@ def test_unlabeled_bag_is_one_stream_that_log_preparation_cuts_at_the_gaps(tmp_p
     between two episodes, and each starts with its episode's first frame."""
     import json
 
-    from training.logs import ClipConfig, LogClips, prepare_logs
+    from bootstap_ros_training.logs import ClipConfig, LogClips, prepare_logs
 
     bag = tmp_path / "bag"
     arguments = ["bag", "--domain", domain, "--out", str(bag), "--episodes", "3", "--first-episode", "5",

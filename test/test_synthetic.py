@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from training.synthetic import SyntheticConfig, generate_clip, main, write_tapvid_pickle
+from bootstap_ros_training.domains.synthetic import SyntheticConfig, generate_clip, main, write_tapvid_pickle
 from helpers.sampling import bilinear
 
 # No lighting, brightness, blur or noise: rendered colours must equal the textures.

@@ -16,25 +16,12 @@ import torch
 from bootstap_ros.model import build_model, load_checkpoint
 from helpers.ddp import run_ddp
 from helpers.small_model import SMALL
-from training.configs import SMALL as SMALL_TRAINING_MODEL
-from training.configs import resolve_model_config
-from training.data import (
-    TRAIN_SEED_OFFSET,
-    StepBatches,
-    SyntheticClips,
-    clip_arrays,
-    heldout_seeds,
-    train_clip_seed,
-)
-from training.train import (
-    TrainConfig,
-    batch_loss,
-    learning_rate,
-    main,
-    make_optimizer,
-    optimizer_step,
-    train,
-)
+from bootstap_ros_training.configs import SMALL as SMALL_TRAINING_MODEL
+from bootstap_ros_training.configs import resolve_model_config
+from bootstap_ros_training.data import (TRAIN_SEED_OFFSET, StepBatches, SyntheticClips, clip_arrays, heldout_seeds,
+                                        train_clip_seed)
+from bootstap_ros_training.train import (TrainConfig, batch_loss, learning_rate, main, make_optimizer, optimizer_step,
+                                         train)
 from helpers.runs import logged_steps
 
 REPO = Path(__file__).resolve().parents[1]
@@ -162,15 +149,11 @@ def test_fresh_run_refuses_an_existing_checkpoint_and_resume_refuses_a_new_archi
 
 @pytest.mark.slow
 def test_sigterm_writes_a_checkpoint_and_stops(tmp_path):
-    import training
-
-    repo = Path(training.__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
-    command = [sys.executable, "-m", "training.train", "--out", str(tmp_path), "--model", TINY_MODEL,
+    command = [sys.executable, "-m", "bootstap_ros_training.train", "--out", str(tmp_path), "--model", TINY_MODEL,
                "--steps", "100000", "--batch-size", "1", "--frames", "2", "--num-points", "4",
                "--image-size", "64", "--num-workers", "0", "--log-every", "1",
                "--checkpoint-every", "100000", "--eval-every", "0"]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
         while len(logged_steps(tmp_path / "train_log.csv")) < 2:
@@ -214,7 +197,7 @@ def test_ddp_gloo_two_processes_end_with_identical_weights(tmp_path):
 
 
 def test_training_checkpoints_hold_several_parts_and_load_as_project_checkpoints(tmp_path):
-    from training.train import _CsvLog, load_training_parts, make_adamw, save_training_checkpoint
+    from bootstap_ros_training.train import _CsvLog, load_training_parts, make_adamw, save_training_checkpoint
 
     torch.manual_seed(0)
     student, teacher = build_model(SMALL).train(), build_model(SMALL)
@@ -280,8 +263,7 @@ def test_training_keeps_freed_memory_instead_of_faulting_it_in_again():
     allocator's default they are unmapped and page-faulted in anew each time."""
     code = (
         "import resource, sys, torch\n"
-        "sys.path.insert(0, %r)\n"
-        "from training.train import keep_freed_memory\n"
+        "from bootstap_ros_training.train import keep_freed_memory\n"
         "if sys.argv[1] == 'keep': assert keep_freed_memory()\n"
         "def step():  # activations of 2 to 60 MB, all freed at the end\n"
         "    parts = [torch.ones(n << 18) for n in (2, 8, 16, 30, 60)]\n"
@@ -289,7 +271,7 @@ def test_training_keeps_freed_memory_instead_of_faulting_it_in_again():
         "step()\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
         "for _ in range(10): step()\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n" % str(REPO))
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n")
     faults = {mode: int(subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True,
                                        check=True).stdout) for mode in ("default", "keep")}
     assert faults["default"] > 10 * 10000  # most of the 29,000 pages of a step, every step

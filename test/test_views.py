@@ -4,16 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from training.views import (
-    ViewConfig,
-    apply_affine,
-    invert_affine,
-    map_queries,
-    map_tracks,
-    render_student_clip,
-    sample_affine,
-    student_batch,
-)
+from bootstap_ros_training.views import (ViewConfig, apply_affine, invert_affine, map_queries, map_tracks,
+                                         render_student_clip, sample_affine, student_batch)
 
 NO_JPEG = ViewConfig(jpeg=False)
 

@@ -1,6 +1,6 @@
 """The adapter on a long shifted-domain stream, end to end (`make adapter-demo`).
 
-1. A camera stream of the robot domain (`training.robot_domain`: unlabelled episodes,
+1. A camera stream of the robot domain (`bootstap_ros_training.domains.robot_domain`: unlabelled episodes,
    seeds from 2**30 on, never a labelled clip) written once as an MP4 video, and
    labelled held-out clips of the same domain (`robot_test.pkl`, seeds 0..).
 2. tracker_node (the embedded model, an 8x8 grid), video_source playing the stream at
@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Dict, List
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # training/ is a folder of the checkout
 EPISODE_FRAMES = 48
 RATE_BIN_S = 10.0
 
@@ -70,7 +69,7 @@ def log(message: str) -> None:
 
 def make_stream(path: Path, episodes: int, fps: float) -> None:
     from bootstap_ros.video import VideoWriter
-    from training.robot_domain import RobotConfig, generate_robot_clip, unlabeled_seeds
+    from bootstap_ros_training.domains.robot_domain import RobotConfig, generate_robot_clip, unlabeled_seeds
 
     config = RobotConfig(frames=EPISODE_FRAMES, num_points=0)
     partial = path.with_name(path.stem + ".partial" + path.suffix)
@@ -94,7 +93,7 @@ def make_data(out: Path, args) -> Dict[str, Path]:
     labelled = out / "robot_test.pkl"
     if not labelled.exists():
         log(f"writing {args.eval_clips} labelled held-out clips")
-        run([sys.executable, "-m", "training.robot_domain", "labeled", "--out", str(labelled),
+        run([sys.executable, "-m", "bootstap_ros_training.domains.robot_domain", "labeled", "--out", str(labelled),
              "--num-clips", str(args.eval_clips), "--seed", "0"], out / "robot_test.log")
     return {"stream": stream, "labelled": labelled}
 
@@ -110,7 +109,6 @@ def environment() -> Dict[str, str]:
     from bootstap_ros.bench.processes import local_ros_environment
 
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return local_ros_environment(env)
 
 
@@ -138,7 +136,7 @@ def run_nodes(out: Path, data: Dict[str, Path], args) -> Dict:
         "tracker_node": ["bootstap_ros.ros.tracker_node", "-p", f"grid_points:={args.grid}"],
         "video_source": ["bootstap_ros.ros.video_source", "-p", f"source:={data['stream']}", "-p", "loop:=true",
                          "-p", f"rate:={args.fps}"],
-        "bootstap_adapter": ["bootstap_ros.ros.adapter_node", "-p", f"store:={store}",
+        "bootstap_adapter": ["bootstap_ros_training.adapter.node", "-p", f"store:={store}",
                              "-p", f"round_minutes:={args.round_minutes}", "-p", f"clip_interval:={args.clip_interval}",
                              *sum((["-p", setting] for setting in args.adapter_settings), [])],
     }

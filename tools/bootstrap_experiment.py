@@ -3,15 +3,15 @@
 `make bootstrap-experiment` runs it on the CPU, end to end, from the embedded model (trained
 on Kubric-lite only), every run with the same wall-clock budget:
 
-1. data, for each shifted domain (the robot domain, `training/robot_domain.py`; a camera at
-   night and a fisheye lens, `training/shifted_domains.py`): a labelled validation split
+1. data, for each shifted domain (the robot domain, `training/domains/robot_domain.py`; a camera at
+   night and a fisheye lens, `training/domains/shifted_domains.py`): a labelled validation split
    (seeds 1000..), a labelled test split (seeds 0..; reported once), and the unlabelled
    logs as two rosbag2 bags (MCAP raw Image, SQLite3 JPEG CompressedImage; episode seeds
    from 2**30 on); the source domain's test sets (Kubric-lite, real warps);
 2. "before": `bootstap-eval` of the embedded model (and Lucas-Kanade) on every test set;
 3. runs: `bootstap-train-bootstrap --data BAGS --time-budget MINUTES --device cpu` with the
    recipe's defaults, for each domain and seed, keeping a checkpoint every `--keep-every`
-   steps; on the robot domain also the supervised-only control (`training.train` on
+   steps; on the robot domain also the supervised-only control (`bootstap_ros_training.train` on
    Kubric-lite with the bootstrapping runs' supervised settings and the same budget);
 4. "after": `bootstap-eval` of each run's final.pt on its domain's test split, and of the
    robot runs on the source domain's test sets;
@@ -44,13 +44,12 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 DEFAULT_MODEL = ROOT / "bootstap_ros" / "data" / "default.pt"
 #: domain -> (generator module, its extra arguments)
 DOMAINS = {
-    "robot": ("training.robot_domain", []),
-    "low_light": ("training.shifted_domains", ["--domain", "low_light"]),
-    "wide_angle": ("training.shifted_domains", ["--domain", "wide_angle"]),
+    "robot": ("bootstap_ros_training.domains.robot_domain", []),
+    "low_light": ("bootstap_ros_training.domains.shifted_domains", ["--domain", "low_light"]),
+    "wide_angle": ("bootstap_ros_training.domains.shifted_domains", ["--domain", "wide_angle"]),
 }
 SOURCE_SETS = ("kubric", "real_warps")
 METRICS = ("average_jaccard", "average_pts_within_thresh", "occlusion_accuracy")
@@ -64,8 +63,7 @@ class Job:
 
 def run_jobs(jobs: List[Job], parallel: int, timings: Dict[str, float]) -> List[str]:
     """Runs jobs, `parallel` at a time; skips those whose output exists. Returns the failed names."""
-    env_base = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-                "PYTHONUNBUFFERED": "1"}
+    env_base = {**os.environ, "PYTHONUNBUFFERED": "1"}
     pending = [job for job in jobs if not job.done.exists()]
     for job in jobs:
         if job.done.exists():
@@ -119,10 +117,10 @@ def data_jobs(args, out: Path) -> List[Job]:
                 "--frames", args.episode_frames, *storage], Path(f"{bag}.json"),
                 out / "logs_text" / f"data_{domain}_{name}.log", 1))
     kubric = out / "data" / "kubric_test.pkl"
-    jobs.append(Job("kubric test clips", [py, "-m", "training.synthetic", "--num-clips", args.clips, "--seed", TEST_SEED,
+    jobs.append(Job("kubric test clips", [py, "-m", "bootstap_ros_training.domains.synthetic", "--num-clips", args.clips, "--seed", TEST_SEED,
                                           "--out", kubric], kubric, out / "logs_text" / "data_kubric.log", 1))
     warps = out / "data" / "real_warps_test.pkl"
-    jobs.append(Job("real-warp test clips", [py, "-m", "training.real_warps", "--num-clips", 20, "--seed", TEST_SEED,
+    jobs.append(Job("real-warp test clips", [py, "-m", "bootstap_ros_training.domains.real_warps", "--num-clips", 20, "--seed", TEST_SEED,
                                              "--out", warps], warps, out / "logs_text" / "data_real_warps.log", 1))
     return jobs
 
@@ -149,7 +147,7 @@ def control_run(out: Path, seed: int) -> Path:
 
 
 def training_jobs(args, out: Path) -> List[Job]:
-    from training.bootstrap import DEVICE_DEFAULTS, BootstrapConfig
+    from bootstap_ros_training.bootstrap import DEVICE_DEFAULTS, BootstrapConfig
 
     py, jobs = args.python, []
     recipe, cpu = BootstrapConfig().for_device("cpu"), DEVICE_DEFAULTS["cpu"]
@@ -158,7 +156,7 @@ def training_jobs(args, out: Path) -> List[Job]:
             run = bootstrap_run(out, domain, seed)
             data = [flag for name in ("mcap", "sqlite_jpeg") for flag in ("--data", out / "data" / f"{domain}_{name}")]
             jobs.append(Job(f"bootstrap {domain} seed {seed}", [
-                py, "-m", "training.bootstrap", *data, "--output", run, "--time-budget", args.minutes,
+                py, "-m", "bootstap_ros_training.bootstrap", *data, "--output", run, "--time-budget", args.minutes,
                 "--device", "cpu", f"seed={seed}", f"cache={out / 'clips' / domain}", f"keep_every={args.keep_every}",
                 f"validate_every={args.keep_every}", *args.settings], run / "final.pt",
                 out / "logs_text" / f"train_{domain}_seed{seed}.log", args.threads))
@@ -166,7 +164,7 @@ def training_jobs(args, out: Path) -> List[Job]:
                 # The control, next to its run: the bootstrapping runs' supervised task alone, the same budget.
                 run = control_run(out, seed)
                 jobs.append(Job(f"supervised control seed {seed}", [
-                    py, "-m", "training.train", "--out", run, "--init", DEFAULT_MODEL, "--time-budget", args.minutes,
+                    py, "-m", "bootstap_ros_training.train", "--out", run, "--init", DEFAULT_MODEL, "--time-budget", args.minutes,
                     "--batch-size", cpu["supervised_batch_size"], "--frames", cpu["supervised_frames"],
                     "--num-points", cpu["supervised_points"], "--lr", recipe.ssl_supervised_lr,
                     "--warmup", recipe.warmup, "--weight-decay", recipe.weight_decay, "--device", "cpu",
@@ -201,7 +199,7 @@ def curve_jobs(args, out: Path) -> List[Job]:
         for kept in sorted(run.glob("checkpoints/step_*.pt")):
             jobs.append(eval_job(args, out, f"curve_robot_seed{seed}_{kept.stem}", "robot", kept, split="val"))
         jobs.append(Job(f"grades robot seed {seed}", [
-            args.python, "-m", "training.grading", run, "--grade", out / "data" / "robot_val.pkl", "--max-clips", 4],
+            args.python, "-m", "bootstap_ros_training.grading", run, "--grade", out / "data" / "robot_val.pkl", "--max-clips", 4],
             run / "grades.csv", out / "logs_text" / f"grades_robot_seed{seed}.log", 1))
     return jobs
 

@@ -22,7 +22,6 @@ dm-tree dependencies, on the path):
 import contextlib
 import importlib.util
 import pathlib
-import sys
 
 import numpy as np
 import torch
@@ -34,7 +33,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 def load_parity_module():
     spec = importlib.util.spec_from_file_location("parity", ROOT / "test" / "test_official_parity.py")
     parity = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(ROOT))
     spec.loader.exec_module(parity)
     return parity
 

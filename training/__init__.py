@@ -1,6 +1,8 @@
 """Training our own tracker: synthetic data, bootstrapping, losses and the training loop.
 
-Installed as `bootstap_ros_training` (setup.py maps this folder to that name, so no generic
-top-level `training` lands in site-packages); from a checkout `python -m training.<module>`
-runs too. Modules here import each other relatively (`from .data import ...`) so both names work.
+The package `bootstap_ros_training` (the repository's training/ folder; setup.py maps it and
+each subfolder, and `make setup` installs it editable, so the name is the same in a checkout).
+`loop` is the one training loop; `supervised` and `bootstrap` are the two recipes over it;
+`domains/` generates the test domains, `adapter/` is the on-robot adapter's runtime and node,
+`bench/` the training code's benchmarks.
 """

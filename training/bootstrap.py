@@ -3,24 +3,24 @@
     bootstap-train-bootstrap --data robot_run.bag/ --data hand.mp4 --output runs/boot \
         --steps 500 --batch-size 2                    # from the embedded model, on the CPU
     bootstap-train-bootstrap --output runs/boot --resume     # continue exactly
-    torchrun --nproc-per-node 8 -m training.bootstrap --data logs/ --output runs/big \
+    torchrun --nproc-per-node 8 -m bootstap_ros_training.bootstrap --data logs/ --output runs/big \
         --init causal_bootstapir_checkpoint.pt --device cuda  # DistributedDataParallel
 
 Each step trains the student on two tasks, each with its own Adam optimiser:
 
-* self-supervised, on clips of the robot's logs (`training.logs`): the teacher (an
+* self-supervised, on clips of the robot's logs (`bootstap_ros_training.logs`): the teacher (an
   exponential moving average of the student, or a fixed checkpoint with
   `--teacher CKPT`, which may be an offline model teaching a causal student) tracks
   random queries on the clean clip without gradients; its final refined tracks and
   visibility are the pseudo-labels. The student sees a degraded view (each frame
   JPEG-compressed, shrunk and pasted on black at an offset moving linearly in time:
-  `training.views`) and queries a point of the teacher's trajectory (the teacher's
-  query with p = 0.5, else a random visible point: `training.pseudo_labels`). Its
+  `bootstap_ros_training.views`) and queries a point of the teacher's trajectory (the teacher's
+  query with p = 0.5, else a random visible point: `bootstap_ros_training.pseudo_labels`). Its
   predictions, mapped back through the inverse affine map, are trained with the TAPIR
   loss on the final and every unrefined iteration, on the entries kept by the
   cycle-consistency mask (the student's track returns within 4 px of the teacher's
   query, at 256x256, and is visible there) and the proximity mask.
-* supervised, on Kubric-lite clips (`training.data`), as `training.train` does, so the
+* supervised, on Kubric-lite clips (`bootstap_ros_training.data`), as `bootstap_ros_training.train` does, so the
   model does not forget what the labels taught it. The self-supervised task runs at
   half the supervised batch and half its learning rate (the paper's setting).
 
@@ -32,7 +32,7 @@ A run directory holds:
                      bootstap-track, bootstap-eval and the node without flags
   config.json        the resolved bootstrapping and model configs
   clips/             the decoded log clips (unless `cache` points elsewhere)
-  train_log.csv, eval_log.csv, eval/, tensorboard/   as in training.train
+  train_log.csv, eval_log.csv, eval/, tensorboard/   as in bootstap_ros_training.train
 
 Options come from the defaults below, then `--config YAML`, then the command line
 flags and `key=value` pairs (any field of `BootstrapConfig`).
@@ -62,25 +62,10 @@ from bootstap_ros.model.tapir import visibility
 
 from .data import StepBatches, SyntheticClips, make_loader
 from .losses import LossConfig, PseudoLabelTargets, pseudo_label_loss
-from .synthetic import SyntheticConfig
-from .train import (
-    CHECKPOINT,
-    EVAL_COLUMNS,
-    Loop,
-    Runtime,
-    cosine_learning_rate,
-    distributed_model,
-    evaluate_dataset,
-    load_training_parts,
-    make_adamw,
-    make_scaler,
-    model_forward,
-    optimizer_step,
-    run_loop,
-    run_with_runtime,
-    set_learning_rate,
-    supervised_loss,
-)
+from .domains.synthetic import SyntheticConfig
+from .train import (CHECKPOINT, EVAL_COLUMNS, Loop, Runtime, cosine_learning_rate, distributed_model, evaluate_dataset,
+                    load_training_parts, make_adamw, make_scaler, model_forward, optimizer_step, run_loop,
+                    run_with_runtime, set_learning_rate, supervised_loss)
 
 FINAL_MODEL = "final.pt"
 TRAIN_COLUMNS = ("step", "lr", "loss", "position", "occlusion", "uncertainty", "kept_tracks",
@@ -162,13 +147,13 @@ KEY_HELP = {
     "time_budget": "minutes for the whole run (--time-budget): the step count and the learning-rate "
                    "schedule are fitted to it after a few timed steps; the final evaluation comes on top",
     "holdout": "share of each source's clips (the last ones) set aside, never trained on, to score "
-               "checkpoints without labels (training.validate); 0: none",
+               "checkpoints without labels (bootstap_ros_training.validate); 0: none",
     "holdout_max_clips": "at most this many held-out clips",
     "validate_every": "steps between label-free scores of the student on the held-out clips (0: at the "
                       "start and the end only); the best scored checkpoint is kept as best.pt",
     "validate_points": "queries per held-out clip for the label-free score",
     "grade": "a labelled TAP-Vid pickle of the training domain: every grade_every steps the teacher's "
-             "pseudo-labels and the masks are graded against its truth (training.grading)",
+             "pseudo-labels and the masks are graded against its truth (bootstap_ros_training.grading)",
     "grade_every": "steps between grades of the pseudo-labels (with grade)",
     "keep_every": "keep the student (and the teacher) every this many steps as checkpoints/step_N.pt, "
                   "to evaluate or grade them afterwards (0: never)",
@@ -178,7 +163,7 @@ KEY_HELP = {
 
 #: Settings whose default depends on where the run trains (None in `BootstrapConfig`).
 #: On a CPU a step must take seconds (about 5 s on a 2-core laptop-class CPU with these,
-#: `python -m training.bench_bootstrap`): one log clip of 12 frames with 64 queries, one
+#: `python -m bootstap_ros_training.bench.bootstrap`): one log clip of 12 frames with 64 queries, one
 #: synthetic clip of 8 frames. A GPU affords the paper's clips of 24 frames and 128 queries.
 DEVICE_DEFAULTS = {
     "cpu": {"clip_frames": 12, "batch_size": 1, "num_points": 64, "supervised_batch_size": 1,
@@ -194,7 +179,7 @@ class BootstrapConfig:
     each field: `KEY_HELP`."""
 
     output: str = "runs/bootstrap"
-    # Unlabelled data: rosbag2 bag folders, video files and image folders (training.logs).
+    # Unlabelled data: rosbag2 bag folders, video files and image folders (bootstap_ros_training.logs).
     data: List[str] = field(default_factory=list)
     image_topic: Optional[str] = None
     cache: Optional[str] = None
@@ -239,13 +224,13 @@ class BootstrapConfig:
     cycle_threshold: float = 4.0
     proximity_mask: bool = True
     siamese: bool = False
-    # The student's view (training.views.ViewConfig).
+    # The student's view (bootstap_ros_training.views.ViewConfig).
     affine: bool = True
     jpeg: bool = True
     min_scale: float = 0.5
     max_scale: float = 0.9
     jpeg_quality: Tuple[int, int] = (15, 95)
-    # The supervised task's synthetic clips (training.synthetic).
+    # The supervised task's synthetic clips (bootstap_ros_training.domains.synthetic).
     supervised_frames: Optional[int] = None
     supervised_points: Optional[int] = None
     synthetic_clips: int = 0
@@ -263,12 +248,12 @@ class BootstrapConfig:
     eval_max_videos: Optional[int] = None
     # A time budget in minutes (None: run `steps`).
     time_budget: Optional[float] = None
-    # Label-free validation on held-out log clips (training.validate).
+    # Label-free validation on held-out log clips (bootstap_ros_training.validate).
     holdout: float = 0.1
     holdout_max_clips: int = 16
     validate_every: int = 100
     validate_points: int = 64
-    # Grades of the pseudo-labels against a labelled set of the domain (training.grading).
+    # Grades of the pseudo-labels against a labelled set of the domain (bootstap_ros_training.grading).
     grade: Optional[str] = None
     grade_every: int = 25
     keep_every: int = 0
@@ -551,12 +536,7 @@ def student_pass(student: torch.nn.Module, teacher: torch.nn.Module, video: torc
     (queries [B, N, 3], final outputs) for these clips when they are known (a fixed
     teacher's `LabelCache`); otherwise `teacher` labels random queries now (the student
     itself in Siamese mode: no stop-gradient)."""
-    from .pseudo_labels import (
-        cycle_consistency_mask,
-        proximity_mask,
-        resample_student_queries,
-        teacher_targets,
-    )
+    from .pseudo_labels import cycle_consistency_mask, proximity_mask, resample_student_queries, teacher_targets
     from .teacher import label_batch, sample_queries
     from .views import invert_affine, map_queries, student_batch
 
@@ -739,7 +719,7 @@ class Validation:
 
     def report(self, final_step: int) -> str:
         before, after = self.history[0], self.history[-1]
-        report = {"score": "cycle consistency on held-out log clips (training.validate)",
+        report = {"score": "cycle consistency on held-out log clips (bootstap_ros_training.validate)",
                   "held_out_clips": len(self.videos), "before": before, "after": after, "best": self.best,
                   "history": self.history, "final_step": final_step}
         (self.out / REPORT).write_text(json.dumps(report, indent=2) + "\n")

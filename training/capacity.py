@@ -12,13 +12,13 @@ residual to the *layer-normalised* input, so a zero-initialised block is the
 LayerNorm, not the identity. The lowres features are L2-normalised after the
 blocks, so what changes is only the removal of each position's channel mean
 (LayerNorm's scale is undone by the L2 normalisation). On the embedded default
-model (`python -m training.capacity --output X.pt --clips 8`) the median track
+model (`python -m bootstap_ros_training.capacity --output X.pt --clips 8`) the median track
 moves 0.03 px, the 99th percentile 3 px (a few ambiguous points jump to another
 match), visibility agrees on 99.2% of (point, frame) and AJ goes 66.82 -> 66.77.
 `test/test_pseudo_labels.py` checks the expanded model against the original
 fed mean-centred features, exactly.
 
-`python -m training.capacity` writes an expanded copy of a checkpoint and
+`python -m bootstap_ros_training.capacity` writes an expanded copy of a checkpoint and
 measures that change on Kubric-lite clips.
 """
 
@@ -79,7 +79,7 @@ def compare_on_synthetic(original: TAPIR, expanded: TAPIR, num_clips: int, frame
     from bootstap_ros.eval.metrics import compute_video_metrics, mean_over_videos
     from bootstap_ros.model.tapir import preprocess_frames, visibility
 
-    from .synthetic import SyntheticConfig, generate_clip
+    from .domains.synthetic import SyntheticConfig, generate_clip
 
     config = SyntheticConfig(frames=frames, num_points=num_points)
     device = next(original.parameters()).device
@@ -128,7 +128,7 @@ def main(args=None) -> None:
     from bootstap_ros.model.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 
     parser = argparse.ArgumentParser(
-        prog="python -m training.capacity",
+        prog="python -m bootstap_ros_training.capacity",
         description="BootsTAP capacity expansion: write a copy of a checkpoint with extra conv blocks "
                     "(zero-initialised), and measure on synthetic clips how much that changes its outputs.")
     parser.add_argument("--checkpoint", default=None,

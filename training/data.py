@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .synthetic import SyntheticConfig, generate_clip, write_tapvid_pickle
+from .domains.synthetic import SyntheticConfig, generate_clip, write_tapvid_pickle
 
 TRAIN_SEED_OFFSET = 1 << 31
 # Room for 2**40 clips per run seed before two run seeds could share a clip.

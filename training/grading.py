@@ -2,7 +2,7 @@
 
 Bootstrapping never sees labels. Where the domain has some (the project's generated
 domains, a labelled sample of a robot's logs), `grade` shows what the teacher teaches:
-it runs the self-supervised pass of training (`training.bootstrap.student_pass`: the
+it runs the self-supervised pass of training (`bootstap_ros_training.bootstrap.student_pass`: the
 teacher's labels, the student's view and forward, the cycle-consistency and proximity
 masks) on labelled clips, with the teacher queried on points of the true tracks, and
 compares with the truth:
@@ -162,7 +162,7 @@ def main(argv=None) -> int:
     import csv
     import sys
 
-    parser = argparse.ArgumentParser(prog="python -m training.grading",
+    parser = argparse.ArgumentParser(prog="python -m bootstap_ros_training.grading",
                                      description="Grade the pseudo-labels of every checkpoint a bootstrapping "
                                                  "run kept (keep_every) against a labelled set of its domain.")
     parser.add_argument("run", help="the run directory (bootstap-train-bootstrap --output)")
@@ -174,7 +174,7 @@ def main(argv=None) -> int:
     try:
         rows = grade_run(args.run, args.grade, args.device, args.max_clips)
     except (ValueError, FileNotFoundError) as error:
-        print(f"training.grading: error: {error}", file=sys.stderr)
+        print(f"bootstap_ros_training.grading: error: {error}", file=sys.stderr)
         return 1
     output = args.output or f"{args.run}/grades.csv"
     with open(output, "w", newline="") as file:

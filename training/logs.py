@@ -1,7 +1,7 @@
 """Robot logs as training clips: rosbag2 bags, videos and image folders, decoded once.
 
 `prepare_logs` (the ``bootstap-prepare-logs`` command) reads each input,
-cuts it into clips (`training.clips`: length, sampling, size, and the static /
+cuts it into clips (`bootstap_ros_training.clips`: length, sampling, size, and the static /
 scene-cut / time-gap rules) and writes every clip as a uint8 ``.npy`` array
 ``[T, S, S, 3]`` RGB under the output folder, with ``manifest.json``. `LogClips`
 is the Dataset a training loop reads from that manifest.
@@ -11,7 +11,7 @@ Inputs:
 * rosbag2 bags (a folder with ``metadata.yaml``, or a bare ``.mcap`` / ``.db3``
   file), MCAP or SQLite3 storage, read with `rosbags` (no ROS install needed);
   an MCAP file cut short (a killed recording, which rosbags cannot open) is
-  read up to the cut with `training.mcap_salvage`.
+  read up to the cut with `bootstap_ros_training.mcap_salvage`.
   sensor_msgs/Image and sensor_msgs/CompressedImage are decoded with
   `bootstap_ros.images`, the node's own conversions. The topic is
   ``image_topic``, or the bag's only image topic; several image topics and no

@@ -139,7 +139,7 @@ def sample_textured_queries(generator: torch.Generator, videos: torch.Tensor, nu
 
 
 def teacher_targets(outputs: Trajectories, visible_threshold: float = 0.5, stop_gradient: bool = True):
-    """The self-supervised loss's targets (`training.losses.PseudoLabelTargets`) from a
+    """The self-supervised loss's targets (`bootstap_ros_training.losses.PseudoLabelTargets`) from a
     teacher's final refined outputs: its tracks; where it sees the point (the official
     rule `(1 - sigmoid(occ)) * (1 - sigmoid(expd))` above `visible_threshold`, so only
     positions it is sure of are taught); its occlusion probability from the occlusion

@@ -2,10 +2,10 @@
 
 One script, CPU or GPU, one process or many:
 
-    python -m training.train --out runs/small --model small --steps 2500 \
+    python -m bootstap_ros_training.train --out runs/small --model small --steps 2500 \
         --batch-size 4 --frames 8 --num-points 64 --num-workers 1   # ~1.5 h on 2 CPU cores
-    python -m training.train --out runs/small --resume          # continue exactly
-    torchrun --nproc-per-node 8 -m training.train --out runs/big --model official \
+    python -m bootstap_ros_training.train --out runs/small --resume          # continue exactly
+    torchrun --nproc-per-node 8 -m bootstap_ros_training.train --out runs/big --model official \
         --device cuda --batch-size 4                            # DistributedDataParallel
 
 This module owns the run: the `TrainConfig`, the model, optimiser and learning-rate
@@ -56,7 +56,7 @@ from bootstap_ros.model.checkpoint import read_checkpoint_file, save_checkpoint
 from .configs import resolve_model_config
 from .data import StepBatches, SyntheticClips, heldout_path, make_loader, write_heldout_set
 from .losses import LossConfig, tapir_loss
-from .synthetic import SyntheticConfig
+from .domains.synthetic import SyntheticConfig
 
 CHECKPOINT = "checkpoint.pt"
 FINAL_MODEL = "model.pt"
@@ -71,7 +71,7 @@ class TrainConfig:
     """Everything a training run depends on; stored in every checkpoint."""
 
     out: str = "runs/train"
-    # Architecture: a name in training.configs, inline JSON or a .json path. None: "small",
+    # Architecture: a name in bootstap_ros_training.configs, inline JSON or a .json path. None: "small",
     # or the architecture of `init` when given.
     model: Optional[str] = None
     causal: bool = True
@@ -106,7 +106,7 @@ class TrainConfig:
     eval_frames: int = 24
     eval_points: int = 64
     eval_seed: int = 0
-    # Minutes for the whole run (None: run `steps`): see `training.budget`.
+    # Minutes for the whole run (None: run `steps`): see `bootstap_ros_training.budget`.
     time_budget: Optional[float] = None
 
     def __post_init__(self):
@@ -257,7 +257,7 @@ def autocast_context(device: torch.device, amp: str):
 
 def batch_loss(model: torch.nn.Module, batch: Dict[str, torch.Tensor], device: torch.device,
                config: TrainConfig, causal: bool):
-    """Forward one batch and return (loss, parts) as `training.losses.tapir_loss`."""
+    """Forward one batch and return (loss, parts) as `bootstap_ros_training.losses.tapir_loss`."""
     return supervised_loss(model, batch, device, config.loss, config.amp, causal)
 
 
@@ -400,7 +400,7 @@ def keep_freed_memory() -> bool:
     By default blocks above a (dynamic) threshold are mmap-ed and unmapped when freed, and
     the heap top is trimmed: every training step then page-faults its activations in
     again. On a CPU that cost about a fifth of a step's time (system time 0.9 s of 4.2 s
-    CPU seconds a step, `training.bench_bootstrap`); with these settings 0.3-0.4 s. Returns
+    CPU seconds a step, `bootstap_ros_training.bench.bootstrap`); with these settings 0.3-0.4 s. Returns
     whether the settings were applied (glibc only; elsewhere nothing changes)."""
     import ctypes
     import ctypes.util
@@ -457,11 +457,11 @@ class Loop:
     postfix: Callable[[Dict], Dict] = lambda row: {}
     eval_due: Callable[[int], bool] = lambda step: False
     evaluate: Optional[Callable[[int], Dict[str, float]]] = None
-    # A `training.budget.TimeBudget`: the schedule's length follows it, and it may end the run.
+    # A `bootstap_ros_training.budget.TimeBudget`: the schedule's length follows it, and it may end the run.
     budget: Optional[object] = None
     # Called with a new schedule length when the budget refits it (the run's config follows).
     set_steps: Callable[[int], None] = lambda steps: None
-    # Without a budget: print the plan (`training.budget.describe_plan`) once the pace is known;
+    # Without a budget: print the plan (`bootstap_ros_training.budget.describe_plan`) once the pace is known;
     # the value says whether the step count was given.
     announce_plan: Optional[bool] = None
     # Called once the final weights are written (e.g. the final validation), before the
@@ -814,7 +814,7 @@ def _train(config: TrainConfig, runtime: Runtime, resumed: Optional[dict],
 def build_parser() -> argparse.ArgumentParser:
     # Options left out stay out of the namespace, so --resume can tell what was given.
     parser = argparse.ArgumentParser(
-        prog="python -m training.train", argument_default=argparse.SUPPRESS,
+        prog="python -m bootstap_ros_training.train", argument_default=argparse.SUPPRESS,
         description="Train TAPIR/BootsTAPIR on Kubric-lite synthetic clips (supervised TAPIR loss). "
         "Under torchrun every process trains on its own clips (DistributedDataParallel).")
     defaults = TrainConfig()
@@ -881,7 +881,7 @@ def main(argv=None) -> int:
                   started=started)
     except (ValueError, FileNotFoundError) as error:
         # CheckpointError is a ValueError whose message says what to do.
-        print(f"training.train: error: {error}", file=sys.stderr)
+        print(f"bootstap_ros_training.train: error: {error}", file=sys.stderr)
         return 1
     return 0
 

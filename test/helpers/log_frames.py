@@ -6,7 +6,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from training.clips import ClipConfig
+from bootstap_ros_training.clips import ClipConfig
 
 SIZE = 64
 PERIOD_NS = 33_333_333  # 30 Hz

@@ -5,10 +5,10 @@ A node beside `tracker_node` (`ros2 launch bootstap_ros tracker.launch.py adapt:
 * it subscribes to the tracker's image topic (`image` or `image/compressed`, sensor-data
   QoS) as serialized messages and records clips that pass the bootstrapping clip
   filters into a store of rosbag2 MCAP bags bounded in disk space
-  (`training.clip_store`);
+  (`bootstap_ros_training.adapter.clip_store`);
 * a round thread runs bootstrapping rounds from the tracker's model in use in child
   processes, scores their result against it on held-out recent clips and decides
-  (`training.adaptation`); an adopted model goes to the tracker by setting its
+  (`bootstap_ros_training.adapter.adaptation`); an adopted model goes to the tracker by setting its
   `checkpoint` parameter (the tracker swaps it in without a restart,
   docs/model-swap.md), confirmed from the tracker's /diagnostics;
 * each round is reported on `~/rounds` (std_msgs/String, one JSON object per event;
@@ -18,7 +18,7 @@ A node beside `tracker_node` (`ros2 launch bootstap_ros tracker.launch.py adapt:
 Nothing here can stop the tracker: it is another process, and all the adapter ever does
 to it is set a parameter the tracker checks. A failed round or a full disk is a warning.
 Run it with `ros2 run bootstap_ros bootstap_adapter` or
-`python -m bootstap_ros.ros.adapter_node`; docs/adapter.md has the details.
+`python -m bootstap_ros_training.adapter.node`; docs/adapter.md has the details.
 """
 
 from __future__ import annotations
@@ -40,11 +40,11 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
-from bootstap_ros.ros.adapter_settings import (PARAMETERS, AdapterConfig, AdapterSettingsError,
-                                               config_from_parameters, training_module)
 from bootstap_ros.ros.entry import run_node
 from bootstap_ros.ros.parameters import declare_parameters
 from bootstap_ros.ros.queues import WarningLimiter
+
+from .settings import PARAMETERS, AdapterConfig, AdapterSettingsError, config_from_parameters
 
 _RELIABILITY = {
     "best_effort": ReliabilityPolicy.BEST_EFFORT,
@@ -85,8 +85,7 @@ class AdapterNode(Node):
     def _setup(self) -> None:
         self.settings = self._declare_parameters()
         self._warn = WarningLimiter(self.get_logger().warning, WARNING_PERIOD_S)
-        clip_store = training_module("clip_store")
-        adaptation = training_module("adaptation")
+        from . import adaptation, clip_store
         folder = self.settings.store_folder.resolve()
         try:
             self.store = clip_store.ClipStore(

@@ -3,12 +3,11 @@
 `AdapterConfig` holds every setting of `bootstap_adapter` (`adapter_node.py`);
 `PARAMETERS` names each as a ROS parameter with its description, kind and range, from
 which the node declares them and config/adapter.yaml documents them. The round's own
-settings and defaults come from `training.adaptation.RoundConfig`. No ROS import here.
+settings and defaults come from `bootstap_ros_training.adapter.adaptation.RoundConfig`. No ROS import here.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import shlex
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from bootstap_ros.ros.parameters import (RELIABILITIES, TRANSPORTS, ParameterSpe
                                          parameter_table)
 
 DEVICES = ("cpu", "cuda", "auto")
-#: The round settings' defaults (training.adaptation.RoundConfig), repeated here so that this
+#: The round settings' defaults (bootstap_ros_training.adapter.adaptation.RoundConfig), repeated here so that this
 #: module imports nothing heavy; test_adapter checks that they agree.
 _ROUND_DEFAULTS = dict(minutes=15.0, device="cpu", threads=1, nice=19, holdout_clips=8,
                        min_train_clips=16, margin=0.01, keep_checkpoints=5, score_points=64)
@@ -66,8 +65,10 @@ class AdapterConfig:
         return tuple(shlex.split(self.round_settings))
 
     def round_config(self):
-        """The `training.adaptation.RoundConfig` of these settings (raises ValueError)."""
-        return training_module("adaptation").RoundConfig(
+        """The `bootstap_ros_training.adapter.adaptation.RoundConfig` of these settings (raises ValueError)."""
+        from .adaptation import RoundConfig
+
+        return RoundConfig(
             minutes=self.round_minutes, device=self.round_device, threads=self.round_threads,
             nice=self.round_nice, holdout_clips=self.holdout_clips, min_train_clips=self.min_train_clips,
             margin=self.margin, keep_checkpoints=self.keep_checkpoints, settings=self.settings_list,
@@ -158,17 +159,6 @@ PARAMETERS: Tuple[ParameterSpec, ...] = parameter_table(
 )
 
 PARAMETER_NAMES = tuple(spec.name for spec in PARAMETERS)
-
-
-def training_module(name: str):
-    """A module of the repository's training/ folder: installed as `bootstap_ros_training`,
-    importable as `training` from a checkout."""
-    try:
-        return importlib.import_module(f"bootstap_ros_training.{name}")
-    except ModuleNotFoundError as error:
-        if error.name not in ("bootstap_ros_training", f"bootstap_ros_training.{name}"):
-            raise
-    return importlib.import_module(f"training.{name}")
 
 
 class AdapterSettingsError(ValueError):

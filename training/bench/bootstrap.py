@@ -1,10 +1,10 @@
 """What a bootstrapping step costs, and where its time goes.
 
-    python -m training.bench_bootstrap --output bench_bootstrap.json            # CPU defaults
-    python -m training.bench_bootstrap --output b.json --profile                # and per part
+    python -m bootstap_ros_training.bench.bootstrap --output bench_bootstrap.json            # CPU defaults
+    python -m bootstap_ros_training.bench.bootstrap --output b.json --profile                # and per part
 
 Two loop steps of `bootstap-train-bootstrap` on the same model and clips of the robot
-domain (`training.robot_domain`), measured in turn within every repeat (so a change of
+domain (`bootstap_ros_training.domains.robot_domain`), measured in turn within every repeat (so a change of
 machine load hits both alike), after warm-up steps:
 
 * ``previous``: the step as the defaults used to make it: an EMA teacher labelling every
@@ -51,12 +51,12 @@ class LoopStep:
     """One `bootstrap_step` as a run makes it, on its own copy of the model and optimisers."""
 
     def __init__(self, base, config, device: torch.device, seed: int):
-        from .bootstrap import bootstrap_step, fixed_teacher
-        from .data import clip_arrays, train_clip_seed
-        from .pseudo_labels import make_ema_teacher
-        from .robot_domain import RobotConfig, generate_robot_clip, unlabeled_seeds
-        from .teacher import LabelCache
-        from .train import make_adamw, make_scaler, model_forward
+        from ..bootstrap import bootstrap_step, fixed_teacher
+        from ..data import clip_arrays, train_clip_seed
+        from ..pseudo_labels import make_ema_teacher
+        from ..domains.robot_domain import RobotConfig, generate_robot_clip, unlabeled_seeds
+        from ..teacher import LabelCache
+        from ..train import make_adamw, make_scaler, model_forward
 
         self.config, self.device, self.step_fn = config, device, bootstrap_step
         size = base.config.resolution[0]
@@ -120,10 +120,10 @@ def profile_parts(base, config, device: torch.device, repeats: int) -> Dict[str,
     """Seconds of each part of the default step, timed on its own (median of `repeats`)."""
     from bootstap_ros.model import preprocess_frames
 
-    from .data import clip_arrays, train_clip_seed
-    from .robot_domain import RobotConfig, generate_robot_clip, unlabeled_seeds
-    from .train import make_adamw, supervised_loss
-    from .views import student_batch
+    from ..data import clip_arrays, train_clip_seed
+    from ..domains.robot_domain import RobotConfig, generate_robot_clip, unlabeled_seeds
+    from ..train import make_adamw, supervised_loss
+    from ..views import student_batch
 
     model = base.__class__(base.config).to(device)
     model.load_state_dict(base.state_dict())
@@ -195,19 +195,19 @@ def run(args, settings: Dict) -> Dict:
     from bootstap_ros.model import load_checkpoint
     from bootstap_ros.model.checkpoint import resolve_checkpoint
 
-    from .bootstrap import BootstrapConfig
+    from ..bootstrap import BootstrapConfig
 
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device == "cpu":
-        from .train import keep_freed_memory
+        from ..train import keep_freed_memory
 
         keep_freed_memory()  # as the trainers do
     device = torch.device(args.device)
     if args.model is not None:
         from bootstap_ros.model import build_model
 
-        from .configs import resolve_model_config
+        from ..configs import resolve_model_config
 
         torch.manual_seed(args.seed)  # random weights: the cost does not depend on their values
         base = build_model(resolve_model_config(args.model, causal=True))
@@ -259,9 +259,9 @@ def _describe(config) -> str:
 
 
 def main(argv=None) -> int:
-    from .bootstrap import BootstrapConfig, parse_settings
+    from ..bootstrap import BootstrapConfig, parse_settings
 
-    parser = argparse.ArgumentParser(prog="python -m training.bench_bootstrap",
+    parser = argparse.ArgumentParser(prog="python -m bootstap_ros_training.bench.bootstrap",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--init", default=None, help="model checkpoint (default: the embedded model)")
     parser.add_argument("--model", default=None,

@@ -1,6 +1,6 @@
 """A shifted domain for the bootstrapping experiment: tabletop clips seen from a wrist camera.
 
-The embedded model was trained on Kubric-lite (`training/synthetic.py`): colourful
+The embedded model was trained on Kubric-lite (`training/domains/synthetic.py`): colourful
 procedural textures, a gently moving camera, neutral lighting. A robot team's cameras
 see something else. These clips keep Kubric-lite's exact geometry (its layered
 `Scene`, renderer, query sampling, tracking and visibility rule are imported, not
@@ -25,12 +25,12 @@ inside the image and its own layer shows at its pixel).
 Two outputs, with disjoint seeds (`LABELED_SEEDS` below `UNLABELED_SEED_OFFSET`, the
 unlabeled episodes from it up):
 
-    python -m training.robot_domain labeled --num-clips 20 --seed 0 --out robot_heldout.pkl
-    python -m training.robot_domain bag --episodes 24 --out robot_logs_mcap
+    python -m bootstap_ros_training.domains.robot_domain labeled --num-clips 20 --seed 0 --out robot_heldout.pkl
+    python -m bootstap_ros_training.domains.robot_domain bag --episodes 24 --out robot_logs_mcap
 
 `labeled` writes the TAP-Vid pickle that `bootstap-eval` reads; `bag` writes the
 unlabeled episodes as one continuous rosbag2 image stream with time gaps between
-episodes, the way a robot's recordings arrive (`training.logs.write_image_bag`; MCAP
+episodes, the way a robot's recordings arrive (`bootstap_ros_training.logs.write_image_bag`; MCAP
 raw `sensor_msgs/Image`, or `--storage sqlite3 --compressed` for JPEG
 `CompressedImage`).
 """
@@ -48,9 +48,9 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from .synthetic import (Clip, Scene, SyntheticConfig, _curve, _rotation_scale, _translation,
-                                apply_homography, camera_inside_canvas, occlusion, render_scene, sample_queries,
-                                track_surface_points, write_tapvid_pickle)
+from .synthetic import (Clip, Scene, SyntheticConfig, _curve, _rotation_scale, _translation, apply_homography,
+                        camera_inside_canvas, occlusion, render_scene, sample_queries, track_surface_points,
+                        write_tapvid_pickle)
 from .textures import fractal_noise, make_shape_mask, make_texture, smooth_noise
 
 # Labeled (held-out) clips use seeds below this, unlabeled episodes seeds from it up,
@@ -462,7 +462,7 @@ def write_bag(path, first_episode: int, num_episodes: int, config: RobotConfig =
     Returns a summary (episodes, frames, seeds, topic, storage, bytes) that is also
     written beside the bag as ``<path>.json``.
     """
-    from .logs import write_image_bag  # rosbags: imported where it is needed
+    from ..logs import write_image_bag  # rosbags: imported where it is needed
 
     seeds = unlabeled_seeds(first_episode, num_episodes)
     config = config.replace(num_points=0)  # no labels: nothing to sample
@@ -483,7 +483,8 @@ def write_bag(path, first_episode: int, num_episodes: int, config: RobotConfig =
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.robot_domain", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bootstap_ros_training.domains.robot_domain",
+                                     description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     labeled = commands.add_parser("labeled", help="labeled held-out clips as a TAP-Vid pickle")
     labeled.add_argument("--out", required=True, help="TAP-Vid pickle to write")

@@ -1,6 +1,6 @@
 """Two more shifted domains for the bootstrapping experiment: a camera at night, and a fisheye lens.
 
-The robot domain (`training/robot_domain.py`) changes what the scenes show (a table
+The robot domain (`training/domains/robot_domain.py`) changes what the scenes show (a table
 top, objects, an arm) and adds a cheap sensor's look in daylight. These two keep
 Kubric-lite's scenes (its `Scene` sampler, renderer, query sampler and exact tracks are
 imported, not copied) and change one thing the model never saw, each of another kind:
@@ -32,13 +32,13 @@ imported, not copied) and change one thing the model never saw, each of another 
   so it does not alias. `--clean` gives the same scenes through a pinhole camera of the
   same focal length at the image centre.
 
-Both follow `training.synthetic`'s conventions (TAPIR raster, pixel centres at +0.5; a
+Both follow `bootstap_ros_training.domains.synthetic`'s conventions (TAPIR raster, pixel centres at +0.5; a
 point is visible iff inside the image and its own layer shows at its pixel) and are
 deterministic per seed. Outputs as the robot domain's, with its seed split (labeled
 clips below `UNLABELED_SEED_OFFSET`, unlabeled episodes from it up):
 
-    python -m training.shifted_domains labeled --domain low_light --out night.pkl --num-clips 20 --seed 0
-    python -m training.shifted_domains bag --domain wide_angle --out fisheye_bag --episodes 16 --frames 48
+    python -m bootstap_ros_training.domains.shifted_domains labeled --domain low_light --out night.pkl --num-clips 20 --seed 0
+    python -m bootstap_ros_training.domains.shifted_domains bag --domain wide_angle --out fisheye_bag --episodes 16 --frames 48
 """
 
 from __future__ import annotations
@@ -53,8 +53,8 @@ import cv2
 import numpy as np
 
 from .robot_domain import write_bag, write_labeled
-from .synthetic import (Clip, SyntheticConfig, occlusion, render_scene, sample_queries,
-                        sample_scene, track_surface_points)
+from .synthetic import (Clip, SyntheticConfig, occlusion, render_scene, sample_queries, sample_scene,
+                        track_surface_points)
 
 # The id given to pixels outside the lens' image circle: no layer has it (Kubric-lite
 # scenes have at most 255 layers, 0..254).
@@ -460,7 +460,7 @@ def domain_config(name: str, clean: bool = False, **fields):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.shifted_domains",
+    parser = argparse.ArgumentParser(prog="python -m bootstap_ros_training.domains.shifted_domains",
                                      description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     labeled = commands.add_parser("labeled", help="labeled held-out clips as a TAP-Vid pickle")

@@ -5,7 +5,7 @@ storage/encoding pairs, then times, in one run: `prepare_logs` decoding them,
 `prepare_logs` again (every input found in the cache), and reading every clip
 through `LogClips`. Prints a table and writes it as JSON.
 
-    python -m training.bench_logs --frames 600 --out bench_logs.json
+    python -m bootstap_ros_training.bench.logs --frames 600 --out bench_logs.json
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .clips import ClipConfig
-from .logs import LogClips, prepare_logs, write_image_bag
+from ..clips import ClipConfig
+from ..logs import LogClips, prepare_logs, write_image_bag
 
 
 def camera_frames(count: int, height: int, width: int, seed: int = 0) -> np.ndarray:

@@ -1,13 +1,13 @@
 """Clips of a live camera stream, kept as rosbag2 MCAP bags in a folder bounded in disk space.
 
-The adapter (`bootstap_ros.ros.adapter_node`) records what a robot's camera sees, so
-that bootstrapping rounds (`training.adaptation`) have fresh unlabelled clips of the
+The adapter (`bootstap_ros_training.adapter.node`) records what a robot's camera sees, so
+that bootstrapping rounds (`bootstap_ros_training.adapter.adaptation`) have fresh unlabelled clips of the
 domain the tracker works in. Two parts, neither needs ROS:
 
 * `ClipRecorder` takes the camera's messages as they come off the wire: serialized
   CDR bytes (what an rclpy subscription with ``raw=True`` and a rosbag2 bag both
   hold), the message type and the receive time. It cuts the stream with the
-  bootstrapping clip filters (`training.clips.ClipBuilder`: no time gap, no scene cut,
+  bootstrapping clip filters (`bootstap_ros_training.clips.ClipBuilder`: no time gap, no scene cut,
   no static stretch) and hands every accepted clip's messages, unchanged, to the store.
   After a clip it waits `interval_s` of stream time before it looks for the next one:
   clips spread over time are worth more to training than a continuous recording, and
@@ -15,7 +15,7 @@ domain the tracker works in. Two parts, neither needs ROS:
 * `ClipStore` writes each clip as its own bag, ``clips/clip_<n>/`` (``metadata.yaml``
   and one ``.mcap`` file holding the messages as received, with their receive times),
   so the store is also an ordinary robot log: ``ros2 bag info``, ``ros2 bag play``,
-  `bootstap-prepare-logs` and `training.logs` read it. A bag is written in
+  `bootstap-prepare-logs` and `bootstap_ros_training.logs` read it. A bag is written in
   ``clips/.writing/`` and renamed into place when complete: a killed process never
   leaves a half bag among the clips.
 
@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-from .clips import Clip, ClipBuilder, ClipConfig, ClipStats
+from ..clips import Clip, ClipBuilder, ClipConfig, ClipStats
 
 LOG = logging.getLogger(__name__)
 
