@@ -182,3 +182,12 @@ def test_a_new_resolution_alone_refines_at_that_one_level():
     both = with_settings(ladder, resolution=(96, 96), refine_resolution=(192, 192))
     assert both.config.refinement_resolutions[0] == (96, 96)
     assert both.config.refinement_resolutions[-1] == (192, 192)
+
+
+@pytest.mark.parametrize("name", [None, "embedded", ""])
+def test_the_embedded_model_loads_by_name_or_without_one(name):
+    from bootstap_ros.model.checkpoint import EMBEDDED_CHECKPOINT
+
+    loaded = load_checkpoint(name)
+    assert loaded.path == str(EMBEDDED_CHECKPOINT) and loaded.source == "project"
+    assert loaded.config.causal

@@ -29,6 +29,8 @@ from bootstap_ros.config import ModelConfig, default_softmax_temperature
 
 #: The embedded default model, installed inside the package (a pip or colcon install carries it).
 EMBEDDED_CHECKPOINT = Path(__file__).resolve().parents[1] / "data" / "default.pt"
+#: The checkpoint name that means the embedded model (as do None and "", the node's default).
+EMBEDDED_NAME = "embedded"
 OFFICIAL_CAUSAL_URL = "https://storage.googleapis.com/dm-tapnet/bootstap/causal_bootstapir_checkpoint.pt"
 
 FORMAT_NAME = "bootstap_ros.checkpoint"
@@ -56,8 +58,8 @@ def _listing(names: List[str]) -> str:
 
 
 def resolve_checkpoint(checkpoint: Optional[Union[str, os.PathLike]]) -> Path:
-    """`checkpoint`, or the embedded default model when it is empty or None."""
-    if checkpoint:
+    """`checkpoint`, or the embedded default model when it is None, "" or "embedded"."""
+    if checkpoint and str(checkpoint) != EMBEDDED_NAME:
         return Path(checkpoint).expanduser()
     if not EMBEDDED_CHECKPOINT.is_file():
         raise CheckpointError(
@@ -162,16 +164,18 @@ def with_settings(model: torch.nn.Module, **changes: Any) -> torch.nn.Module:
     return rebuilt.to(next(model.parameters()).device).train(model.training)
 
 
-def load_checkpoint(path: Union[str, os.PathLike], causal: Optional[bool] = None,
+def load_checkpoint(path: Optional[Union[str, os.PathLike]] = None, causal: Optional[bool] = None,
                     official_default_causal: Optional[bool] = None) -> LoadedCheckpoint:
     """Load an official or project checkpoint.
 
+    path: the checkpoint file; None, "" or "embedded" load the embedded default model
+      (`EMBEDDED_CHECKPOINT`), as the command-line tools and the node do without one.
     causal: for official checkpoints, whether to run the model causal (required,
       unless `official_default_causal` gives the default, e.g. from the tracking
       mode); for project checkpoints it overrides the stored value only when
       given (a model trained causal should be run causal).
     """
-    path = str(path)
+    path = str(resolve_checkpoint(path))
     content = read_checkpoint_file(path)
     if not isinstance(content, Mapping):
         raise CheckpointError(
