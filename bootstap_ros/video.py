@@ -175,7 +175,8 @@ class ArraySource(VideoSource):
     """A ``.npy`` array of frames, memory-mapped so only the frames in use are loaded.
 
     Expects uint8 ``[T, H, W, 3]`` RGB; ``[T, H, W]`` and ``[T, H, W, 1]``
-    (grayscale) and ``[T, H, W, 4]`` (RGBA) are converted to RGB frame by frame.
+    (grayscale) and ``[T, H, W, 4]`` (RGBA) are converted to RGB frame by frame. A single
+    image ``[H, W, 3]`` (or ``[H, W, 4]``) is refused rather than read as H gray frames.
     """
 
     def __init__(self, path: Path):
@@ -187,6 +188,11 @@ class ArraySource(VideoSource):
             raise VideoError(f"{path}: frames must be uint8, found {array.dtype}; "
                              "convert with (frames * 255).round().astype(np.uint8) "
                              "for floats in [0, 1]")
+        if array.ndim == 3 and array.shape[-1] in (3, 4):
+            # [T, H, W] gray frames only 3 or 4 pixels wide are not a video anyone tracks.
+            raise VideoError(f"{path}: shape {tuple(array.shape)} is a single image [H, W, 3], not a "
+                             "video: a video is [T, H, W, 3]; save one frame as np.save(path, image[None]) "
+                             "or as a .png")
         channels_ok = array.ndim == 3 or (array.ndim == 4 and array.shape[-1] in (1, 3, 4))
         if not channels_ok:
             raise VideoError(f"{path}: expected an array [T, H, W, 3] (RGB), found shape "

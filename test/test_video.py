@@ -181,3 +181,10 @@ def test_natural_sort_key():
     names = ["frame10.png", "Frame2.png", "frame1.png", "a.png"]
     assert sorted(names, key=natural_sort_key) == ["a.png", "frame1.png", "Frame2.png",
                                                    "frame10.png"]
+
+
+def test_npy_single_image_is_not_read_as_a_video(tmp_path):
+    path = tmp_path / "image.npy"
+    np.save(path, np.zeros((120, 160, 3), np.uint8))
+    with pytest.raises(VideoError, match=r"single image \[H, W, 3\].*\[T, H, W, 3\].*image\[None\]"):
+        open_video(path)
