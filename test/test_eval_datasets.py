@@ -239,3 +239,13 @@ def test_bad_paths_and_arguments(tmp_path):
         TapVidDataset(str(tmp_path), query_mode="last")
     with pytest.raises(ValueError, match="format"):
         TapVidDataset(str(tmp_path), "kinetics")
+
+
+def test_points_in_pixels_are_named_with_the_fix(tmp_path):
+    rng = np.random.default_rng(7)
+    entry = random_entry(rng, height=32, width=48)
+    entry["points"] = entry["points"] * np.array([48, 32], np.float32)  # pixels, not 0..1
+    path = write_davis(tmp_path / "davis.pkl", {"pixels": entry})
+    with pytest.raises(DatasetFormatError, match=r"video 'pixels': 'points' .* look like pixels.*divide x by the "
+                                                 r"width \(48\) and y by the height \(32\)"):
+        list(TapVidDataset(path))

@@ -37,6 +37,9 @@ QUERY_MODES = ("first", "strided")
 QUERY_STRIDE = 5
 ROBOTAP_SPLIT_GLOB = "robotap_split*.pkl"
 _REQUIRED_KEYS = ("video", "points", "occluded")
+# Visible points lie in [0, 1]; beyond this they are taken for pixels (even a 2-pixel-wide
+# frame would put them there), well clear of rounding at the borders.
+_MAX_UNIT_COORDINATE = 1.5
 
 
 class DatasetFormatError(ValueError):
@@ -237,6 +240,15 @@ def check_entry(entry, path: str, name: str) -> tuple[np.ndarray, np.ndarray, np
         fail(
             f"'occluded' must be a bool array {list(points.shape[:2])} matching 'points', "
             f"found {_describe(occluded)}"
+        )
+    visible = points[~occluded]
+    largest = float(np.abs(visible).max()) if visible.size else 0.0
+    if largest > _MAX_UNIT_COORDINATE:
+        height, width = video.shape[1:3]
+        fail(
+            f"'points' hold visible positions up to {largest:.1f}, which look like pixels: this layout "
+            f"needs x, y normalised to [0, 1]; divide x by the width ({width}) and y by the height "
+            f"({height}) of 'video', e.g. points / np.array([{width}, {height}], np.float32)"
         )
     return video, points, occluded
 
