@@ -15,6 +15,9 @@ order; other columns are ignored) and one query per line::
     t,x,y
     0,120.5,64.5
     12,300,200.25
+
+Points that all lie on one known frame (`bootstap-queries`' demonstration frame) may
+leave out the ``t`` column: ``read_queries_csv(path, default_t=0)`` reads ``x,y`` rows.
 """
 
 from __future__ import annotations
@@ -34,11 +37,12 @@ class QueryError(ValueError):
 
 
 def read_queries_csv(path, num_frames: Optional[int] = None,
-                     size: Optional[Tuple[int, int]] = None) -> np.ndarray:
+                     size: Optional[Tuple[int, int]] = None, default_t: Optional[int] = None) -> np.ndarray:
     """Reads queries ``(t, x, y)`` from a CSV file into float32 ``[N, 3]``.
 
     Args:
       path: CSV file with a header naming ``t``, ``x`` and ``y``.
+      default_t: when given, the ``t`` column may be left out: every row is on this frame.
       num_frames: when given, every ``t`` must lie in ``[0, num_frames)``.
       size: ``(height, width)``; when given, every point must lie in the image,
         ``0 <= x <= width`` and ``0 <= y <= height``.
@@ -61,18 +65,21 @@ def read_queries_csv(path, num_frames: Optional[int] = None,
 
     header_line, header = rows[0]
     names = [name.strip().lower() for name in header]
-    missing = [name for name in COLUMNS if name not in names]
+    required = COLUMNS if default_t is None or "t" in names else ("x", "y")
+    missing = [name for name in required if name not in names]
     if missing:
+        expected = "'t,x,y'" if default_t is None else "'x,y' or 't,x,y'"
         raise QueryError(f"{path}:{header_line}: header {header} lacks column(s) "
-                         f"{', '.join(missing)}; expected a header like 't,x,y'")
-    column_of = {name: names.index(name) for name in COLUMNS}
+                         f"{', '.join(missing)}; expected a header like {expected}")
+    column_of = {name: names.index(name) for name in required}
 
     queries = []
     for line, row in rows[1:]:
         if len(row) < len(names):
             raise QueryError(f"{path}:{line}: expected {len(names)} values "
                              f"({','.join(names)}), found {len(row)}: {row}")
-        t, x, y = (_parse_number(row[column_of[name]], name, path, line) for name in COLUMNS)
+        t, x, y = (_parse_number(row[column_of[name]], name, path, line) if name in column_of
+                   else float(default_t) for name in COLUMNS)
         if t != int(t):
             raise QueryError(f"{path}:{line}: t must be a whole frame index, got {t:g}")
         if t < 0 or (num_frames is not None and t >= num_frames):

@@ -105,7 +105,7 @@ def test_corrupt_dataset_is_a_clear_error(tmp_path, capsys):
     path = tmp_path / "broken.pkl"
     path.write_bytes(b"\x80\x04\x95 truncated")
     code = main([str(path), "--tracker", "lk", "--output", str(tmp_path / "r.json")])
-    assert code == 1
+    assert code == 2  # the input the user gave is wrong
     error = capsys.readouterr().err
     assert "broken.pkl" in error and "cannot be unpickled" in error
     assert not (tmp_path / "r.json").exists()
@@ -179,3 +179,37 @@ def test_frame_stride_on_the_command_line(tmp_path, square_dataset):
     assert {v["num_frames"] for v in results["per_video"].values()} == {4, 3}  # 10 and 8 frames
     with pytest.raises(SystemExit):
         parse_config([square_dataset, "--output", "x.json", "--frame-stride", "0"])
+
+
+def test_pixel_points_are_refused_before_the_progress_bar_with_the_fix(tmp_path, capsys):
+    entry = translating_square(num_frames=6, height=64, width=96, size=30, start=(10, 10), step=(2, 1))
+    entry["points"] = entry["points"] * np.array([96, 64], np.float32)
+    path = write_davis(tmp_path / "pixels.pkl", {"pixels": entry})
+    assert main([str(path), "--tracker", "lk", "--output", str(tmp_path / "r.json")]) == 2
+    error = capsys.readouterr().err
+    assert "look like pixels" in error and "divide x by the width (96)" in error
+    assert "video/s" not in error and "0video" not in error  # no empty progress bar first
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_output_paths_are_checked_before_evaluating(tmp_path, square_dataset, capsys):
+    (tmp_path / "a_file").write_text("")
+    assert main([square_dataset, "--tracker", "lk", "--output", str(tmp_path / "a_file" / "r.json")]) == 2
+    error = capsys.readouterr().err
+    assert "a_file is a file, not a folder" in error and "video/s" not in error
+    assert main([square_dataset, "--tracker", "lk", "--output", str(tmp_path / "r.json"),
+                 "--save-predictions", str(tmp_path / "a_file" / "p.npz")]) == 2
+    assert "a_file is a file, not a folder" in capsys.readouterr().err
+    assert main([square_dataset, "--tracker", "lk", "--output", str(tmp_path / "new" / "r.json")]) == 0
+    assert (tmp_path / "new" / "r.json").is_file()
+
+
+def test_exit_code_1_for_a_failure_while_running(tmp_path, square_dataset, capsys, monkeypatch):
+    import bootstap_ros.eval.cli as cli
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(cli, "predict_tracks", failing)
+    assert main([square_dataset, "--tracker", "lk", "--output", str(tmp_path / "r.json")]) == 1
+    assert "bootstap-eval: error: CUDA out of memory" in capsys.readouterr().err

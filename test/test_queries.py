@@ -110,3 +110,10 @@ def test_grid_single_point_is_the_centre_and_bad_n_raises():
     for n in (0, -1, 2.5):
         with pytest.raises(QueryError, match="positive integer"):
             grid_queries(n, size=(64, 64))
+
+
+def test_points_without_a_frame_column_take_the_default_frame(tmp_path):
+    path = _csv(tmp_path, "x,y\n1.5,2.5\n3,4\n")
+    np.testing.assert_array_equal(read_queries_csv(path, default_t=7), [[7, 1.5, 2.5], [7, 3, 4]])
+    with pytest.raises(QueryError, match="lacks column.*t"):
+        read_queries_csv(path)

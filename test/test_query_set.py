@@ -9,9 +9,9 @@ import torch
 from bootstap_ros.cli import queries as queries_cli
 from bootstap_ros.model import save_checkpoint
 from bootstap_ros.model.tapir import preprocess_frames
-from bootstap_ros.ros.session import TrackerInfo, TrackingSession, load_query_set
 from bootstap_ros.tracking import CausalTracker, TrackerFullError
 from bootstap_ros.tracking.query_set import ModelIdentity, QuerySet, QuerySetError, file_sha256
+from bootstap_ros.tracking.session import TrackerInfo, TrackingSession, load_query_set
 from helpers.small_model import moving_clip, small_model
 
 
@@ -182,7 +182,7 @@ def test_session_adds_the_set_first_and_again_after_a_reset(model, checkpoint):
     session = TrackingSession(tracker, grid_points=1)
     session.query_set = make_set(model, checkpoint, n=2)
     assert session.process(clip[0], "rgb8").ids.tolist() == [0, 1, 2]  # the set's, then the grid's
-    added = session.added_query_sets.pop()
+    added = session.take_added_query_sets().pop()
     assert added.ids.tolist() == [0, 1] and added.labels == ["p0", "p1"]
     np.testing.assert_allclose(added.xy, session.query_set.xy[:2])  # same size: unchanged
     session.request_query_set(make_set(model, checkpoint, n=3, seed=1))  # at runtime: added now
@@ -242,7 +242,7 @@ def test_a_set_larger_than_the_free_slots_is_cut_with_a_warning(model, checkpoin
     result = session.process(moving_clip(num_frames=1, height=48, width=80)[0], "rgb8")
     assert result.ids.tolist() == [0, 1, 2, 3]
     assert [kind for kind, _ in warnings] == ["capacity"] and "adding 4 of the 6 points" in warnings[0][1]
-    assert session.added_query_sets[0].labels == ["p0", "p1", "p2", "p3"]
+    assert session.take_added_query_sets()[0].labels == ["p0", "p1", "p2", "p3"]
 
 
 def test_onnxruntime_query_features_match_torch_and_feed_its_tracker(model, tmp_path):
@@ -281,3 +281,24 @@ def test_cli_makes_sets_for_a_refinement_ladder(tmp_path, model, checkpoint):
         query_set.features)) == 4
     with pytest.raises(ValueError, match="another model"):
         CausalTracker(model, max_points=4, backend="torch").add_points_from_features(query_set.features)
+
+
+def test_cli_takes_x_y_rows_as_documented(tmp_path, checkpoint, capsys):
+    clip = moving_clip(num_frames=3, height=48, width=80)
+    np.save(tmp_path / "clip.npy", clip)
+    common = ["--checkpoint", str(checkpoint), "--frame", "1"]
+    (tmp_path / "xy.csv").write_text("x,y\n10.5,12.5\n40,30\n")
+    assert queries_cli.main([str(tmp_path / "clip.npy"), "--queries", str(tmp_path / "xy.csv"),
+                             "--output", str(tmp_path / "xy.npz")] + common) == 0
+    (tmp_path / "txy.csv").write_text("t,x,y\n9,10.5,12.5\n0,40,30\n")
+    assert queries_cli.main([str(tmp_path / "clip.npy"), "--queries", str(tmp_path / "txy.csv"),
+                             "--output", str(tmp_path / "txy.npz")] + common) == 0
+    np.testing.assert_array_equal(QuerySet.load(tmp_path / "xy.npz").xy, [[10.5, 12.5], [40, 30]])
+    np.testing.assert_array_equal(QuerySet.load(tmp_path / "txy.npz").xy, [[10.5, 12.5], [40, 30]])
+    assert queries_cli.main([str(tmp_path / "clip.npy"), "--grid", "0", "--output",
+                             str(tmp_path / "g.npz")] + common) == 2
+    assert "--grid must be at least 1" in capsys.readouterr().err
+    (tmp_path / "a_file").write_text("")
+    assert queries_cli.main([str(tmp_path / "clip.npy"), "--grid", "2", "--output",
+                             str(tmp_path / "a_file" / "g.npz")] + common) == 2
+    assert "a_file is a file, not a folder" in capsys.readouterr().err

@@ -67,3 +67,87 @@ def test_errors_exit_2_with_a_message(files, tmp_path, capsys):
                        "--torch-compile", "--output", str(tmp_path / "o.npz")]) == 2
     assert "--torch-compile compiles the online torch backend" in capsys.readouterr().err
     assert not (tmp_path / "o.npz").exists()
+
+
+def test_a_query_set_from_bootstap_queries_is_tracked_as_the_node_tracks_it(files, tmp_path, capsys):
+    from bootstap_ros.cli import queries as queries_cli
+    from bootstap_ros.tracking import CausalTracker
+    from bootstap_ros.tracking.query_set import ModelIdentity, QuerySet, track_query_set
+
+    folder, model, clip = files
+    checkpoint = str(folder / "small.pt")
+    (tmp_path / "pick.csv").write_text("x,y,label\n10.5,12.5,handle\n40,30,lid\n")
+    assert queries_cli.main([str(folder / "clip.npy"), "--frame", "2", "--queries", str(tmp_path / "pick.csv"),
+                             "--checkpoint", checkpoint, "--output", str(tmp_path / "pick.npz")]) == 0
+    out = tmp_path / "tracks.npz"
+    assert track.main([str(folder / "clip.npy"), "--checkpoint", checkpoint, "--queries",
+                       str(tmp_path / "pick.npz"), "--output", str(out)]) == 0
+    result = np.load(out)
+    assert result["tracks"].shape == (2, 6, 2) and np.isfinite(result["tracks"]).all()
+    # As the node does: the set's features are added before the first frame, then every frame is tracked.
+    query_set = QuerySet.load(tmp_path / "pick.npz")
+    direct = CausalTracker(model, max_points=2, backend="torch")
+    direct.add_points_from_features(query_set.features)
+    expected = np.stack([direct.step(frame).xy for frame in clip], axis=1)
+    np.testing.assert_array_equal(result["tracks"], expected)
+    api = track_query_set(model, clip, query_set, identity=ModelIdentity.of(checkpoint, model.config))
+    np.testing.assert_array_equal(api.tracks, expected)
+
+    # A set made with another model is re-encoded from its demonstration frame, as the node does.
+    other = folder / "other.pt"
+    save_checkpoint(other, small_model(seed=1))
+    assert track.main([str(folder / "clip.npy"), "--checkpoint", str(other), "--queries",
+                       str(tmp_path / "pick.npz"), "--output", str(tmp_path / "other.npz")]) == 0
+    assert "re-encod" in capsys.readouterr().out
+    # The offline forward cannot take stored query features.
+    assert track.main([str(folder / "clip.npy"), "--checkpoint", checkpoint, "--mode", "offline", "--queries",
+                       str(tmp_path / "pick.npz"), "--output", str(tmp_path / "offline.npz")]) == 2
+    assert "query set is tracked online" in capsys.readouterr().err
+
+
+def test_progress_lines_when_stderr_is_not_a_terminal(files, tmp_path, capsys):
+    folder, _, _ = files
+    assert track.main([str(folder / "clip.npy"), "--checkpoint", str(folder / "small.pt"), "--grid", "2",
+                       "--output", str(tmp_path / "o.npz")]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("tracking (online)")]
+    assert lines and lines[-1].startswith("tracking (online): 6/6 frames (100%)")
+    assert all("\r" not in line for line in lines)
+
+
+def test_input_and_output_problems_are_refused_before_tracking(files, tmp_path, capsys):
+    folder, _, clip = files
+    common = ["--checkpoint", str(folder / "small.pt")]
+    np.save(tmp_path / "image.npy", clip[0])
+    assert track.main([str(tmp_path / "image.npy"), "--output", str(tmp_path / "o.npz")] + common) == 2
+    error = capsys.readouterr().err
+    assert "single image [H, W, 3]" in error and "[T, H, W, 3]" in error
+    assert track.main([str(folder / "clip.npy"), "--grid", "0", "--output", str(tmp_path / "o.npz")] + common) == 2
+    assert "--grid must be at least 1" in capsys.readouterr().err
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    assert track.main([str(folder / "clip.npy"), "--output", str(blocker / "o.npz")] + common) == 2
+    error = capsys.readouterr().err
+    assert "a_file is a file, not a folder" in error and "tracking" not in error
+    assert track.main([str(folder / "clip.npy"), "--output", str(tmp_path),] + common) == 2
+    assert "is a folder" in capsys.readouterr().err
+    # A missing output folder is created, as for bootstap-eval and bootstap-queries.
+    assert track.main([str(folder / "clip.npy"), "--output", str(tmp_path / "new" / "o.npz")] + common) == 0
+    assert (tmp_path / "new" / "o.npz").is_file()
+    capsys.readouterr()
+    np.save(tmp_path / "one.npy", clip[:1])
+    assert track.main([str(tmp_path / "one.npy"), "--output", str(tmp_path / "one.npz")] + common) == 0
+    assert "warning: " in capsys.readouterr().err and np.load(tmp_path / "one.npz")["tracks"].shape[1] == 1
+
+
+def test_exit_code_1_for_a_failure_while_running(files, tmp_path, capsys, monkeypatch):
+    import bootstap_ros.tracking
+
+    folder, _, _ = files
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(bootstap_ros.tracking, "track_online", out_of_memory)
+    assert track.main([str(folder / "clip.npy"), "--checkpoint", str(folder / "small.pt"),
+                       "--output", str(tmp_path / "o.npz")]) == 1
+    assert "bootstap-track: error: CUDA out of memory" in capsys.readouterr().err

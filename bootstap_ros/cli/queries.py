@@ -6,13 +6,15 @@
         [--device cpu|cuda]
 
 The points lie on frame K (default 0) of the input: an image file, a video, an
-image folder or an .npy clip. Q.csv is the query file of bootstap-track (header
-naming t, x, y; pixel positions in TAPIR's raster); its t column is ignored, and
-an optional `label` column names the points. SET.npz holds the positions, their
+image folder or an .npy clip. Q.csv has a header naming x and y (pixel positions
+in TAPIR's raster), so `x,y` rows work, and so does bootstap-track's query file
+(`t,x,y`): its t column is ignored. An optional `label` column names the points. SET.npz holds the positions, their
 query features from that frame, the labels, the frame itself (PNG, so that another
 model can make its own query features), the image size and the model's identity
 (`bootstap_ros.tracking.query_set`); the node's `query_set` parameter tracks these
-points in a live stream, with this model or, re-encoded from the frame, another.
+points in a live stream, with this model or, re-encoded from the frame, another;
+`bootstap-track --queries SET.npz` tracks them through a video file. Exit codes: 0
+done, 1 a failure while running, 2 bad arguments or input (`bootstap_ros.cli.common`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from typing import List, Optional
 
 import numpy as np
 
+from bootstap_ros.cli.common import UsageError, prepare_output, run_command
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -34,8 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--frame", type=int, default=0, help="frame of a video, folder or clip the points lie "
                                                              "on (default 0)")
     points = parser.add_mutually_exclusive_group(required=True)
-    points.add_argument("--queries", help="CSV with header t,x,y[,label] (pixel x, y; t is ignored)")
-    points.add_argument("--grid", type=int, help="an NxN grid of points over the image")
+    points.add_argument("--queries", help="CSV with header x,y[,label] or t,x,y[,label] (pixel x, y; t is "
+                                          "ignored)")
+    points.add_argument("--grid", type=int, help="an NxN grid of points over the image (N >= 1)")
     parser.add_argument("--output", required=True, help="where to write the query set (.npz)")
     parser.add_argument("--checkpoint", default=None,
                         help="the model whose query features the set holds (default: the embedded model); "
@@ -57,11 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
-        print(f"bootstap-queries: error: {error}", file=sys.stderr)
-        return 2
+    return run_command("bootstap-queries", lambda: run(args))
 
 
 def read_frame(path, index: int) -> np.ndarray:
@@ -107,12 +108,16 @@ def run(args: argparse.Namespace) -> int:
     from bootstap_ros.tracking import CausalTracker
     from bootstap_ros.tracking.query_set import ModelIdentity, QuerySet
 
+    if args.grid is not None and args.grid < 1:
+        raise UsageError(f"--grid must be at least 1 (an NxN grid of points), got {args.grid}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {args.device} was asked for but CUDA is not available; use --device cpu")
+        raise UsageError(f"--device {args.device} was asked for but CUDA is not available; use --device cpu")
+    prepare_output(args.output, "--output")
     frame = read_frame(args.input, args.frame)
     size = frame.shape[:2]
     if args.queries:
-        xy = read_queries_csv(args.queries, size=size)[:, 1:]  # t is ignored: the points lie on --frame
+        # t is ignored (and may be left out): the points lie on --frame.
+        xy = read_queries_csv(args.queries, size=size, default_t=0)[:, 1:]
         labels = read_labels(args.queries, len(xy))
     else:
         xy = grid_queries(args.grid, size)[:, 1:]

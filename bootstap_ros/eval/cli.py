@@ -11,6 +11,9 @@ the summary table.
         [--refine-resolution HxW] [--softmax-temperature T] \
         [--save-predictions PREDS.npz] [--max-videos K] [--tracker bootstapir|lk] \
         [--device cpu|cuda] [--report DIR]
+
+Exit codes: 0 done, 1 a failure while running, 2 bad arguments or input (a dataset
+file of another layout, a checkpoint that does not load): `bootstap_ros.cli.common`.
 """
 
 from __future__ import annotations
@@ -26,12 +29,13 @@ import os
 import sys
 import zipfile
 from dataclasses import asdict, dataclass
+from itertools import chain
 
 import numpy as np
 
 from bootstap_ros.backends.base import BACKEND_CHOICES, PRECISION_CHOICES
-from bootstap_ros.eval.datasets import (FORMATS, QUERY_MODES, DatasetFormatError, EvalSample, TapVidDataset,
-                                        sample_queries)
+from bootstap_ros.cli.common import prepare_output, run_command
+from bootstap_ros.eval.datasets import FORMATS, QUERY_MODES, EvalSample, TapVidDataset, sample_queries
 from bootstap_ros.eval.metrics import THRESHOLDS, compute_video_metrics, mean_over_videos
 from bootstap_ros.eval.predictors import ModelPredictor, Predictor, predict_tracks
 
@@ -319,9 +323,18 @@ def run_evaluation(config: EvalConfig, predictor: Predictor | None = None) -> di
     from tqdm import tqdm
 
     dataset = TapVidDataset(config.dataset, config.format, config.query_mode, config.resolution)
+    prepare_output(config.output, "--output")
+    if config.save_predictions:
+        prepare_output(config.save_predictions, "--save-predictions")
+    if config.report:
+        prepare_output(config.report, "--report", folder=True)
     if predictor is None:
         _resolve_device(config)
         predictor = make_predictor(config)
+    # The first video is read and checked before the progress bar starts, so that a file of
+    # another layout gives its error alone rather than under an empty bar.
+    videos = iter(dataset)
+    first = next(videos, None)
     writer = PredictionWriter(config.save_predictions) if config.save_predictions else None
     worst = None
     if config.report:
@@ -331,7 +344,8 @@ def run_evaluation(config: EvalConfig, predictor: Predictor | None = None) -> di
 
     per_video: dict[str, dict] = {}
     skipped: list[str] = []
-    progress = tqdm(dataset, total=config.max_videos, unit="video", desc="bootstap-eval")
+    progress = tqdm(chain([first] if first is not None else [], videos), total=config.max_videos,
+                    unit="video", desc="bootstap-eval")
     try:
         for sample in progress:
             if config.frame_stride > 1:
@@ -398,12 +412,13 @@ def run_evaluation(config: EvalConfig, predictor: Predictor | None = None) -> di
 
 def main(argv=None) -> int:
     config = parse_config(argv)
-    try:
-        results = run_evaluation(config)
-    except (DatasetFormatError, FileNotFoundError, ValueError, RuntimeError) as error:
-        # CheckpointError and FrameError are ValueErrors whose messages say what to do.
-        print(f"bootstap-eval: error: {error}", file=sys.stderr)
-        return 1
+    # DatasetFormatError, CheckpointError and FrameError are ValueErrors (exit 2) whose
+    # messages say what to do; a failure while running (RuntimeError, OSError) exits 1.
+    return run_command("bootstap-eval", lambda: evaluate_and_print(config))
+
+
+def evaluate_and_print(config: EvalConfig) -> int:
+    results = run_evaluation(config)
     label = f"{results['config']['format']} ({config.query_mode})"
     print(format_table(results, label))
     print(f"{results['num_videos']} videos; results written to {config.output}")

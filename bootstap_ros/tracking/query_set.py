@@ -25,6 +25,9 @@ model's identity and `ModelIdentity.mismatch` says how another model differs;
 with the demonstration images, `reencoded` makes the features of any other model.
 Version 1 (no image_index, no images) still loads: such a set serves only the model
 it was made with.
+
+`track_query_set` tracks a set's points through a clip outside ROS, as the node's
+`query_set` parameter does in a live stream (`bootstap-track --queries SET.npz`).
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -258,6 +261,64 @@ class QuerySet:
             model=ModelIdentity(str(arrays["checkpoint_sha256"]), config),
             labels=[str(v) for v in arrays["labels"].reshape(-1)], source=str(arrays.get("source", "")),
             path=where, images=images, image_index=arrays.get("image_index"))
+
+
+def fitted_query_set(query_set: QuerySet, identity: Optional[ModelIdentity], query_features) -> QuerySet:
+    """`query_set` with query features of the model `identity` names: as it is when it was
+    made with that model (or when identity is None: the features are then only checked for
+    their shape when added), else re-encoded from its demonstration images with
+    `query_features` (e.g. a CausalTracker's). QuerySetError for another model's set without
+    its images (version 1)."""
+    problem = query_set.model.mismatch(identity) if identity is not None else None
+    if problem is None:
+        return query_set
+    if not query_set.reencodable:
+        raise QuerySetError(
+            f"query set {query_set.path or ''} was made with another model ({problem}) and holds no "
+            "demonstration image (query set version 1) to make this model's query features from: make "
+            "it again with this bootstap-queries (any --checkpoint), or track with the set's checkpoint")
+    return query_set.reencoded(query_features, identity)
+
+
+def track_query_set(model, frames: Iterable[np.ndarray], query_set: QuerySet,
+                    identity: Optional[ModelIdentity] = None, device: str = "cpu",
+                    block_size: Optional[int] = None, progress: Optional[Callable[[], None]] = None,
+                    backend="auto", precision: str = "auto", **backend_options):
+    """Track the points of `query_set` through `frames` (uint8 RGB [H, W, 3]) as the node's
+    `query_set` parameter does: every point is added with its stored query features before
+    the first frame and tracked from that frame on (zero causal state), so no frame of the
+    clip needs to show the demonstration. Returns `ClipTracks` [N, T] in the clip's pixels,
+    rows in the set's point order.
+
+    identity: the model's (`ModelIdentity.of(checkpoint, model.config)`); a set made with
+    another model is then re-encoded from its demonstration images (`fitted_query_set`).
+    Without it the stored features are used as they are. `progress` is called once per
+    frame; backend, precision and backend_options go to `CausalTracker`."""
+    from bootstap_ros.tracking.clip import ClipTracks
+    from bootstap_ros.tracking.tracker import CausalTracker
+
+    tracker = CausalTracker(model, max_points=max(len(query_set), 1), device=device, block_size=block_size,
+                            backend=backend, precision=precision, **backend_options)
+    query_set = fitted_query_set(query_set, identity, tracker.query_features)
+    ids = tracker.add_points_from_features(query_set.features)
+    row_of = {int(point_id): row for row, point_id in enumerate(ids)}
+    results = []
+    for frame in frames:
+        results.append(tracker.step(frame))
+        if progress is not None:
+            progress()
+    n, num_frames = len(query_set), len(results)
+    tracks = np.full((n, num_frames, 2), np.nan, np.float32)
+    occlusion_logits = np.full((n, num_frames), np.nan, np.float32)
+    expected_dist_logits = np.full((n, num_frames), np.nan, np.float32)
+    occluded = np.ones((n, num_frames), bool)
+    for t, result in enumerate(results):
+        rows = np.array([row_of[int(point_id)] for point_id in result.ids], np.int64)
+        tracks[rows, t] = result.xy
+        occlusion_logits[rows, t] = result.occlusion_logit
+        expected_dist_logits[rows, t] = result.expected_dist_logit
+        occluded[rows, t] = ~result.visible
+    return ClipTracks(tracks, occluded, occlusion_logits, expected_dist_logits)
 
 
 def _png(image: np.ndarray) -> np.ndarray:
