@@ -181,3 +181,32 @@ def test_the_wording_check_catches_process_talk_and_spares_code():
         assert process_wording(code) == [], code
     assert process_wording(prose("the `TrackingSession` and `ros/session.py`"), PAGE_WORDING) == []
     assert process_wording(prose("written in one session"), PAGE_WORDING)
+
+
+TOOL_PARSERS = {"bootstap-track": "bootstap_ros.cli.track", "bootstap-queries": "bootstap_ros.cli.queries",
+                "bootstap-eval": "bootstap_ros.eval.cli"}
+
+
+def documented_commands(text):
+    """(tool, arguments) of every concrete command of TOOL_PARSERS in the page's bash blocks
+    (synopses, with their [optional] parts and | choices, are left out)."""
+    import shlex
+
+    for block in re.findall(r"^ *```bash\n(.*?)^ *```", text, re.S | re.M):
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            if words and words[0] in TOOL_PARSERS and not any(c in line for c in "[|"):
+                yield words[0], words[1:]
+
+
+def test_documented_tool_commands_parse_as_written():
+    import importlib
+
+    commands = [(page, tool, args) for page in PAGES for tool, args in documented_commands(page.read_text())]
+    assert {tool for _, tool, _ in commands} == set(TOOL_PARSERS)
+    for page, tool, args in commands:
+        parser = importlib.import_module(TOOL_PARSERS[tool]).build_parser()
+        try:
+            parser.parse_args(args)
+        except SystemExit:
+            pytest.fail(f"{page.name}: `{tool} {' '.join(args)}` does not parse")
