@@ -211,8 +211,8 @@ def test_ema_teacher_is_the_moving_average_of_the_student(inputs, tmp_path):
 
 def test_a_run_from_a_bag_writes_a_checkpoint_the_tracker_cli_and_the_node_load(inputs, tmp_path):
     from bootstap_ros.cli import track
-    from bootstap_ros.ros.session import create_tracker
     from bootstap_ros.ros.settings import TrackerNodeConfig
+    from bootstap_ros.tracking.session import create_tracker
 
     output = tmp_path / "run"
     assert main(_run_args(inputs, output, 2, "--image-topic", "/wrist/image_raw")) == 0

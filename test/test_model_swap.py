@@ -11,11 +11,11 @@ from bootstap_ros.cli import queries as queries_cli
 from bootstap_ros.model import load_checkpoint, save_checkpoint
 from bootstap_ros.model.checkpoint import EMBEDDED_CHECKPOINT
 from bootstap_ros.queries import grid_queries
-from bootstap_ros.ros.session import (ModelLoader, StartupError, TrackerInfo, TrackingSession,
-                                      load_query_set)
 from bootstap_ros.tracking import CausalTracker, TrackResult
 from bootstap_ros.tracking.query_set import ModelIdentity, QuerySet, QuerySetError
 from bootstap_ros.tracking.reencode import PointOrigins, reencode
+from bootstap_ros.tracking.session import (ModelLoader, StartupError, TrackerInfo, TrackingSession,
+                                           load_query_set)
 from helpers.query_set_files import as_version_1
 from helpers.small_model import blob_clip, moving_clip, small_model
 
@@ -167,7 +167,7 @@ def test_swap_keeps_ids_and_points_track_as_added_on_their_query_frames(models):
     new = CausalTracker(b, max_points=8, block_size=4, backend="torch")
     session.request_swap(session.prepare_swap(new, None))
     after = play(session, clip[6:], start=6)
-    outcome = session.swap_outcomes.pop()
+    outcome = session.take_swap_outcomes().pop()
     assert outcome.error is None and outcome.counts["query"] == 5 and not outcome.lost
     assert session.tracker is new
     assert all(r.ids.tolist() == [0, 2, 3, 4, 5] for r in after)
@@ -193,7 +193,7 @@ def test_without_kept_images_points_restart_from_their_latest_position(models):
         last = play(session, clip[:4])[-1]
         session.request_swap(session.prepare_swap(CausalTracker(b, max_points=8, backend="torch"), None))
         after = play(session, clip[4:], start=4)
-        outcome = session.swap_outcomes.pop()
+        outcome = session.take_swap_outcomes().pop()
         assert outcome.counts[kind] == 4 and outcome.counts["query"] == 0
         assert session.tracker.visibility_threshold == threshold  # carried over
         reference = CausalTracker(b, max_points=8, backend="torch")
@@ -212,7 +212,7 @@ def test_a_swap_that_does_not_fit_changes_nothing(models):
     small = CausalTracker(b, max_points=2, backend="torch")
     session.request_swap(session.prepare_swap(small, None))
     after = play(session, clip[2:3], start=2)[0]
-    outcome = session.swap_outcomes.pop()
+    outcome = session.take_swap_outcomes().pop()
     assert "holds at most 2 points and 4 are tracked" in outcome.error
     assert session.tracker is tracker and small.num_points == 0
     assert after.ids.tolist() == before.ids.tolist()
@@ -232,7 +232,7 @@ def test_swapped_trained_model_keeps_following_the_known_motion(perturbed_embedd
     session.request_swap(session.prepare_swap(
         CausalTracker(other, max_points=16, backend="torch"), identity(perturbed_embedded, other)))
     tracked += play(session, clip[4:], start=4)
-    assert session.swap_outcomes.pop().counts["query"] == 9
+    assert session.take_swap_outcomes().pop().counts["query"] == 9
     start = grid_queries(3, (128, 160))[:, 1:]
     errors = np.stack([np.linalg.norm(r.xy - (start + [t * dx, t * dy]), axis=-1)
                        for t, r in enumerate(tracked)])
@@ -311,7 +311,7 @@ def test_after_a_swap_a_version_1_set_is_requeried_and_not_added_again(tmp_path,
     session.request_swap(session.prepare_swap(CausalTracker(b, max_points=8, backend="torch"),
                                               identity(checkpoints[1], b)))
     assert play(session, clip[2:3], start=2)[0].ids.tolist() == [0, 1, 2, 3, 4]
-    counts = session.swap_outcomes.pop().counts
+    counts = session.take_swap_outcomes().pop().counts
     assert counts["query"] == 1 and counts["seen"] + counts["latest"] == 4  # the set had no image
     session.request_reset()
     assert play(session, clip[3:4], start=3)[0].ids.tolist() == [5]  # the grid only
@@ -329,7 +329,7 @@ def test_a_set_tracks_as_made_after_a_swap_to_its_own_model(tmp_path, models, ch
     session.request_swap(session.prepare_swap(CausalTracker(b, max_points=8, backend="torch"),
                                               identity(checkpoints[1], b)))
     after = play(session, clip[2:], start=2)
-    counts = session.swap_outcomes.pop().counts
+    counts = session.take_swap_outcomes().pop().counts
     assert counts["features"] + counts["query"] == 4  # from the set's image or its b features
     reference = CausalTracker(b, max_points=8, backend="torch")
     reference.add_points_from_features(QuerySet.load(path).features)

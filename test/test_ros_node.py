@@ -26,8 +26,8 @@ from std_srvs.srv import Trigger
 
 from bootstap_ros.ros.conversions import cloud_to_array, xy_to_cloud
 from bootstap_ros.model.checkpoint import EMBEDDED_CHECKPOINT
-from bootstap_ros.ros.session import StartupError
 from bootstap_ros.ros.tracker_node import TrackerNode
+from bootstap_ros.tracking.session import StartupError
 from helpers.small_model import blob_clip, moving_clip
 from helpers.ros_client import RELIABLE, STAMPS, Client, RemoteParameters, Topic, stamp_of, wait_until
 

@@ -12,8 +12,8 @@ from bootstap_ros.cli import queries as queries_cli
 from bootstap_ros.model.checkpoint import EMBEDDED_CHECKPOINT
 from bootstap_ros.queries import grid_queries
 from bootstap_ros.ros.conversions import cloud_to_array
-from bootstap_ros.ros.session import StartupError
 from bootstap_ros.ros.tracker_node import TrackerNode
+from bootstap_ros.tracking.session import StartupError
 from helpers.query_set_files import as_version_1
 from helpers.ros_client import Client, RemoteParameters
 from helpers.small_model import blob_clip, moving_clip

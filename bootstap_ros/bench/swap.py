@@ -36,7 +36,7 @@ def synthetic_stream(frames: int, height: int, width: int, seed: int = 0) -> np.
 
 
 def measure(model, stream: np.ndarray, grid: int, device: str, memory_bytes: int) -> dict:
-    from bootstap_ros.ros.session import TrackingSession
+    from bootstap_ros.tracking.session import TrackingSession
     from bootstap_ros.tracking import CausalTracker
 
     session = TrackingSession(CausalTracker(model, max_points=grid * grid, device=device), grid_points=grid,

@@ -2,17 +2,16 @@
 
 `LatestSlot` is a drop-oldest queue of depth 1: the subscription callback puts
 every message in, the worker always takes the newest one, and each message
-replaced before the worker took it counts as dropped. `RequestQueue` keeps
-add/remove/reset requests in arrival order until the worker applies them before
-its next frame. `WarningLimiter` rate-limits warnings per kind.
+replaced before the worker took it counts as dropped. `WarningLimiter`
+rate-limits warnings per kind. (The add/remove/reset requests wait in the tracking
+session's own `tracking.session.RequestQueue`.)
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import deque
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Optional
 
 
 class LatestSlot:
@@ -54,33 +53,6 @@ class LatestSlot:
     @property
     def closed(self) -> bool:
         return self._closed
-
-
-class RequestQueue:
-    """Thread-safe FIFO of (kind, payload) requests, drained all at once by the worker."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._items: deque = deque()
-
-    def put(self, kind: str, payload: Any = None) -> None:
-        with self._lock:
-            self._items.append((kind, payload))
-
-    def put_front(self, items: List[Tuple[str, Any]]) -> None:
-        """Return requests that could not be applied yet, ahead of newer ones."""
-        with self._lock:
-            self._items.extendleft(reversed(items))
-
-    def drain(self) -> List[Tuple[str, Any]]:
-        with self._lock:
-            items = list(self._items)
-            self._items.clear()
-            return items
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._items)
 
 
 class WarningLimiter:

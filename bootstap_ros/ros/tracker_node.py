@@ -15,7 +15,7 @@ pixels, go out on `~/query_points` (latched) when they are added.
 
 The model's parameters (`checkpoint`, `resolution`, ...; `settings.SWAP_PARAMETERS`)
 change at runtime: the parameter callback checks only what it can at once and
-hands the new configuration to a `session.ModelLoader` thread, which loads it
+hands the new configuration to a `tracking.session.ModelLoader` thread, which loads it
 and re-encodes the points it can ahead; the worker swaps it in between two
 frames. A model that fails to load or to take over is reported (warning,
 /diagnostics) and the parameters are set back to the model in use, from the
@@ -24,7 +24,8 @@ executor (a guard condition), while tracking goes on with it.
 Inference never runs in a callback: the image callback only puts the message
 into a drop-oldest slot of depth 1 (`queues.LatestSlot`), and one worker thread
 tracks the newest frame, so the node always works on the latest image and
-counts the frames it skipped. Run it with `ros2 run bootstap_ros tracker_node`
+counts the frames it skipped. The node talks to its `tracking.session.TrackingSession`
+through the session's methods only. Run it with `ros2 run bootstap_ros tracker_node`
 or `python -m bootstap_ros.ros.tracker_node`.
 """
 
@@ -58,10 +59,10 @@ from bootstap_ros.ros import interfaces
 from bootstap_ros.ros.entry import run_node
 from bootstap_ros.ros.parameters import declare_parameters, plain_value
 from bootstap_ros.ros.queues import LatestSlot, WarningLimiter
-from bootstap_ros.ros.session import (ModelLoader, StartupError, TrackingSession, check_swap,
-                                      create_tracker, load_query_set)
 from bootstap_ros.ros.settings import (PARAMETERS, SWAP_PARAMETERS, SettingsError,
                                        TrackerNodeConfig, config_from_parameters)
+from bootstap_ros.tracking.session import (ModelLoader, StartupError, TrackingSession, check_swap,
+                                           create_tracker, load_query_set)
 
 _RELIABILITY = {
     "best_effort": ReliabilityPolicy.BEST_EFFORT,
@@ -165,22 +166,24 @@ class TrackerNode(Node):
         tracker, self.info = create_tracker(self.settings)
         for note in self.info.notes:
             self.get_logger().warning(note)
+        query_set = None
+        if self.settings.query_set:
+            from bootstap_ros.tracking.query_set import QuerySetError
+
+            try:
+                query_set = load_query_set(self.settings.query_set, self.info)
+            except QuerySetError as error:
+                raise StartupError(f"parameter query_set: {error}") from None
         self.session = TrackingSession(tracker, self.settings.grid_points, warn=self._warning,
                                        identity=self.info.identity,
-                                       frame_memory_bytes=self.settings.query_frame_memory_mb * MIB)
+                                       frame_memory_bytes=self.settings.query_frame_memory_mb * MIB,
+                                       query_set=query_set)
         # The model in use (its configuration, when it went into use) and the swap reports.
         self._model_config = self.settings
         self._model_loaded = _now()
         self._last_swap = "none"
         self._last_refused_swap = "none"
         self._loader = ModelLoader(self._load_model, self._model_loaded_or_failed)
-        if self.settings.query_set:
-            from bootstap_ros.tracking.query_set import QuerySetError
-
-            try:
-                self.session.query_set = load_query_set(self.settings.query_set, self.info)
-            except QuerySetError as error:
-                raise StartupError(f"parameter query_set: {error}") from None
         self._stats = _Stats()
         self._debug_always = self.settings.publish_debug_image
         self._trail_length = self.settings.debug_trail
@@ -285,7 +288,7 @@ class TrackerNode(Node):
     def _on_parameters_set(self, parameters) -> SetParametersResult:
         for parameter in parameters:
             if parameter.name == "visibility_threshold":
-                self.session.tracker.visibility_threshold = float(parameter.value)
+                self.session.set_visibility_threshold(float(parameter.value))
             elif parameter.name == "publish_debug_image":
                 self._debug_always = bool(parameter.value)
             elif parameter.name == "debug_trail":
@@ -297,7 +300,7 @@ class TrackerNode(Node):
             elif parameter.name == "depth_wait":
                 self._depth_wait = float(parameter.value)
             elif parameter.name == "query_frame_memory_mb":
-                self.session.origins.memory_bytes = int(parameter.value) * MIB
+                self.session.set_frame_memory(int(parameter.value) * MIB)
         return SetParametersResult(successful=True)
 
     # ------------------------------------------------------------------ model swaps
@@ -438,8 +441,8 @@ class TrackerNode(Node):
             except Exception as error:  # the node must survive anything one frame does
                 self._warning("internal", f"frame skipped after an unexpected error: "
                               f"{type(error).__name__}: {error}")
-            while self.session.swap_outcomes:
-                self._swapped(self.session.swap_outcomes.pop(0))
+            for outcome in self.session.take_swap_outcomes():
+                self._swapped(outcome)
 
     def _process(self, msg, received: float) -> None:
         try:
@@ -451,8 +454,7 @@ class TrackerNode(Node):
         result = self.session.process(frame, encoding, _stamp_ns(msg.header))
         if result is None or self._slot.closed:
             return
-        while self.session.added_query_sets:
-            added = self.session.added_query_sets.pop(0)
+        for added in self.session.take_added_query_sets():
             self._query_points_pub.publish(query_points_to_cloud(added.ids, added.xy, msg.header))
             labels = ", ".join(f"{i}: {label}" for i, label in zip(added.ids.tolist(), added.labels) if label)
             ids = f" (ids {added.ids[0]}..{added.ids[-1]})" if len(added.ids) else ""
@@ -564,7 +566,7 @@ class TrackerNode(Node):
         def ms(values, reduce):
             return f"{reduce(values):.1f}" if values else "n/a"
 
-        kept_images, kept_bytes = self.session.origins.kept
+        kept_images, kept_bytes = self.session.kept_frames
         status = DiagnosticStatus(name=f"{self.get_fully_qualified_name()}: point tracking",
                                   hardware_id=f"{self.info.backend}/{self.info.device}")
         if received == 0:
@@ -586,7 +588,7 @@ class TrackerNode(Node):
             "frames received": str(self._slot.received),
             "frames published": str(total),
             "active points": str(points),
-            "capacity": str(self.session.tracker.max_points),
+            "capacity": str(self.session.capacity),
             "backend": self.info.backend,
             "device": self.info.device,
             "model resolution": f"{self.info.resolution[1]}x{self.info.resolution[0]}",

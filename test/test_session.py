@@ -1,4 +1,5 @@
-"""The node's ROS-free parts: queues, warning limiter, settings, start-up checks, TrackingSession."""
+"""The tracker node's parts that need no ROS: the tracking session (its request queue, start-up
+checks and frame handling), the node's queues, warning limiter and settings."""
 
 import dataclasses
 import threading
@@ -10,11 +11,11 @@ import numpy as np
 import pytest
 import yaml
 
-from bootstap_ros.ros.queues import LatestSlot, RequestQueue, WarningLimiter
-from bootstap_ros.ros.session import StartupError, TrackingSession, create_tracker
+from bootstap_ros.ros.queues import LatestSlot, WarningLimiter
 from bootstap_ros.ros.settings import (PARAMETER_NAMES, PARAMETERS, SettingsError,
                                        TrackerNodeConfig, config_from_parameters)
 from bootstap_ros.tracking import CausalTracker
+from bootstap_ros.tracking.session import RequestQueue, StartupError, TrackingSession, create_tracker
 from helpers.small_model import moving_clip, small_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,7 +85,7 @@ def test_defaults_checks_and_grid_points():
 
 
 def test_parameter_tables_take_their_defaults_from_their_config():
-    from bootstap_ros.ros import adapter_settings
+    from bootstap_ros_training.adapter import settings as adapter_settings
     from bootstap_ros.ros.parameters import ParameterSpec, parameter_table
 
     for specs, config in ((PARAMETERS, TrackerNodeConfig()), (adapter_settings.PARAMETERS,

@@ -1,12 +1,14 @@
-"""The tracking session behind the node: model loading and request handling, no ROS.
+"""The tracking session: model loading and request handling for a live stream, no ROS.
 
-`create_tracker` turns a `TrackerNodeConfig` into a ready `CausalTracker`, or
-raises `StartupError` saying what to change. `TrackingSession` drives that
-tracker one frame at a time for the node's worker thread: it applies the
-queued add/remove/reset requests before each frame, seeds `grid_points` and the
-points of the `query_set` (`load_query_set`) on the first frame (and after each reset), resets when time jumps back, and turns
-every bad input into one warning instead of an exception, so that existing
-tracks survive it.
+`create_tracker` turns the tracker's settings (`TrackerSettings`: the node's
+`TrackerNodeConfig` has them) into a ready `CausalTracker`, or raises `StartupError`
+saying what to change.
+`TrackingSession` drives that tracker one frame at a time for a worker thread: it
+applies the queued add/remove/reset requests (`RequestQueue`) before each frame, seeds
+`grid_points` and the points of the `query_set` (`load_query_set`) on the first frame
+(and after each reset), resets when time jumps back, and turns every bad input into
+one warning instead of an exception, so that existing tracks survive it. It owns its
+tracker and the state around it: callers change them through its methods only.
 
 Model swaps: `ModelLoader` loads a model in a background thread (the latest request
 wins); `TrackingSession.prepare_swap`, on that thread, re-encodes for it every point
@@ -22,18 +24,36 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from collections import deque
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 
 from bootstap_ros.model.checkpoint import OFFICIAL_CAUSAL_URL
-from bootstap_ros.ros.queues import RequestQueue
-from bootstap_ros.ros.settings import TrackerNodeConfig
 from bootstap_ros.tracking.query_set import ModelIdentity, QuerySet, QuerySetError
 from bootstap_ros.tracking.reencode import PointOrigins, Reencoded, reencode
 
 LOG = logging.getLogger(__name__)
+
+
+class TrackerSettings(Protocol):
+    """What `create_tracker` reads of its settings: the tracker node's `TrackerNodeConfig`
+    (ros/settings.py, where each is described and defaulted) has these fields and more."""
+
+    checkpoint: str  # '' = the embedded default model
+    causal: bool
+    backend: str
+    device: str
+    precision: str
+    torch_compile: bool
+    cpu_threads: int  # 0 = torch's default
+    resolution: int  # 0 = the checkpoint's own
+    softmax_temperature: float  # 0 = the checkpoint's own
+    refine_resolution: Sequence[int]  # [0, 0] = resolution
+    max_points: int
+    visibility_threshold: float
+    engine_cache_dir: str
 
 
 class StartupError(RuntimeError):
@@ -78,7 +98,7 @@ def _resolve_device(device: str) -> str:
     return device
 
 
-def create_tracker(config: TrackerNodeConfig):
+def create_tracker(config: TrackerSettings):
     """(CausalTracker, TrackerInfo) for `config`; StartupError says what to fix."""
     from bootstap_ros.model import CheckpointError, load_checkpoint
     from bootstap_ros.tracking import CausalTracker
@@ -126,7 +146,7 @@ def create_tracker(config: TrackerNodeConfig):
     return tracker, info
 
 
-def check_swap(config: TrackerNodeConfig) -> None:
+def check_swap(config: TrackerSettings) -> None:
     """What can be checked of a model swap to `config` at once, without loading anything (a
     missing checkpoint file, an unavailable device); StartupError says what is wrong. The rest
     (a truncated or foreign file, a backend that cannot start) shows when it loads."""
@@ -164,7 +184,7 @@ class AddedQuerySet:
     path: str
 
 
-def _backend_options(config: TrackerNodeConfig, device: str, notes: List[str]) -> dict:
+def _backend_options(config: TrackerSettings, device: str, notes: List[str]) -> dict:
     """The CausalTracker arguments for backend, precision and engine cache.
 
     Each is passed only when the tracker takes it; a tracker without backends
@@ -297,6 +317,33 @@ class ModelLoader:
         return thread is not None and thread.is_alive()
 
 
+class RequestQueue:
+    """Thread-safe FIFO of (kind, payload) requests, drained all at once by the worker."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._items: deque = deque()
+
+    def put(self, kind: str, payload: Any = None) -> None:
+        with self._lock:
+            self._items.append((kind, payload))
+
+    def put_front(self, items: List[Tuple[str, Any]]) -> None:
+        """Return requests that could not be applied yet, ahead of newer ones."""
+        with self._lock:
+            self._items.extendleft(reversed(items))
+
+    def drain(self) -> List[Tuple[str, Any]]:
+        with self._lock:
+            items = list(self._items)
+            self._items.clear()
+            return items
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+
 def grid_positions(grid_points, size) -> np.ndarray:
     """float32 [K, 2] pixel positions for a grid_points value on an image of (height, width)."""
     if isinstance(grid_points, int):
@@ -323,22 +370,25 @@ class TrackingSession:
     """A CausalTracker plus the requests waiting for the next frame (see module docstring).
 
     warn(kind, message) is called for every problem; the node rate-limits per kind.
-    The request methods are thread-safe; `process` runs on the worker thread only.
+    The request and setting methods are thread-safe; `process` and `apply_swap` run on
+    the worker thread only, as do the `take_*` methods that hand over what they produced.
     """
 
     def __init__(self, tracker, grid_points=0,
                  warn: Optional[Callable[[str, str], None]] = None,
-                 identity: Optional[ModelIdentity] = None, frame_memory_bytes: int = 128 << 20):
+                 identity: Optional[ModelIdentity] = None, frame_memory_bytes: int = 128 << 20,
+                 query_set: Optional[QuerySet] = None):
         """identity: the tracker's model (ModelIdentity), against which query sets are checked
         (None: sets are used as they are). frame_memory_bytes: the bound on the camera frames
-        kept so that a model swap can re-encode points where they were added."""
-        self.tracker = tracker
-        self.identity = identity
-        self.origins = PointOrigins(frame_memory_bytes)
+        kept so that a model swap can re-encode points where they were added. query_set: the
+        set whose points are added on the first frame and after each reset (`load_query_set`)."""
+        self._tracker = tracker
+        self._identity = identity
+        self._origins = PointOrigins(frame_memory_bytes)
         self._swap_lock = threading.Lock()
         self._pending_swap: Optional[PreparedSwap] = None
-        self.swap_outcomes: List[SwapOutcome] = []  # for the node to report; it empties it
-        self.grid_points = grid_points
+        self._swap_outcomes: List[SwapOutcome] = []  # until the owner takes them
+        self._grid_points = grid_points
         self.requests = RequestQueue()
         self._warn = warn or (lambda kind, message: LOG.warning(message))
         self._seeded = False
@@ -346,9 +396,46 @@ class TrackingSession:
         self.frames = 0
         self.network_steps = 0  # frames the network ran on (none while no point exists)
         self.resets = 0
-        # The query_set parameter's set: added on the first frame and after each reset.
-        self.query_set: Optional[QuerySet] = None
-        self.added_query_sets: List[AddedQuerySet] = []  # for the node to publish; it empties it
+        # Added on the first frame and after each reset (kept re-encoded after a model swap).
+        self.query_set: Optional[QuerySet] = query_set
+        self._added_query_sets: List[AddedQuerySet] = []  # until the owner takes them
+
+    # What the session holds.
+    @property
+    def tracker(self):
+        """The CausalTracker in use (another one after a model swap)."""
+        return self._tracker
+
+    @property
+    def capacity(self) -> int:
+        """The most points the tracker in use holds."""
+        return self._tracker.max_points
+
+    @property
+    def kept_frames(self) -> Tuple[int, int]:
+        """(camera frames kept for re-encoding points in a model swap, their bytes)."""
+        return self._origins.kept
+
+    # Settings that change at runtime, from any thread.
+    def set_visibility_threshold(self, threshold: float) -> None:
+        """A point is visible from the next frame on when its visibility exceeds `threshold`
+        (a model swap carries it over)."""
+        self._tracker.visibility_threshold = float(threshold)
+
+    def set_frame_memory(self, memory_bytes: int) -> None:
+        """The bound on the camera frames kept for model swaps; applied from the next frame."""
+        self._origins.memory_bytes = int(memory_bytes)
+
+    # What the worker produced, for its owner to report (worker thread).
+    def take_swap_outcomes(self) -> List[SwapOutcome]:
+        """The outcomes of the swaps made since the last call, oldest first."""
+        outcomes, self._swap_outcomes = self._swap_outcomes, []
+        return outcomes
+
+    def take_added_query_sets(self) -> List[AddedQuerySet]:
+        """The query sets whose points were added since the last call, oldest first."""
+        added, self._added_query_sets = self._added_query_sets, []
+        return added
 
     # Thread-safe requests, applied before the next frame.
     def request_add(self, xy) -> None:
@@ -366,7 +453,7 @@ class TrackingSession:
         self.requests.put("query_set", query_set)
 
     def reset(self) -> None:
-        self.tracker.reset()
+        self._tracker.reset()
         self._seeded = False
         self.resets += 1
 
@@ -377,7 +464,7 @@ class TrackingSession:
         thread (the model loader's); the session is not changed. On a GPU that is left to
         `apply_swap` on the worker: a pass costs milliseconds there, and the torch backend's
         CUDA graphs are captured by the thread that replays them."""
-        records = self.origins.records() if getattr(tracker.device, "type", "cpu") == "cpu" else []
+        records = self._origins.records() if getattr(tracker.device, "type", "cpu") == "cpu" else []
         return PreparedSwap(tracker, identity, reencode(tracker.query_features, identity, records,
                                                         queries_only=True), payload)
 
@@ -394,13 +481,13 @@ class TrackingSession:
         """Make the requested swap now, between two frames (worker thread): every live point
         moves to the new tracker with its id, re-encoded from the best source kept
         (`tracking.reencode`), its causal state restarting. On any failure the session keeps
-        its tracker and every point. The outcome is also appended to `swap_outcomes`."""
+        its tracker and every point. The outcome is also kept for `take_swap_outcomes`."""
         with self._swap_lock:
             prepared, self._pending_swap = self._pending_swap, None
         if prepared is None:
             return None
         start = time.perf_counter()
-        old, new = self.tracker, prepared.tracker
+        old, new = self._tracker, prepared.tracker
         try:
             live = old.ids
             if len(live) > new.max_points:
@@ -410,7 +497,7 @@ class TrackingSession:
             parts = [prepared.reencoded.take(live[ready])]
             if (~ready).any():
                 parts.append(reencode(new.query_features, prepared.identity,
-                                      self.origins.records(live[~ready])))
+                                      self._origins.records(live[~ready])))
             points = Reencoded.join(parts)
             new.next_id = max(new.next_id, old.next_id)
             new.visibility_threshold = old.visibility_threshold
@@ -419,23 +506,23 @@ class TrackingSession:
         except Exception as error:  # whatever it was, the old model goes on
             outcome = SwapOutcome(prepared, error=f"{type(error).__name__}: {error}" if not isinstance(
                 error, ValueError) else str(error), seconds=time.perf_counter() - start)
-            self.swap_outcomes.append(outcome)
+            self._swap_outcomes.append(outcome)
             return outcome
-        self.origins.requeried(points.requeried)
-        self.tracker, self.identity = new, prepared.identity
+        self._origins.requeried(points.requeried)
+        self._tracker, self._identity = new, prepared.identity
         if points.lost:
             self._warn("model_swap", f"model swap: {len(points.lost)} point(s) had no image left to "
                        f"re-encode them from and were dropped: ids {points.lost[:10]}")
         outcome = SwapOutcome(prepared, counts=points.counts(), lost=list(points.lost),
                               seconds=time.perf_counter() - start)
-        self.swap_outcomes.append(outcome)
+        self._swap_outcomes.append(outcome)
         return outcome
 
     def _fitting(self, query_set: QuerySet) -> Optional[QuerySet]:
         """`query_set` with query features of the session's model: as it is when it was made
         with that model, else re-encoded from its demonstration images (and kept so, for the
         next reset); None, with a warning, when it cannot be."""
-        problem = query_set.model.mismatch(self.identity) if self.identity is not None else None
+        problem = query_set.model.mismatch(self._identity) if self._identity is not None else None
         if problem is None:
             return query_set
         if not query_set.reencodable:
@@ -444,7 +531,7 @@ class TrackingSession:
                        "version 1) to make this model's query features from; make it again with "
                        "this bootstap-queries")
             return None
-        fitted = query_set.reencoded(self.tracker.query_features, self.identity)
+        fitted = query_set.reencoded(self._tracker.query_features, self._identity)
         if self.query_set is query_set:
             self.query_set = fitted
         return fitted
@@ -453,17 +540,17 @@ class TrackingSession:
         query_set = self._fitting(query_set)
         if query_set is None:
             return
-        free = self.tracker.max_points - self.tracker.num_points
+        free = self._tracker.max_points - self._tracker.num_points
         count = min(len(query_set), free)
         if count < len(query_set):
             self._warn("capacity",
                        f"tracker is full: adding {count} of the {len(query_set)} points of query set "
-                       f"{query_set.path} ({self.tracker.num_points} of {self.tracker.max_points} in "
+                       f"{query_set.path} ({self._tracker.num_points} of {self._tracker.max_points} in "
                        "use); remove points, reset, or raise max_points")
-        ids = self.tracker.add_points_from_features(
+        ids = self._tracker.add_points_from_features(
             {name: array[:count] for name, array in query_set.features.items()})
-        self.origins.add_from_set(ids, query_set, np.arange(count))
-        self.added_query_sets.append(AddedQuerySet(
+        self._origins.add_from_set(ids, query_set, np.arange(count))
+        self._added_query_sets.append(AddedQuerySet(
             ids, query_set.positions_in(size)[:count], list(query_set.labels[:count]),
             query_set.path or ""))
 
@@ -478,32 +565,32 @@ class TrackingSession:
             self._warn("bad_image", f"skipping a frame: {error}")
             return None
         self.apply_swap()
-        key = self.origins.frame(rgb)
+        key = self._origins.frame(rgb)
         if stamp_ns is not None and self._last_stamp is not None and stamp_ns < self._last_stamp:
             self._warn("time_jump",
                        f"image stamp went back by {(self._last_stamp - stamp_ns) / 1e9:.3f} s (a bag "
                        "looping, or a restarted source): resetting all tracks")
             self.reset()
         height, width = rgb.shape[:2]
-        if self.tracker.frame_size not in (None, (height, width)) and self.tracker.num_points:
+        if self._tracker.frame_size not in (None, (height, width)) and self._tracker.num_points:
             self._warn("size_change",
-                       f"image size changed from {self.tracker.frame_size[1]}x"
-                       f"{self.tracker.frame_size[0]} to {width}x{height}: keeping "
-                       f"{self.tracker.num_points} points, reported in the new image's pixels")
+                       f"image size changed from {self._tracker.frame_size[1]}x"
+                       f"{self._tracker.frame_size[0]} to {width}x{height}: keeping "
+                       f"{self._tracker.num_points} points, reported in the new image's pixels")
         additions = self._apply(self.requests.drain(), (height, width))
-        if not len(additions) and not self.tracker.num_points:
+        if not len(additions) and not self._tracker.num_points:
             # Nothing to track: no network work at all (the backbone alone is most of a step).
             result = _no_points((height, width))
         else:
             self.network_steps += 1
             try:
-                result = self.tracker.step(rgb, "rgb8", add=additions if len(additions) else None)
+                result = self._tracker.step(rgb, "rgb8", add=additions if len(additions) else None)
             except (ValueError, TrackerFullError) as error:  # not expected after _apply's checks
                 self._warn("bad_points", f"points not added: {error}")
-                result = self.tracker.step(rgb, "rgb8")
+                result = self._tracker.step(rgb, "rgb8")
         if len(result.new_ids):
-            self.origins.add(result.new_ids, key, additions)
-        self.origins.observe(key, result)
+            self._origins.add(result.new_ids, key, additions)
+        self._origins.observe(key, result)
         if stamp_ns is not None:
             self._last_stamp = stamp_ns
         self.frames += 1
@@ -522,7 +609,7 @@ class TrackingSession:
                 self.reset()
                 additions.clear()
             elif kind == "remove":
-                removed = self.tracker.remove_points(payload)
+                removed = self._tracker.remove_points(payload)
                 unknown = np.setdiff1d(payload, removed)
                 if len(unknown):
                     self._warn("unknown_ids", f"remove_points: no active point has id(s) "
@@ -532,7 +619,7 @@ class TrackingSession:
         if not self._seeded:
             self._seeded = True
             add_query_set = self.query_set is not None
-            additions.insert(0, grid_positions(self.grid_points, size))
+            additions.insert(0, grid_positions(self._grid_points, size))
         if add_query_set:
             self._add_query_set(self.query_set, size)
         if not additions:
@@ -541,11 +628,11 @@ class TrackingSession:
         if bad.any():
             self._warn("bad_points", f"ignoring {message}")
         xy = xy[~bad]
-        free = self.tracker.max_points - self.tracker.num_points
+        free = self._tracker.max_points - self._tracker.num_points
         if len(xy) > free:
             self._warn("capacity",
                        f"tracker is full: adding {free} of {len(xy)} requested point(s) "
-                       f"({self.tracker.num_points} of {self.tracker.max_points} in use); remove "
+                       f"({self._tracker.num_points} of {self._tracker.max_points} in use); remove "
                        "points, reset, or raise max_points")
             xy = xy[:free]
         return xy.astype(np.float32)
