@@ -5,6 +5,9 @@ The node's `tracks_3d` is built here from plain arrays:
 * `DepthPairing` keeps the last depth images by stamp and finds the one for a colour
   image: the same stamp, else the nearest within a slop (the node waits a little for
   a depth image that has not arrived yet).
+* `Tracks3D` is a stream's tracks_3d: it pairs each colour frame with its depth image
+  (waiting only while the depth stream is alive) and turns the frame's tracks into
+  points, noting once what it had to adapt (sizes, distortion).
 * `depth_in_metres` reads a depth image as REP 118 and depth_image_proc do: `16UC1`
   in millimetres (0 = no reading) or `32FC1` in metres (0, NaN, inf = no reading).
 * `depth_at` takes, for each track, the median of the valid depths in a small window
@@ -28,12 +31,14 @@ import threading
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 DEPTH_ENCODINGS = ("16UC1", "32FC1")
 DEFAULT_FOV_DEG = 60.0  # horizontal field of view of the pinhole model made from an image size
+# A depth stream with an image stamped within this long before a frame is alive: worth waiting for.
+STREAM_ALIVE_NS = 1_000_000_000
 
 
 class DepthError(ValueError):
@@ -165,6 +170,55 @@ class DepthPairing:
     def clear(self) -> None:
         with self._condition:
             self._items.clear()
+
+
+class Tracks3D:
+    """A stream's tracks_3d: each colour frame's depth image (by stamp) and its tracks in 3D.
+
+    Callbacks `add` the depth images (as anything: the node keeps the messages and
+    converts only the paired ones); the worker `pair`s a frame with one, then turns the
+    frame's tracks into `points`. slop_s, window and wait_s may change at any time.
+    """
+
+    def __init__(self, slop_s: float, window: int, wait_s: float, capacity: int = 30):
+        self.pairing = DepthPairing(capacity)
+        self.slop_s, self.window, self.wait_s = slop_s, window, wait_s
+        self._noted: set = set()  # the kinds of note already given
+
+    def add(self, stamp_ns: int, depth: Any) -> None:
+        self.pairing.add(stamp_ns, depth)
+
+    def pair(self, stamp_ns: int) -> Any:
+        """The depth image for the frame stamped `stamp_ns` (`DepthPairing.match` within
+        slop_s), or None. It waits up to wait_s for one still on its way only while the depth
+        stream is alive (an image within the last second): else waiting would only slow every
+        frame down."""
+        latest = self.pairing.latest_stamp
+        alive = latest is not None and stamp_ns - latest < STREAM_ALIVE_NS
+        return self.pairing.match(stamp_ns, self.slop_s, wait_s=self.wait_s if alive else 0.0)
+
+    def points(self, xy: np.ndarray, frame_size: Tuple[int, int], depth_m: np.ndarray,
+               camera: CameraModel) -> Tuple[np.ndarray, List[str]]:
+        """(float32 [K, 3] points of the tracks at `xy` in a frame of (height, width), NaN where
+        no depth; the notes on what was adapted that were not given before, for the log).
+
+        A depth image of another size is looked up at the scaled positions, a camera model of
+        another size is scaled to the frame, and distortion is ignored (K only, as
+        depth_image_proc does)."""
+        size = tuple(frame_size)
+        notes = []
+        if depth_m.shape != size:
+            notes.append(("depth_size", f"the depth image is {depth_m.shape[1]}x{depth_m.shape[0]}, the "
+                          f"colour image {size[1]}x{size[0]}: looking depths up at the scaled positions"))
+        if camera.width and camera.height and (camera.height, camera.width) != size:
+            notes.append(("info_size", camera_size_note((camera.height, camera.width), size)))
+            camera = camera.scaled_to(size)
+        if np.any(camera.D != 0):
+            notes.append(("distortion", "camera_info has distortion coefficients: tracks_3d use K "
+                          "only (as depth_image_proc does); feed rectified images for exact points"))
+        new = [message for kind, message in notes if kind not in self._noted]
+        self._noted.update(kind for kind, _ in notes)
+        return tracks_to_3d(xy, depth_m, camera.K, size, self.window), new
 
 
 # ---------------------------------------------------------------------------- camera models

@@ -11,12 +11,14 @@ Positions use the raster convention of `bootstap_ros.queries`: pixel (i, j) has
 its centre at (i + 0.5, j + 0.5). OpenCV puts pixel centres at integers, hence
 the half-pixel shift in `_to_cv`. Drawing is sub-pixel (fixed point with
 `_SHIFT` fractional bits) and anti-aliased. All functions are pure: they
-return new frames and keep no state.
+return new frames and keep no state. `Trails` is the one thing with state: a live
+stream's last positions per point id, as `draw_tracks` takes them for trails.
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from collections import deque
+from typing import Dict, Iterable, Optional
 
 import cv2
 import numpy as np
@@ -142,6 +144,40 @@ def _to_cv(xy) -> tuple:
 
 def _cv_color(rgb) -> tuple:
     return tuple(int(channel) for channel in rgb)
+
+
+class Trails:
+    """The last `length` positions of each live point of a stream, for `draw_tracks`.
+
+    A position is NaN where the point was not visible; a point missing from a frame is
+    forgotten. `length` may change at any time: each point keeps its latest positions.
+    """
+
+    def __init__(self, length: int):
+        self.length = length
+        self._history: Dict[int, deque] = {}
+
+    def update(self, ids, xy, visible) -> Optional[np.ndarray]:
+        """Add a frame's points (ids [N], xy [N, 2], visible [N]) and return their trails:
+        float ``[N, length, 2]``, oldest first, NaN before a point's first position; None
+        (and nothing kept) when `length` is 0 or 1."""
+        length = self.length
+        if length <= 1:
+            return None
+        ids = np.asarray(ids).reshape(-1).tolist()
+        history = {}
+        for point_id, position, seen in zip(ids, xy, visible):
+            past = self._history.get(point_id) or deque(maxlen=length)
+            if past.maxlen != length:
+                past = deque(past, maxlen=length)
+            past.append(position if seen else (np.nan, np.nan))
+            history[point_id] = past
+        self._history = history
+        trail = np.full((len(ids), length, 2), np.nan)
+        for row, point_id in enumerate(ids):
+            past = np.asarray(history[point_id], np.float64)
+            trail[row, length - len(past):] = past
+        return trail
 
 
 def render_video(frames: Iterable[np.ndarray], tracks: np.ndarray, occluded: np.ndarray,

@@ -7,8 +7,8 @@ import time
 import numpy as np
 import pytest
 
-from bootstap_ros.depth import (CameraModel, DepthError, DepthPairing, back_project, depth_at,
-                                depth_in_metres, tracks_to_3d)
+from bootstap_ros.depth import (CameraModel, DepthError, DepthPairing, Tracks3D, back_project,
+                                depth_at, depth_in_metres, tracks_to_3d)
 
 NAN = np.nan
 
@@ -99,6 +99,48 @@ def test_pairing_exact_nearest_slop_capacity_and_waiting():
     start = time.monotonic()  # a depth image past stamp + slop is in: no point in waiting
     assert pairing.match(1_500_000_000, 0.02, wait_s=10.0) is None
     assert time.monotonic() - start < 5.0
+
+
+def test_a_frame_takes_the_nearest_depth_image_and_waits_only_for_a_live_stream():
+    tracks = Tracks3D(slop_s=0.02, window=1, wait_s=10.0)
+    start = time.monotonic()
+    assert tracks.pair(1_000_000_000) is None  # no depth stream yet: no wait
+    for stamp, name in ((1_000_000_000, "a"), (1_033_000_000, "b"), (1_066_000_000, "c")):
+        tracks.add(stamp, name)
+    assert tracks.pair(1_033_000_000) == "b"
+    # 1.050 s: "b" is 17 ms away, "c" 16 ms: the nearest within the 20 ms slop.
+    assert tracks.pair(1_050_000_000) == "c"
+    assert tracks.pair(1_045_000_000) == "b"  # "b" 12 ms, "c" 21 ms
+    # 5 s after the last depth image: the stream is not alive, so no wait for one.
+    assert tracks.pair(6_066_000_000) is None
+    assert time.monotonic() - start < 5.0
+    # 33 ms after it: alive, so the frame waits for its depth image.
+    threading.Timer(0.05, tracks.add, (1_099_000_000, "d")).start()
+    assert tracks.pair(1_099_000_000) == "d"
+    tracks.slop_s = 0.0  # a runtime change applies to the next frame
+    assert tracks.pair(1_100_000_000) is None
+
+
+def test_points_of_a_frame_hand_computed_with_each_note_given_once():
+    # Pixel (3, 2) has its centre at raster (3.5, 2.5), OpenCV (3, 2): with fx = fy = 2 and the
+    # principal point (2.5, 1.5), 2 m away it is at x = (3 - 2.5) / 2 * 2 = 0.5, y = 0.5.
+    K = [[2.0, 0.0, 2.5], [0.0, 2.0, 1.5], [0.0, 0.0, 1.0]]
+    tracks = Tracks3D(slop_s=0.02, window=1, wait_s=0.0)
+    depth = np.full((4, 6), 2.0, np.float32)
+    xyz, notes = tracks.points(np.array([[3.5, 2.5]]), (4, 6), depth, CameraModel(6, 4, K))
+    np.testing.assert_allclose(xyz, [[0.5, 0.5, 2.0]], atol=1e-6)
+    assert notes == []
+    # A depth image of half the size, a camera model for images twice the size (OpenCV's
+    # convention: cx = (5.5 + 0.5) / 2 - 0.5 = 2.5 when halved) and distortion: the same
+    # point, and one note for each.
+    K_big = [[4.0, 0.0, 5.5], [0.0, 4.0, 3.5], [0.0, 0.0, 1.0]]
+    big = CameraModel(12, 8, K_big, D=[0.1, 0, 0, 0, 0])
+    xyz, notes = tracks.points(np.array([[3.5, 2.5]]), (4, 6), depth[::2, ::2], big)
+    np.testing.assert_allclose(xyz, [[0.5, 0.5, 2.0]], atol=1e-6)
+    assert len(notes) == 3
+    assert "depth image is 3x2, the colour image 6x4" in notes[0]
+    assert "camera_info is for 12x8 images" in notes[1] and "distortion" in notes[2]
+    assert tracks.points(np.array([[3.5, 2.5]]), (4, 6), depth[::2, ::2], big)[1] == []
 
 
 def test_camera_models_pinhole_yaml_and_scaling(tmp_path):

@@ -1,9 +1,9 @@
-"""Tests for bootstap_ros.render: markers, trails, colours and rendered videos."""
+"""Tests for bootstap_ros.render: markers, trails, colours, rendered videos and a stream's trails."""
 
 import numpy as np
 import pytest
 
-from bootstap_ros.render import colors_for_ids, default_radius, draw_tracks, render_video
+from bootstap_ros.render import Trails, colors_for_ids, default_radius, draw_tracks, render_video
 from bootstap_ros.video import open_video
 
 WHITE = np.array([255, 255, 255], np.uint8)
@@ -118,3 +118,25 @@ def test_no_points_draw_nothing_and_colour_nothing():
                       colors=colors)
     np.testing.assert_array_equal(out, frame)
     assert out is not frame
+
+
+def test_trails_keep_each_points_last_visible_positions_hand_computed():
+    nan = [np.nan, np.nan]
+    trails = Trails(3)
+    trail = trails.update(np.array([1, 2]), np.array([[1.0, 1.0], [5.0, 5.0]]), np.array([True, False]))
+    np.testing.assert_array_equal(trail, [[nan, nan, [1, 1]], [nan, nan, nan]])  # occluded: NaN
+    trail = trails.update([2, 1], [[6.0, 6.0], [2.0, 2.0]], [True, True])  # by id, in any order
+    np.testing.assert_array_equal(trail, [[nan, nan, [6, 6]], [nan, [1, 1], [2, 2]]])
+    trail = trails.update([1], [[3.0, 3.0]], [True])  # point 2 is gone, and forgotten
+    np.testing.assert_array_equal(trail, [[[1, 1], [2, 2], [3, 3]]])
+    np.testing.assert_array_equal(trails.update([2], [[7.0, 7.0]], [True]), [[nan, nan, [7, 7]]])
+    trails.length = 2  # a shorter trail keeps the latest positions
+    np.testing.assert_array_equal(trails.update([2], [[8.0, 8.0]], [True]), [[[7, 7], [8, 8]]])
+    trails.length = 1
+    assert trails.update([2], [[9.0, 9.0]], [True]) is None
+    trails.length = 3  # on again: the trail goes on from before (nothing was added while off)
+    np.testing.assert_array_equal(trails.update([2], [[9.0, 9.0]], [True]), [[[7, 7], [8, 8], [9, 9]]])
+    # The trails draw as draw_tracks draws any trail.
+    frame = draw_tracks(_blank(), np.array([[30.5, 30.5]]), np.array([True]),
+                        Trails(4).update([0], [[30.5, 30.5]], [True]))
+    assert frame.any()

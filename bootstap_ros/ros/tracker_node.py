@@ -36,9 +36,8 @@ import logging
 import sys
 import threading
 import time
-from collections import deque
 from datetime import datetime, timezone
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 import numpy as np
 import rclpy
@@ -186,8 +185,9 @@ class TrackerNode(Node):
         self._loader = ModelLoader(self._load_model, self._model_loaded_or_failed)
         self._stats = _Stats()
         self._debug_always = self.settings.publish_debug_image
-        self._trail_length = self.settings.debug_trail
-        self._history: Dict[int, deque] = {}
+        from bootstap_ros.render import Trails
+
+        self._trails = Trails(self.settings.debug_trail)
 
         image_qos = _qos(self.settings.qos_image_reliability, self.settings.qos_image_depth)
         output_qos = _qos(self.settings.qos_tracks_reliability, self.settings.qos_tracks_depth)
@@ -207,13 +207,11 @@ class TrackerNode(Node):
             history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE,
             durability=DurabilityPolicy.TRANSIENT_LOCAL))
         if self.settings.use_depth:
-            from bootstap_ros.depth import DepthPairing
+            from bootstap_ros.depth import Tracks3D
 
-            self._depth_pairing = DepthPairing()
+            self._tracks_3d = Tracks3D(self.settings.depth_slop, self.settings.depth_window,
+                                       self.settings.depth_wait)
             self._camera_info: Optional[CameraInfo] = None
-            self._depth_notes: set = set()  # one-time warnings already given
-            self._depth_slop, self._depth_window = self.settings.depth_slop, self.settings.depth_window
-            self._depth_wait = self.settings.depth_wait
             self.create_subscription(Image, interfaces.DEPTH.name, self._on_depth, image_qos)
             self.create_subscription(
                 CameraInfo, interfaces.CAMERA_INFO.name, self._on_camera_info, image_qos)
@@ -262,7 +260,7 @@ class TrackerNode(Node):
             self._stats.window_received += 1
 
     def _on_depth(self, msg: Image) -> None:
-        self._depth_pairing.add(_stamp_ns(msg.header), msg)
+        self._tracks_3d.add(_stamp_ns(msg.header), msg)
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         self._camera_info = msg
@@ -292,13 +290,13 @@ class TrackerNode(Node):
             elif parameter.name == "publish_debug_image":
                 self._debug_always = bool(parameter.value)
             elif parameter.name == "debug_trail":
-                self._trail_length = int(parameter.value)
-            elif parameter.name == "depth_slop":
-                self._depth_slop = float(parameter.value)
-            elif parameter.name == "depth_window":
-                self._depth_window = int(parameter.value)
-            elif parameter.name == "depth_wait":
-                self._depth_wait = float(parameter.value)
+                self._trails.length = int(parameter.value)
+            elif parameter.name == "depth_slop" and self.settings.use_depth:
+                self._tracks_3d.slop_s = float(parameter.value)
+            elif parameter.name == "depth_window" and self.settings.use_depth:
+                self._tracks_3d.window = int(parameter.value)
+            elif parameter.name == "depth_wait" and self.settings.use_depth:
+                self._tracks_3d.wait_s = float(parameter.value)
             elif parameter.name == "query_frame_memory_mb":
                 self.session.set_frame_memory(int(parameter.value) * MIB)
         return SetParametersResult(successful=True)
@@ -476,29 +474,20 @@ class TrackerNode(Node):
         if self._debug_always or self._debug_pub.get_subscription_count() > 0:
             self._publish_debug_image(frame, encoding, result, msg.header)
 
-    def _note_once(self, key: str, message: str) -> None:
-        if key not in self._depth_notes:
-            self._depth_notes.add(key)
-            self.get_logger().warning(message)
-
     def _publish_tracks_3d(self, result, header) -> None:
         """tracks_3d for a frame: its depth image's median depth at each track, back-projected
-        with camera_info's K (bootstap_ros.depth); none when the frame has no depth pair."""
-        from bootstap_ros.depth import DepthError, camera_size_note, depth_in_metres, tracks_to_3d
+        with camera_info's K (`depth.Tracks3D`); none when the frame has no depth pair."""
+        from bootstap_ros.depth import DepthError, depth_in_metres
         from bootstap_ros.ros.conversions import (camera_info_to_model, depth_image_to_array,
                                                   tracks_3d_to_cloud)
 
         stamp = _stamp_ns(header)
-        # Wait for a depth image still on its way only while the depth stream is alive (one
-        # within the last second): without one, waiting would only slow every frame down.
-        latest = self._depth_pairing.latest_stamp
-        alive = latest is not None and stamp - latest < 1_000_000_000
-        depth_msg = self._depth_pairing.match(stamp, self._depth_slop, wait_s=self._depth_wait if alive else 0.0)
+        depth_msg = self._tracks_3d.pair(stamp)
         start = time.perf_counter()
         info = self._camera_info
         problem = None
         if depth_msg is None:
-            problem = (f"no depth image within depth_slop={self._depth_slop:g} s of the image "
+            problem = (f"no depth image within depth_slop={self._tracks_3d.slop_s:g} s of the image "
                        f"stamped {stamp / 1e9:.6f}: no tracks_3d for it")
         elif info is None:
             problem = "no camera_info received yet: no tracks_3d until one arrives"
@@ -513,17 +502,9 @@ class TrackerNode(Node):
                 self._stats.without_depth += 1
             self._warning("no_depth", problem)
             return
-        size = tuple(result.frame_size)
-        if depth.shape != size:
-            self._note_once("depth_size", f"the depth image is {depth.shape[1]}x{depth.shape[0]}, the "
-                            f"colour image {size[1]}x{size[0]}: looking depths up at the scaled positions")
-        if model.width and model.height and (model.height, model.width) != size:
-            self._note_once("info_size", camera_size_note((model.height, model.width), size))
-            model = model.scaled_to(size)
-        if np.any(model.D != 0):
-            self._note_once("distortion", "camera_info has distortion coefficients: tracks_3d use K "
-                            "only (as depth_image_proc does); feed rectified images for exact points")
-        xyz = tracks_to_3d(result.xy, depth, model.K, size, self._depth_window)
+        xyz, notes = self._tracks_3d.points(result.xy, result.frame_size, depth, model)
+        for note in notes:
+            self.get_logger().warning(note)
         self._tracks_3d_pub.publish(tracks_3d_to_cloud(result.ids, xyz, result.visible, header))
         with self._stats.lock:
             self._stats.depth_ms.append((time.perf_counter() - start) * 1e3)
@@ -532,20 +513,7 @@ class TrackerNode(Node):
         from bootstap_ros.render import colors_for_ids, draw_tracks
         from bootstap_ros.tracking import to_rgb
 
-        trail = None
-        if self._trail_length > 1:
-            history = {}
-            for point_id, xy, visible in zip(result.ids.tolist(), result.xy, result.visible):
-                past = self._history.get(point_id) or deque(maxlen=self._trail_length)
-                if past.maxlen != self._trail_length:
-                    past = deque(past, maxlen=self._trail_length)
-                past.append(xy if visible else (np.nan, np.nan))
-                history[point_id] = past
-            self._history = history
-            trail = np.full((len(result), self._trail_length, 2), np.nan)
-            for row, point_id in enumerate(result.ids.tolist()):
-                past = np.asarray(history[point_id], np.float64)
-                trail[row, self._trail_length - len(past):] = past
+        trail = self._trails.update(result.ids, result.xy, result.visible)
         image = draw_tracks(to_rgb(frame, encoding), result.xy, result.visible, trail,
                             colors_for_ids(result.ids))
         self._debug_pub.publish(array_to_image(image, "rgb8", header))
