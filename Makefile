@@ -58,10 +58,11 @@ demo: setup
 	    --grid 8 --output $(DEMO_OUT)/tracks.npz --render $(DEMO_OUT)/tracks.mp4
 	@echo "demo: rendered video in $(DEMO_OUT)/tracks.mp4, tracks in $(DEMO_OUT)/tracks.npz"
 
-# docs/node-reference.md, written from bootstap_ros/ros/settings.py, interfaces.py and the
-# launch file's arguments (test/test_docs.py fails when the checked-in page differs).
+# docs/node-reference.md, written by tools/node_reference.py from bootstap_ros/ros/settings.py,
+# interfaces.py and the launch file's arguments (test/test_docs.py fails when the checked-in
+# page differs).
 docs-reference: setup
-	$(PY) -m bootstap_ros.ros.reference
+	$(PY) tools/node_reference.py
 
 # The pictures in README.md and docs/ (small files, committed): a still and a 4-second GIF
 # of `make demo`'s tracks, and bootstap-bench's latency-against-points plot for the

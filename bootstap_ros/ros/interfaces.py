@@ -2,8 +2,8 @@
 
 The node creates its subscriptions, publishers and service under the names and with
 the types of this table, and `conversions` builds its PointCloud2 fields from the
-layouts here; docs/node-reference.md is written from it (`python -m
-bootstap_ros.ros.reference`). No rclpy here, so the table can be read without ROS.
+layouts here; docs/node-reference.md is written from it (`python
+tools/node_reference.py`). No rclpy here, so the table can be read without ROS.
 """
 
 from __future__ import annotations

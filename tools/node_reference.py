@@ -1,13 +1,14 @@
 """Writes the tracker node's reference page (docs/node-reference.md) from the code.
 
-    python -m bootstap_ros.ros.reference            # writes docs/node-reference.md
-    python -m bootstap_ros.ros.reference --check    # exit status 1 when the page differs
+    python tools/node_reference.py            # writes docs/node-reference.md (make docs-reference)
+    python tools/node_reference.py --check    # exit status 1 when the page differs
 
 The page lists the node's topics and service (`interfaces`), the layout of its point
 clouds, its parameters (`settings.PARAMETERS`, defaults from `TrackerNodeConfig`) and
 the launch file's arguments (read from launch/tracker.launch.py without importing
 launch, which is not on PyPI). A test fails when the checked-in page differs, so the
-page follows the code. No rclpy here.
+page follows the code. A maintenance tool of the source checkout: no rclpy here, and
+nothing of the installed package runs it.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from typing import Any, List, Optional, Sequence, Tuple
 from bootstap_ros.ros.interfaces import INTERFACES, ROLES
 from bootstap_ros.ros.settings import PARAMETERS
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 PAGE = REPO / "docs" / "node-reference.md"
 LAUNCH_FILE = REPO / "launch" / "tracker.launch.py"
-COMMAND = "python -m bootstap_ros.ros.reference"
+COMMAND = "python tools/node_reference.py"
 
 
 def cell(text: str) -> str:
