@@ -59,6 +59,7 @@ def compute_video_metrics(
     pred_occluded: np.ndarray,
     pred_tracks: np.ndarray,
     query_mode: str,
+    frames: np.ndarray | None = None,
 ) -> dict[str, float]:
     """TAP-Vid metrics of one video.
 
@@ -69,6 +70,8 @@ def compute_video_metrics(
       pred_occluded: bool [N, T].
       pred_tracks: [N, T, 2] x, y.
       query_mode: "first" or "strided".
+      frames: optional bool [T]: score only these frames (e.g. the frames a real-time
+        tracker answered); all by default.
 
     Returns:
       A dict with every name in ``METRIC_NAMES``, as floats in [0, 1] (NaN
@@ -93,6 +96,8 @@ def compute_video_metrics(
             raise ValueError(f"{name} has shape {tuple(found)}, expected {wanted} (from gt_occluded)")
 
     scored = evaluation_mask(query_points, num_frames, query_mode)
+    if frames is not None:
+        scored = scored & np.asarray(frames, bool).reshape(1, num_frames)
     gt_visible = ~gt_occluded & scored
     pred_visible = ~pred_occluded & scored
     num_gt_visible = int(gt_visible.sum())
