@@ -120,6 +120,22 @@ def test_a_result_older_than_the_frames_kept_changes_nothing():
     assert propagator.counts["stale"] == 1
 
 
+def test_a_complete_result_adds_the_networks_new_points_and_drops_the_removed_ones():
+    frames = shifted([(0, 0), (2, 0), (4, 0)])
+    propagator = Propagator(PropagationConfig(trust_uncertainty=0.1))
+    propagator.advance(0, frames[0])
+    propagator.add([0, 1], POINTS[:2])
+    propagator.advance(1, frames[1])
+    propagator.advance(2, frames[2])
+    # The network, on frame 1, no longer has point 0 and has a new point 5 (added by a request).
+    on_frame_1 = np.stack([POINTS[1], POINTS[2]]) - [2, 0]
+    propagator.fuse(1, [1, 5], on_frame_1, [0.0, 0.0], [0.5, 0.01], [True, True], complete=True)
+    estimate = propagator.estimate()
+    assert estimate.ids.tolist() == [1, 5]
+    np.testing.assert_allclose(estimate.xy, np.stack([POINTS[1], POINTS[2]]) - [4, 0], atol=0.1)
+    assert estimate.source.tolist() == ["lk", "network"]  # point 1: unsure, its own LK track
+
+
 def test_bad_frames_and_orders_are_refused():
     propagator = Propagator()
     with pytest.raises(RuntimeError, match="advance first"):

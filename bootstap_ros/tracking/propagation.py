@@ -175,7 +175,8 @@ class Propagator:
         self.frame_size = size
         previous = self._frames.get(self._index) if self._index is not None else None
         if previous is not None and len(p.ids):
-            self._step(np.ones(len(p.ids), bool), previous, grey, lk_track=True)
+            every = np.ones(len(p.ids), bool)
+            self._step(every, every, previous, grey)
         self._index = index
         self._frames[index] = grey
         while len(self._frames) > self.config.history:
@@ -183,18 +184,35 @@ class Propagator:
         self.counts["frames"] += 1
         return self.estimate()
 
-    def fuse(self, index: int, ids, xy, occlusion, uncertainty, visible) -> bool:
+    def fuse(self, index: int, ids, xy, occlusion, uncertainty, visible, complete: bool = False) -> bool:
         """A network result computed on frame ``index``: rows ``ids`` with pixel ``xy`` of that frame,
         occlusion and uncertainty probabilities and the visibility the network decided.
 
         The points it names restart their network track from it, carried on to the newest frame;
-        points it does not name (added after that frame, or removed) are left as they are.
+        points it does not name (added after that frame, or removed) are left as they are. With
+        ``complete`` the result names every point there is (the network adds and removes points
+        itself, as in the node): points it names that are unknown here start from it, and points
+        it does not name are dropped.
         Returns False (and changes nothing) when ``index`` is older than the frames kept."""
         if index not in self._frames:
             self.counts["stale"] += 1
             return False
         ids = np.asarray(ids, np.int64).reshape(-1)
         p = self._points
+        new = np.zeros(0, np.int64)
+        if complete:
+            p.keep(np.isin(p.ids, ids))
+            new = np.setdiff1d(ids, p.ids)
+            if len(new):
+                order = np.argsort(ids)
+                rows = order[np.searchsorted(ids[order], new)]
+                start = np.asarray(xy, np.float32).reshape(-1, 2)[rows]
+                seen = np.asarray(visible, bool).reshape(-1)[rows]
+                count = len(new)
+                p.append(ids=new, net_xy=start.copy(), net_visible=np.ones(count, bool),
+                         occlusion=np.zeros(count, np.float32), uncertainty=np.ones(count, np.float32),
+                         net_index=np.full(count, -1, np.int64), fused_xy=start.copy(),
+                         velocity=np.zeros((count, 2), np.float32), lk_xy=start.copy(), lk_alive=seen)
         rows_of = {int(i): r for r, i in enumerate(p.ids)}
         given = [(k, rows_of[int(i)]) for k, i in enumerate(ids) if int(i) in rows_of]
         if not given:
@@ -217,9 +235,10 @@ class Propagator:
         p.fused_xy[rows] = xy
         selected = np.zeros(len(p.ids), bool)
         selected[rows] = True
+        started = np.isin(p.ids, new)  # their LK track starts on this frame too
         frames = [i for i in self._frames if i >= index]
         for before, after in zip(frames, frames[1:]):
-            self._step(selected, self._frames[before], self._frames[after], lk_track=False)
+            self._step(selected, started, self._frames[before], self._frames[after])
         # Where the network is sure of a visible point whose LK track was lost, that restarts from it.
         sure = selected & ~p.lk_alive & p.net_visible & (p.uncertainty <= self.config.restart_uncertainty)
         p.lk_xy[sure] = p.net_xy[sure]
@@ -242,12 +261,13 @@ class Propagator:
                         np.where(use_lk, "lk", "network").astype("<U7"))
 
     # ------------------------------------------------------------------ inside
-    def _step(self, selected: np.ndarray, previous: np.ndarray, current: np.ndarray, lk_track: bool) -> None:
+    def _step(self, selected: np.ndarray, lk_selected: np.ndarray, previous: np.ndarray,
+              current: np.ndarray) -> None:
         """One frame step of the selected points' network tracks (visible ones by LK, else by their
-        velocity) and, with lk_track, of every live LK track."""
+        velocity) and of the live LK tracks among lk_selected."""
         p = self._points
         net_rows = np.flatnonzero(selected & p.net_visible)
-        lk_rows = np.flatnonzero(p.lk_alive) if lk_track else np.zeros(0, np.int64)
+        lk_rows = np.flatnonzero(lk_selected & p.lk_alive)
         start = np.concatenate([p.net_xy[net_rows], p.lk_xy[lk_rows]])
         if len(start):
             moved, ok = self._lk_step(previous, current, start)
