@@ -115,7 +115,7 @@ def test_the_cycle_score_ranks_a_trained_model_above_random_weights():
 
 def test_the_label_cache_labels_each_clip_once_with_the_teachers_own_outputs(tmp_path):
     from bootstap_ros_training.teacher import LabelCache
-    from bootstap_ros_training.train import model_forward
+    from bootstap_ros_training.loop import model_forward
 
     videos = torch.from_numpy(np.stack([blob_clip(num_frames=4, height=64, width=64, blobs=40, seed=s)
                                         for s in range(3)]))
@@ -184,9 +184,12 @@ def test_bootstap_validate_scores_checkpoints_on_a_bag(tmp_path, capsys):
     scores = json.loads(out.read_text())
     assert [s["checkpoint"] for s in scores] == ["embedded model", str(tmp_path / "random.pt")]
     assert scores[0]["cycle_score"] > scores[1]["cycle_score"] and scores[0]["clips"] == 3
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "<- best" in printed.splitlines()[1]
-    assert main(["--data", str(tmp_path / "missing")]) == 1
+    # It says what it is doing while it works (minutes at 32 clips), on stderr.
+    assert "embedded model: 3/3 clips scored" in captured.err and "decoding the logs" in captured.err
+    assert main(["--data", str(tmp_path / "missing")]) == 2  # input the user gave: exit status 2
 
 
 def test_pseudo_label_grades_by_hand():
@@ -240,7 +243,7 @@ def test_a_runs_kept_checkpoints_are_graded_afterwards(tmp_path):
 def test_the_teacher_retraces_right_labels_and_not_wrong_ones():
     from bootstap_ros.model import Trajectories
     from bootstap_ros_training.teacher import label_batch, round_trip_errors
-    from bootstap_ros_training.train import model_forward
+    from bootstap_ros_training.loop import model_forward
 
     model = _embedded()
 

@@ -20,9 +20,9 @@ from bootstap_ros_training.configs import SMALL as SMALL_TRAINING_MODEL
 from bootstap_ros_training.configs import resolve_model_config
 from bootstap_ros_training.data import (TRAIN_SEED_OFFSET, StepBatches, SyntheticClips, clip_arrays, heldout_seeds,
                                         train_clip_seed)
-from bootstap_ros_training.train import (TrainConfig, batch_loss, learning_rate, main, make_optimizer, optimizer_step,
-                                         train)
-from helpers.runs import logged_steps
+from bootstap_ros_training.loop import optimizer_step
+from bootstap_ros_training.supervised import TrainConfig, batch_loss, learning_rate, main, make_optimizer, train
+from helpers.runs import FakeClock, logged_steps
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_MODEL = json.dumps(SMALL.to_dict())
@@ -116,17 +116,17 @@ def test_bf16_autocast_on_cpu_trains_close_to_float32(tmp_path):
 def test_resume_continues_exactly_and_logs(tmp_path):
     straight = train(tiny_config(tmp_path / "straight", eval_every=4))
     # The same run interrupted at step 2 through the command line, then resumed.
-    args = ["--out", str(tmp_path / "resumed"), "--model", TINY_MODEL, "--steps", "4",
+    args = ["--output", str(tmp_path / "resumed"), "--model", TINY_MODEL, "--steps", "4",
             "--batch-size", "2", "--frames", "4", "--num-points", "8", "--image-size", "64",
             "--warmup", "2", "--num-workers", "0", "--log-every", "1", "--checkpoint-every", "2",
             "--eval-every", "0"]
     assert main([*args, "--stop-at", "2"]) == 0
     halfway = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)
     assert halfway["step"] == 2 and "optimizer" in halfway and halfway["train_config"]["steps"] == 4
-    assert not (tmp_path / "resumed" / "model.pt").exists()
-    assert main(["--out", str(tmp_path / "resumed"), "--resume", "--num-workers", "0"]) == 0
+    assert not (tmp_path / "resumed" / "final.pt").exists()
+    assert main(["--output", str(tmp_path / "resumed"), "--resume", "--num-workers", "0"]) == 0
 
-    resumed = load_checkpoint(tmp_path / "resumed" / "model.pt")
+    resumed = load_checkpoint(tmp_path / "resumed" / "final.pt")
     assert resumed.extra["step"] == 4 and resumed.config == SMALL
     for key, value in straight.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
@@ -144,12 +144,12 @@ def test_fresh_run_refuses_an_existing_checkpoint_and_resume_refuses_a_new_archi
     train(tiny_config(tmp_path, steps=1))
     with pytest.raises(ValueError, match="--resume"):
         train(tiny_config(tmp_path, steps=1))
-    assert main(["--out", str(tmp_path), "--resume", "--model", "small"]) == 1
+    assert main(["--output", str(tmp_path), "--resume", "--model", "small"]) == 2  # a bad argument
 
 
 @pytest.mark.slow
 def test_sigterm_writes_a_checkpoint_and_stops(tmp_path):
-    command = [sys.executable, "-m", "bootstap_ros_training.train", "--out", str(tmp_path), "--model", TINY_MODEL,
+    command = [sys.executable, "-m", "bootstap_ros_training.supervised", "--output", str(tmp_path), "--model", TINY_MODEL,
                "--steps", "100000", "--batch-size", "1", "--frames", "2", "--num-points", "4",
                "--image-size", "64", "--num-workers", "0", "--log-every", "1",
                "--checkpoint-every", "100000", "--eval-every", "0"]
@@ -189,7 +189,7 @@ def test_ddp_gloo_two_processes_end_with_identical_weights(tmp_path):
     assert any(not torch.equal(rank0[k], initial[k]) for k in rank0)
     for key in rank0:
         assert torch.equal(rank0[key], rank1[key]), key
-    saved = load_checkpoint(tmp_path / "run" / "model.pt")
+    saved = load_checkpoint(tmp_path / "run" / "final.pt")
     for key, value in saved.model.state_dict().items():
         assert torch.equal(value, rank0[key]), key
     with open(tmp_path / "run" / "config.json") as file:
@@ -197,7 +197,7 @@ def test_ddp_gloo_two_processes_end_with_identical_weights(tmp_path):
 
 
 def test_training_checkpoints_hold_several_parts_and_load_as_project_checkpoints(tmp_path):
-    from bootstap_ros_training.train import _CsvLog, load_training_parts, make_adamw, save_training_checkpoint
+    from bootstap_ros_training.loop import _CsvLog, load_training_parts, make_adamw, save_training_checkpoint
 
     torch.manual_seed(0)
     student, teacher = build_model(SMALL).train(), build_model(SMALL)
@@ -241,20 +241,37 @@ def test_training_checkpoints_hold_several_parts_and_load_as_project_checkpoints
         assert [row["step"] for row in csv.DictReader(file)] == ["1"]
 
 
-def test_a_time_budget_fits_the_supervised_run_to_it(tmp_path):
+def test_a_time_budget_fits_the_supervised_run_to_it(tmp_path, capsys):
     """The supervised trainer takes --time-budget as bootstrapping does: the schedule is fitted
-    to the minutes given, the run ends within them and writes its final weights."""
-    import time
-
-    args = ["--out", str(tmp_path / "run"), "--model", TINY_MODEL, "--time-budget", "0.15",
+    to the minutes given, the run ends within them and writes its final weights. The budget's
+    clock is a fake one, so a loaded machine changes nothing; the progress bar starts once the
+    schedule is fitted (never counting to the budget's cap of 1,000,000 steps)."""
+    args = ["--output", str(tmp_path / "run"), "--model", TINY_MODEL, "--time-budget", "0.15",
             "--batch-size", "2", "--frames", "4", "--num-points", "8", "--image-size", "64",
             "--warmup", "2", "--num-workers", "0", "--log-every", "1", "--checkpoint-every", "50",
             "--eval-every", "0"]
-    started = time.monotonic()
-    assert main(args) == 0
-    assert time.monotonic() - started < 9 + 15
-    final = load_checkpoint(tmp_path / "run" / "model.pt")
+    clock = FakeClock(tick=0.1)
+    started = clock.now
+    assert main(args, clock=clock) == 0
+    assert clock.now - started < 9 + 15
+    final = load_checkpoint(tmp_path / "run" / "final.pt")
     assert final.extra["step"] == final.extra["train_config"]["steps"] > 4
+    assert "/1000000" not in capsys.readouterr().err
+
+
+def test_the_old_output_flag_and_final_weights_name_still_work_with_a_warning(tmp_path, capsys):
+    args = ["--out", str(tmp_path / "run"), "--model", TINY_MODEL, "--steps", "1", "--batch-size", "1",
+            "--frames", "2", "--num-points", "4", "--image-size", "64", "--num-workers", "0",
+            "--eval-every", "0"]
+    assert main(args) == 0
+    assert "--out is deprecated, use --output" in capsys.readouterr().err
+    assert (tmp_path / "run" / "final.pt").is_file() and not (tmp_path / "run" / "model.pt").exists()
+    # --init RUN/model.pt, the old name of a run's final weights, finds RUN/final.pt.
+    args = ["--output", str(tmp_path / "next"), "--init", str(tmp_path / "run" / "model.pt"), "--steps", "1",
+            "--batch-size", "1", "--frames", "2", "--num-points", "4", "--image-size", "64",
+            "--num-workers", "0", "--eval-every", "0"]
+    assert main(args) == 0
+    assert "model.pt is deprecated" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="glibc's malloc settings")
@@ -263,7 +280,7 @@ def test_training_keeps_freed_memory_instead_of_faulting_it_in_again():
     allocator's default they are unmapped and page-faulted in anew each time."""
     code = (
         "import resource, sys, torch\n"
-        "from bootstap_ros_training.train import keep_freed_memory\n"
+        "from bootstap_ros_training.loop import keep_freed_memory\n"
         "if sys.argv[1] == 'keep': assert keep_freed_memory()\n"
         "def step():  # activations of 2 to 60 MB, all freed at the end\n"
         "    parts = [torch.ones(n << 18) for n in (2, 8, 16, 30, 60)]\n"

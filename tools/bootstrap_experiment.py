@@ -11,7 +11,7 @@ on Kubric-lite only), every run with the same wall-clock budget:
 2. "before": `bootstap-eval` of the embedded model (and Lucas-Kanade) on every test set;
 3. runs: `bootstap-train-bootstrap --data BAGS --time-budget MINUTES --device cpu` with the
    recipe's defaults, for each domain and seed, keeping a checkpoint every `--keep-every`
-   steps; on the robot domain also the supervised-only control (`bootstap_ros_training.train` on
+   steps; on the robot domain also the supervised-only control (`bootstap_ros_training.supervised` on
    Kubric-lite with the bootstrapping runs' supervised settings and the same budget);
 4. "after": `bootstap-eval` of each run's final.pt on its domain's test split, and of the
    robot runs on the source domain's test sets;
@@ -147,7 +147,7 @@ def control_run(out: Path, seed: int) -> Path:
 
 
 def training_jobs(args, out: Path) -> List[Job]:
-    from bootstap_ros_training.bootstrap import DEVICE_DEFAULTS, BootstrapConfig
+    from bootstap_ros_training.bootstrap_config import DEVICE_DEFAULTS, BootstrapConfig
 
     py, jobs = args.python, []
     recipe, cpu = BootstrapConfig().for_device("cpu"), DEVICE_DEFAULTS["cpu"]
@@ -164,12 +164,12 @@ def training_jobs(args, out: Path) -> List[Job]:
                 # The control, next to its run: the bootstrapping runs' supervised task alone, the same budget.
                 run = control_run(out, seed)
                 jobs.append(Job(f"supervised control seed {seed}", [
-                    py, "-m", "bootstap_ros_training.train", "--out", run, "--init", DEFAULT_MODEL, "--time-budget", args.minutes,
+                    py, "-m", "bootstap_ros_training.supervised", "--output", run, "--init", DEFAULT_MODEL, "--time-budget", args.minutes,
                     "--batch-size", cpu["supervised_batch_size"], "--frames", cpu["supervised_frames"],
                     "--num-points", cpu["supervised_points"], "--lr", recipe.ssl_supervised_lr,
                     "--warmup", recipe.warmup, "--weight-decay", recipe.weight_decay, "--device", "cpu",
                     "--num-workers", recipe.num_workers, "--eval-every", 0, "--checkpoint-every", 100,
-                    "--seed", seed], run / "model.pt", out / "logs_text" / f"train_control_seed{seed}.log",
+                    "--seed", seed], run / "final.pt", out / "logs_text" / f"train_control_seed{seed}.log",
                     args.threads))
     return jobs
 
@@ -184,7 +184,7 @@ def after_jobs(args, out: Path) -> List[Job]:
             if domain == "robot":
                 jobs += [eval_job(args, out, name, source, final) for source in SOURCE_SETS]
         if "robot" in args.domains and not args.no_control:
-            model = control_run(out, seed) / "model.pt"
+            model = control_run(out, seed) / "final.pt"
             jobs += [eval_job(args, out, f"control_seed{seed}", dataset, model) for dataset in ("robot", *SOURCE_SETS)]
     return jobs
 

@@ -4,7 +4,7 @@
     python tools/plot_training.py runs/boot --output docs/images/bootstrap_curves.png \
         --columns loss,kept_tracks,eval:average_jaccard
 
-A run directory (`bootstap_ros_training.train`, `bootstap-train-bootstrap`) holds `train_log.csv` and
+A run directory (`bootstap_ros_training.supervised`, `bootstap-train-bootstrap`) holds `train_log.csv` and
 `eval_log.csv`, one row per logged step. Every numeric column of either file is drawn
 against `step` in a panel of its own, named by its column (the evaluation's prefixed
 `eval:`): columns a newer trainer adds appear without any change here, and empty cells,

@@ -1,6 +1,6 @@
 """A run's time budget: how many steps fit in the minutes given, and when to stop.
 
-`TimeBudget` watches the loop (`bootstap_ros_training.train.run_loop`): after a few calibration
+`TimeBudget` watches the loop (`bootstap_ros_training.loop.run_loop`): after a few calibration
 steps it fits the step count, and so the learning-rate schedule, to the time left;
 afterwards it refits whenever the pace changes (a loaded machine, evaluations that cost
 more than a step), and it stops the run before the deadline if it falls behind anyway.

@@ -71,9 +71,9 @@ def _truth_queries(generator: torch.Generator, tracks: torch.Tensor, visible: to
 def grade(student: torch.nn.Module, teacher: torch.nn.Module, grading: GradingSet, config, step: int,
           device: torch.device, student_causal: bool, teacher_causal: bool) -> Dict[str, float]:
     """The grades (module docstring) of one pass over `grading` at training step `step`."""
-    from .bootstrap import step_generators, student_pass
+    from .objective import step_generators, student_pass
     from .teacher import label_batch
-    from .train import model_forward
+    from .loop import model_forward
 
     numpy_rng, torch_rng = step_generators(config.seed, step, 1 << 20)
     pools: Dict[str, List[torch.Tensor]] = {k: [] for k in (
@@ -135,7 +135,8 @@ def grade_run(run: str, path: str, device: str = "cpu", max_clips: int = 8) -> L
 
     from bootstap_ros.model import build_model, load_checkpoint
 
-    from .bootstrap import BootstrapConfig, load_fixed_teacher
+    from .bootstrap_config import BootstrapConfig
+    from .objective import load_fixed_teacher
 
     kept = sorted(Path(run).glob("checkpoints/step_*.pt"))
     if not kept:
@@ -160,7 +161,8 @@ def grade_run(run: str, path: str, device: str = "cpu", max_clips: int = 8) -> L
 def main(argv=None) -> int:
     import argparse
     import csv
-    import sys
+
+    from .loop import run_command
 
     parser = argparse.ArgumentParser(prog="python -m bootstap_ros_training.grading",
                                      description="Grade the pseudo-labels of every checkpoint a bootstrapping "
@@ -171,11 +173,11 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--output", default=None, help="CSV to write (default: RUN/grades.csv)")
     args = parser.parse_args(argv)
-    try:
-        rows = grade_run(args.run, args.grade, args.device, args.max_clips)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"bootstap_ros_training.grading: error: {error}", file=sys.stderr)
-        return 1
+    rows: List[Dict[str, float]] = []
+    status = run_command(parser.prog, lambda: rows.extend(grade_run(args.run, args.grade, args.device,
+                                                                     args.max_clips)))
+    if status:
+        return status
     output = args.output or f"{args.run}/grades.csv"
     with open(output, "w", newline="") as file:
         writer = csv.DictWriter(file, list(rows[0]))

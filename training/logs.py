@@ -396,6 +396,9 @@ def prepare_logs(paths: Sequence, out_dir, config: ClipConfig = ClipConfig(),
     if not inputs:
         raise LogError(f"no inputs given ({list(paths)})")
     clip_root = out_dir / "clips"
+    # Folders this call makes: a call that gives no clip removes them again, so a failed run
+    # leaves no empty clips/clips/ behind.
+    created = [folder for folder in (out_dir, clip_root) if not folder.exists()]
     clip_root.mkdir(parents=True, exist_ok=True)
 
     # Topics first, so a bag with several image topics stops the run before any decoding.
@@ -448,6 +451,8 @@ def prepare_logs(paths: Sequence, out_dir, config: ClipConfig = ClipConfig(),
                   topic=record["topic"])
              for record in records for clip in record["clips"]]
     if not clips:
+        for folder in reversed(created):
+            shutil.rmtree(folder, ignore_errors=True)
         reasons = "; ".join(f"{r['path']}: {r['problem'] or 'too short or all static'} "
                             f"({r['stats']['frames']} frames)" for r in records)
         raise LogError(f"no clip of {config.frames} frames could be made from the inputs: "

@@ -31,13 +31,14 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 
 from bootstap_ros.model.tapir import visibility
 
+PROG = "bootstap-validate"
 THRESHOLDS = (1.0, 2.0, 4.0, 8.0, 16.0)
 SCORE_RASTER = 256.0
 
@@ -56,7 +57,7 @@ def cycle_errors(model: torch.nn.Module, video: torch.Tensor, queries: torch.Ten
     """Round trips of `queries` (on frame 0) through uint8 clip [1, T, H, W, 3]: per end
     frame (middle, last), (distance back at frame 0 in the 256 raster [N], round trip
     visible [N])."""
-    from .train import model_forward
+    from .loop import model_forward
 
     causal = model.config.causal
     frames, height, width = video.shape[1:4]
@@ -84,10 +85,12 @@ def cycle_errors(model: torch.nn.Module, video: torch.Tensor, queries: torch.Ten
 
 
 def cycle_score(model: torch.nn.Module, videos: Sequence, device: torch.device, num_points: int = 64,
-                seed: int = 0, amp: str = "off") -> Dict[str, float]:
+                seed: int = 0, amp: str = "off",
+                progress: Optional[Callable[[int, int], None]] = None) -> Dict[str, float]:
     """The label-free score of `model` on uint8 clips [T, H, W, 3] (numpy or torch): see the
     module docstring. Returns the score and its parts (success rate per threshold,
-    share of round trips called visible, median return distance of those)."""
+    share of round trips called visible, median return distance of those). `progress` is
+    called with (clips done, clips) after each clip."""
     was_training = model.training
     model.eval()
     successes = {d: [] for d in THRESHOLDS}
@@ -102,6 +105,8 @@ def cycle_score(model: torch.nn.Module, videos: Sequence, device: torch.device, 
                     successes[d].append(((distance < d) & seen).float().mean().item())
                 visible.append(seen.float().mean().item())
                 distances.extend(distance[seen].tolist())
+            if progress is not None:
+                progress(index + 1, len(videos))
     finally:
         model.train(was_training)
     if not visible:
@@ -161,11 +166,12 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--output", default=None, metavar="JSON", help="also write the scores here")
     args = parser.parse_args(argv)
-    try:
-        results = validate(args)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"bootstap-validate: error: {error}", file=sys.stderr)
-        return 1
+    from .loop import run_command
+
+    results: List[Dict] = []
+    status = run_command(PROG, lambda: results.extend(validate(args)))
+    if status:
+        return status
     width = max(len(r["checkpoint"]) for r in results)
     print(f"{'checkpoint':<{width}}  score   <1px  <4px  <16px visible")
     best = max(results, key=lambda r: r["cycle_score"])
@@ -178,6 +184,11 @@ def main(argv=None) -> int:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
     return 0
+
+
+def say(line: str) -> None:
+    """A progress line on stderr (the table goes to stdout)."""
+    print(f"{PROG}: {line}", file=sys.stderr, flush=True)
 
 
 def validate(args) -> List[Dict]:
@@ -197,14 +208,19 @@ def validate(args) -> List[Dict]:
         cache = Path(args.cache) if args.cache else Path(scratch)
         results = []
         for size in sorted(sizes):
+            say(f"decoding the logs into clips of {args.frames} frames at {size}x{size} ...")
             clips = LogClips(prepare_logs(args.data, cache / f"size_{size}",
                                           ClipConfig(frames=args.frames, fps=args.fps, size=size),
                                           args.image_topic))
             chosen = np.linspace(0, len(clips) - 1, min(args.max_clips, len(clips))).round().astype(int)
             videos = [clips[int(i)]["video"] for i in sorted(set(chosen.tolist()))]
+            say(f"{len(clips)} clips; scoring {len(videos)} of them")
             for name, model in models:
                 if model.config.resolution[0] == size:
-                    score = cycle_score(model.to(device), videos, device, args.points)
+                    def progress(done, total, name=name):
+                        say(f"{name}: {done}/{total} clips scored")
+
+                    score = cycle_score(model.to(device), videos, device, args.points, progress=progress)
                     results.append({"checkpoint": name, **score})
     order = {name or "embedded model": i for i, name in enumerate(names)}
     return sorted(results, key=lambda r: order[r["checkpoint"]])

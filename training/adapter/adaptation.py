@@ -518,7 +518,7 @@ def _frames_of_bag(path: Path) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog=f"python -m {PACKAGE}.adaptation",
+    parser = argparse.ArgumentParser(prog=f"python -m {PACKAGE}.adapter.adaptation",
                                      description="The adapter's scoring child (see the module docstring).")
     commands = parser.add_subparsers(dest="command", required=True)
     score = commands.add_parser("score", help="label-free scores of checkpoints on clip bags, as JSON")
@@ -529,11 +529,13 @@ def main(argv=None) -> int:
     score.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     score.add_argument("--output", required=True)
     args = parser.parse_args(argv)
-    try:
-        results = score_checkpoints(args.data, args.checkpoint, args.causal == "true", args.points, args.device)
-    except (ValueError, FileNotFoundError) as error:  # CheckpointError, LogError: say what to do
-        print(f"score: error: {error}", file=sys.stderr)
-        return 1
+    from ..loop import run_command
+
+    results: List[Dict] = []
+    status = run_command("score", lambda: results.extend(score_checkpoints(
+        args.data, args.checkpoint, args.causal == "true", args.points, args.device)))
+    if status:
+        return status
     Path(args.output).write_text(json.dumps(results, indent=1) + "\n")
     for result in results:
         print(f"{result['checkpoint']}: {result['cycle_score']:.4f} on {result['clips']} clips")

@@ -51,12 +51,12 @@ class LoopStep:
     """One `bootstrap_step` as a run makes it, on its own copy of the model and optimisers."""
 
     def __init__(self, base, config, device: torch.device, seed: int):
-        from ..bootstrap import bootstrap_step, fixed_teacher
+        from ..objective import bootstrap_step, fixed_teacher
         from ..data import clip_arrays, train_clip_seed
         from ..pseudo_labels import make_ema_teacher
         from ..domains.robot_domain import RobotConfig, generate_robot_clip, unlabeled_seeds
         from ..teacher import LabelCache
-        from ..train import make_adamw, make_scaler, model_forward
+        from ..loop import make_adamw, make_scaler, model_forward
 
         self.config, self.device, self.step_fn = config, device, bootstrap_step
         size = base.config.resolution[0]
@@ -122,7 +122,7 @@ def profile_parts(base, config, device: torch.device, repeats: int) -> Dict[str,
 
     from ..data import clip_arrays, train_clip_seed
     from ..domains.robot_domain import RobotConfig, generate_robot_clip, unlabeled_seeds
-    from ..train import make_adamw, supervised_loss
+    from ..loop import make_adamw, supervised_loss
     from ..views import student_batch
 
     model = base.__class__(base.config).to(device)
@@ -195,12 +195,12 @@ def run(args, settings: Dict) -> Dict:
     from bootstap_ros.model import load_checkpoint
     from bootstap_ros.model.checkpoint import resolve_checkpoint
 
-    from ..bootstrap import BootstrapConfig
+    from ..bootstrap_config import BootstrapConfig
 
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device == "cpu":
-        from ..train import keep_freed_memory
+        from ..loop import keep_freed_memory
 
         keep_freed_memory()  # as the trainers do
     device = torch.device(args.device)
@@ -259,7 +259,7 @@ def _describe(config) -> str:
 
 
 def main(argv=None) -> int:
-    from ..bootstrap import BootstrapConfig, parse_settings
+    from ..bootstrap_config import BootstrapConfig, parse_settings
 
     parser = argparse.ArgumentParser(prog="python -m bootstap_ros_training.bench.bootstrap",
                                      description=__doc__.split("\n\n")[0])

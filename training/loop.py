@@ -1,39 +1,30 @@
-"""Supervised training of TAPIR / BootsTAPIR on Kubric-lite clips.
+"""The one training loop, which supervised training (`supervised`) and bootstrapping
+(`bootstrap`) both run.
 
-One script, CPU or GPU, one process or many:
-
-    python -m bootstap_ros_training.train --out runs/small --model small --steps 2500 \
-        --batch-size 4 --frames 8 --num-points 64 --num-workers 1   # ~1.5 h on 2 CPU cores
-    python -m bootstap_ros_training.train --out runs/small --resume          # continue exactly
-    torchrun --nproc-per-node 8 -m bootstap_ros_training.train --out runs/big --model official \
-        --device cuda --batch-size 4                            # DistributedDataParallel
-
-This module owns the run: the `TrainConfig`, the model, optimiser and learning-rate
-schedule (AdamW, linear warmup then cosine decay to zero, as the official TAPIR
-recipe), the step (autocast on CUDA, gradient clipping, steps with a non-finite
-gradient skipped), the checkpoints, the logs and the periodic evaluation.
+This module owns what the two recipes share: where a process runs (`Runtime`, DDP under
+torchrun), the optimiser (AdamW, linear warmup then cosine decay to zero, as the official
+TAPIR recipe), the forward under autocast and the optimiser step (gradient clipping, steps
+with a non-finite gradient skipped), the loop itself (`Loop`, `run_loop`: logs, checkpoints,
+evaluations, a stop on SIGTERM/Ctrl-C, a time budget), the checkpoints and the run's set-up
+(`open_run`: a new run or a resumed one).
 
 A run directory holds:
-  checkpoint.pt      model config + weights + optimiser + step + training config;
-                     written atomically (also on SIGTERM/Ctrl-C); `--resume` continues
-                     from it exactly (bit for bit on CPU; CUDA has non-deterministic kernels)
-  model.pt           the final weights and config only (what the tracker loads)
-  config.json        the resolved training and model configs
+  checkpoint.pt      model config + weights + optimisers + step + the run's config; written
+                     atomically (also on SIGTERM/Ctrl-C); `--resume` continues from it
+                     exactly (bit for bit on CPU; CUDA has non-deterministic kernels)
+  final.pt           the final weights and config only (what the tracker loads)
+  config.json        the resolved configs
   train_log.csv      step, lr, loss terms, gradient norm, throughput
-  eval_log.csv       AJ, <delta_avg and OA on the held-out set after each evaluation
-  eval/              the held-out pickle and one RESULTS json per evaluation
+  eval_log.csv       the evaluations' scores, from step 0 on
+  eval/              one RESULTS json per evaluation
   tensorboard/       the same scalars, when tensorboard is installed
-
-Batches are per process: the global batch is `batch_size` x the number of processes.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import csv
-import dataclasses
 import datetime
 import json
 import math
@@ -43,107 +34,27 @@ import statistics
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.distributed as dist
 
-from bootstap_ros.config import ModelConfig
-from bootstap_ros.model import TAPIR, build_model, load_checkpoint, preprocess_frames
+from bootstap_ros.model import TAPIR, preprocess_frames
 from bootstap_ros.model.checkpoint import read_checkpoint_file, save_checkpoint
-from .configs import resolve_model_config
-from .data import StepBatches, SyntheticClips, heldout_path, make_loader, write_heldout_set
+
+from .budget import CALIBRATION_STEPS, describe_plan
 from .losses import LossConfig, tapir_loss
-from .domains.synthetic import SyntheticConfig
 
 CHECKPOINT = "checkpoint.pt"
-FINAL_MODEL = "model.pt"
+#: The final weights of a run (both recipes).
+FINAL_MODEL = "final.pt"
+#: The name supervised runs gave their final weights before; still found (with a warning).
+OLD_FINAL_MODEL = "model.pt"
 TRAIN_COLUMNS = ("step", "lr", "loss", "position", "occlusion", "uncertainty", "grad_norm",
                  "skipped_steps", "steps_per_s", "clips_per_s", "elapsed_s")
-EVAL_SIZE = 256  # the TAP-Vid evaluation raster
 EVAL_COLUMNS = ("step", "average_jaccard", "average_pts_within_thresh", "occlusion_accuracy")
-
-
-@dataclass
-class TrainConfig:
-    """Everything a training run depends on; stored in every checkpoint."""
-
-    out: str = "runs/train"
-    # Architecture: a name in bootstap_ros_training.configs, inline JSON or a .json path. None: "small",
-    # or the architecture of `init` when given.
-    model: Optional[str] = None
-    causal: bool = True
-    init: Optional[str] = None  # start from these weights (official or project checkpoint)
-    # Data (per process and step): clips of `frames` frames, `image_size` pixels square.
-    steps: int = 2000
-    batch_size: int = 4
-    frames: int = 24
-    num_points: int = 128
-    image_size: int = 256
-    train_clips: int = 0  # 0: a new clip every time; K: cycle through K clips
-    # Optimiser: AdamW (b1 0.9, b2 0.95, decoupled weight decay off for biases and norms).
-    lr: float = 1e-3
-    warmup: int = 200
-    weight_decay: float = 0.1
-    beta2: float = 0.95
-    grad_clip: float = 1.0  # max global gradient norm; 0 turns clipping off
-    loss: LossConfig = field(default_factory=LossConfig)
-    seed: int = 0
-    # Runtime.
-    device: str = "auto"  # auto | cpu | cuda
-    # Autocast dtype: auto (bf16 on CUDA, float32 on CPU) | bf16 | fp16 (CUDA only) | off.
-    # bf16 on CPU roughly halves a step's time on CPUs with AVX512-BF16 or AMX.
-    amp: str = "auto"
-    num_workers: int = 2
-    log_every: int = 10
-    checkpoint_every: int = 500
-    # Evaluation on held-out synthetic clips (seeds disjoint from training), online for
-    # causal models (the CausalTracker, as the ROS node runs), offline otherwise.
-    eval_every: int = 500  # 0: never
-    eval_clips: int = 50
-    eval_frames: int = 24
-    eval_points: int = 64
-    eval_seed: int = 0
-    # Minutes for the whole run (None: run `steps`): see `bootstap_ros_training.budget`.
-    time_budget: Optional[float] = None
-
-    def __post_init__(self):
-        if isinstance(self.loss, dict):
-            self.loss = LossConfig(**self.loss)
-        if self.amp not in ("auto", "bf16", "fp16", "off"):
-            raise ValueError(f"amp must be auto, bf16, fp16 or off, got {self.amp!r}")
-        if self.amp == "fp16" and self.device == "cpu":
-            raise ValueError("amp fp16 needs CUDA; use bf16 or off on CPU")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
-        if min(self.steps, self.batch_size, self.frames, self.num_points, self.log_every,
-               self.checkpoint_every) < 1:
-            raise ValueError("steps, batch_size, frames, num_points, log_every and checkpoint_every "
-                             "must be positive")
-        if self.time_budget is not None and not self.time_budget > 0:
-            raise ValueError(f"time_budget must be a positive number of minutes, got {self.time_budget}")
-        if self.init is not None and self.model is not None:
-            raise ValueError("give either --model (a fresh architecture) or --init (whose checkpoint "
-                             "sets the architecture), not both")
-
-    @classmethod
-    def from_dict(cls, values: Dict) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown training config fields {unknown}")
-        return cls(**values)
-
-    def synthetic(self) -> SyntheticConfig:
-        return SyntheticConfig(frames=self.frames, height=self.image_size, width=self.image_size,
-                               num_points=self.num_points)
-
-    def heldout(self) -> SyntheticConfig:
-        # Held-out clips are made at the evaluation raster, whatever the training clips' size.
-        return SyntheticConfig(frames=self.eval_frames, height=EVAL_SIZE, width=EVAL_SIZE,
-                               num_points=self.eval_points)
 
 
 # ----------------------------------------------------------------------------- runtime
@@ -195,23 +106,7 @@ def setup_runtime(device: str) -> Runtime:
     return Runtime(rank, world_size, target)
 
 
-# ----------------------------------------------------------------------------- model, optimiser
-
-def make_model(config: TrainConfig, resumed: Optional[dict]) -> TAPIR:
-    """The model to train: from the resumed checkpoint, from `init`, or freshly initialised."""
-    if resumed is not None:
-        stored = ModelConfig.from_dict(resumed["model_config"])
-        return build_model(stored, resumed["state_dict"], resumed["path"])
-    if config.init is not None:
-        return load_checkpoint(config.init, causal=config.causal).model
-    torch.manual_seed(config.seed)  # the same initial weights on every rank
-    return build_model(resolve_model_config(config.model or "small", config.causal))
-
-
-def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """The supervised run's AdamW (see `make_adamw`)."""
-    return make_adamw(model, config.lr, config.weight_decay, config.beta2)
-
+# ----------------------------------------------------------------------------- optimiser, forward
 
 def make_adamw(model: torch.nn.Module, lr: float, weight_decay: float,
                beta2: float) -> torch.optim.Optimizer:
@@ -236,11 +131,6 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def learning_rate(step: int, config: TrainConfig) -> float:
-    """The supervised run's schedule (`cosine_learning_rate` of its config)."""
-    return cosine_learning_rate(step, config.lr, config.warmup, config.steps)
-
-
 def make_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler:
     """Loss scaling is needed for fp16 autocast only (CUDA); otherwise a disabled scaler."""
     return torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and amp == "fp16")
@@ -253,12 +143,6 @@ def autocast_context(device: torch.device, amp: str):
     if amp == "fp16" and device.type != "cuda":
         raise ValueError("amp fp16 needs CUDA; use bf16 or off on CPU")
     return torch.autocast(device.type, dtype=torch.float16 if amp == "fp16" else torch.bfloat16)
-
-
-def batch_loss(model: torch.nn.Module, batch: Dict[str, torch.Tensor], device: torch.device,
-               config: TrainConfig, causal: bool):
-    """Forward one batch and return (loss, parts) as `bootstap_ros_training.losses.tapir_loss`."""
-    return supervised_loss(model, batch, device, config.loss, config.amp, causal)
 
 
 def supervised_loss(model: torch.nn.Module, batch: Dict[str, torch.Tensor], device: torch.device,
@@ -467,6 +351,10 @@ class Loop:
     # Called once the final weights are written (e.g. the final validation), before the
     # final evaluation.
     after_final: Optional[Callable[[int], None]] = None
+    # Scores of the model as the run starts (step 0), written as the first row of eval_log.csv.
+    first_metrics: Optional[Dict[str, float]] = None
+    # The clock the steps are timed with (the budget's): seconds, monotonic.
+    clock: Callable[[], float] = time.monotonic
 
 
 def run_loop(loop: Loop, model: TAPIR, runtime: Runtime, state: Dict[str, object], batches,
@@ -475,17 +363,37 @@ def run_loop(loop: Loop, model: TAPIR, runtime: Runtime, state: Dict[str, object
     checkpoints `model` and `state`, and evaluates); stops early, checkpointed, on a signal,
     and at the budget's deadline (the schedule then ends there and the final weights are
     written)."""
-    from .budget import CALIBRATION_STEPS, describe_plan
-
     out = loop.out
+    clock = loop.clock
+    budget = loop.budget
     logs, progress = None, None
     if runtime.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(loop.record, indent=2) + "\n")
         logs = Logs(out, step, *loop.columns)
-        from tqdm import tqdm
+        if loop.first_metrics and step == 0:
+            logs.scalars(logs.eval, "eval", {"step": 0, **loop.first_metrics})
 
-        progress = tqdm(total=last_step, initial=step, unit="step", desc=loop.name, dynamic_ncols=True)
+    def show_progress() -> None:
+        """The progress bar, once its length is known: with a budget, after the first fit
+        (until then the length is only the budget's cap)."""
+        nonlocal progress
+        if progress is None and runtime.is_main:
+            from tqdm import tqdm
+
+            progress = tqdm(total=last_step, initial=step, unit="step", desc=loop.name, dynamic_ncols=True)
+
+    def say(line: str) -> None:
+        if progress is not None:
+            progress.write(line)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    if budget is None:
+        show_progress()
+    elif runtime.is_main:
+        say(f"time budget: timing the first {CALIBRATION_STEPS} steps to fit the schedule to "
+            f"{budget.seconds_left() / 60:.1f} min")
 
     def save(path: Path, full: bool) -> None:
         fields = loop.checkpoint_fields() if callable(loop.checkpoint_fields) else loop.checkpoint_fields
@@ -505,13 +413,12 @@ def run_loop(loop: Loop, model: TAPIR, runtime: Runtime, state: Dict[str, object
     window, skipped = LossWindow(), 0
     stop_request = StopRequest()
     stop_request.install()
-    budget = loop.budget
     step_times = []
     final_written = False
     try:
         iterator = iter(batches)
         while step < last_step:
-            step_started = time.perf_counter()
+            step_started = clock()
             try:
                 batch = next(iterator)
             except StopIteration:
@@ -519,7 +426,7 @@ def run_loop(loop: Loop, model: TAPIR, runtime: Runtime, state: Dict[str, object
             lr, parts, grad_norm, stepped = loop.train_step(batch, step)
             skipped += not stepped
             step += 1
-            step_seconds = time.perf_counter() - step_started
+            step_seconds = clock() - step_started
             step_times.append(step_seconds)
             window.add(parts)
             stopping = stop_request.agreed(runtime)
@@ -528,15 +435,17 @@ def run_loop(loop: Loop, model: TAPIR, runtime: Runtime, state: Dict[str, object
                 fitted = budget.fit(step)
                 if fitted is not None and fitted != loop.steps:
                     reschedule(fitted)
+                if fitted is not None and progress is None:
+                    show_progress()
                 if step < last_step and budget.out_of_time():
                     # The schedule ends here: final weights, as at its planned end.
                     if runtime.is_main:
-                        progress.write(f"time budget: stopping at step {step} of {loop.steps}")
+                        say(f"time budget: stopping at step {step} of {loop.steps}")
                     reschedule(step)
             elif loop.announce_plan is not None and len(step_times) == CALIBRATION_STEPS and runtime.is_main:
                 pace = statistics.median(step_times[1:])
-                progress.write(describe_plan(loop.steps, pace, loop.announce_plan))
-            bookkeeping_started = time.perf_counter()
+                say(describe_plan(loop.steps, pace, loop.announce_plan))
+            bookkeeping_started = clock()
 
             if step % loop.log_every == 0 or step == last_step or stopping:
                 means = window.means(runtime)
@@ -548,7 +457,8 @@ def run_loop(loop: Loop, model: TAPIR, runtime: Runtime, state: Dict[str, object
                            **loop.extra_columns(window.steps, elapsed),
                            "elapsed_s": time.perf_counter() - started}
                     logs.scalars(logs.train, "train", row)
-                    progress.set_postfix(loop.postfix(row), refresh=False)
+                    if progress is not None:
+                        progress.set_postfix(loop.postfix(row), refresh=False)
                 window.reset()
             if progress is not None:
                 progress.update(1)
@@ -564,19 +474,20 @@ def run_loop(loop: Loop, model: TAPIR, runtime: Runtime, state: Dict[str, object
                     loop.after_final(step)
             if stopping:
                 if runtime.is_main:
-                    progress.write(f"stopped by {stop_request.signal or 'another rank'} at step {step}: "
+                    say(f"stopped by {stop_request.signal or 'another rank'} at step {step}: "
                                    f"{out / CHECKPOINT} written; --resume continues")
                 break
             if loop.eval_due(step):
                 if runtime.is_main:
-                    progress.clear()
+                    if progress is not None:
+                        progress.clear()
                     metrics = loop.evaluate(step)
                     if metrics:
                         logs.scalars(logs.eval, "eval", {"step": step, **metrics})
-                        progress.write(metrics_line(step, metrics))
+                        say(metrics_line(step, metrics))
                 runtime.barrier()
             if budget is not None:
-                budget.record_other(time.perf_counter() - bookkeeping_started)
+                budget.record_other(clock() - bookkeeping_started)
         if runtime.is_main and step == loop.steps and not final_written:
             save(out / loop.final_name, full=False)
             if loop.after_final is not None:
@@ -651,14 +562,6 @@ class _CsvLog:
 
 # ----------------------------------------------------------------------------- evaluation
 
-def evaluate(model: TAPIR, config: TrainConfig, step: int, device: torch.device) -> Dict[str, float]:
-    """AJ, <delta_avg and OA on the held-out clips through the project's evaluation code."""
-    out = Path(config.out) / "eval"
-    heldout = heldout_path(out, config.heldout(), config.eval_seed, config.eval_clips)
-    write_heldout_set(heldout, config.heldout(), config.eval_seed, config.eval_clips)
-    return evaluate_dataset(model, heldout, out / f"step_{step:07d}.json", device)
-
-
 def evaluate_dataset(model: TAPIR, dataset, output, device: torch.device, query_mode: str = "first",
                      max_videos: Optional[int] = None) -> Dict[str, float]:
     """AJ, <delta_avg and OA of `model` on a TAP-Vid / RoboTAP pickle, as `bootstap-eval` scores
@@ -709,182 +612,82 @@ def load_training_parts(content: Dict, parts: Dict[str, object], path="checkpoin
         part.load_state_dict(content[name])
 
 
-# ----------------------------------------------------------------------------- the run
+# ----------------------------------------------------------------------------- the run's set-up
 
-def _resolve_resume(config: TrainConfig, overrides: Dict) -> tuple:
-    """The stored config of `out/checkpoint.pt` with `overrides` applied, and the checkpoint."""
-    path = Path(config.out) / CHECKPOINT
+def open_run(out: Path, resume: bool, config_key: str) -> Optional[dict]:
+    """The start of a run in `out`: None for a new run (there must be no checkpoint there),
+    or the content of `out/checkpoint.pt` (with its "path") to resume, which must hold the
+    recipe's `config_key` and a step."""
+    path = Path(out) / CHECKPOINT
+    if not resume:
+        if path.exists():
+            raise ValueError(f"{path} exists: pass --resume to continue that run, or choose another --output")
+        return None
     content = read_checkpoint_file(path)
-    if "train_config" not in content or "step" not in content:
-        raise ValueError(f"{path} is not a training checkpoint (no train_config/step); "
-                         "use --init to start from its weights instead")
-    fixed = sorted({"model", "causal", "init"} & set(overrides))
-    if fixed:
-        raise ValueError(f"--resume takes the architecture from {path}; drop {fixed}")
-    stored = TrainConfig.from_dict(content["train_config"])
-    changed = {k: v for k, v in overrides.items() if getattr(stored, k) != v}
+    if config_key not in content or "step" not in content:
+        raise ValueError(f"{path} is not a checkpoint of this recipe (no {config_key}/step); start a new run "
+                         "with --init to take its weights")
+    return {"path": str(path), **content}
+
+
+def report_changes(path: str, step: int, changed: Dict[str, Tuple[object, object]]) -> None:
+    """Says on stderr (main process) which stored settings a resumed run changes."""
     if changed and int(os.environ.get("RANK", "0")) == 0:
-        print(f"resuming {path} at step {content['step']} with changed settings: "
-              + ", ".join(f"{k} {getattr(stored, k)} -> {v}" for k, v in sorted(changed.items())),
-              file=sys.stderr)
-    resumed_config = dataclasses.replace(stored, out=config.out, **overrides)
-    return resumed_config, {"path": str(path), **content}
+        print(f"resuming {path} at step {step} with changed settings: "
+              + ", ".join(f"{k} {old} -> {new}" for k, (old, new) in sorted(changed.items())), file=sys.stderr)
 
 
-def train(config: TrainConfig, resume: bool = False, overrides: Optional[Dict] = None,
-          stop_at: Optional[int] = None, steps_given: bool = True, started: Optional[float] = None) -> TAPIR:
-    """Runs (or resumes) training; returns the trained model (on its device).
+def make_budget(minutes: Optional[float], steps: int, steps_given: bool, started: float,
+                clock: Callable[[], float]):
+    """(the run's TimeBudget or None, the schedule's length until it is fitted): without
+    `steps` given the schedule may grow to 1,000,000 steps; given, `steps` caps it."""
+    if minutes is None:
+        return None, steps
+    from .budget import TimeBudget
 
-    resume: continue from `config.out/checkpoint.pt`, whose stored training config is
-      used with `overrides` (e.g. {"steps": 8000}) applied.
-    stop_at: save a checkpoint and return at this step (e.g. to fit a job's time limit);
-      the schedule still runs to `config.steps`, and `resume` continues from there.
-    steps_given: whether `steps` was chosen (else a run without a time budget prints its plan).
-    started: `time.monotonic()` when the command started (a time budget counts from it).
-    """
-    started = time.monotonic() if started is None else started
-    resumed = None
-    if resume:
-        config, resumed = _resolve_resume(config, overrides or {})
-    elif (Path(config.out) / CHECKPOINT).exists():
-        raise ValueError(f"{Path(config.out) / CHECKPOINT} exists: pass --resume to continue that run, "
-                         "or choose another --out")
-    return run_with_runtime(config.device, lambda runtime: _train(config, runtime, resumed, stop_at,
-                                                                   steps_given, started))
+    cap = steps if steps_given else max(steps, 1_000_000)
+    return TimeBudget(minutes, started, max_steps=cap, clock=clock), cap
 
 
-def _train(config: TrainConfig, runtime: Runtime, resumed: Optional[dict],
-           stop_at: Optional[int], steps_given: bool = True, started: Optional[float] = None) -> TAPIR:
-    out = Path(config.out)
-    device = runtime.device
-    model = make_model(config, resumed).to(device).train()
-    causal = model.config.causal
-    optimizer = make_optimizer(model, config)
-    scaler = make_scaler(device, config.amp)
-    state = {"optimizer": optimizer, "scaler": scaler}
-    step = 0
-    if resumed is not None:
-        load_training_parts(resumed, state, resumed["path"])
-        step = int(resumed["step"])
-    budget = None
-    if config.time_budget is not None:
-        from .budget import TimeBudget
-
-        cap = config.steps if steps_given else max(config.steps, 1_000_000)
-        budget = TimeBudget(config.time_budget, time.monotonic() if started is None else started, max_steps=cap)
-        config.steps = cap
-    last_step = min(config.steps, stop_at) if stop_at is not None else config.steps
-
-    def set_steps(steps: int) -> None:
-        config.steps = steps
-        config.warmup = min(config.warmup, max(1, steps // 10))  # a short budget keeps its warmup short
-
-    trained = distributed_model(model, runtime)
-    loader = make_loader(
-        SyntheticClips(config.synthetic(), config.seed, config.train_clips),
-        StepBatches(step, last_step, config.batch_size, runtime.rank, runtime.world_size),
-        config.num_workers, pin_memory=device.type == "cuda")
-
-    def train_step(batch, step):
-        lr = learning_rate(step, config)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        loss, parts = batch_loss(trained, batch, device, config, causal)
-        grad_norm, stepped = optimizer_step(trained, optimizer, scaler, loss, config.grad_clip)
-        return lr, parts, grad_norm, stepped
-
-    loop = Loop(
-        name="train", out=out, final_name=FINAL_MODEL, steps=config.steps, log_every=config.log_every,
-        checkpoint_every=config.checkpoint_every, train_step=train_step,
-        record={"train": asdict(config), "model": model.config.to_dict(),
-                "world_size": runtime.world_size, "device": str(device)},
-        checkpoint_fields=lambda: {"train_config": asdict(config)},
-        extra_columns=lambda steps, elapsed: {
-            "clips_per_s": steps * config.batch_size * runtime.world_size / elapsed},
-        postfix=lambda row: {"loss": f"{row['loss']:.3f}", "lr": f"{row['lr']:.2e}"},
-        eval_due=lambda step: config.eval_every > 0 and (step % config.eval_every == 0 or step == config.steps),
-        evaluate=lambda step: evaluate(model, config, step, device), budget=budget, set_steps=set_steps,
-        announce_plan=None if budget is not None else steps_given)
-    run_loop(loop, model, runtime, state, loader, step, last_step)
-    return model
+def final_weights(path: Optional[str]) -> Optional[str]:
+    """A checkpoint path as given, or, for a run's old final-weights name (model.pt) that is
+    not there, the run's final.pt beside it, with a deprecation warning."""
+    if path is None:
+        return None
+    given = Path(path)
+    if given.name == OLD_FINAL_MODEL and not given.exists() and (given.parent / FINAL_MODEL).exists():
+        print(f"warning: {given} does not exist; a run's final weights are now {FINAL_MODEL}: using "
+              f"{given.parent / FINAL_MODEL} (the name {OLD_FINAL_MODEL} is deprecated)", file=sys.stderr)
+        return str(given.parent / FINAL_MODEL)
+    return path
 
 
-# ----------------------------------------------------------------------------- command line
-
-def build_parser() -> argparse.ArgumentParser:
-    # Options left out stay out of the namespace, so --resume can tell what was given.
-    parser = argparse.ArgumentParser(
-        prog="python -m bootstap_ros_training.train", argument_default=argparse.SUPPRESS,
-        description="Train TAPIR/BootsTAPIR on Kubric-lite synthetic clips (supervised TAPIR loss). "
-        "Under torchrun every process trains on its own clips (DistributedDataParallel).")
-    defaults = TrainConfig()
-
-    def add(flag, name, kind, help_text, **kwargs):
-        default = getattr(defaults, name)
-        shown = "" if default is None else f" (default: {default})"
-        parser.add_argument(flag, dest=name, type=kind, metavar=name.upper(), help=help_text + shown,
-                            **kwargs)
-
-    parser.add_argument("--out", required=True, help="run directory (checkpoints, logs)")
-    parser.add_argument("--resume", action="store_true", default=False,
-                        help="continue from OUT/checkpoint.pt with its stored settings; options "
-                        "given now (e.g. --steps) override them")
-    parser.add_argument("--stop-at", type=int, metavar="STEP", default=None,
-                        help="save and exit at this step (the schedule still spans --steps)")
-    add("--model", "model", str, "architecture: small, official (BootsTAPIR), tapir, a JSON "
-        "object of ModelConfig fields or a .json file; default small")
-    parser.add_argument("--causal", dest="causal", action=argparse.BooleanOptionalAction,
-                        help="causal (online) temporal convolutions (default: causal)")
-    add("--init", "init", str, "start from the weights and architecture of this checkpoint (an "
-        "official bare state_dict is taken as causal unless --no-causal)")
-    add("--steps", "steps", int, "total optimiser steps (the cosine schedule's length; with "
-        "--time-budget, the most it may fit)")
-    add("--time-budget", "time_budget", float, "minutes for the run: the step count and the learning-rate "
-        "schedule are fitted to them after a few timed steps (the final evaluation comes on top)")
-    add("--batch-size", "batch_size", int, "clips per step and process")
-    add("--frames", "frames", int, "frames per training clip")
-    add("--num-points", "num_points", int, "query points per clip")
-    add("--image-size", "image_size", int, "synthetic clip height and width")
-    add("--train-clips", "train_clips", int, "cycle through this many clips (0: always new ones)")
-    add("--lr", "lr", float, "peak learning rate")
-    add("--warmup", "warmup", int, "linear warmup steps")
-    add("--weight-decay", "weight_decay", float, "AdamW decoupled weight decay")
-    add("--grad-clip", "grad_clip", float, "max gradient norm (0: off)")
-    add("--seed", "seed", int, "seed of the initial weights and of the training clips")
-    add("--device", "device", str, "auto, cpu or cuda", choices=("auto", "cpu", "cuda"))
-    add("--amp", "amp", str, "autocast dtype: auto is bf16 on CUDA and float32 on CPU; "
-        "bf16 also runs on CPU (about 2x faster where the CPU has AVX512-BF16)",
-        choices=("auto", "bf16", "fp16", "off"))
-    add("--num-workers", "num_workers", int, "DataLoader worker processes generating clips")
-    add("--log-every", "log_every", int, "steps between log rows")
-    add("--checkpoint-every", "checkpoint_every", int, "steps between checkpoints")
-    add("--eval-every", "eval_every", int, "steps between held-out evaluations (0: never)")
-    add("--eval-clips", "eval_clips", int, "held-out clips")
-    add("--eval-frames", "eval_frames", int, "frames per held-out clip")
-    add("--eval-points", "eval_points", int, "tracks per held-out clip")
-    add("--eval-seed", "eval_seed", int, "first held-out seed (training seeds start at 2**31)")
-    return parser
+def deprecated_flag(argv: Optional[list], old: str, new: str, prog: str) -> Optional[list]:
+    """`argv` with the deprecated flag `old` (alone or as old=VALUE) renamed to `new`, and a
+    warning on stderr when it was used."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    renamed = [new if a == old else new + a[len(old):] if a.startswith(old + "=") else a for a in args]
+    if renamed != args:
+        print(f"{prog}: warning: {old} is deprecated, use {new}", file=sys.stderr)
+    return renamed
 
 
-def main(argv=None) -> int:
-    started = time.monotonic()
-    options = vars(build_parser().parse_args(argv))
-    resume = options.pop("resume")
-    stop_at = options.pop("stop_at")
-    out = options.pop("out")
+#: Exit statuses of the training commands: bad arguments or input the user gave (a setting,
+#: a path, a checkpoint or log that cannot be used), and a failure while running.
+USAGE_ERROR = 2
+RUN_FAILURE = 1
+
+
+def run_command(prog: str, run: Callable[[], object]) -> int:
+    """Runs a command's work: 0 when done, USAGE_ERROR for a ValueError or a missing file (their
+    messages say what to change), RUN_FAILURE for an error while running; the message on stderr."""
     try:
-        if resume:
-            options.setdefault("time_budget", None)  # a budget is this command's, not the stored run's
-            train(TrainConfig(out=out), resume=True, overrides=options, stop_at=stop_at, started=started)
-        else:
-            train(TrainConfig(out=out, **options), stop_at=stop_at, steps_given="steps" in options,
-                  started=started)
+        run()
     except (ValueError, FileNotFoundError) as error:
-        # CheckpointError is a ValueError whose message says what to do.
-        print(f"bootstap_ros_training.train: error: {error}", file=sys.stderr)
-        return 1
+        # CheckpointError and LogError are ValueErrors whose messages say what to do.
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return USAGE_ERROR
+    except (RuntimeError, OSError) as error:
+        print(f"{prog}: failed: {error}", file=sys.stderr)
+        return RUN_FAILURE
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
