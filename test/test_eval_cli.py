@@ -73,7 +73,7 @@ def test_lk_end_to_end_writes_results_predictions_and_report(tmp_path, square_da
     assert (report_dir / "per_video.csv").read_text().count("\n") == 3
 
     table = capsys.readouterr().out
-    assert "AJ" in table and "<delta_avg" in table and f"davis ({query_mode})" in table
+    assert "AJ" in table and "<delta_avg" in table and f"davis ({query_mode}, clock-free)" in table  # says which scores these are
     assert f"{100 * results['average_jaccard']:.1f}" in table
 
 
@@ -213,3 +213,28 @@ def test_exit_code_1_for_a_failure_while_running(tmp_path, square_dataset, capsy
     monkeypatch.setattr(cli, "predict_tracks", failing)
     assert main([square_dataset, "--tracker", "lk", "--output", str(tmp_path / "r.json")]) == 1
     assert "bootstap-eval: error: CUDA out of memory" in capsys.readouterr().err
+
+
+def test_realtime_lk_replays_each_video_as_a_camera_and_says_so(tmp_path, square_dataset, capsys):
+    results_path = tmp_path / "rt.json"
+    clock_free_path = tmp_path / "free.json"
+    assert main([square_dataset, "--tracker", "lk", "--output", str(clock_free_path), "--max-points", "1"]) == 0
+    assert main([square_dataset, "--tracker", "lk", "--output", str(results_path), "--realtime", "200",
+                 "--max-points", "1"]) == 0
+    results = json.loads(results_path.read_text())
+    free = json.loads(clock_free_path.read_text())
+    assert results["clock"] == "real time, 200 FPS" and free["clock"] == "clock-free"
+    for video in results["per_video"].values():
+        assert video["num_queries"] == 1 and video["system"] == "lk"
+        assert 0 < video["frames_answered"] <= 1 and video["latency_p50_ms"] >= 0
+    # LK answers within a frame: the answers at their own frames are the clock-free tracks.
+    assert results["matched_average_jaccard"] == pytest.approx(free["average_jaccard"])
+    assert "real time, 200 FPS" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flags", [["--realtime", "0"], ["--realtime", "30", "--query-mode", "strided"],
+                                   ["--realtime", "30", "--mode", "offline"], ["--max-points", "0"]])
+def test_realtime_arguments_are_checked(tmp_path, square_dataset, flags):
+    with pytest.raises(SystemExit) as raised:
+        parse_config([square_dataset, "--output", str(tmp_path / "r.json"), *flags])
+    assert raised.value.code == 2

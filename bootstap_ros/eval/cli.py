@@ -67,6 +67,9 @@ class EvalConfig:
     frame_stride: int = 1  # feed every K-th frame only (as a node that drops frames under load)
     device: str | None = None  # None: cuda when available (bootstapir only).
     report: str | None = None
+    max_points: int | None = None  # score the first K queries of each video only
+    realtime: float | None = None  # frames per second of a real-time replay; None: clock-free
+    propagation: str = "lk"  # real-time network: answers between network steps (lk) or none
 
 
 # ---------------------------------------------------------------------------
@@ -157,6 +160,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "drops frames under load: K=2 measures dropping every other one)")
     parser.add_argument("--device", choices=DEVICES, help="default: cuda when available")
     parser.add_argument("--report", metavar="DIR", help="write a per-video CSV, plots and frame strips")
+    parser.add_argument("--max-points", type=int, metavar="K",
+                        help="track and score the first K queries of each video only (e.g. 64, as a node runs)")
+    parser.add_argument("--realtime", type=float, metavar="FPS",
+                        help="feed each video as a camera at FPS against this machine's clock and score what "
+                        "a subscriber holds when the next frame arrives (online, first-frame queries); "
+                        "default: clock-free, every frame given however long it takes")
+    parser.add_argument("--propagation", default="lk", choices=("lk", "none"),
+                        help="with --realtime and the network: answer every frame by propagating between "
+                        "network steps (lk, as the node does by default) or only the network's frames (none)")
     return parser
 
 
@@ -180,6 +192,14 @@ def parse_config(argv=None) -> EvalConfig:
         parser.error(f"--max-videos must be positive, got {args.max_videos}")
     if args.frame_stride < 1:
         parser.error(f"--frame-stride must be at least 1, got {args.frame_stride}")
+    if args.max_points is not None and args.max_points < 1:
+        parser.error(f"--max-points must be positive, got {args.max_points}")
+    if args.realtime is not None:
+        if not args.realtime > 0:
+            parser.error(f"--realtime must be a positive frame rate, got {args.realtime}")
+        if args.mode != "online" or args.query_mode != "first" or args.frame_stride != 1:
+            parser.error("--realtime replays a camera: it takes --mode online, --query-mode first and no "
+                         "--frame-stride")
     return EvalConfig(**vars(args))
 
 
@@ -318,6 +338,49 @@ def keep_every_kth_frame(sample: EvalSample, stride: int, query_mode: str) -> Ev
                                track_ids=sample.track_ids[tracks][rows])
 
 
+def first_queries(sample: EvalSample, count: int) -> EvalSample:
+    """`sample` with its first `count` queries only (a node tracking `count` points)."""
+    return dataclasses.replace(sample, query_points=sample.query_points[:count],
+                               target_points=sample.target_points[:count], occluded=sample.occluded[:count],
+                               track_ids=sample.track_ids[:count])
+
+
+def realtime_replay(predictor: Predictor, sample: EvalSample, config: EvalConfig):
+    """One video replayed as a camera at `config.realtime` FPS: the held tracks and occlusion
+    (what is scored) and the video's matched metrics and timing, flat for RESULTS.json."""
+    from bootstap_ros.eval.lk import LucasKanadePredictor
+    from bootstap_ros.eval.realtime import held_predictions, replay_clip, score
+
+    def make_tracker():
+        from bootstap_ros.tracking.tracker import CausalTracker
+
+        return CausalTracker(predictor.model, max_points=max(1, len(sample.query_points)), device=predictor.device,
+                             backend=predictor.backend, precision=predictor.precision)
+
+    if isinstance(predictor, LucasKanadePredictor):
+        system = "lk"
+    else:
+        system = "propagated" if config.propagation == "lk" else "network"
+    replay, ids = replay_clip(system, sample.video, sample.query_points, config.realtime, make_tracker=make_tracker)
+    scores = score(replay, sample.query_points, sample.target_points, sample.occluded, ids)
+    tracks, occluded = held_predictions(replay, ids, sample.query_points[:, [2, 1]])
+    extra = {f"matched_{key}": value for key, value in scores["matched"].items()}
+    extra.update(scores["timing"])
+    extra["system"] = system
+    return tracks, occluded, extra
+
+
+REALTIME_FIGURES = ("matched_average_jaccard", "matched_average_pts_within_thresh", "matched_occlusion_accuracy",
+                    "frames_answered", "output_hz", "latency_p50_ms", "latency_p95_ms", "network_steps")
+
+
+def realtime_means(per_video) -> dict:
+    """The mean over videos of each real-time figure (NaN where a video has none)."""
+    videos = list(per_video)
+    return {key: float(np.nanmean([v[key] for v in videos])) if videos else float("nan")
+            for key in REALTIME_FIGURES}
+
+
 def run_evaluation(config: EvalConfig, predictor: Predictor | None = None) -> dict:
     """Evaluate ``predictor`` (built from ``config`` when None); return RESULTS.json's content."""
     from tqdm import tqdm
@@ -350,6 +413,8 @@ def run_evaluation(config: EvalConfig, predictor: Predictor | None = None) -> di
         for sample in progress:
             if config.frame_stride > 1:
                 sample = keep_every_kth_frame(sample, config.frame_stride, config.query_mode)
+            if config.max_points is not None:
+                sample = first_queries(sample, config.max_points)
             name = sample.name
             if name in per_video or name in skipped:
                 name = f"{os.path.basename(sample.source)}:{name}"
@@ -358,9 +423,13 @@ def run_evaluation(config: EvalConfig, predictor: Predictor | None = None) -> di
                 progress.write(f"skipping video {name!r}: no visible point to query")
                 skipped.append(name)
             else:
-                tracks, occluded = predict_tracks(
-                    predictor, sample.video, sample.query_points, config.query_mode
-                )
+                extra = {}
+                if config.realtime:
+                    tracks, occluded, extra = realtime_replay(predictor, sample, config)
+                else:
+                    tracks, occluded = predict_tracks(
+                        predictor, sample.video, sample.query_points, config.query_mode
+                    )
                 metrics = compute_video_metrics(
                     sample.query_points, sample.occluded, sample.target_points,
                     occluded, tracks, config.query_mode,
@@ -369,6 +438,7 @@ def run_evaluation(config: EvalConfig, predictor: Predictor | None = None) -> di
                     **metrics,
                     "num_queries": int(len(sample.query_points)),
                     "num_frames": int(len(sample.video)),
+                    **extra,
                 }
                 running = np.mean([video["average_jaccard"] for video in per_video.values()])
                 progress.set_postfix(AJ=f"{100 * running:.1f}", refresh=False)
@@ -392,8 +462,11 @@ def run_evaluation(config: EvalConfig, predictor: Predictor | None = None) -> di
             writer.close()
 
     mean = mean_over_videos(per_video.values())
+    if config.realtime:
+        mean.update(realtime_means(per_video.values()))
     results = {
         **mean,
+        "clock": f"real time, {config.realtime:g} FPS" if config.realtime else "clock-free",
         "num_videos": len(per_video),
         "skipped_videos": skipped,
         "per_video": per_video,
@@ -419,8 +492,13 @@ def main(argv=None) -> int:
 
 def evaluate_and_print(config: EvalConfig) -> int:
     results = run_evaluation(config)
-    label = f"{results['config']['format']} ({config.query_mode})"
+    label = f"{results['config']['format']} ({config.query_mode}, {results['clock']})"
     print(format_table(results, label))
+    if config.realtime:
+        print(f"held when the next frame arrives (scored above); answers at their own frames: AJ "
+              f"{100 * results['matched_average_jaccard']:.1f}; frames answered "
+              f"{100 * results['frames_answered']:.0f}%, {results['output_hz']:.1f} answers/s, latency p50 "
+              f"{results['latency_p50_ms']:.1f} ms, p95 {results['latency_p95_ms']:.1f} ms")
     print(f"{results['num_videos']} videos; results written to {config.output}")
     return 0
 
