@@ -151,3 +151,30 @@ def test_exit_code_1_for_a_failure_while_running(files, tmp_path, capsys, monkey
     assert track.main([str(folder / "clip.npy"), "--checkpoint", str(folder / "small.pt"),
                        "--output", str(tmp_path / "o.npz")]) == 1
     assert "bootstap-track: error: CUDA out of memory" in capsys.readouterr().err
+
+
+def test_network_every_k_frames_answers_the_frames_between_by_propagation(files, tmp_path):
+    from bootstap_ros.tracking.propagation import PropagationConfig
+
+    folder, model, clip = files
+    queries = np.array([[0, 10.5, 12.5], [0, 40.5, 30.5], [3, 40, 30]], np.float32)
+    # The network sees frames 0 and 3 only (every third, and where points start): as if the clip
+    # had those two frames.
+    network = track_online(model, clip[[0, 3]], queries * [[1 / 3, 1, 1]])
+    # Trusting the network always: on its frames the answers are the network's own; on the others
+    # they are carried from its last frame.
+    sparse = track_online(model, clip, queries, network_every=3,
+                          propagation_config=PropagationConfig(trust_uncertainty=1.0))
+    for t, s in ((0, 0), (3, 1)):
+        np.testing.assert_array_equal(sparse.tracks[:, t], network.tracks[:, s])
+        np.testing.assert_array_equal(sparse.occluded[:, t], network.occluded[:, s])
+    assert np.isfinite(sparse.tracks[:2]).all() and np.isnan(sparse.tracks[2, :3]).all()
+    # The logits between network frames are the network's last.
+    np.testing.assert_array_equal(sparse.occlusion_logits[:, 1], network.occlusion_logits[:, 0])
+    out = tmp_path / "sparse.npz"
+    assert track.main([str(folder / "clip.npy"), "--checkpoint", str(folder / "small.pt"), "--grid", "2",
+                       "--network-every", "2", "--output", str(out)]) == 0
+    assert np.load(out)["tracks"].shape == (4, 6, 2)
+    for flags in (["--network-every", "0"], ["--network-every", "2", "--mode", "offline"]):
+        assert track.main([str(folder / "clip.npy"), "--checkpoint", str(folder / "small.pt"), "--grid", "2",
+                           *flags, "--output", str(tmp_path / "x.npz")]) == 2

@@ -65,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="online: compile the torch backend's backbone and mixer block with "
                         "torch.compile (inductor) before the first frame: fewer, fused kernels per frame "
                         "on a GPU, after seconds to minutes of compiling (needs --backend torch or auto)")
+    parser.add_argument("--network-every", type=int, default=1, metavar="K",
+                        help="online: run the network on every K-th frame only and answer the frames between "
+                        "by propagation (Lucas-Kanade, fused with each network result), as the node answers "
+                        "a camera faster than the network; about K times faster (default 1: every frame)")
     parser.add_argument("--render", help="also write the video with the tracks drawn (.mp4 or a folder)")
     parser.add_argument("--fps", type=float, default=None,
                         help=f"frame rate for --render when the input has none (default {DEFAULT_FPS:g})")
@@ -93,6 +97,10 @@ def check_arguments(args: argparse.Namespace) -> None:
 
     if args.grid is not None and args.grid < 1:
         raise UsageError(f"--grid must be at least 1 (an NxN grid of points), got {args.grid}")
+    if args.network_every < 1:
+        raise UsageError(f"--network-every must be at least 1, got {args.network_every}")
+    if args.network_every > 1 and (args.mode != "online" or (args.queries and is_query_set_file(args.queries))):
+        raise UsageError("--network-every goes with --mode online and points (a grid or a CSV), not a query set")
     if args.torch_compile and (args.mode != "online" or args.backend not in ("auto", "torch")):
         raise UsageError(f"--torch-compile compiles the online torch backend, not --mode {args.mode} "
                          f"--backend {args.backend}: use --mode online and --backend torch (or auto)")
@@ -203,7 +211,7 @@ def track(args, model, source, query_set, identity, queries, online_options):
                                    progress=progress.update, **online_options)
         if args.mode == "online":
             return tracking.track_online(model, source, queries, device=args.device, progress=progress.update,
-                                         **online_options)
+                                         network_every=args.network_every, **online_options)
         video = source.read_all()
         progress.set_total(len(video))
         result = tracking.track_offline(model, video, queries, device=args.device)

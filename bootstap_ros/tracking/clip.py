@@ -44,26 +44,50 @@ def _query_frames(queries: np.ndarray) -> np.ndarray:
 
 def track_online(model: TAPIR, frames: Iterable[np.ndarray], queries: np.ndarray,
                  device: str = "cpu", block_size: Optional[int] = None, progress=None, backend="auto",
-                 precision: str = "auto", **backend_options) -> ClipTracks:
+                 precision: str = "auto", network_every: int = 1, propagation_config=None,
+                 **backend_options) -> ClipTracks:
     """Run the causal tracker frame by frame; each point starts on its query frame.
 
     frames: iterable of uint8 RGB [H, W, 3]; queries [N, 3] (t, x, y).
     `progress` (optional) is called once per frame; backend, precision and
     backend_options go to `CausalTracker`.
+    network_every: run the network on every K-th frame only (and on frames where points start);
+    the frames between are answered by propagation (`tracking.propagation`), as the node answers
+    a camera faster than the network. Their logits are the network's last.
     """
+    if network_every < 1:
+        raise ValueError(f"network_every must be >= 1, got {network_every}")
     queries = np.asarray(queries, np.float32).reshape(-1, 3)
     query_frame = _query_frames(queries)
     n = len(queries)
     tracker = CausalTracker(model, max_points=max(n, 1), device=device, block_size=block_size,
                             backend=backend, precision=precision, **backend_options)
+    propagator = None
+    if network_every > 1:
+        from bootstap_ros.tracking.propagation import Propagator
+
+        propagator = Propagator(propagation_config)
     columns = {}  # id -> query index
     rows = []
+    logits = {}  # id -> the network's last (occlusion, expected distance) logits
     for t, frame in enumerate(frames):
         starting = np.flatnonzero(query_frame == t)
-        result = tracker.step(frame, add=queries[starting, 1:] if len(starting) else None)
-        for point_id, index in zip(result.new_ids, starting):
-            columns[int(point_id)] = index
-        rows.append(result)
+        if propagator is not None:
+            propagator.advance(t, frame)
+        if propagator is None or len(starting) or t % network_every == 0:
+            result = tracker.step(frame, add=queries[starting, 1:] if len(starting) else None)
+            for point_id, index in zip(result.new_ids, starting):
+                columns[int(point_id)] = index
+            logits.update({int(i): (o, e) for i, o, e in zip(result.ids, result.occlusion_logit,
+                                                               result.expected_dist_logit)})
+            if propagator is not None:
+                propagator.fuse(t, result.ids, result.xy, result.occlusion, result.uncertainty, result.visible,
+                                complete=True)
+        if propagator is not None:
+            estimate = propagator.estimate()
+            rows.append((estimate.ids, estimate.xy, estimate.visible))
+        else:
+            rows.append((result.ids, result.xy, result.visible))
         if progress is not None:
             progress()
     num_frames = len(rows)
@@ -73,12 +97,12 @@ def track_online(model: TAPIR, frames: Iterable[np.ndarray], queries: np.ndarray
     occ = np.full((n, num_frames), np.nan, np.float32)
     expd = np.full((n, num_frames), np.nan, np.float32)
     occluded = np.ones((n, num_frames), bool)
-    for t, result in enumerate(rows):
-        index = np.array([columns[int(i)] for i in result.ids], np.int64)
-        tracks[index, t] = result.xy
-        occ[index, t] = result.occlusion_logit
-        expd[index, t] = result.expected_dist_logit
-        occluded[index, t] = ~result.visible
+    for t, (ids, xy, visible) in enumerate(rows):
+        index = np.array([columns[int(i)] for i in ids], np.int64)
+        tracks[index, t] = xy
+        occ[index, t] = [logits[int(i)][0] for i in ids]
+        expd[index, t] = [logits[int(i)][1] for i in ids]
+        occluded[index, t] = ~visible
     return ClipTracks(tracks, occluded, occ, expd)
 
 
