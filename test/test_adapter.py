@@ -412,7 +412,8 @@ def test_a_failed_round_changes_nothing(tmp_path, filled_store, checkpoint):
     adaptation = Adaptation(store, folder, RoundConfig(minutes=5, nice=0, holdout_clips=3, min_train_clips=5,
                                                        margin=-1.0, settings=FAST + ("no_such_setting=1",)))
     report = adaptation.run_round(checkpoint, True, threading.Event())
-    assert report.decision == "failed" and "training exited with status 1" in report.reason
+    # an unknown setting is a bad argument: exit status 2 (docs/training.md)
+    assert report.decision == "failed" and "training exited with status 2" in report.reason
     assert "no_such_setting" in report.reason
     # A checkpoint in use that cannot be read: the training cannot start from it.
     adaptation.config = RoundConfig(minutes=5, nice=0, holdout_clips=3, min_train_clips=5, margin=-1.0, settings=FAST)
