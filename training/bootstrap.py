@@ -54,13 +54,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from bootstap_ros.cli.common import EXIT_USAGE, run_command
 from bootstap_ros.model import TAPIR, build_model
 
 from .bootstrap_config import FIXED_ON_RESUME, PROG, BootstrapConfig, build_parser, parse_command
 from .data import StepBatches, SyntheticClips, make_loader
-from .loop import (EVAL_COLUMNS, FINAL_MODEL, USAGE_ERROR, Loop, Runtime, cosine_learning_rate, distributed_model,
+from .loop import (EVAL_COLUMNS, FINAL_MODEL, Loop, Runtime, cosine_learning_rate, distributed_model,
                    evaluate_dataset, final_weights, load_training_parts, make_adamw, make_budget, make_scaler,
-                   model_forward, open_run, run_command, run_loop, run_with_runtime, save_training_checkpoint)
+                   model_forward, open_run, run_loop, run_with_runtime, save_training_checkpoint)
 from .objective import (_unwrap, bootstrap_loss, bootstrap_step, cached_labels, fixed_teacher, load_fixed_teacher,
                         load_student, step_generators)
 
@@ -364,7 +365,7 @@ def main(argv=None, clock: Callable[[], float] = time.monotonic) -> int:
         config = BootstrapConfig.from_dict({**given, "output": output})  # checks the keys and values
     except ValueError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
-        return USAGE_ERROR
+        return EXIT_USAGE
     if resume:
         # A budget is this command's: a resumed run without one finishes its fitted schedule.
         given.setdefault("time_budget", None)

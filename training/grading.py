@@ -162,7 +162,7 @@ def main(argv=None) -> int:
     import argparse
     import csv
 
-    from .loop import run_command
+    from bootstap_ros.cli.common import run_command
 
     parser = argparse.ArgumentParser(prog="python -m bootstap_ros_training.grading",
                                      description="Grade the pseudo-labels of every checkpoint a bootstrapping "

@@ -672,22 +672,3 @@ def deprecated_flag(argv: Optional[list], old: str, new: str, prog: str) -> Opti
     return renamed
 
 
-#: Exit statuses of the training commands: bad arguments or input the user gave (a setting,
-#: a path, a checkpoint or log that cannot be used), and a failure while running.
-USAGE_ERROR = 2
-RUN_FAILURE = 1
-
-
-def run_command(prog: str, run: Callable[[], object]) -> int:
-    """Runs a command's work: 0 when done, USAGE_ERROR for a ValueError or a missing file (their
-    messages say what to change), RUN_FAILURE for an error while running; the message on stderr."""
-    try:
-        run()
-    except (ValueError, FileNotFoundError) as error:
-        # CheckpointError and LogError are ValueErrors whose messages say what to do.
-        print(f"{prog}: error: {error}", file=sys.stderr)
-        return USAGE_ERROR
-    except (RuntimeError, OSError) as error:
-        print(f"{prog}: failed: {error}", file=sys.stderr)
-        return RUN_FAILURE
-    return 0

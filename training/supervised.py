@@ -27,15 +27,16 @@ from typing import Callable, Dict, Optional
 
 import torch
 
+from bootstap_ros.cli.common import EXIT_USAGE, run_command
 from bootstap_ros.config import ModelConfig
 from bootstap_ros.model import TAPIR, build_model, load_checkpoint
 
 from .configs import resolve_model_config
 from .data import StepBatches, SyntheticClips, heldout_path, make_loader, write_heldout_set
 from .domains.synthetic import SyntheticConfig
-from .loop import (CHECKPOINT, FINAL_MODEL, USAGE_ERROR, Loop, Runtime, cosine_learning_rate, deprecated_flag,
+from .loop import (CHECKPOINT, FINAL_MODEL, Loop, Runtime, cosine_learning_rate, deprecated_flag,
                    distributed_model, evaluate_dataset, final_weights, load_training_parts, make_adamw, make_budget,
-                   make_scaler, open_run, optimizer_step, report_changes, run_command, run_loop, run_with_runtime,
+                   make_scaler, open_run, optimizer_step, report_changes, run_loop, run_with_runtime,
                    supervised_loss)
 from .losses import LossConfig
 
@@ -318,7 +319,7 @@ def main(argv=None, clock: Callable[[], float] = time.monotonic) -> int:
             config, overrides = TrainConfig(out=out, **options), None
     except ValueError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
-        return USAGE_ERROR
+        return EXIT_USAGE
     return run_command(PROG, lambda: train(config, resume=resume, overrides=overrides, stop_at=stop_at,
                                            steps_given=resume or "steps" in options, started=started,
                                            clock=clock))

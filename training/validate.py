@@ -166,7 +166,7 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--output", default=None, metavar="JSON", help="also write the scores here")
     args = parser.parse_args(argv)
-    from .loop import run_command
+    from bootstap_ros.cli.common import run_command
 
     results: List[Dict] = []
     status = run_command(PROG, lambda: results.extend(validate(args)))

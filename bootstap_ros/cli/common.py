@@ -29,16 +29,20 @@ class UsageError(ValueError):
     """Arguments that cannot work together or an output path that cannot be written."""
 
 
-def run_command(prog: str, run: Callable[[], int]) -> int:
-    """`run()`, with the package's expected errors turned into a message and an exit code."""
+def run_command(prog: str, run: Callable[[], object]) -> int:
+    """`run()`, with the package's expected errors turned into a message and an exit code: its
+    own status when it returns an int, else 0; EXIT_USAGE for a ValueError or a missing file
+    (their messages say what to change), EXIT_FAILURE for an error while running. The training
+    commands use it too, so every tool of the project answers the same error the same way."""
     try:
-        return run()
+        status = run()
     except (ValueError, FileNotFoundError) as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except (RuntimeError, OSError) as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return EXIT_FAILURE
+    return status if isinstance(status, int) and not isinstance(status, bool) else 0
 
 
 def prepare_output(path, option: str, folder: bool = False) -> Path:

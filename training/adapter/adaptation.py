@@ -529,7 +529,7 @@ def main(argv=None) -> int:
     score.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     score.add_argument("--output", required=True)
     args = parser.parse_args(argv)
-    from ..loop import run_command
+    from bootstap_ros.cli.common import run_command
 
     results: List[Dict] = []
     status = run_command("score", lambda: results.extend(score_checkpoints(
