@@ -22,6 +22,8 @@ Arguments (`ros2 launch bootstap_ros tracker.launch.py --show-args`):
                 so that `video:=clip.mp4` alone shows tracks on ~/debug_image
   device, precision, resolution, max_points   the tracker parameters of those names
   use_sim_time  both nodes use /clock (true | false)
+  propagation   lk | none: every image answered at once (Lucas-Kanade between network
+                results), or only the images the network ran on
   query_set     a query set (.npz made by bootstap-queries): points defined on a
                 demonstration image, tracked from the start
   use_depth     true: also read depth_topic and camera_info_topic and publish tracks_3d
@@ -76,6 +78,8 @@ ARGUMENTS = (
     ("resolution", "", "Model input resolution, a multiple of 8; empty: the params_file's"),
     ("max_points", "", "Most points tracked at once; empty: the params_file's"),
     ("use_sim_time", "", "true | false: the nodes use /clock; empty: false"),
+    ("propagation", "", "lk | none: every image answered at once, or only those the network ran on; "
+                        "empty: the params_file's (lk)"),
     ("log_level", "", "debug | info | warn | error | fatal; empty: info"),
     ("query_set", "", "Query set (.npz from bootstap-queries) tracked from the start; empty: the "
                       "params_file's (none)"),
@@ -140,7 +144,8 @@ def _nodes(context):
     # Only arguments that were given override the file, so an empty one keeps its value.
     overrides = {name: _typed(name, value(name))
                  for name in ("checkpoint", "backend", "grid_points", "device", "precision",
-                              "resolution", "max_points", "query_set", "use_depth") if value(name)}
+                              "resolution", "max_points", "query_set", "use_depth", "propagation")
+                 if value(name)}
     if value("video") and not value("grid_points"):
         overrides["grid_points"] = VIDEO_GRID_POINTS
     common = {}

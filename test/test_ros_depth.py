@@ -211,3 +211,44 @@ def test_depth_wait_pairs_a_depth_image_that_lags_the_colour_image(ros, checkpoi
                     tracks, depth, 1)
     finally:
         h.close()
+
+
+def test_tracks_3d_follow_the_answer_of_every_image_with_propagation(ros, checkpoint):
+    # propagation lk: every image is answered at once, from Lucas-Kanade between network results;
+    # its tracks_3d are those answers in 3D, with the image's header, also while the depth image
+    # comes after the answer (the wait happens beside the image callback, not in it).
+    window = 3
+    h = Client(ros, checkpoint=checkpoint, grid_points=3, use_depth=True, depth_window=window,
+               depth_wait=1.0, propagation="lk")
+    try:
+        tracks_3d = h.subscribe(PointCloud2, "tracks_3d")
+        depth_pub = h.publisher(Image, "depth")
+        info_pub = h.publisher(CameraInfo, "camera_info")
+        info_pub.publish(set_stamp(camera_info(), next(STAMPS)))
+        wait_until(lambda: h.node._camera_info is not None, what="the node's camera_info")
+        rng = np.random.default_rng(1)
+        clip = moving_clip(num_frames=8, height=HEIGHT, width=WIDTH)
+        answered = []  # the images answered with points
+        deadline = time.monotonic() + 60.0
+        for count in range(1000):
+            depth = rng.uniform(0.5, 3.0, (HEIGHT, WIDTH)).astype(np.float32)
+            stamp = next(STAMPS)
+            if count % 2 == 0:  # the depth image before its colour image, or just after the answer
+                depth_pub.publish(depth_message(depth, stamp))
+            msg = h.frame(clip[count % len(clip)], stamp=stamp)
+            tracks = h.send(msg)
+            if count % 2:
+                depth_pub.publish(depth_message(depth, stamp))
+            cloud = tracks_3d.wait_for(lambda m: stamp_of(m) == stamp, what="tracks_3d")
+            if tracks.width == 0:  # before the network's first result
+                assert cloud.header == tracks.header and cloud.width == 0
+                continue
+            check_cloud(cloud, tracks, depth, window)
+            answered.append(count)
+            if len(answered) >= 6:
+                break
+            assert time.monotonic() < deadline, "timed out waiting for the network's grid in the answers"
+        assert h.node.warning_counts.get("no_depth", 0) == 0
+        assert h.node._stats.propagated >= count + 1
+    finally:
+        h.close()

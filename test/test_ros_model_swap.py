@@ -40,7 +40,9 @@ def diagnostics_of(h, topic, predicate, what):
 
 
 def test_a_swap_under_traffic_keeps_the_ids_and_tracks_flowing(ros, checkpoint, second_checkpoint):
-    h = Client(ros, checkpoint=checkpoint, grid_points=3, diagnostics_period=0.2)
+    # With propagation lk (the node's default) every image is answered, also between the swap
+    # and the new model's first result: the points, with their ids, are in every answer.
+    h = Client(ros, checkpoint=checkpoint, grid_points=3, diagnostics_period=0.2, propagation="lk")
     diagnostics = h.subscribe(DiagnosticArray, "/diagnostics")
     traffic = Camera(h, moving_clip(num_frames=8), period=0.03)
     try:

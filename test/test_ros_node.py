@@ -5,12 +5,14 @@ module; every test runs its own TrackerNode in a namespace of its own, on the
 isolated domain test/conftest.py sets. Every wait is on a condition with a deadline.
 """
 
+import itertools
 import json
 import os
 import re
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -47,6 +49,14 @@ class Harness(Client):
         self.add_points = self.publisher(PointCloud2, private + "add_points")
         self.remove = self.publisher(UInt32MultiArray, private + "remove_points")
         self.reset = self.client.create_client(Trigger, private + "reset")
+
+    def request(self, publisher, msg):
+        """Publish a point request and wait until the node has it queued. Waits on the count of
+        requests received, not on the queue's length: a frame still on its way (`send`
+        republishes a late one) may take the request at once, and the length is 1 never again."""
+        before = self.node.session.requests.received
+        publisher.publish(msg)
+        wait_until(lambda: self.node.session.requests.received > before, what="the node taking the request")
 
     def send_bad(self, msg, kind):
         """Publish an unusable image and wait until the node has warned about it."""
@@ -93,16 +103,13 @@ def test_tracks_carry_the_image_header_stable_ids_and_follow_requests(harness_fa
         assert ((points["occlusion"] >= 0) & (points["occlusion"] <= 1)).all()
         assert ((points["uncertainty"] >= 0) & (points["uncertainty"] <= 1)).all()
 
-    h.add_point.publish(Point(x=20.0, y=10.0, z=0.0))
-    wait_until(lambda: len(h.node.session.requests) == 1, what="the add_point request")
+    h.request(h.add_point, Point(x=20.0, y=10.0, z=0.0))
     assert points_of(h.send(h.frame(clip[3])))["id"].tolist() == [0, 1, 2, 3, 4]
 
-    h.add_points.publish(xy_to_cloud([[30.0, 12.0], [50.0, 40.0]]))
-    wait_until(lambda: len(h.node.session.requests) == 1, what="the add_points request")
+    h.request(h.add_points, xy_to_cloud([[30.0, 12.0], [50.0, 40.0]]))
     assert points_of(h.send(h.frame(clip[4])))["id"].tolist() == [0, 1, 2, 3, 4, 5, 6]
 
-    h.remove.publish(UInt32MultiArray(data=[0, 5]))
-    wait_until(lambda: len(h.node.session.requests) == 1, what="the remove_points request")
+    h.request(h.remove, UInt32MultiArray(data=[0, 5]))
     assert points_of(h.send(h.frame(clip[5])))["id"].tolist() == [1, 2, 3, 4, 6]
 
     h.call_reset()  # drops every point; the grid is seeded again on the next frame
@@ -142,14 +149,12 @@ def test_bad_input_is_survived_and_keeps_the_tracks(harness_factory):
     assert points_of(h.send(h.frame(big)))["id"].tolist() == ids  # size change: points kept
     assert h.node.warning_counts.get("size_change") == 1
 
-    h.add_points.publish(xy_to_cloud([[np.nan, 1.0], [np.inf, 2.0], [-5.0, 3.0], [500.0, 3.0],
-                                      [10.0, 10.0]]))
-    wait_until(lambda: len(h.node.session.requests) == 1, what="the add_points request")
+    h.request(h.add_points, xy_to_cloud([[np.nan, 1.0], [np.inf, 2.0], [-5.0, 3.0], [500.0, 3.0],
+                                         [10.0, 10.0]]))
     assert points_of(h.send(h.frame(big)))["id"].tolist() == ids + [4]
     assert h.node.warning_counts.get("bad_points") == 1
 
-    h.add_points.publish(xy_to_cloud(np.full((5, 2), 20.0)))  # one slot left
-    wait_until(lambda: len(h.node.session.requests) == 1, what="the add_points request")
+    h.request(h.add_points, xy_to_cloud(np.full((5, 2), 20.0)))  # one slot left
     assert points_of(h.send(h.frame(big)))["id"].tolist() == ids + [4, 5]
     assert h.node.warning_counts.get("capacity") == 1
 
@@ -379,8 +384,7 @@ def test_no_points_no_network_work_but_tracks_and_debug_images_flow(harness_fact
     assert h.node.session.network_steps == 0
     assert h.node.warning_counts.get("internal", 0) == 0  # no frame failed
 
-    h.add_point.publish(Point(x=20.0, y=10.0, z=0.0))
-    wait_until(lambda: len(h.node.session.requests) == 1, what="the add_point request")
+    h.request(h.add_point, Point(x=20.0, y=10.0, z=0.0))
     frames_before = h.node.session.frames
     for frame in clip[6:]:
         assert points_of(h.send(h.frame(frame)))["id"].tolist() == [0]
@@ -435,3 +439,115 @@ def test_latency_bench_reports_rate_latency_and_cpu(tmp_path):
     assert 0 < figures["latency_ms"]["p50"] < 10_000
     assert 0 < figures["node_cpu_cores"] < os.cpu_count() + 1
     assert figures["node_counters_over_window"]["tracks_3d_published"] > 0  # --depth
+
+
+# ------------------------------------------------------------------ propagation lk: every image answered
+
+
+def diagnostics_values(h, topic, predicate, what):
+    """The node's /diagnostics values of the first message that satisfies `predicate`."""
+    name = h.namespace + "/tracker_node: point tracking"
+
+    def values(msg):
+        return next(({kv.key: kv.value for kv in s.values} for s in msg.status if s.name == name), None)
+
+    found = topic.wait_for(lambda m: values(m) is not None and predicate(values(m)), what=what)
+    return values(found)
+
+
+def answer_until(h, clip, predicate, what, check=lambda ids: None):
+    """Send images one at a time (each answer is awaited) until one's ids satisfy `predicate`;
+    `check(ids)` runs on every answer. Returns the ids of the last."""
+    deadline = time.monotonic() + TIMEOUT
+    for count in itertools.count():
+        ids = points_of(h.send(h.frame(clip[count % len(clip)])))["id"].tolist()
+        check(ids)
+        if predicate(ids):
+            return ids
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {TIMEOUT:.0f} s waiting for {what}; last ids {ids}")
+
+
+def test_propagation_lk_answers_every_image_with_its_header_while_the_network_takes_fewer(harness_factory):
+    # 64 points make each network step far longer than the node takes to answer an image, and
+    # the images go out in a burst: the network takes the newest one each time it is free.
+    h = harness_factory(propagation="lk", grid_points=8, max_points=64, diagnostics_period=0.2,
+                        **{"qos.image.depth": 100})
+    diagnostics, debug = Topic(), Topic()
+    h.client.create_subscription(DiagnosticArray, "/diagnostics", diagnostics, RELIABLE)
+    h.client.create_subscription(Image, "tracker_node/debug_image", debug, RELIABLE)
+    wait_until(lambda: h.node._debug_pub.get_subscription_count() > 0, what="the debug subscriber")
+    clip = moving_clip(num_frames=8)
+    answer_until(h, clip, lambda ids: ids == list(range(64)), "the network's grid in the answers")
+    before = len(h.tracks.messages)
+
+    burst = [h.frame(clip[i % len(clip)], frame_id="camera_optical") for i in range(20)]
+    for msg in burst:
+        h.image.publish(msg)
+    for msg in burst:
+        tracks = h.tracks.wait_for(lambda m: stamp_of(m) == stamp_of(msg), what="the image's answer")
+        assert tracks.header == msg.header
+        assert points_of(tracks)["id"].tolist() == list(range(64))
+        image = debug.wait_for(lambda m: stamp_of(m) == stamp_of(msg), what="the image's debug image")
+        assert image.header == msg.header
+    answered = [stamp_of(m) for m in h.tracks.messages[before:]]
+    assert answered == [stamp_of(m) for m in burst]  # one answer per image, in order
+
+    sent = h.node._stats.received
+    values = diagnostics_values(h, diagnostics, lambda v: v["propagated frames"] == str(sent),
+                                "diagnostics counting every image answered")
+    assert values["propagation"] == "lk" and values["frames published"] == str(sent)
+    assert 0 < int(values["network frames"]) < int(values["propagated frames"])
+    assert int(values["dropped frames"]) > 0  # the images the network had no time for
+    assert values["network results too old to fuse"] == "0"
+    diagnostics_values(h, diagnostics, lambda v: v["frames since network result, max"] not in ("n/a", "0"),
+                       "an answer carried from an older network result")
+
+
+def test_propagation_lk_adds_removes_and_resets_points_in_the_answers(harness_factory):
+    h = harness_factory(propagation="lk", grid_points=2)
+    clip = moving_clip(num_frames=8)
+    assert points_of(h.send(h.frame(clip[0])))["id"].tolist() == []  # before the network's first result
+    answer_until(h, clip, lambda ids: ids == [0, 1, 2, 3], "the grid")
+
+    h.request(h.add_point, Point(x=20.0, y=10.0, z=0.0))
+    answer_until(h, clip, lambda ids: ids == [0, 1, 2, 3, 4], "the added point",
+                 check=lambda ids: ids in ([0, 1, 2, 3], [0, 1, 2, 3, 4]))
+
+    # A removed point leaves the answers with the next image, also while a network result computed
+    # before the removal lands, and never comes back.
+    processed = h.node.session.frames
+    h.request(h.remove, UInt32MultiArray(data=[0, 4]))
+    assert points_of(h.send(h.frame(clip[0])))["id"].tolist() == [1, 2, 3]
+    answer_until(h, clip, lambda ids: h.node.session.frames >= processed + 3,
+                 "network results after the removal", check=lambda ids: _equal(ids, [1, 2, 3]))
+
+    # A reset empties the answers at once; the grid comes back with new ids.
+    h.call_reset()
+    assert points_of(h.send(h.frame(clip[1])))["id"].tolist() == []
+    answer_until(h, clip, lambda ids: ids == [5, 6, 7, 8], "the grid seeded again",
+                 check=lambda ids: ids in ([], [5, 6, 7, 8]))
+
+
+def _equal(found, expected):
+    assert found == expected
+
+
+def test_propagation_none_publishes_the_network_results_only(harness_factory):
+    h = harness_factory(propagation="none", grid_points=8, max_points=64, diagnostics_period=0.2,
+                        **{"qos.image.depth": 100})
+    diagnostics = Topic()
+    h.client.create_subscription(DiagnosticArray, "/diagnostics", diagnostics, RELIABLE)
+    clip = moving_clip(num_frames=8)
+    h.send(h.frame(clip[0]))
+    burst = [h.frame(clip[i % len(clip)]) for i in range(1, 21)]
+    for msg in burst:
+        h.image.publish(msg)
+    h.tracks.wait_for(lambda m: stamp_of(m) == stamp_of(burst[-1]), what="the newest image's tracks")
+    wait_until(lambda: h.node._stats.received == len(burst) + 1, what="every image")
+    published = len(h.tracks.messages)
+    values = diagnostics_values(h, diagnostics, lambda v: v["frames received"] == str(len(burst) + 1),
+                                "diagnostics counting every image")
+    assert values["propagation"] == "none" and values["propagated frames"] == "0"
+    assert values["network frames"] == values["frames published"] == str(published)
+    assert "network results too old to fuse" not in values

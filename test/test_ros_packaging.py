@@ -149,6 +149,9 @@ def test_launch_arguments_reach_the_nodes_only_when_given(monkeypatch):
     assert strings == {"checkpoint": "/models/run: 2.pt", "device": "cuda:1"}
     # Strings reach the node as strings: launch_ros would read a bare one as YAML.
     assert all(value.value_type is str for value in strings.values())
+    nodes, _ = launch_nodes(module, propagation="none")
+    assert nodes["tracker_node"]["parameters"][1] == {"propagation": "none"}
+    assert nodes["tracker_node"]["parameters"][1]["propagation"].value_type is str
 
     for name, bad in (("grid_points", "eight"), ("max_points", "1.5"), ("use_sim_time", "yes please"),
                       ("log_level", "loud")):

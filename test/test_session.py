@@ -79,9 +79,17 @@ def test_defaults_checks_and_grid_points():
                           ({"device": "gpu"}, "device='gpu'"),
                           ({"grid_points": [1.0, 2.0, 3.0]}, "x, y pairs"),
                           ({"grid_points": -1}, ">= 0"),
-                          ({"qos.image.reliability": "fast"}, "qos.image.reliability")]:
+                          ({"qos.image.reliability": "fast"}, "qos.image.reliability"),
+                          ({"propagation": "flow"}, "propagation='flow' is not one of: lk, none")]:
         with pytest.raises(SettingsError, match=match):
             config_from_parameters(values)
+
+
+def test_the_propagation_choices_are_the_realtime_trackers():
+    from bootstap_ros.ros.settings import PROPAGATIONS
+    from bootstap_ros.tracking.realtime import PROPAGATION_CHOICES
+
+    assert PROPAGATIONS == PROPAGATION_CHOICES and TrackerNodeConfig().propagation == "lk"
 
 
 def test_parameter_tables_take_their_defaults_from_their_config():
@@ -287,6 +295,15 @@ class _PutDuringDrain(deque):
             self.late.start()
             self.late.join(timeout=1.0)  # finishes at once without the lock; with it, blocks here
         return iter(snapshot)
+
+
+def test_requests_received_are_counted_also_once_drained():
+    queue = RequestQueue()
+    queue.put("add", 1)
+    queue.put("remove", 2)
+    assert queue.drain() == [("add", 1), ("remove", 2)]
+    queue.put_front([("add", 1)])  # handed back, not received again
+    assert queue.received == 2 and len(queue) == 1
 
 
 def test_a_request_made_while_draining_is_never_lost():

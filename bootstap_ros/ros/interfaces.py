@@ -74,16 +74,19 @@ ADD_POINTS = Interface(
     qos="reliable, keep last 10")
 REMOVE_POINTS = Interface(
     "~/remove_points", "subscribes", "std_msgs/msg/UInt32MultiArray",
-    "Removes the points with these ids.", qos="reliable, keep last 10")
+    "Removes the points with these ids (with `propagation: lk` they leave `tracks` from the next "
+    "image on).", qos="reliable, keep last 10")
 RESET = Interface(
     "~/reset", "service", "std_srvs/srv/Trigger",
     "Drops every point before the next frame; the `grid_points` and `query_set` points are "
-    "added again on it. Ids are never reused.")
+    "added again on it (with `propagation: lk` they reach `tracks` with the next network "
+    "result). Ids are never reused.")
 
 TRACKS = Interface(
     "tracks", "publishes", "sensor_msgs/msg/PointCloud2",
-    "One point per active track, for each image tracked, with that image's header (stamp, "
-    "frame_id). An unordered cloud (height 1, width = number of points, is_dense true) in "
+    "One point per active track, with the image's header (stamp, frame_id): for every image "
+    "with `propagation: lk` (points carried from the previous image, network results fused in "
+    "as they land), for the images the network ran on with `none`. An unordered cloud (height 1, width = number of points, is_dense true) in "
     "the byte order of the machine (`is_bigendian`); an empty cloud when no point is tracked.",
     qos=_OUTPUT_QOS, point_step=24, fields=(
         CloudField("x", "float32", 0, "position in pixels of the input image (TAPIR raster: "
@@ -92,10 +95,12 @@ TRACKS = Interface(
         CloudField("id", "uint32", 8, "the point's stable id; never reused, also not after a "
                    "reset"),
         CloudField("visible", "uint8", 12, "1 when (1 - occlusion) * (1 - uncertainty) > "
-                   "`visibility_threshold` (official: 0.5), else 0"),
-        CloudField("occlusion", "float32", 16, "probability that the point is occluded"),
+                   "`visibility_threshold` (official: 0.5), else 0; with `propagation: lk` also 1 "
+                   "where the network is unsure and Lucas-Kanade still follows the point"),
+        CloudField("occlusion", "float32", 16, "probability that the point is occluded (the "
+                   "network's latest)"),
         CloudField("uncertainty", "float32", 20, "probability that the position is off by more "
-                   "than 6 px (the model's expected-distance head)"),
+                   "than 6 px (the model's expected-distance head; the network's latest)"),
     ))
 TRACKS_3D = Interface(
     "tracks_3d", "publishes", "sensor_msgs/msg/PointCloud2",
@@ -129,7 +134,8 @@ QUERY_POINTS = Interface(
 DIAGNOSTICS = Interface(
     "/diagnostics", "publishes", "diagnostic_msgs/msg/DiagnosticArray",
     "Every `diagnostics_period` seconds: input and output rate, latency, dropped frames, "
-    "active points, capacity, backend, device, model resolution, checkpoint, the model in use "
+    "propagation, network and propagated frames, network rate, frames since the network result "
+    "of the answers, active points, capacity, backend, device, model resolution, checkpoint, the model in use "
     "and its swaps (source, sha256, loaded at, swap pending, last swap, last refused swap, kept "
     "query images: model-swap.md) and warnings (with `use_depth`: frames without tracks_3d and "
     "its time).",

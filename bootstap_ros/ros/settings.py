@@ -20,6 +20,9 @@ from bootstap_ros.backends.base import BACKEND_CHOICES, PRECISION_CHOICES
 from bootstap_ros.ros.parameters import (RELIABILITIES, TRANSPORTS, ParameterSpec, config_from_values,
                                          parameter_table)
 
+# tracking.realtime.PROPAGATION_CHOICES, without importing the tracker (torch, OpenCV) here.
+PROPAGATIONS = ("lk", "none")
+
 
 @dataclass(frozen=True)
 class TrackerNodeConfig:
@@ -54,6 +57,7 @@ class TrackerNodeConfig:
     depth_window: int = 5  # pixels
     depth_wait: float = 0.1  # seconds
     query_frame_memory_mb: int = 128
+    propagation: str = "lk"  # "lk": every image answered at once; "none": the network's frames only
 
 
 PARAMETERS: Tuple[ParameterSpec, ...] = parameter_table(
@@ -170,6 +174,13 @@ PARAMETERS: Tuple[ParameterSpec, ...] = parameter_table(
                   "else from its last visible position); past it the oldest images are dropped "
                   "first. 0: keep only the latest image (every point is then re-encoded from its "
                   "latest position).", read_only=False, integer_range=(0, 1 << 20)),
+    ParameterSpec("propagation", "propagation",
+                  "What answers the images the network has no time for. lk: every image gets its "
+                  "`tracks` at once, each point carried from the previous image by Lucas-Kanade and "
+                  "each network result fused in when it lands (computed on an older image, carried "
+                  "to the newest); the network still runs on the newest image whenever it is free. "
+                  "none: `tracks` only for the images the network ran on, when it lands.",
+                  choices=PROPAGATIONS),
     ParameterSpec("diagnostics_period", "diagnostics_period",
                   "Seconds between /diagnostics messages.", float_range=(0.1, 60.0)),
 )

@@ -21,11 +21,20 @@ frames. A model that fails to load or to take over is reported (warning,
 /diagnostics) and the parameters are set back to the model in use, from the
 executor (a guard condition), while tracking goes on with it.
 
-Inference never runs in a callback: the image callback only puts the message
-into a drop-oldest slot of depth 1 (`queues.LatestSlot`), and one worker thread
-tracks the newest frame, so the node always works on the latest image and
-counts the frames it skipped. The node talks to its `tracking.session.TrackingSession`
-through the session's methods only. Run it with `ros2 run bootstap_ros tracker_node`
+Inference never runs in a callback: the image callback puts the message into a
+drop-oldest slot of depth 1 (`queues.LatestSlot`), and one worker thread tracks the
+newest frame with the network, so the node always works on the latest image and
+counts the frames it skipped. With `propagation: lk` (the default) the image callback
+also answers every image at once: a `tracking.propagation.Propagator` carries each
+point from the previous image by Lucas-Kanade (a few ms), and the worker fuses each
+network result into it instead of publishing it, so `tracks` (and `tracks_3d`,
+`~/debug_image`, published from a thread of their own in the images' order) come
+once per image. Frames are numbered as the callback receives them; the worker's
+frame carries its number, so a result computed on an older frame is carried to the
+newest. A removal or reset takes the points out of the answers at once. With
+`propagation: none` only the network answers, for the frames it ran on.
+The node talks to its `tracking.session.TrackingSession` through the session's
+methods only. Run it with `ros2 run bootstap_ros tracker_node`
 or `python -m bootstap_ros.ros.tracker_node`.
 """
 
@@ -36,8 +45,10 @@ import logging
 import sys
 import threading
 import time
+from collections import deque
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import rclpy
@@ -60,6 +71,7 @@ from bootstap_ros.ros.parameters import declare_parameters, plain_value
 from bootstap_ros.ros.queues import LatestSlot, WarningLimiter
 from bootstap_ros.ros.settings import (PARAMETERS, SWAP_PARAMETERS, SettingsError,
                                        TrackerNodeConfig, config_from_parameters)
+from bootstap_ros.tracking.frames import FrameError, to_rgb
 from bootstap_ros.tracking.session import (ModelLoader, StartupError, TrackingSession, check_swap,
                                            create_tracker, load_query_set)
 
@@ -74,6 +86,8 @@ WARNING_PERIOD_S = 5.0
 WORKER_STOP_TIMEOUT_S = 10.0
 PACKAGE_LOGGER = "bootstap_ros"  # the Python logger of the tracker, backends and model code
 MIB = 1 << 20
+# Answers waiting for their tracks_3d and debug image (propagation lk); past it the oldest go.
+OUTPUT_BACKLOG = 30
 
 
 def _now() -> str:
@@ -136,6 +150,74 @@ class _Stats:
         self.window_warnings = 0
         self.without_depth = 0  # frames that got no tracks_3d (no depth image, no camera_info)
         self.depth_ms: List[float] = []  # depth lookup + tracks_3d cloud, per frame
+        self.received = 0  # images the callback got (good or bad)
+        self.network = 0  # network results (frames the worker tracked)
+        self.propagated = 0  # answers the propagator gave (propagation lk)
+        self.stale = 0  # network results whose frame had left the propagator's history
+        self.window_network = 0
+        self.since_network: List[int] = []  # per published answer: frames since its network result
+
+
+@dataclass
+class _Answer:
+    """What the node publishes for one image: `tracks_to_cloud`, tracks_3d and the debug image
+    read it as they read a TrackResult."""
+
+    ids: np.ndarray
+    xy: np.ndarray
+    visible: np.ndarray
+    occlusion: np.ndarray
+    uncertainty: np.ndarray
+    frame_size: Tuple[int, int]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class _Outputs:
+    """A thread that publishes what follows each answer and may take time (tracks_3d waits up
+    to depth_wait for its depth image; the debug image is drawn), in the answers' order, so
+    that the image callback never waits. At most `capacity` answers wait; past it the oldest
+    is dropped and counted."""
+
+    def __init__(self, publish, capacity: int = OUTPUT_BACKLOG):
+        self._publish = publish
+        self._capacity = capacity
+        self._condition = threading.Condition()
+        self._items: deque = deque()
+        self._closed = False
+        self.dropped = 0
+        self._thread = threading.Thread(target=self._run, name="tracker_outputs", daemon=True)
+        self._thread.start()
+
+    def put(self, *item) -> None:
+        with self._condition:
+            if len(self._items) >= self._capacity:
+                self._items.popleft()
+                self.dropped += 1
+            self._items.append(item)
+            self._condition.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._condition:
+                self._condition.wait_for(lambda: self._items or self._closed)
+                if self._closed:
+                    return
+                item = self._items.popleft()
+            self._publish(*item)
+
+    def close(self, timeout: float) -> None:
+        """Stop after the answer in hand; those still waiting are not published."""
+        with self._condition:
+            self._closed = True
+            self._items.clear()
+            self._condition.notify_all()
+        self._thread.join(timeout=timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
 
 class TrackerNode(Node):
@@ -153,6 +235,7 @@ class TrackerNode(Node):
     # ------------------------------------------------------------------ set-up
     def _setup(self) -> None:
         self._worker: Optional[threading.Thread] = None
+        self._outputs: Optional[_Outputs] = None
         self._slot = LatestSlot()
         self.settings = self._declare_parameters()
         self._warn = WarningLimiter(self.get_logger().warning, WARNING_PERIOD_S)
@@ -184,6 +267,21 @@ class TrackerNode(Node):
         self._last_refused_swap = "none"
         self._loader = ModelLoader(self._load_model, self._model_loaded_or_failed)
         self._stats = _Stats()
+        # propagation lk: the answers between network results. The lock is shared by the image
+        # callback (advance), the worker (fuse) and the removal and reset requests.
+        self._propagator = None
+        self._propagation_lock = threading.Lock()
+        self._frame_index = -1  # of the last image the callback took
+        self._fused_index: Optional[int] = None  # frame of the newest network result fused
+        # Removals and resets are numbered as they are requested; the worker notes the number
+        # before its frame takes the requests, and so knows which ones its result has seen.
+        self._request_number = 0
+        self._reset_number = 0  # of the latest reset
+        self._removed: Dict[int, int] = {}  # id -> its removal's number, until a result saw it
+        if self.settings.propagation == "lk":
+            from bootstap_ros.tracking.propagation import Propagator
+
+            self._propagator = Propagator()
         self._debug_always = self.settings.publish_debug_image
         from bootstap_ros.render import Trails
 
@@ -232,11 +330,15 @@ class TrackerNode(Node):
         self._revert_guard = self.create_guard_condition(self._revert_model_parameters)
         self.create_timer(self.settings.diagnostics_period, self._publish_diagnostics)
 
+        if self._propagator is not None:
+            self._outputs = _Outputs(self._publish_extras)
         self._worker = threading.Thread(target=self._work, name="tracker_worker", daemon=True)
         self._worker.start()
+        answers = ("every image (Lucas-Kanade between network results)" if self._propagator is not None
+                   else "the images the network ran on")
         self.get_logger().info(
             f"tracking {self._image_sub.topic_name} with {self._model_text(self.info, self.settings)}, "
-            f"up to {tracker.max_points} points; publishing {self._tracks_pub.topic_name}")
+            f"up to {tracker.max_points} points; publishing {self._tracks_pub.topic_name} for {answers}")
 
     @staticmethod
     def _model_text(info, config: TrackerNodeConfig) -> str:
@@ -255,9 +357,56 @@ class TrackerNode(Node):
 
     # ------------------------------------------------------------------ callbacks (cheap only)
     def _on_image(self, msg) -> None:
-        self._slot.put((msg, time.monotonic()))
+        received = time.monotonic()
         with self._stats.lock:
             self._stats.window_received += 1
+            self._stats.received += 1
+        if self._propagator is None:
+            self._slot.put((msg, received))
+            return
+        try:
+            self._answer_at_once(msg, received)
+        except Exception as error:  # the node must survive anything one image does
+            self._warning("internal", f"image not answered after an unexpected error: "
+                          f"{type(error).__name__}: {error}")
+
+    def _answer_at_once(self, msg, received: float) -> None:
+        """propagation lk: this image's answer, every point carried into it (no network wait);
+        the image also goes to the worker, which takes the newest when it is free."""
+        try:
+            frame, encoding = (compressed_to_array(msg) if self._compressed
+                               else image_to_array(msg))
+            rgb = to_rgb(frame, encoding)
+        except (ImageError, FrameError) as error:
+            self._warning("bad_image", f"skipping a frame: {error}")
+            return
+        with self._propagation_lock:
+            self._frame_index += 1
+            index = self._frame_index
+            estimate = self._propagator.advance(index, rgb)
+            fused = self._fused_index
+        self._slot.put((msg, received, index, rgb))
+        answer = _Answer(estimate.ids, estimate.xy, estimate.visible, estimate.occlusion,
+                         estimate.uncertainty, tuple(rgb.shape[:2]))
+        self._tracks_pub.publish(tracks_to_cloud(answer, msg.header))
+        self._count_published(answer, msg.header, received,
+                              since=None if fused is None else index - fused)
+        with self._stats.lock:
+            self._stats.propagated += 1
+        debug = self._debug_always or self._debug_pub.get_subscription_count() > 0
+        if self.settings.use_depth or debug:
+            self._outputs.put(msg.header, answer, rgb if debug else None)
+
+    def _publish_extras(self, header, answer: _Answer, rgb: Optional[np.ndarray]) -> None:
+        """Outputs thread: tracks_3d and the debug image of an answer already on `tracks`."""
+        try:
+            if self.settings.use_depth:
+                self._publish_tracks_3d(answer, header)
+            if rgb is not None:
+                self._publish_debug_image(rgb, "rgb8", answer, header)
+        except Exception as error:
+            self._warning("internal", f"tracks_3d or debug image not published after an unexpected "
+                          f"error: {type(error).__name__}: {error}")
 
     def _on_depth(self, msg: Image) -> None:
         self._tracks_3d.add(_stamp_ns(msg.header), msg)
@@ -275,10 +424,21 @@ class TrackerNode(Node):
             self._warning("bad_cloud", f"~/add_points: ignoring a point cloud: {error}")
 
     def _on_remove_points(self, msg: UInt32MultiArray) -> None:
-        self.session.request_remove(list(msg.data))
+        ids = list(msg.data)
+        with self._propagation_lock:
+            self._request_number += 1
+            self.session.request_remove(ids)
+            if self._propagator is not None:  # out of the answers at once, not at the next fuse
+                self._propagator.remove(ids)
+                self._removed.update(dict.fromkeys(ids, self._request_number))
 
     def _on_reset(self, request, response):
-        self.session.request_reset()
+        with self._propagation_lock:
+            self._request_number += 1
+            self._reset_number = self._request_number
+            self.session.request_reset()
+            if self._propagator is not None:
+                self._propagator.remove(self._propagator.estimate().ids)
         response.success = True
         response.message = "all points will be dropped before the next frame"
         return response
@@ -372,6 +532,9 @@ class TrackerNode(Node):
             self._revert_guard.trigger()
             return
         self._model_config, self.info, self._model_loaded = config, info, _now()
+        if outcome.lost and self._propagator is not None:
+            with self._propagation_lock:
+                self._propagator.remove(outcome.lost)
         counts = outcome.counts
         self._last_swap = (
             f"{self._model_loaded}: {sum(counts.values())} points kept, re-encoded from their query "
@@ -442,13 +605,22 @@ class TrackerNode(Node):
             for outcome in self.session.take_swap_outcomes():
                 self._swapped(outcome)
 
-    def _process(self, msg, received: float) -> None:
-        try:
-            frame, encoding = (compressed_to_array(msg) if self._compressed
-                               else image_to_array(msg))
-        except ImageError as error:
-            self._warning("bad_image", f"skipping a frame: {error}")
-            return
+    def _process(self, msg, received: float, index: Optional[int] = None,
+                 rgb: Optional[np.ndarray] = None) -> None:
+        """The network on one frame: `index` and `rgb` with propagation lk (the callback decoded
+        it and numbered it), where the result is fused and the callback publishes; else the
+        message, decoded here, and the result published."""
+        if rgb is not None:
+            frame, encoding = rgb, "rgb8"
+        else:
+            try:
+                frame, encoding = (compressed_to_array(msg) if self._compressed
+                                   else image_to_array(msg))
+            except ImageError as error:
+                self._warning("bad_image", f"skipping a frame: {error}")
+                return
+        with self._propagation_lock:
+            requested = self._request_number  # every removal and reset up to it is queued
         result = self.session.process(frame, encoding, _stamp_ns(msg.header))
         if result is None or self._slot.closed:
             return
@@ -458,9 +630,45 @@ class TrackerNode(Node):
             ids = f" (ids {added.ids[0]}..{added.ids[-1]})" if len(added.ids) else ""
             self.get_logger().info(f"added {len(added.ids)} points of query set {added.path}{ids}"
                                    + (f"; labels {labels}" if labels else ""))
+        with self._stats.lock:
+            self._stats.network += 1
+            self._stats.window_network += 1
+        if index is not None:
+            self._fuse(index, result, requested)
+            return
         self._tracks_pub.publish(tracks_to_cloud(result, msg.header))
+        self._count_published(result, msg.header, received, since=0)
+        if self.settings.use_depth:
+            self._publish_tracks_3d(result, msg.header)
+        if self._debug_always or self._debug_pub.get_subscription_count() > 0:
+            self._publish_debug_image(frame, encoding, result, msg.header)
+
+    def _fuse(self, index: int, result, requested: int) -> None:
+        """Worker: the network's result on frame `index` into the propagator, carried to the
+        newest frame. Its frame took the removals and resets numbered up to `requested`: points
+        removed after that are left out, and after a later reset nothing of it is used."""
+        with self._propagation_lock:
+            fused = False
+            if self._reset_number <= requested:
+                keep = ~np.isin(result.ids, np.fromiter(self._removed, np.int64, len(self._removed)))
+                fused = self._propagator.fuse(
+                    index, result.ids[keep], result.xy[keep], result.occlusion[keep],
+                    result.uncertainty[keep], result.visible[keep], complete=True)
+                if fused and (self._fused_index is None or index > self._fused_index):
+                    self._fused_index = index
+                stale = not fused
+            else:
+                stale = False
+            # Removals its frame took are gone from the network: no later result names them.
+            self._removed = {i: n for i, n in self._removed.items() if n > requested}
+        if stale:
+            with self._stats.lock:
+                self._stats.stale += 1
+
+    def _count_published(self, result, header, received: float, since: Optional[int]) -> None:
+        """The statistics of one `tracks` message (`since`: frames since its network result)."""
         latency = (time.monotonic() - received) * 1e3
-        stamp = _stamp_ns(msg.header)
+        stamp = _stamp_ns(header)
         age = (self.get_clock().now().nanoseconds - stamp) / 1e6 if stamp else None
         with self._stats.lock:
             self._stats.published += 1
@@ -468,11 +676,9 @@ class TrackerNode(Node):
             self._stats.latency_ms.append(latency)
             if age is not None:
                 self._stats.age_ms.append(age)
+            if since is not None:
+                self._stats.since_network.append(since)
             self._stats.points = len(result)
-        if self.settings.use_depth:
-            self._publish_tracks_3d(result, msg.header)
-        if self._debug_always or self._debug_pub.get_subscription_count() > 0:
-            self._publish_debug_image(frame, encoding, result, msg.header)
 
     def _publish_tracks_3d(self, result, header) -> None:
         """tracks_3d for a frame: its depth image's median depth at each track, back-projected
@@ -527,9 +733,13 @@ class TrackerNode(Node):
             received, published = stats.window_received, stats.window_published
             latency, age = stats.latency_ms, stats.age_ms
             warnings, last_warning = stats.window_warnings, stats.last_warning
+            network_window, since = stats.window_network, stats.since_network
             stats.window_start, stats.window_received, stats.window_published = now, 0, 0
             stats.latency_ms, stats.age_ms, stats.window_warnings = [], [], 0
+            stats.window_network, stats.since_network = 0, []
             points, total = stats.points, stats.published
+            received_total, network, propagated, stale = (stats.received, stats.network,
+                                                          stats.propagated, stats.stale)
 
         def ms(values, reduce):
             return f"{reduce(values):.1f}" if values else "n/a"
@@ -553,8 +763,14 @@ class TrackerNode(Node):
             "latency receive to publish, max (ms)": ms(latency, np.max),
             "latency image stamp to publish, mean (ms)": ms(age, np.mean),
             "dropped frames": str(self._slot.dropped),
-            "frames received": str(self._slot.received),
+            "frames received": str(received_total),
             "frames published": str(total),
+            "propagation": self.settings.propagation,
+            "network frames": str(network),
+            "propagated frames": str(propagated),
+            "network rate (Hz)": f"{network_window / elapsed:.2f}",
+            "frames since network result, mean": ms(since, np.mean),
+            "frames since network result, max": f"{max(since)}" if since else "n/a",
             "active points": str(points),
             "capacity": str(self.session.capacity),
             "backend": self.info.backend,
@@ -570,6 +786,9 @@ class TrackerNode(Node):
             "kept query images (for swaps)": f"{kept_images} ({kept_bytes / MIB:.1f} MiB)",
             "warnings": str(sum(self.warning_counts.values())),
         }
+        if self._propagator is not None:
+            values["network results too old to fuse"] = str(stale)
+            values["answers without tracks_3d or debug image (backlog)"] = str(self._outputs.dropped)
         if self.settings.use_depth:
             with stats.lock:
                 depth_ms, stats.depth_ms = stats.depth_ms, []
@@ -606,6 +825,9 @@ class TrackerNode(Node):
         worker = getattr(self, "_worker", None)
         if worker is not None and worker.is_alive():
             worker.join(timeout=WORKER_STOP_TIMEOUT_S)
+        outputs = getattr(self, "_outputs", None)
+        if outputs is not None:
+            outputs.close(timeout=max(0.0, deadline - time.monotonic()))
         loader = getattr(self, "_loader", None)
         if loader is not None:
             loader.close(timeout=max(0.0, deadline - time.monotonic()))
@@ -616,7 +838,9 @@ class TrackerNode(Node):
         not stop in time)."""
         worker = getattr(self, "_worker", None)
         loader = getattr(self, "_loader", None)
-        return (worker is not None and worker.is_alive()) or (loader is not None and loader.alive)
+        outputs = getattr(self, "_outputs", None)
+        return ((worker is not None and worker.is_alive()) or (loader is not None and loader.alive)
+                or (outputs is not None and outputs.alive))
 
     def destroy_node(self) -> None:
         self._stop_worker()

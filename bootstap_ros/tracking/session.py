@@ -318,15 +318,20 @@ class ModelLoader:
 
 
 class RequestQueue:
-    """Thread-safe FIFO of (kind, payload) requests, drained all at once by the worker."""
+    """Thread-safe FIFO of (kind, payload) requests, drained all at once by the worker.
+
+    `received` counts every request ever put: unlike the queue's length, which a frame
+    processed in between takes back to 0, it tells for sure that a request arrived."""
 
     def __init__(self):
         self._lock = threading.Lock()
         self._items: deque = deque()
+        self.received = 0
 
     def put(self, kind: str, payload: Any = None) -> None:
         with self._lock:
             self._items.append((kind, payload))
+            self.received += 1
 
     def put_front(self, items: List[Tuple[str, Any]]) -> None:
         """Return requests that could not be applied yet, ahead of newer ones."""

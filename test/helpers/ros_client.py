@@ -102,6 +102,10 @@ class Client:
         # otherwise: the tests check what the node computes from each image they send, and a
         # best-effort image lost on a loaded machine would fail them for no fault of the node.
         params.setdefault("qos.image.reliability", "reliable")
+        # And they check what the network computed from an image (its points, a request taking
+        # effect on the next frame): with `propagation: lk`, the node's default, each image is
+        # answered before the network has seen it. The tests of those answers ask for lk.
+        params.setdefault("propagation", "none")
         self.ros = ros
         self.namespace = "/test_" + uuid.uuid4().hex[:8]
         self.node = TrackerNode(namespace=self.namespace, context=ros.context, parameter_overrides=[
