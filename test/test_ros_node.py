@@ -439,6 +439,9 @@ def test_latency_bench_reports_rate_latency_and_cpu(tmp_path):
     assert 0 < figures["latency_ms"]["p50"] < 10_000
     assert 0 < figures["node_cpu_cores"] < os.cpu_count() + 1
     assert figures["node_counters_over_window"]["tracks_3d_published"] > 0  # --depth
+    assert report["setup"]["propagation"] == "lk"  # the node's default: every frame answered
+    counts = figures["node_counters_over_window"]
+    assert counts["propagated_frames"] >= counts["network_frames"] > 0
 
 
 # ------------------------------------------------------------------ propagation lk: every image answered

@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-reliability", default="best_effort",
                         choices=("best_effort", "reliable"),
                         help="the node's qos.image.reliability (default best_effort, REP-2003)")
+    parser.add_argument("--propagation", default="lk", choices=("lk", "none"),
+                        help="the node's propagation: every frame answered (lk, the default) or only the "
+                        "frames the network took (none)")
     parser.add_argument("--depth", action="store_true",
                         help="also publish depth and camera_info; the node runs with use_depth")
     parser.add_argument("--output", help="write the figures as JSON here")
@@ -130,7 +133,8 @@ def run(args) -> dict:
                "-p", f"resolution:={args.resolution}", "-p", f"backend:={args.backend}",
                "-p", f"device:={args.device}", "-p", f"precision:={args.precision}",
                "-p", f"cpu_threads:={args.cpu_threads}",
-               "-p", f"qos.image.reliability:={args.image_reliability}"]
+               "-p", f"qos.image.reliability:={args.image_reliability}",
+               "-p", f"propagation:={args.propagation}"]
     if args.depth:
         command += ["-p", "use_depth:=true"]
 
@@ -247,8 +251,9 @@ def run(args) -> dict:
         inside = [values for t, values in diagnostics if window_start <= t <= window_end + 1e9]
     node_counts = {}
     if len(inside) >= 2:
-        for key in ("frames received", "dropped frames"):
-            node_counts[key.replace(" ", "_")] = int(inside[-1][key]) - int(inside[0][key])
+        for key in ("frames received", "dropped frames", "network frames", "propagated frames"):
+            if key in inside[-1] and key in inside[0]:
+                node_counts[key.replace(" ", "_")] = int(inside[-1][key]) - int(inside[0][key])
         node_counts["seconds"] = len(inside) - 1
     if args.depth:
         times = [float(v["tracks_3d time, mean (ms)"]) for v in inside
@@ -278,7 +283,7 @@ def run(args) -> dict:
                   "points": grid * grid, "image": f"{width}x{height}", "fps": args.fps,
                   "duration_s": args.duration, "resolution": args.resolution or "model's",
                   "backend": args.backend, "device": args.device, "precision": args.precision,
-                  "cpu_threads": args.cpu_threads,
+                  "cpu_threads": args.cpu_threads, "propagation": args.propagation,
                   "image_reliability": args.image_reliability, "depth": args.depth},
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version()},
@@ -299,7 +304,7 @@ def main(argv=None) -> int:
         return "n/a" if value is None else f"{value:.1f} ms"
 
     print(f"{s['model']}, {s['points']} points, {s['image']} images at {s['fps']:g} FPS for "
-          f"{s['duration_s']:g} s")
+          f"{s['duration_s']:g} s, propagation {s['propagation']}")
     print(f"  output rate {f['output_rate_hz']:.1f} Hz (input {f['input_rate_hz']:.1f} Hz), "
           f"{f['frames_tracked']} of {f['frames_published']} frames tracked, "
           f"{f['frames_skipped']} skipped")
@@ -307,6 +312,10 @@ def main(argv=None) -> int:
         c = f["node_counters_over_window"]
         print(f"  node over {c['seconds']} s: {c['frames_received']} frames reached it, "
               f"{c['dropped_frames']} skipped by its newest-frame queue")
+        if "network_frames" in c:
+            print(f"  the network ran on {c['network_frames']} frames "
+                  f"({c['network_frames'] / max(c['seconds'], 1):.1f} Hz), {c.get('propagated_frames', 0)} were "
+                  "answered by propagation")
     print(f"  node CPU use {f['node_cpu_cores']:.2f} cores (user + system time over the window)")
     if "tracks_3d_published" in f["node_counters_over_window"]:
         c = f["node_counters_over_window"]
