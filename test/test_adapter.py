@@ -22,12 +22,9 @@ from bootstap_ros_training.adapter.clip_store import ClipRecorder, ClipStore
 from bootstap_ros_training.clips import ClipBuilder, ClipConfig
 from helpers.adapter_bags import (FAST, IMAGE, PERIOD_NS, START_NS, TOPIC, clip_messages, feed, panning,
                                   read_bag, stream)
+from helpers.runs import FakeClock
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-
-
 
 
 # ---------------------------------------------------------------------------- the recorder
@@ -296,14 +293,32 @@ def test_children_run_niced_with_their_threads_capped(tmp_path):
 
 
 def test_a_child_past_its_time_limit_or_stopped_is_killed(tmp_path):
-    sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
-    started = time.monotonic()
-    status, why = run_child(sleeper, tmp_path / "a.log", 1, 0, timeout_s=1.0, stop=threading.Event())
-    assert status is None and "time limit" in why and time.monotonic() - started < 30
-    stop = threading.Event()
-    threading.Timer(0.5, stop.set).start()
-    status, why = run_child(sleeper, tmp_path / "b.log", 1, 0, timeout_s=600, stop=stop)
-    assert status is None and why == "the adapter is stopping"
+    # The child would sleep two minutes and then say so; the limit is ten minutes on a clock
+    # that moves 100 s a reading, so it runs out after a few polls whatever the machine's load.
+    sleeper = [sys.executable, "-c", "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); "
+               "time.sleep(120); print('slept ' + 'in full')"]
+    for name, clock, timeout_s, stop, expected in [
+            ("limit", FakeClock(tick=100.0), 600.0, threading.Event(), "it ran past its time limit (10.0 min)"),
+            ("stop", time.monotonic, 3600.0, threading.Event(), "the adapter is stopping")]:
+        pid_file = tmp_path / f"{name}.pid"
+        if name == "stop":
+            _set_when_written(pid_file, stop)
+        status, why = run_child(sleeper + [str(pid_file)], tmp_path / f"{name}.log", 1, 0, timeout_s=timeout_s,
+                                stop=stop, clock=clock)
+        assert (status, why) == (None, expected)
+        assert "slept in full" not in (tmp_path / f"{name}.log").read_text()  # killed, not run to its end
+        if pid_file.exists() and pid_file.read_text():
+            assert not Path(f"/proc/{pid_file.read_text()}").exists()  # and reaped
+
+
+def _set_when_written(path, event):
+    """Sets `event` once `path` holds the child's pid (from a thread of its own)."""
+    def watch():
+        deadline = time.monotonic() + 120
+        while not (path.exists() and path.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        event.set()
+    threading.Thread(target=watch, daemon=True).start()
 
 
 PARENT_SCRIPT = textwrap.dedent("""
@@ -435,7 +450,89 @@ def test_a_stopped_round_fails_at_once(tmp_path, filled_store, checkpoint):
                             RoundConfig(minutes=5, nice=0, holdout_clips=3, min_train_clips=5))
     stop = threading.Event()
     threading.Timer(2.0, stop.set).start()
-    began = time.monotonic()
     report = adaptation.run_round(checkpoint, True, stop)
-    assert report.decision == "failed" and "the adapter is stopping" in report.reason
-    assert time.monotonic() - began < 30
+    # The training child was killed: a five-minute run that had ended by itself would have
+    # written its final model.
+    assert report.decision == "failed" and report.reason == "training stopped: the adapter is stopping"
+    run = Path(report.folder) / "run"
+    assert not (run / "final.pt").exists() and not (run / "best.pt").exists()
+    assert report.score_in_use is None and report.candidate == ""
+
+
+
+def test_a_round_past_its_time_limit_is_killed_and_changes_nothing(tmp_path, filled_store, checkpoint):
+    # A one-minute round may overrun by 5 min (OVERRUN_MIN_S): its limit is 6 min. The
+    # round's clock moves 60 s a reading, so the limit passes a few polls into the
+    # training, which (no step limit) would otherwise run its full minute.
+    import shutil
+
+    folder = tmp_path / "store"
+    shutil.copytree(filled_store, folder)
+    settings = tuple(s for s in FAST if s != "steps=1")
+    adaptation = Adaptation(ClipStore(folder, max_bytes=1 << 30), folder,
+                            RoundConfig(minutes=1, nice=0, holdout_clips=3, min_train_clips=5, margin=-1.0,
+                                        settings=settings), clock=FakeClock(tick=60.0))
+    report = adaptation.run_round(checkpoint, True, threading.Event())
+    assert report.decision == "failed", report.reason
+    assert report.reason == "training stopped: it ran past its time limit (6.0 min)"
+    assert report.candidate == "" and report.score_candidate is None
+    run = Path(report.folder) / "run"
+    assert not (run / "final.pt").exists()
+    # Its process (and anything it started) is gone.
+    for process in Path("/proc").glob("[0-9]*"):
+        try:
+            assert str(run).encode() not in (process / "cmdline").read_bytes(), "the training child lives on"
+        except OSError:
+            pass
+    adaptation.finish(report)
+    assert not (folder / "models").exists() or not any((folder / "models").glob("*.pt"))
+
+
+@pytest.fixture(scope="module")
+def random_weights(tmp_path_factory):
+    """The embedded model's architecture with random weights, saved: it tracks nothing."""
+    import torch
+
+    from bootstap_ros.model import build_model, load_checkpoint, save_checkpoint
+    from bootstap_ros.model.checkpoint import EMBEDDED_CHECKPOINT
+
+    torch.manual_seed(0)
+    model = build_model(load_checkpoint(EMBEDDED_CHECKPOINT).model.config)
+    path = tmp_path_factory.mktemp("random") / "random.pt"
+    save_checkpoint(path, model)
+    return str(path)
+
+
+def test_real_scores_keep_a_worse_model_and_adopt_a_better_one_at_the_default_margin(
+        tmp_path, filled_store, random_weights):
+    """The scoring child and the decision of a round on the held-out clips, with models that
+    differ for real: the embedded model tracks the panning clips, random weights do not."""
+    from bootstap_ros.model.checkpoint import EMBEDDED_CHECKPOINT
+    from bootstap_ros_training.adapter.clip_store import ClipStore as Store
+    from bootstap_ros_training.validate import main as validate_main
+
+    config = RoundConfig(nice=0, holdout_clips=2, min_train_clips=6, score_points=16)
+    assert config.margin == 0.01  # the default
+    store = Store(filled_store, max_bytes=1 << 30)
+    adaptation = Adaptation(store, tmp_path / "adapter", config)
+    _, held_out = split_clips(store.clips, config.holdout_clips, config.min_train_clips)
+    # In use: the embedded model (''); the round's result: random weights.
+    worse = RoundReport(round=1, in_use="", candidate=random_weights, margin=config.margin)
+    adaptation._score(worse, tmp_path / "round_1", held_out, True, threading.Event())
+    assert worse.decision == "kept", worse.reason
+    assert worse.score_in_use > worse.score_candidate + config.margin
+    # In use: random weights; the round's result: the embedded model.
+    better = RoundReport(round=2, in_use=random_weights, candidate=str(EMBEDDED_CHECKPOINT), margin=config.margin)
+    adaptation._score(better, tmp_path / "round_2", held_out, True, threading.Event())
+    assert better.decision == "adopted", better.reason
+    assert (better.score_in_use, better.score_candidate) == (worse.score_candidate, worse.score_in_use)
+    # bootstap-validate on the same bags gives the same figures, and the embedded model's is not 0.
+    arguments = []
+    for clip in held_out:
+        arguments += ["--data", str(clip.path)]
+    assert validate_main(arguments + ["--checkpoint", "embedded", random_weights, "--frames", "6", "--points", "16",
+                                      "--output", str(tmp_path / "v.json")]) == 0
+    expected = json.loads((tmp_path / "v.json").read_text())
+    assert expected[0]["cycle_score"] > 0.1 and expected[0]["clips"] == 2
+    assert worse.score_in_use == pytest.approx(expected[0]["cycle_score"], abs=1e-6)
+    assert worse.score_candidate == pytest.approx(expected[1]["cycle_score"], abs=1e-6)

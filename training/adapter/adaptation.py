@@ -191,10 +191,10 @@ def child_environment(threads: int) -> Dict[str, str]:
 
 
 def run_child(command: Sequence[str], log: Path, threads: int, nice: int, timeout_s: float,
-              stop: threading.Event) -> Tuple[Optional[int], str]:
+              stop: threading.Event, clock: Callable[[], float] = time.monotonic) -> Tuple[Optional[int], str]:
     """Runs `command` to its end in a session of its own, output to `log`. Returns
     (exit status, '') or (None, why) when it was stopped: `stop` was set, or it ran past
-    `timeout_s`; it is then killed."""
+    `timeout_s` on `clock` (seconds, monotonic); it is then killed."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as output:
         output.write((" ".join(command) + "\n").encode())
@@ -202,12 +202,12 @@ def run_child(command: Sequence[str], log: Path, threads: int, nice: int, timeou
         process = subprocess.Popen(list(command), stdout=output, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, env=child_environment(threads),
                                    start_new_session=True, preexec_fn=_child_setup(nice, os.getpid()))
-        deadline = time.monotonic() + timeout_s
+        deadline = clock() + timeout_s
         why = ""
         while process.poll() is None:
             if stop.wait(0.5):
                 why = "the adapter is stopping"
-            elif time.monotonic() > deadline:
+            elif clock() > deadline:
                 why = f"it ran past its time limit ({timeout_s / 60:.1f} min)"
             if why:
                 _terminate(process)
@@ -308,10 +308,13 @@ class ModelHistory:
 # ---------------------------------------------------------------------------- rounds
 
 class Adaptation:
-    """Rounds on the clips of `store`, logged under `folder` (see the module docstring)."""
+    """Rounds on the clips of `store`, logged under `folder` (see the module docstring).
+    `clock` (seconds, monotonic) times the children's limits."""
 
-    def __init__(self, store: ClipStore, folder, config: RoundConfig):
+    def __init__(self, store: ClipStore, folder, config: RoundConfig,
+                 clock: Callable[[], float] = time.monotonic):
         self.store = store
+        self.clock = clock
         self.folder = Path(folder).expanduser()
         self.config = config
         self.rounds_folder = self.folder / ROUNDS
@@ -387,7 +390,7 @@ class Adaptation:
         command += list(config.settings)  # later settings win
         limit = config.minutes * 60 + max(OVERRUN_MIN_S, OVERRUN_SHARE * config.minutes * 60)
         log = folder / "train.log"
-        status, why = run_child(command, log, config.threads, config.nice, limit, stop)
+        status, why = run_child(command, log, config.threads, config.nice, limit, stop, self.clock)
         if status is None or status != 0:
             report.decision = "failed"
             report.reason = (f"training stopped: {why}" if status is None else
@@ -421,7 +424,7 @@ class Adaptation:
             command += ["--data", str(clip.path)]
         log = folder / "score.log"
         # Scoring is two passes per clip and model: a few minutes at most on a CPU.
-        status, why = run_child(command, log, config.threads, config.nice, 1800.0, stop)
+        status, why = run_child(command, log, config.threads, config.nice, 1800.0, stop, self.clock)
         if status != 0:
             report.decision = "failed"
             report.reason = (f"scoring stopped: {why}" if status is None else
