@@ -65,6 +65,8 @@ setup(
     extras_require={
         'test': ['pytest'],
         'onnx': ['onnx', 'onnxruntime', 'onnxscript'],
+        # OpenVINO compiles the ONNX export, which onnxruntime checks against torch.
+        'openvino': ['openvino', 'onnx', 'onnxruntime', 'onnxscript'],
         'train': ['tensorboard', 'rosbags'],  # rosbags: reads robot logs without ROS
         'eval': ['matplotlib'],
     },
@@ -78,10 +80,11 @@ setup(
             'bootstap-prepare-logs = bootstap_ros_training.logs:main',
             'bootstap-train-bootstrap = bootstap_ros_training.bootstrap:main',
             'bootstap-validate = bootstap_ros_training.validate:main',
-            # The ROS nodes (run with `ros2 run bootstap_ros <name>`):
-            'tracker_node = bootstap_ros.ros.tracker_node:main',
-            'video_source = bootstap_ros.ros.video_source:main',
-            'bootstap_adapter = bootstap_ros_training.adapter.node:main',
+            # The ROS nodes (run with `ros2 run bootstap_ros <name>`), through a starter that
+            # handles SIGINT and SIGTERM before the node's slow imports (ros/entry.py):
+            'tracker_node = bootstap_ros.ros.entry:tracker_node',
+            'video_source = bootstap_ros.ros.entry:video_source',
+            'bootstap_adapter = bootstap_ros.ros.entry:bootstap_adapter',
         ],
     },
 )

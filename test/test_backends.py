@@ -64,8 +64,10 @@ def test_track_step_equals_estimate_trajectories(model, num_points):
 
 
 def test_registry_names_and_errors(model):
-    assert resolve_backend("auto", "cpu") == "torch"
+    assert resolve_backend("auto", "cpu") == ("openvino" if "openvino" in available_backends("cpu") else "torch")
+    assert resolve_backend("auto", "cuda") in ("tensorrt", "torch")
     assert "torch" in available_backends("cpu")
+    assert "openvino" not in available_backends("cuda")
     with pytest.raises(BackendError, match="unknown backend 'jax'"):
         resolve_backend("jax")
     with pytest.raises(BackendError, match="fp16 on CUDA only; use bf16 or fp32 on cpu"):
@@ -73,7 +75,8 @@ def test_registry_names_and_errors(model):
     with pytest.raises(BackendError, match="unknown precision"):
         create_backend("torch", model, 8, 8, "cpu", "int3")
     # "auto": what each backend's users expect (TensorRT: fp16; the others: fp32).
-    assert [resolve_precision("auto", b) for b in ("torch", "onnxruntime", "tensorrt")] == ["fp32", "fp32", "fp16"]
+    assert [resolve_precision("auto", b) for b in ("torch", "onnxruntime", "openvino", "tensorrt")] == [
+        "fp32", "fp32", "fp32", "fp16"]
     assert resolve_precision("bf16", "tensorrt") == "bf16"
     assert create_backend("torch", model, 8, 8, "cpu").precision == "fp32"
 
@@ -215,7 +218,7 @@ def test_onnxruntime_engine_equals_the_track_commands_online_mode(model, tmp_pat
     pytest.importorskip("onnxruntime")
     clip = moving_clip(num_frames=4)
     queries = np.array([[0, 10.0, 12.0], [1, 40.5, 30.25], [3, 70.0, 5.0]], np.float32)
-    offline_online = track_online(model, clip, queries)
+    offline_online = track_online(model, clip, queries, backend="torch")
     tracker = CausalTracker(model, max_points=4, backend="onnxruntime", cache_dir=tmp_path)
     for t, frame in enumerate(clip):
         starting = queries[queries[:, 0] == t]
@@ -235,6 +238,124 @@ def test_reset_zeroes_the_state_in_every_backend(model, tmp_path):
         tracker.reset()
         tracker.add_points(clip[0], POINTS[:2])
         np.testing.assert_allclose(tracker.step(clip[1]).xy, first, atol=1e-5)
+
+
+# ----------------------------------------------------------------- OpenVINO
+
+
+def _openvino():
+    pytest.importorskip("onnxruntime")  # checks the ONNX export OpenVINO compiles
+    return pytest.importorskip("openvino")
+
+
+@pytest.mark.parametrize("num_points, block_size", [(1, 4), (5, 4), (8, 8)])
+def test_openvino_agrees_with_torch(model, tmp_path, num_points, block_size):
+    _openvino()
+    clip = moving_clip(num_frames=4)
+    points = np.concatenate([POINTS, POINTS[:3] + 1.5])[:num_points]
+    adds = {0: points[: (num_points + 1) // 2], 2: points[(num_points + 1) // 2:]}
+    runs = {}
+    for name, options in (("torch", {}), ("openvino", {"cache_dir": tmp_path})):
+        tracker = CausalTracker(model, max_points=8, block_size=block_size, backend=name, **options)
+        runs[name] = _run(tracker, clip, adds)
+    for ours, ref in zip(runs["openvino"], runs["torch"]):
+        assert ours.ids.tolist() == ref.ids.tolist()
+        np.testing.assert_allclose(ours.xy, ref.xy, atol=1e-3)
+        np.testing.assert_allclose(ours.occlusion_logit, ref.occlusion_logit, atol=1e-3)
+        np.testing.assert_allclose(ours.expected_dist_logit, ref.expected_dist_logit, atol=1e-3)
+
+
+def test_openvino_checks_itself_and_caches_its_compilations(model, tmp_path):
+    _openvino()
+    backend = create_backend("openvino", model, 8, 4, cache_dir=tmp_path)
+    assert set(backend.max_abs_diff) >= {"hires", "lowres", "query_hires", "outputs", "conv1_out", "conv2_out"}
+    assert max(backend.max_abs_diff.values()) < 1e-3
+    assert list((tmp_path / "openvino").iterdir()), "no compiled graph in the cache"
+    again = create_backend("openvino", model, 8, 4, cache_dir=tmp_path)
+    assert again.export.paths == backend.export.paths  # the ONNX export is made once
+    from bootstap_ros.backends import openvino_backend
+
+    compiled = {graph: again._requests[graph].get_compiled_model() for graph in ("encoder", "queries", "step")}
+    with pytest.raises(BackendError, match="differ from torch by more than"):
+        openvino_backend.check_against_torch(model, compiled, 4, "fp32", atol=-1.0)
+
+
+def test_openvino_equals_the_track_commands_online_mode_and_resets(model, tmp_path):
+    _openvino()
+    clip = moving_clip(num_frames=4)
+    queries = np.array([[0, 10.0, 12.0], [1, 40.5, 30.25], [3, 70.0, 5.0]], np.float32)
+    offline_online = track_online(model, clip, queries, backend="torch")
+    tracker = CausalTracker(model, max_points=4, backend="openvino", cache_dir=tmp_path)
+    for t, frame in enumerate(clip):
+        starting = queries[queries[:, 0] == t]
+        step = tracker.step(frame, add=starting[:, 1:] if len(starting) else None)
+        for point_id, xy in zip(step.ids, step.xy):
+            np.testing.assert_allclose(offline_online.tracks[point_id, t], xy, atol=1e-3)
+    tracker.reset()
+    tracker.add_points(clip[0], POINTS[:2])
+    first = tracker.step(clip[1]).xy
+    tracker.reset()
+    tracker.add_points(clip[0], POINTS[:2])
+    np.testing.assert_allclose(tracker.step(clip[1]).xy, first, atol=1e-5)
+
+
+def test_openvino_bf16_runs_the_encoder_in_bf16_and_the_step_in_float32(model, tmp_path):
+    _openvino()
+    from bootstap_ros.backends.openvino_backend import compile_config
+
+    assert compile_config("encoder", "bf16")["INFERENCE_PRECISION_HINT"] == "bf16"
+    assert compile_config("step", "bf16")["INFERENCE_PRECISION_HINT"] == "f32"
+    # float32 is asked for explicitly: OpenVINO's own default on CPUs with AMX is bf16.
+    assert {compile_config(g, "fp32")["INFERENCE_PRECISION_HINT"] for g in ("encoder", "queries", "step")} == {"f32"}
+    clip = moving_clip(num_frames=5)
+    queries = np.array([[0, 20.0, 16.0], [0, 50.5, 30.0], [1, 33.0, 21.0]], np.float32)
+    fp32 = track_online(model, clip, queries, backend="torch")
+    bf16 = track_online(model, clip, queries, backend="openvino", precision="bf16", cache_dir=tmp_path)
+    visible = ~np.isnan(fp32.tracks[..., 0])
+    assert np.array_equal(visible, ~np.isnan(bf16.tracks[..., 0]))
+    difference = np.abs(fp32.tracks - bf16.tracks)[visible]
+    assert np.median(difference) < 0.5 and difference.max() < 2.0
+    with pytest.raises(BackendError, match="fp32 or bf16"):
+        create_backend("openvino", model, 8, 4, precision="fp16", cache_dir=tmp_path)
+    with pytest.raises(BackendError, match="CPU only"):
+        create_backend("openvino", model, 8, 4, device="cuda", cache_dir=tmp_path)
+
+
+def test_auto_picks_openvino_on_the_cpu_where_installed(model, tmp_path, monkeypatch):
+    _openvino()
+    from bootstap_ros.backends import factory
+
+    monkeypatch.setenv("BOOTSTAP_CACHE", str(tmp_path))
+    assert create_backend("auto", model, 8, 4).name == "openvino"
+    # Options only torch takes, or a model without causal state, mean torch.
+    assert create_backend("auto", model, 8, 4, cuda_graphs=False).name == "torch"
+    # A backend that cannot run here gives way to torch, with a warning that says why.
+    def broken(*args, **kwargs):
+        raise BackendError("no CPU plugin")
+
+    monkeypatch.setattr("bootstap_ros.backends.openvino_backend.OpenVinoBackend", broken)
+    assert create_backend("auto", model, 8, 4, cache_dir=tmp_path).name == "torch"
+    assert factory.resolve_backend("auto", "cpu") == "openvino"
+
+
+def test_auto_is_torch_where_openvino_is_not_installed(model, monkeypatch):
+    from bootstap_ros.backends import factory
+
+    real = factory._importable
+    monkeypatch.setattr(factory, "_importable", lambda module: module != "openvino" and real(module))
+    assert "openvino" not in available_backends("cpu")
+    assert resolve_backend("auto", "cpu") == "torch"
+    assert create_backend("auto", model, 8, 4).name == "torch"
+
+
+def test_importing_the_package_imports_no_runtime():
+    import subprocess
+    import sys
+
+    code = ("import sys, bootstap_ros, bootstap_ros.backends; "
+            "print(sorted(m for m in ('openvino', 'onnxruntime', 'tensorrt', 'onnx') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 # ----------------------------------------------------------------- TensorRT: the parts without TensorRT
@@ -325,7 +446,13 @@ def test_tracker_and_export_leave_a_training_model_as_it_is(model, tmp_path):
     trained.train()
     before = _snapshot(trained)
     clip = moving_clip(num_frames=2)
-    for backend, options in (("torch", {}), ("onnxruntime", {"cache_dir": tmp_path})):
+    runtimes = [("onnxruntime", {"cache_dir": tmp_path})]
+    try:
+        import openvino  # noqa: F401
+        runtimes.append(("openvino", {"cache_dir": tmp_path}))
+    except ImportError:
+        pass
+    for backend, options in [("torch", {})] + runtimes:
         tracker = CausalTracker(trained, max_points=4, backend=backend, **options)
         tracker.add_points(clip[0], POINTS[:2])
         tracker.step(clip[1])
@@ -334,9 +461,9 @@ def test_tracker_and_export_leave_a_training_model_as_it_is(model, tmp_path):
     _assert_unchanged(trained, before)
     # Tracking in training mode would differ from eval mode if the copy were not eval'd:
     # the results equal those of the same weights in eval mode.
-    reference = CausalTracker(model, max_points=4)
+    reference = CausalTracker(model, max_points=4, backend="torch")
     reference.add_points(clip[0], POINTS[:2])
-    tracker = CausalTracker(trained, max_points=4)
+    tracker = CausalTracker(trained, max_points=4, backend="torch")
     tracker.add_points(clip[0], POINTS[:2])
     np.testing.assert_allclose(tracker.step(clip[1]).xy, reference.step(clip[1]).xy, atol=1e-5)
 

@@ -1,6 +1,6 @@
-"""Backends that run the network for the tracker: torch, onnxruntime, tensorrt.
+"""Backends that run the network for the tracker: torch, onnxruntime, openvino, tensorrt.
 
-Importing this package is cheap; onnxruntime, onnx and tensorrt are imported by
+Importing this package is cheap; onnxruntime, onnx, openvino and tensorrt are imported by
 the backend that uses them, when it is created.
 """
 

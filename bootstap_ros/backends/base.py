@@ -34,10 +34,11 @@ from typing import Any, Dict, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
+BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "bf16")
 # What the command lines and the node accept: "auto" resolves in `factory` (the fastest
-# backend here; fp16 for TensorRT, fp32 for the others).
+# backend here, by measurement: OpenVINO on the CPU, TensorRT on CUDA, else torch; fp16
+# for TensorRT, fp32 for the others).
 BACKEND_CHOICES = ("auto",) + BACKENDS
 PRECISION_CHOICES = ("auto",) + PRECISIONS
 

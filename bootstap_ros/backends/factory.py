@@ -7,9 +7,12 @@ chosen one when it is asked for, so importing this module stays cheap.
 from __future__ import annotations
 
 import importlib.util
+import logging
 from typing import List
 
 from bootstap_ros.backends.base import BACKENDS, PRECISION_CHOICES, Backend, BackendError
+
+LOG = logging.getLogger(__name__)
 
 
 def _importable(module: str) -> bool:
@@ -27,20 +30,33 @@ def available_backends(device: str = "cpu") -> List[str]:
     names = ["torch"]
     if _importable("onnxruntime"):
         names.append("onnxruntime")
+    if device.startswith("cpu") and _importable("openvino") and _importable("onnxruntime"):
+        names.append("openvino")  # its graphs come from the ONNX export, checked with onnxruntime
     if device.startswith("cuda") and _importable("tensorrt") and cuda_available():
         names.append("tensorrt")
     return names
 
 
+# The concrete backends "auto" tries on each kind of device, fastest first, as measured
+# side by side in one bootstap-bench run (docs/speed.md, "Which backend auto picks"): on
+# the CPU OpenVINO's fp32 step beat torch's and onnxruntime's; on CUDA TensorRT beats torch.
+AUTO_ORDER = {"cpu": ("openvino", "torch"), "cuda": ("tensorrt", "torch")}
+
+
 def resolve_backend(name: str, device: str = "cpu") -> str:
     """The concrete backend for `name`; "auto" picks the fastest one available.
 
-    On CUDA that is TensorRT where installed, else torch. On CPU it is torch: its
-    one-frame step (oneDNN-packed mixer, correlation maps) measured faster than
-    onnxruntime's on the same graph (see bootstap-bench).
+    The rule, ordered by measurement (`AUTO_ORDER`, figures in docs/speed.md): on the
+    CPU OpenVINO where it is installed (with onnxruntime, which checks the ONNX export
+    it compiles), else torch; on CUDA TensorRT where installed, else torch. onnxruntime
+    is never picked: its CPU step measured slower than torch's. A backend picked by
+    "auto" that fails its own check against torch when it is made (OpenVINO compares its
+    compiled graphs with torch on this machine) gives way to torch (`create_backend`).
     """
     if name == "auto":
-        return "tensorrt" if "tensorrt" in available_backends(device) else "torch"
+        available = available_backends(device)
+        order = AUTO_ORDER["cuda" if device.startswith("cuda") else "cpu"]
+        return next(candidate for candidate in order if candidate in available)
     if name not in BACKENDS:
         raise BackendError(f"unknown backend '{name}'; choose one of auto, {', '.join(BACKENDS)}")
     return name
@@ -51,7 +67,8 @@ def resolve_precision(precision: str, backend: str) -> str:
 
     "auto" is fp16 for TensorRT (what its users, on Jetson above all, expect; the
     positions and the soft-argmax stay float32 inside the engine) and fp32 for
-    torch and onnxruntime.
+    torch, onnxruntime and openvino (their bf16 is asked for by name: it moves tracks
+    by a fraction of a pixel, see docs/speed.md).
     """
     if precision not in PRECISION_CHOICES:
         raise BackendError(f"unknown precision '{precision}'; choose one of {', '.join(PRECISION_CHOICES)}")
@@ -60,17 +77,35 @@ def resolve_precision(precision: str, backend: str) -> str:
     return precision
 
 
+_TORCH_ONLY_OPTIONS = {"cuda_graphs", "torch_compile"}
+
+
 def create_backend(name: str, model, max_points: int, block_size: int, device: str = "cpu",
                    precision: str = "auto", **options) -> Backend:
-    """A backend instance by name ("auto", "torch", "onnxruntime", "tensorrt").
+    """A backend instance by name ("auto", "torch", "onnxruntime", "openvino", "tensorrt").
 
     The caller's model is never changed: a backend that needs it elsewhere (another
     device, eval mode, the CPU for export) works on its own copy.
     """
-    name = resolve_backend(name, device)
-    precision = resolve_precision(precision, name)
     if max_points % block_size:
         raise BackendError(f"max_points ({max_points}) must be a multiple of block_size ({block_size})")
+    chosen = resolve_backend(name, device)
+    if name == "auto" and chosen != "torch":
+        # Options only torch takes, or a model the exported graphs cannot carry (no causal
+        # state), mean torch; otherwise the faster backend, and torch where it fails here.
+        if model.config.causal and not set(options) & _TORCH_ONLY_OPTIONS:
+            try:
+                return _create(chosen, model, max_points, block_size, device,
+                               resolve_precision(precision, chosen), **options)
+            except Exception as error:  # an export, a compiler or a check that fails here
+                LOG.warning("backend auto: %s cannot run here (%s: %s); using torch", chosen,
+                            type(error).__name__, error)
+        options = {key: value for key, value in options.items() if key in _TORCH_ONLY_OPTIONS}
+        chosen = "torch"
+    return _create(chosen, model, max_points, block_size, device, resolve_precision(precision, chosen), **options)
+
+
+def _create(name: str, model, max_points: int, block_size: int, device: str, precision: str, **options) -> Backend:
     if name == "torch":
         from bootstap_ros.backends.torch_backend import TorchBackend
 
@@ -79,6 +114,10 @@ def create_backend(name: str, model, max_points: int, block_size: int, device: s
         from bootstap_ros.backends.onnxruntime_backend import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend(model, max_points, block_size, device, precision, **options)
+    if name == "openvino":
+        from bootstap_ros.backends.openvino_backend import OpenVinoBackend
+
+        return OpenVinoBackend(model, max_points, block_size, device, precision, **options)
     from bootstap_ros.backends.tensorrt_backend import TensorRTBackend
 
     return TensorRTBackend(model, max_points, block_size, device, precision, **options)
