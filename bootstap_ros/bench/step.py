@@ -11,6 +11,11 @@ reports its speed-up over it and its accuracy against it (max and median track
 difference in pixels, visibility agreement). Runs of one point count alternate
 frame by frame between the configurations, so load changes on the machine hit
 all of them alike. Results go to JSON and a PNG plot, and a table is printed.
+
+Exit codes as every tool of the package (`cli.common`): 2 for bad arguments or input
+(an unknown backend, a missing checkpoint, --model-config without --random-weights),
+1 for a failure while running; a backend that cannot run here is a row of the table
+that says why, not a failure.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from bootstap_ros.cli.common import UsageError, prepare_output, run_command
 
 LOG = logging.getLogger("bootstap_ros.bench.step")
 BASELINE = "torch-eager"
@@ -104,7 +111,8 @@ def _make_tracker(model, spec: RunSpec, num_points: int, block_size: int, cache_
     if spec.backend == BASELINE:  # plain eager: no CUDA graphs either
         backend = _reference_backend_class()(model, max_points, block, spec.device, "fp32", cuda_graphs=False)
         return CausalTracker(model, max_points, spec.device, block, backend=backend)
-    options = {"cache_dir": cache_dir} if spec.backend in ("onnxruntime", "tensorrt") and cache_dir else {}
+    exported = spec.backend in ("onnxruntime", "openvino", "tensorrt")
+    options = {"cache_dir": cache_dir} if exported and cache_dir else {}
     if spec.compiled:
         options["torch_compile"] = True
     return CausalTracker(model, max_points, spec.device, block, backend=spec.backend,
@@ -285,18 +293,49 @@ def _load_model(args):
 
     from bootstap_ros.config import ModelConfig
     from bootstap_ros.model import build_model, load_checkpoint
-
-    overrides = json.loads(args.model_config) if args.model_config else {}
     from bootstap_ros.model.checkpoint import with_settings
 
+    try:
+        overrides = json.loads(args.model_config) if args.model_config else {}
+    except ValueError as error:
+        raise UsageError(f"--model-config is not JSON ({error}); give an object such as "
+                         "'{\"mixer_blocks\": 2}'") from None
+    if not isinstance(overrides, dict):
+        raise UsageError(f"--model-config must be a JSON object of ModelConfig fields, got {args.model_config}")
     if args.random_weights:
         torch.manual_seed(args.seed)
-        model = build_model(ModelConfig(causal=True).replace(**overrides))
+        try:
+            config = ModelConfig(causal=True).replace(**overrides)
+        except TypeError as error:
+            raise UsageError(f"--model-config: {error}") from None
+        model = build_model(config)
     elif overrides:
-        raise SystemExit("--model-config goes with --random-weights (a checkpoint brings its architecture)")
+        raise UsageError("--model-config goes with --random-weights (a checkpoint brings its architecture)")
     else:
         model = load_checkpoint(args.checkpoint, causal=True if args.causal is None else args.causal).model
     return with_settings(model, softmax_temperature=args.softmax_temperature)
+
+
+def _comma_list(text: str, option: str, choices: Optional[Sequence[str]] = None) -> List[str]:
+    """The items of a comma list, each one of `choices` where given (else UsageError)."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise UsageError(f"{option} is empty; give a comma list")
+    unknown = [item for item in items if choices is not None and item not in choices]
+    if unknown:
+        raise UsageError(f"{option}: unknown {', '.join(unknown)}; choose from {', '.join(choices)}")
+    return items
+
+
+def _positive_ints(text: str, option: str) -> List[int]:
+    items = _comma_list(text, option)
+    try:
+        values = [int(item) for item in items]
+    except ValueError:
+        raise UsageError(f"{option} takes whole numbers (a comma list such as 8,64), got {text}") from None
+    if min(values) < 1:
+        raise UsageError(f"{option} takes numbers of at least 1, got {text}")
+    return values
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -313,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--refine-resolutions", default=None, metavar="HxW,...",
                         help="comma list of refinement-ladder tops (e.g. 256x256,512x512): every "
                         "configuration runs at each, on the same input frames (the largest size)")
-    parser.add_argument("--backends", default="torch", help="comma list: torch,onnxruntime,tensorrt,auto")
+    parser.add_argument("--backends", default="torch", help="comma list: torch,onnxruntime,openvino,tensorrt,auto")
     parser.add_argument("--devices", default="cpu", help="comma list, e.g. cpu,cuda")
     parser.add_argument("--precisions", default="auto",
                         help="comma list: auto,fp32,fp16,bf16 (auto: fp16 for tensorrt, fp32 otherwise)")
@@ -333,27 +372,48 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Exit codes as every tool of the package (cli.common): 2 for bad arguments or input
+    (a missing checkpoint, an unknown backend), 1 for a failure while running."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    command = "bootstap-bench " + " ".join(sys.argv[1:] if argv is None else argv)
+    return run_command("bootstap-bench", lambda: run(args, command))
+
+
+def run(args, command: str) -> int:
     import torch
 
-    from bootstap_ros.backends import resolve_backend, resolve_precision
+    from bootstap_ros.backends import BACKEND_CHOICES, PRECISION_CHOICES, resolve_backend, resolve_precision
 
+    backends = _comma_list(args.backends, "--backends", BACKEND_CHOICES)
+    precisions = _comma_list(args.precisions, "--precisions", PRECISION_CHOICES)
+    devices = _comma_list(args.devices, "--devices")
+    bad = [d for d in devices if d != "cpu" and not (d == "cuda" or d.startswith("cuda:") and d[5:].isdigit())]
+    if bad:
+        raise UsageError(f"--devices: unknown {', '.join(bad)}; give cpu, cuda or cuda:N")
+    points = _positive_ints(args.points, "--points")
+    for option, value, least in (("--frames", args.frames, 1), ("--warmup", args.warmup, 0),
+                                 ("--threads", args.threads, 1), ("--block-size", args.block_size, 1)):
+        if value is not None and value < least:
+            raise UsageError(f"{option} must be at least {least}, got {value}")
+    output = prepare_output(args.output, "--output", folder=True)
     if args.threads:
         torch.set_num_threads(args.threads)
     model = _load_model(args)
     specs = []
-    for device in args.devices.split(","):
+    for device in devices:
         if device.startswith("cuda") and not torch.cuda.is_available():
             LOG.warning("skipping device %s: no CUDA device here", device)
             continue
-        for backend in args.backends.split(","):
-            for precision in args.precisions.split(","):
-                name = resolve_backend(backend.strip(), device)
-                spec = RunSpec(name, device, resolve_precision(precision.strip(), name))
+        for backend in backends:
+            for precision in precisions:
+                name = resolve_backend(backend, device)
+                spec = RunSpec(name, device, resolve_precision(precision, name))
                 if (spec.precision == "fp16" and device == "cpu"
-                        or spec.precision != "fp32" and spec.backend == "onnxruntime"):
-                    LOG.info("skipping %s: not offered (fp16 needs CUDA; onnxruntime runs fp32)", spec.label)
+                        or spec.precision != "fp32" and spec.backend == "onnxruntime"
+                        or spec.backend == "openvino" and (device != "cpu" or spec.precision == "fp16")):
+                    LOG.info("skipping %s: not offered (fp16 needs CUDA; onnxruntime runs fp32; openvino "
+                             "runs on the CPU, fp32 or bf16)", spec.label)
                     continue
                 specs.append(spec)
     if args.torch_compile:
@@ -361,15 +421,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.refine_resolutions:
         from bootstap_ros.config import parse_size
 
-        tops = [parse_size(text) for text in args.refine_resolutions.split(",")]
+        tops = [parse_size(text) for text in _comma_list(args.refine_resolutions, "--refine-resolutions")]
         tops = [None if top == tuple(model.config.resolution) else top for top in tops]
         specs = [dataclasses.replace(s, refine=top) for top in tops for s in specs]
-    points = [int(p) for p in args.points.split(",")]
     results = run_benchmark(model, list(dict.fromkeys(specs)), points, args.frames, args.warmup,
                             args.block_size, args.cache_dir, args.seed)
-    results["command"] = "bootstap-bench " + " ".join(sys.argv[1:] if argv is None else argv)
-    output = Path(args.output)
-    output.mkdir(parents=True, exist_ok=True)
+    results["command"] = command
     (output / "results.json").write_text(json.dumps(results, indent=1))
     try:
         plot(results, output / "latency.png")
