@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Dict, Iterator, List
+from typing import Dict, Iterator, List, Optional
 
 import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .camera import CameraConfig, apply_camera, camera_rng
 from .domains.synthetic import SyntheticConfig, generate_clip, write_tapvid_pickle
 
 TRAIN_SEED_OFFSET = 1 << 31
@@ -56,17 +57,25 @@ class SyntheticClips(Dataset):
 
     pool: when positive, only `pool` distinct clips are used (index modulo pool),
     i.e. a finite training set seen once per `pool` clips; 0 = every clip is new.
+    camera: when given, each clip is seen through a random camera (`camera.apply_camera`)
+    drawn from the clip's seed, so a clip and its camera are the same on every visit.
     """
 
-    def __init__(self, config: SyntheticConfig, seed: int = 0, pool: int = 0):
+    def __init__(self, config: SyntheticConfig, seed: int = 0, pool: int = 0,
+                 camera: Optional[CameraConfig] = None):
         self.config = config
         self.seed = seed
         self.pool = pool
+        self.camera = camera
 
     def __getitem__(self, index: int) -> Dict[str, np.ndarray]:
         if self.pool > 0:
             index %= self.pool
-        return clip_arrays(train_clip_seed(self.seed, index), self.config)
+        clip_seed = train_clip_seed(self.seed, index)
+        arrays = clip_arrays(clip_seed, self.config)
+        if self.camera is not None:
+            arrays = apply_camera(arrays, self.camera, camera_rng(clip_seed))
+        return arrays
 
 
 class StepBatches(Sampler):

@@ -32,6 +32,7 @@ from bootstap_ros.config import ModelConfig
 from bootstap_ros.model import TAPIR, build_model, load_checkpoint
 
 from .configs import resolve_model_config
+from .camera import CameraConfig
 from .data import StepBatches, SyntheticClips, heldout_path, make_loader, write_heldout_set
 from .domains.synthetic import SyntheticConfig
 from .loop import (CHECKPOINT, FINAL_MODEL, Loop, Runtime, cosine_learning_rate, deprecated_flag,
@@ -61,6 +62,9 @@ class TrainConfig:
     num_points: int = 128
     image_size: int = 256
     train_clips: int = 0  # 0: a new clip every time; K: cycle through K clips
+    # See each training clip through a random camera and sensor (bootstap_ros_training.camera:
+    # lens, blur, noise, exposure, colour, compression; CameraConfig's defaults).
+    camera: bool = False
     # Optimiser: AdamW (b1 0.9, b2 0.95, decoupled weight decay off for biases and norms).
     lr: float = 1e-3
     warmup: int = 200
@@ -217,7 +221,8 @@ def _train(config: TrainConfig, runtime: Runtime, resumed: Optional[dict], stop_
 
     trained = distributed_model(model, runtime)
     loader = make_loader(
-        SyntheticClips(config.synthetic(), config.seed, config.train_clips),
+        SyntheticClips(config.synthetic(), config.seed, config.train_clips,
+                       CameraConfig() if config.camera else None),
         StepBatches(step, last_step, config.batch_size, runtime.rank, runtime.world_size),
         config.num_workers, pin_memory=device.type == "cuda")
 
@@ -284,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--num-points", "num_points", int, "query points per clip")
     add("--image-size", "image_size", int, "synthetic clip height and width")
     add("--train-clips", "train_clips", int, "cycle through this many clips (0: always new ones)")
+    parser.add_argument("--camera", dest="camera", action=argparse.BooleanOptionalAction,
+                        help="see each training clip through a random camera and sensor model "
+                        "(lens, blur, noise, exposure, colour, JPEG; default: off)")
     add("--lr", "lr", float, "peak learning rate")
     add("--warmup", "warmup", int, "linear warmup steps")
     add("--weight-decay", "weight_decay", float, "AdamW decoupled weight decay")
