@@ -3,7 +3,6 @@ checks and frame handling), the node's queues, warning limiter and settings."""
 
 import dataclasses
 import threading
-import time
 from collections import deque
 from pathlib import Path
 
@@ -267,12 +266,11 @@ def test_requests_are_thread_safe(model):
     session, _ = make_session(model, max_points=64, grid_points=0)
     threads = [threading.Thread(target=lambda: [session.request_add([[1.0, 1.0]]) for _ in range(10)])
                for _ in range(4)]
-    start = time.monotonic()
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(timeout=10)
-    assert time.monotonic() - start < 10
+        thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads)  # none deadlocked
     assert len(session.process(clip[0], "rgb8", 1).ids) == 40
 
 
