@@ -310,3 +310,126 @@ def test_killing_the_adapter_mid_round_leaves_the_tracker_tracking(tmp_path, che
         for handle in logs.values():
             handle.close()
     assert processes["tracker_node"].returncode == 0, (tmp_path / "tracker_node.log").read_text()[-3000:]
+
+
+# ------------------------------------------------------------------ what becomes of an adoption
+
+def adopted_report(number, in_use, candidate):
+    """A round's report as `Adaptation.run_round` hands over one whose model won."""
+    from bootstap_ros_training.adapter.adaptation import RoundReport
+
+    return RoundReport(round=number, state="finished", in_use=in_use, candidate=str(candidate),
+                       decision="adopted", reason="score 0.1000 -> 0.2000 (+0.1000 > margin 0.01)")
+
+
+def test_an_adoption_is_held_by_rollback_stale_after_a_change_or_unconfirmed(ros, checkpoint, tmp_path):
+    from bootstap_ros.model import save_checkpoint
+    from helpers.small_model import small_model
+
+    # No /diagnostics from the tracker within the adapter's swap_timeout: a swap it makes is
+    # never confirmed.
+    h = Client(ros, checkpoint=checkpoint, grid_points=2, max_points=8, diagnostics_period=60.0)
+    store = tmp_path / "store"
+    adapter = start_adapter(ros, h, store=str(store), rounds=False, swap_timeout=1.0)
+    try:
+        params = RemoteParameters(h.client, "tracker_node", timeout=TIMEOUT)
+        wait_until(lambda: adapter._tracker_model() is not None, timeout=TIMEOUT, what="the tracker's parameters")
+        candidate = tmp_path / "candidate.pt"
+        save_checkpoint(candidate, small_model(seed=1))
+        # held: rollback is true.
+        assert params_of(h, "bootstap_adapter").set("rollback", True).successful
+        report = adopted_report(1, checkpoint, candidate)
+        adapter._adopt(report)
+        assert report.decision == "held" and report.reason.endswith("; not adopted: rollback is true")
+        assert report.checkpoint == "" and candidate.is_file() and adapter.adaptation.history.latest is None
+        assert params.get("checkpoint") == checkpoint
+        assert params_of(h, "bootstap_adapter").set("rollback", False).successful
+        # stale: the round started from another model than the tracker's now.
+        other = str(tmp_path / "other.pt")
+        report = adopted_report(2, other, candidate)
+        adapter._adopt(report)
+        assert report.decision == "stale", report.reason
+        assert f"the tracker's model changed during the round (now {checkpoint})" in report.reason
+        assert report.checkpoint == "" and candidate.is_file() and adapter.adaptation.history.latest is None
+        assert params.get("checkpoint") == checkpoint
+        # unconfirmed: set on the tracker and kept, but not seen in use within swap_timeout.
+        report = adopted_report(3, checkpoint, candidate)
+        adapter._adopt(report)
+        kept = str(store.resolve() / "models" / "round_0003.pt")
+        assert report.decision == "adopted" and report.checkpoint == kept
+        assert report.reason.endswith("; the tracker's /diagnostics did not show it in use within 1 s")
+        assert params.get("checkpoint") == kept and adapter.adaptation.history.latest["checkpoint"] == kept
+    finally:
+        stop_adapter(ros, adapter)
+        h.close()
+
+
+def test_a_refused_model_changes_nothing_and_an_adopted_one_keeps_ids_that_are_not_0_to_n(
+        ros, perturbed_embedded, tmp_path):
+    import shutil
+
+    from rclpy.qos import QoSProfile as Profile
+    from sensor_msgs.msg import PointCloud2 as Cloud
+    from std_msgs.msg import UInt32MultiArray
+
+    from bootstap_ros.model.checkpoint import EMBEDDED_CHECKPOINT
+    from bootstap_ros.ros.conversions import xy_to_cloud
+    from helpers.small_model import moving_clip
+
+    embedded = str(EMBEDDED_CHECKPOINT)
+    h = Client(ros, checkpoint=embedded, grid_points=2, max_points=16, diagnostics_period=0.2)
+    store = tmp_path / "store"
+    adapter = start_adapter(ros, h, store=str(store), rounds=False, swap_timeout=TIMEOUT)
+    # A still scene: a point stays where it is, before and after the swap.
+    scene = moving_clip(num_frames=1, height=96, width=128, dx=0.0, dy=0.0)
+    camera = Camera(h, np.repeat(scene, 2, axis=0), period=0.1)
+    reliable = Profile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    add = h.client.create_publisher(Cloud, "tracker_node/add_points", reliable)
+    remove = h.client.create_publisher(UInt32MultiArray, "tracker_node/remove_points", reliable)
+
+    def ids_of(msg):
+        return tuple(cloud_to_array(msg)["id"].tolist())
+
+    try:
+        wait_until(lambda: add.get_subscription_count() > 0 and remove.get_subscription_count() > 0,
+                   timeout=TIMEOUT, what="the point request subscriptions")
+        h.tracks.wait_for(lambda m: ids_of(m) == (0, 1, 2, 3), timeout=TIMEOUT, what="the grid's tracks")
+        # Add 5 (ids 4..8), remove 5 and 7, add 3 (ids 9..11): ids with gaps.
+        add.publish(xy_to_cloud([[20.0 + 15 * i, 30.0] for i in range(5)]))
+        h.tracks.wait_for(lambda m: ids_of(m) == tuple(range(9)), timeout=TIMEOUT, what="5 points added")
+        remove.publish(UInt32MultiArray(data=[5, 7]))
+        h.tracks.wait_for(lambda m: ids_of(m) == (0, 1, 2, 3, 4, 6, 8), timeout=TIMEOUT, what="2 points removed")
+        add.publish(xy_to_cloud([[30.0 + 20 * i, 70.0] for i in range(3)]))
+        expected = (0, 1, 2, 3, 4, 6, 8, 9, 10, 11)
+        h.tracks.wait_for(lambda m: ids_of(m) == expected, timeout=TIMEOUT, what="3 points added")
+        wait_until(lambda: adapter._tracker_model() is not None, timeout=TIMEOUT, what="the tracker's parameters")
+        first = next(i for i, m in enumerate(h.tracks.messages) if ids_of(m) == expected)
+
+        # A model the tracker cannot load: refused, forgotten, the tracker on its model.
+        broken = tmp_path / "broken.pt"
+        broken.write_text("not a model\n")
+        report = adopted_report(1, embedded, broken)
+        adapter._adopt(report)
+        assert report.decision == "refused" and "the tracker refused it" in report.reason, report.reason
+        assert report.checkpoint == "" and adapter.adaptation.history.latest is None
+        assert not any((store / "models").glob("*.pt"))
+        wait_until(lambda: RemoteParameters(h.client, "tracker_node").get("checkpoint") == embedded,
+                   timeout=TIMEOUT, what="the tracker's checkpoint set back")
+
+        # A model that loads: adopted and in use, every point kept under its own id.
+        candidate = tmp_path / "candidate.pt"
+        shutil.copy(perturbed_embedded, candidate)
+        report = adopted_report(2, embedded, candidate)
+        adapter._adopt(report)
+        assert report.decision == "adopted" and "in use by the tracker since" in report.reason, report.reason
+        swapped = len(h.tracks.messages)
+        wait_until(lambda: len(h.tracks.messages) >= swapped + 5, timeout=TIMEOUT, what="tracks after the swap")
+    finally:
+        camera.close()
+        stop_adapter(ros, adapter)
+        h.close()
+    after_requests = h.tracks.messages[first:]
+    assert {ids_of(m) for m in after_requests} == {expected}  # no id renumbered, none lost or added
+    before, after = cloud_to_array(after_requests[0]), cloud_to_array(h.tracks.messages[-1])
+    for name in ("x", "y"):  # each id where it was: the scene stands still
+        np.testing.assert_allclose(after[name], before[name], atol=2.0)
