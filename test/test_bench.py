@@ -61,3 +61,14 @@ def test_without_matplotlib_the_figures_are_still_written(tmp_path, monkeypatch,
     assert json.loads((tmp_path / "out" / "results.json").read_text())["runs"]
     assert not (tmp_path / "out" / "latency.png").exists()
     assert "no plot (matplotlib is not installed" in capsys.readouterr().out
+
+
+def test_bench_times_the_propagation_step_at_a_camera_size(tmp_path):
+    code = bench.main(["--random-weights", "--model-config", TINY, "--points", "4", "--frames", "2",
+                       "--warmup", "1", "--propagation", "96x64", "--output", str(tmp_path / "out")])
+    assert code == 0
+    rows = [r for r in json.loads((tmp_path / "out" / "results.json").read_text())["runs"]
+            if r["backend"] == "propagation"]
+    assert len(rows) == 1 and rows[0]["points"] == 4 and rows[0]["input"] == [64, 96] and rows[0]["p50_ms"] > 0
+    assert bench.main(["--random-weights", "--model-config", TINY, "--propagation", "big",
+                       "--output", str(tmp_path / "o2")]) == 2

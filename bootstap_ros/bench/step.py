@@ -235,6 +235,31 @@ def run_benchmark(model, specs: Sequence[RunSpec], point_counts: Sequence[int], 
     }
 
 
+def propagation_runs(point_counts: Sequence[int], frames: int, warmup: int, size, seed: int = 0) -> List[dict]:
+    """The propagation step's latency (`Propagator.advance`: Lucas-Kanade for every point into a
+    frame of `size` (height, width)) per point count, as rows of the results."""
+    from bootstap_ros.tracking.propagation import Propagator
+
+    height, width = size
+    clip = synthetic_clip(frames + warmup + 1, size=max(size), seed=seed)[:, :height, :width]
+    rng = np.random.default_rng(seed)
+    rows = []
+    for num_points in point_counts:
+        propagator = Propagator()
+        propagator.advance(0, clip[0])
+        propagator.add(np.arange(num_points), rng.uniform(8, min(size) - 8, (num_points, 2)))
+        latencies = []
+        for t in range(1, len(clip)):
+            start = time.perf_counter()
+            propagator.advance(t, clip[t])
+            if t > warmup:
+                latencies.append((time.perf_counter() - start) * 1e3)
+        rows.append({"backend": "propagation", "device": "cpu", "precision": "lk", "points": num_points,
+                     "input": [height, width], **_stats(latencies), "first_frame_s": 0.0,
+                     "peak_rss_mb": _peak_rss_mb()})
+    return rows
+
+
 def format_table(results: dict) -> str:
     header = (f"{'backend/device/precision':<28} {'points':>6} {'mean':>8} {'p50':>8} {'p95':>8} {'max':>8} "
               f"{'fps':>7} {'rss MB':>7} {'speed-up':>8} {'dmax px':>8} {'dmed px':>8} {'vis':>6} {'GFLOP':>7} "
@@ -280,7 +305,12 @@ def plot(results: dict, path: Path) -> None:
     ax.set_xlabel("points")
     ax.set_ylabel("ms per frame (p50, bar to p95)")
     h, w = results["model_config"]["resolution"]
-    ax.set_title(f"bootstap-bench: CausalTracker.step at {w}x{h}")
+    title = f"bootstap-bench: CausalTracker.step at {w}x{h}"
+    propagated = [r for r in results["runs"] if r["backend"] == "propagation"]
+    if propagated:
+        ph, pw = propagated[0]["input"]
+        title += f"; propagation into {pw}x{ph} frames"
+    ax.set_title(title, fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -367,6 +397,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--cache-dir", help="where ONNX exports and TensorRT engines are cached")
     parser.add_argument("--output", default="bench_results", help="directory for results.json and latency.png")
+    parser.add_argument("--propagation", metavar="WxH", default=None,
+                        help="also time the propagation step (tracking.propagation: every point carried into a "
+                        "camera frame of this size, what the node answers each frame with between network "
+                        "steps), e.g. 640x480")
     parser.add_argument("--seed", type=int, default=0)
     return parser
 
@@ -426,6 +460,14 @@ def run(args, command: str) -> int:
         specs = [dataclasses.replace(s, refine=top) for top in tops for s in specs]
     results = run_benchmark(model, list(dict.fromkeys(specs)), points, args.frames, args.warmup,
                             args.block_size, args.cache_dir, args.seed)
+    if args.propagation:
+        try:
+            width, height = (int(v) for v in args.propagation.lower().split("x"))
+        except ValueError:
+            raise UsageError(f"--propagation: expected WIDTHxHEIGHT, e.g. 640x480, got {args.propagation!r}") from None
+        if width < 16 or height < 16:
+            raise UsageError(f"--propagation: a camera frame of at least 16x16, got {args.propagation}")
+        results["runs"] += propagation_runs(points, args.frames, args.warmup, (height, width), args.seed)
     results["command"] = command
     (output / "results.json").write_text(json.dumps(results, indent=1))
     try:
