@@ -170,3 +170,75 @@ def test_a_worker_that_does_not_stop_in_time_gives_status_1_not_an_abort():
             process.wait(timeout=10)
     assert process.returncode == 1, errors[-3000:]
     assert "did not finish its frame in time" in errors and "terminate called" not in errors
+
+
+# ------------------------------------------------------------------ signals while starting
+# A node module whose import is slow (torch and the model code take seconds on a busy machine).
+SLOW_MODULE = textwrap.dedent("""
+    import time
+    print("importing", flush=True)
+    time.sleep(60)
+
+    def main():
+        return 3
+""")
+STARTER = "import sys; from bootstap_ros.ros.entry import _start; sys.exit(_start('slow_node'))"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_the_node_module_imports_ends_it_at_once_with_status_0(tmp_path, signum):
+    (tmp_path / "slow_node.py").write_text(SLOW_MODULE)
+    process = subprocess.Popen([sys.executable, "-c", STARTER], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                               env=dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}"
+                                        f"{os.environ.get('PYTHONPATH', '')}"),
+                               start_new_session=True)
+    try:
+        assert process.stdout.readline().strip() == "importing"  # blocks until it imports
+        os.kill(process.pid, signum)
+        _, errors = process.communicate(timeout=EXIT_TIMEOUT)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+    assert process.returncode == 0, errors[-3000:]
+    assert "Traceback" not in errors, errors[-3000:]
+
+
+# A node that takes a while to construct (a model loading), then creates its ROS parts.
+LOADING_NODE = textwrap.dedent("""
+    import sys, time
+    from rclpy.node import Node
+    from std_msgs.msg import String
+    from bootstap_ros.ros.entry import run_node
+
+    def make_node():
+        print("loading", flush=True)
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:  # Python code, as model loading mostly is
+            sum(range(10000))
+        node = Node("loading_node")
+        node.create_subscription(String, "text", print, 10)
+        return node
+
+    sys.exit(run_node("loading_node", make_node, ()))
+""")
+
+
+@pytest.mark.parametrize("signals", [[signal.SIGINT], [signal.SIGINT, signal.SIGINT],
+                                     [signal.SIGTERM], [signal.SIGINT, signal.SIGTERM]])
+def test_signals_while_the_node_is_created_end_it_cleanly(signals):
+    process = subprocess.Popen([sys.executable, "-c", LOADING_NODE], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                               start_new_session=True)
+    try:
+        assert process.stdout.readline().strip() == "loading"
+        for signum in signals:  # back to back, as a terminal's Ctrl-C and launch's SIGINT come
+            os.kill(process.pid, signum)
+        _, errors = process.communicate(timeout=EXIT_TIMEOUT)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+    assert process.returncode == 0, errors[-3000:]
+    assert "Traceback" not in errors, errors[-3000:]
