@@ -96,6 +96,12 @@ ARGUMENTS = (
 # grid_points when video:= is given and grid_points is not: a video alone shows tracks.
 VIDEO_GRID_POINTS = 8
 LOG_LEVELS = ("debug", "info", "warn", "error", "fatal")
+# Seconds launch waits after SIGINT before it escalates to SIGTERM (then SIGKILL 5 s later).
+# launch's 5 s is shorter than a CPU network step on a busy machine plus clean-up: the
+# tracker, still finishing its frame, was sent SIGTERM (which it ignores while stopping) and
+# then SIGKILL. The tracker gives up waiting for its worker after 10 s itself
+# (tracker_node.WORKER_STOP_TIMEOUT_S) and exits with status 1; launch must not act first.
+TRACKER_SIGTERM_TIMEOUT_S = 15
 
 
 def _typed(name, text):
@@ -166,7 +172,8 @@ def _nodes(context):
         remappings.append(("~/add_point", value("click_topic")))
     nodes = [Node(package=PACKAGE, executable="tracker_node", name="tracker_node",
                   namespace=namespace, parameters=parameters, remappings=remappings,
-                  arguments=arguments, output="screen", emulate_tty=True)]
+                  arguments=arguments, output="screen", emulate_tty=True,
+                  sigterm_timeout=str(TRACKER_SIGTERM_TIMEOUT_S))]
     if value("video"):
         nodes.append(Node(
             package=PACKAGE, executable="video_source", name="video_source", namespace=namespace,
