@@ -16,7 +16,7 @@ export ROS_DOMAIN_ID := $(shell expr $$$$ % 101 + 1)
 endif
 
 .PHONY: setup test test-jazzy demo figures gpu-figures bootstrap-experiment docs-reference \
-	docs-figures training-curves adapter-bench adapter-demo clean
+	docs-figures training-curves adapter-bench adapter-demo sigint-soak clean
 
 setup: $(STAMP)
 
@@ -159,6 +159,20 @@ ADAPTER_ROUND_MINUTES ?= 15
 adapter-demo: setup
 	$(PY) tools/adapter_demo.py --out $(ADAPTER_OUT)/demo --minutes $(ADAPTER_MINUTES) \
 	    --round-minutes $(ADAPTER_ROUND_MINUTES)
+
+# SIGINT to a real `ros2 launch` (docs/node.md, *Stopping under ros2 launch*): tracker.launch.py
+# with video:= started and stopped SOAK_ARGS' --runs times (default 100) at random moments; a
+# summary, each run's log and sigint_soak.json in $(SOAK_OUT); fails when a run was unclean.
+# It needs launch, launch_ros and the ros2 CLI (not on PyPI: a sourced ROS 2 install, or
+# checkouts on PYTHONPATH); the package itself is built with colcon into $(SOAK_OUT)/ws.
+#   make sigint-soak [SOAK_ARGS="--runs 20 --delay 0.5 16 --to group"]
+SOAK_OUT  := outputs/sigint_soak
+SOAK_ARGS ?=
+sigint-soak: setup
+	rm -rf $(SOAK_OUT)/ws && mkdir -p $(SOAK_OUT)/ws
+	cd $(SOAK_OUT)/ws && COLCON_HOME=$$PWD/colcon_home $(CURDIR)/$(VENV)/bin/colcon --log-base log \
+	    build --base-paths $(CURDIR) --packages-select bootstap_ros --build-base build --install-base install
+	bash -c 'source $(SOAK_OUT)/ws/install/setup.bash && exec $(PY) tools/sigint_soak.py --out $(SOAK_OUT) $(SOAK_ARGS)'
 
 clean:
 	rm -rf $(VENV) $(VENV_JAZZY) build install log .pytest_cache *.egg-info
