@@ -40,7 +40,7 @@ def available_backends(device: str = "cpu") -> List[str]:
 # The concrete backends "auto" tries on each kind of device, fastest first, as measured
 # side by side in one bootstap-bench run (docs/speed.md, "Which backend auto picks"): on
 # the CPU OpenVINO's fp32 step beat torch's and onnxruntime's; on CUDA TensorRT beats torch.
-AUTO_ORDER = {"cpu": ("openvino", "torch"), "cuda": ("tensorrt", "torch")}
+AUTO_ORDER = {"cpu": ("torch",), "cuda": ("tensorrt", "torch")}  # openvino by name until measured idle
 
 
 def resolve_backend(name: str, device: str = "cpu") -> str:
