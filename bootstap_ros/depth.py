@@ -188,13 +188,14 @@ class Tracks3D:
     def add(self, stamp_ns: int, depth: Any) -> None:
         self.pairing.add(stamp_ns, depth)
 
-    def pair(self, stamp_ns: int) -> Any:
+    def pair(self, stamp_ns: int, publisher: bool = False) -> Any:
         """The depth image for the frame stamped `stamp_ns` (`DepthPairing.match` within
         slop_s), or None. It waits up to wait_s for one still on its way only while the depth
-        stream is alive (an image within the last second): else waiting would only slow every
+        stream is alive (an image within the last second), or, before the first depth image,
+        while a depth publisher is there (`publisher`): else waiting would only slow every
         frame down."""
         latest = self.pairing.latest_stamp
-        alive = latest is not None and stamp_ns - latest < STREAM_ALIVE_NS
+        alive = publisher if latest is None else stamp_ns - latest < STREAM_ALIVE_NS
         return self.pairing.match(stamp_ns, self.slop_s, wait_s=self.wait_s if alive else 0.0)
 
     def points(self, xy: np.ndarray, frame_size: Tuple[int, int], depth_m: np.ndarray,

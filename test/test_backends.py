@@ -64,7 +64,7 @@ def test_track_step_equals_estimate_trajectories(model, num_points):
 
 
 def test_registry_names_and_errors(model):
-    assert resolve_backend("auto", "cpu") == ("openvino" if "openvino" in available_backends("cpu") else "torch")
+    assert resolve_backend("auto", "cpu") == "torch"  # the fastest CPU step measured (docs/speed.md)
     assert resolve_backend("auto", "cuda") in ("tensorrt", "torch")
     assert "torch" in available_backends("cpu")
     assert "openvino" not in available_backends("cuda")
@@ -321,13 +321,16 @@ def test_openvino_bf16_runs_the_encoder_in_bf16_and_the_step_in_float32(model, t
         create_backend("openvino", model, 8, 4, device="cuda", cache_dir=tmp_path)
 
 
-def test_auto_picks_openvino_on_the_cpu_where_installed(model, tmp_path, monkeypatch):
+def test_auto_is_torch_on_the_cpu_and_a_faster_choice_that_fails_gives_way_to_torch(model, tmp_path, monkeypatch):
     _openvino()
     from bootstap_ros.backends import factory
 
     monkeypatch.setenv("BOOTSTAP_CACHE", str(tmp_path))
+    assert create_backend("auto", model, 8, 4).name == "torch"  # OpenVINO installed, yet slower
+    # Where auto's order puts another backend first (TensorRT on CUDA), that one is made...
+    monkeypatch.setitem(factory.AUTO_ORDER, "cpu", ("openvino", "torch"))
     assert create_backend("auto", model, 8, 4).name == "openvino"
-    # Options only torch takes, or a model without causal state, mean torch.
+    # ...but options only torch takes, or a model without causal state, mean torch.
     assert create_backend("auto", model, 8, 4, cuda_graphs=False).name == "torch"
     # A backend that cannot run here gives way to torch, with a warning that says why.
     def broken(*args, **kwargs):
@@ -336,16 +339,6 @@ def test_auto_picks_openvino_on_the_cpu_where_installed(model, tmp_path, monkeyp
     monkeypatch.setattr("bootstap_ros.backends.openvino_backend.OpenVinoBackend", broken)
     assert create_backend("auto", model, 8, 4, cache_dir=tmp_path).name == "torch"
     assert factory.resolve_backend("auto", "cpu") == "openvino"
-
-
-def test_auto_is_torch_where_openvino_is_not_installed(model, monkeypatch):
-    from bootstap_ros.backends import factory
-
-    real = factory._importable
-    monkeypatch.setattr(factory, "_importable", lambda module: module != "openvino" and real(module))
-    assert "openvino" not in available_backends("cpu")
-    assert resolve_backend("auto", "cpu") == "torch"
-    assert create_backend("auto", model, 8, 4).name == "torch"
 
 
 def test_importing_the_package_imports_no_runtime():

@@ -113,6 +113,10 @@ def test_pairing_exact_nearest_slop_capacity_and_waiting():
 def test_a_frame_takes_the_nearest_depth_image_and_waits_only_for_a_live_stream():
     tracks = Tracks3D(slop_s=0.02, window=1, wait_s=3600.0)
     assert returns_at_once(lambda: tracks.pair(1_000_000_000)) is None  # no depth stream yet: no wait
+    # Before the first depth image a frame waits for it only while a depth publisher is there.
+    first = Tracks3D(slop_s=0.02, window=1, wait_s=3600.0)
+    threading.Timer(0.05, first.add, (1_000_000_000, "first")).start()
+    assert first.pair(1_000_000_000, publisher=True) == "first"
     for stamp, name in ((1_000_000_000, "a"), (1_033_000_000, "b"), (1_066_000_000, "c")):
         tracks.add(stamp, name)
     assert tracks.pair(1_033_000_000) == "b"

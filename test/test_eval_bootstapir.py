@@ -69,5 +69,5 @@ def test_results_equal_metrics_of_saved_predictions(setup, tmp_path, mode, query
 def test_online_without_causal_is_refused(setup, tmp_path, capsys):
     folder, _, dataset = setup
     assert main([dataset, "--checkpoint", str(folder / "small.pt"), "--output", str(tmp_path / "r.json"),
-                 "--no-causal"]) == 1
+                 "--no-causal"]) == 2
     assert "needs a causal model" in capsys.readouterr().err

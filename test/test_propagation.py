@@ -120,6 +120,28 @@ def test_a_result_older_than_the_frames_kept_changes_nothing():
     assert propagator.counts["stale"] == 1
 
 
+def test_a_held_frame_outlives_the_history_until_its_result_is_fused_up_to_max_held():
+    frames = shifted([(i, 0) for i in range(8)])
+    propagator = Propagator(PropagationConfig(history=2, max_held=5, trust_uncertainty=0.1))
+    propagator.advance(0, frames[0])
+    propagator.add([0], POINTS[:1])
+    propagator.hold(1)  # a network step starts on frame 1
+    for t in range(1, 6):  # frames 1..5: five frames, within max_held
+        propagator.advance(t, frames[t])
+    # The slow result lands, 2 px below LK's on frame 1: carried by Lucas-Kanade to frame 5.
+    assert propagator.fuse(1, [0], POINTS[:1] - [1, 0] + [0, 2], [0.0], [0.0], [True])
+    np.testing.assert_allclose(propagator.estimate().xy[0], POINTS[0] - [5, 0] + [0, 2], atol=0.15)
+    # Fused: the hold is gone and the history is back to two frames.
+    propagator.advance(6, frames[6])
+    assert not propagator.fuse(4, [0], POINTS[:1] - [4, 0], [0.0], [0.0], [True])
+    # A held frame is dropped after max_held frames all the same.
+    propagator.hold(6)
+    for t in range(7, 12):
+        propagator.advance(t, frames[t % 8])
+    assert not propagator.fuse(6, [0], POINTS[:1] - [6, 0], [0.0], [0.0], [True])
+    assert propagator.counts["stale"] == 2
+
+
 def test_a_complete_result_adds_the_networks_new_points_and_drops_the_removed_ones():
     frames = shifted([(0, 0), (2, 0), (4, 0)])
     propagator = Propagator(PropagationConfig(trust_uncertainty=0.1))

@@ -459,10 +459,11 @@ def diagnostics_values(h, topic, predicate, what):
 
 
 def answer_until(h, clip, predicate, what, check=lambda ids: None):
-    """Send images one at a time (each answer is awaited) until one's ids satisfy `predicate`;
-    `check(ids)` runs on every answer. Returns the ids of the last."""
+    """Send images one at a time at about a camera's rate (each answer is awaited) until one's
+    ids satisfy `predicate`; `check(ids)` runs on every answer. Returns the ids of the last."""
     deadline = time.monotonic() + TIMEOUT
     for count in itertools.count():
+        time.sleep(1 / 30)
         ids = points_of(h.send(h.frame(clip[count % len(clip)])))["id"].tolist()
         check(ids)
         if predicate(ids):
@@ -549,8 +550,8 @@ def test_propagation_none_publishes_the_network_results_only(harness_factory):
     h.tracks.wait_for(lambda m: stamp_of(m) == stamp_of(burst[-1]), what="the newest image's tracks")
     wait_until(lambda: h.node._stats.received == len(burst) + 1, what="every image")
     published = len(h.tracks.messages)
-    values = diagnostics_values(h, diagnostics, lambda v: v["frames received"] == str(len(burst) + 1),
-                                "diagnostics counting every image")
+    values = diagnostics_values(h, diagnostics, lambda v: v["frames received"] == str(len(burst) + 1)
+                                and v["frames published"] == str(published), "diagnostics counting every image")
     assert values["propagation"] == "none" and values["propagated frames"] == "0"
     assert values["network frames"] == values["frames published"] == str(published)
     assert "network results too old to fuse" not in values

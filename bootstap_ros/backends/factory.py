@@ -40,18 +40,17 @@ def available_backends(device: str = "cpu") -> List[str]:
 # The concrete backends "auto" tries on each kind of device, fastest first, as measured
 # side by side in one bootstap-bench run (docs/speed.md, "Which backend auto picks"): on
 # the CPU OpenVINO's fp32 step beat torch's and onnxruntime's; on CUDA TensorRT beats torch.
-AUTO_ORDER = {"cpu": ("torch",), "cuda": ("tensorrt", "torch")}  # openvino by name until measured idle
+AUTO_ORDER = {"cpu": ("torch",), "cuda": ("tensorrt", "torch")}
 
 
 def resolve_backend(name: str, device: str = "cpu") -> str:
     """The concrete backend for `name`; "auto" picks the fastest one available.
 
     The rule, ordered by measurement (`AUTO_ORDER`, figures in docs/speed.md): on the
-    CPU OpenVINO where it is installed (with onnxruntime, which checks the ONNX export
-    it compiles), else torch; on CUDA TensorRT where installed, else torch. onnxruntime
-    is never picked: its CPU step measured slower than torch's. A backend picked by
-    "auto" that fails its own check against torch when it is made (OpenVINO compares its
-    compiled graphs with torch on this machine) gives way to torch (`create_backend`).
+    CPU torch (its float32 step measured faster than OpenVINO's and onnxruntime's, which
+    are chosen by name); on CUDA TensorRT where installed, else torch. A backend picked
+    by "auto" that cannot be made here (an export, a compiler or its own check against
+    torch fails) gives way to torch (`create_backend`).
     """
     if name == "auto":
         available = available_backends(device)

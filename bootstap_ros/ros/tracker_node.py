@@ -310,7 +310,7 @@ class TrackerNode(Node):
             self._tracks_3d = Tracks3D(self.settings.depth_slop, self.settings.depth_window,
                                        self.settings.depth_wait)
             self._camera_info: Optional[CameraInfo] = None
-            self.create_subscription(Image, interfaces.DEPTH.name, self._on_depth, image_qos)
+            self._depth_sub = self.create_subscription(Image, interfaces.DEPTH.name, self._on_depth, image_qos)
             self.create_subscription(
                 CameraInfo, interfaces.CAMERA_INFO.name, self._on_camera_info, image_qos)
             self._tracks_3d_pub = self.create_publisher(
@@ -621,6 +621,8 @@ class TrackerNode(Node):
                 return
         with self._propagation_lock:
             requested = self._request_number  # every removal and reset up to it is queued
+            if index is not None:
+                self._propagator.hold(index)  # its frames stay until the result is fused
         result = self.session.process(frame, encoding, _stamp_ns(msg.header))
         if result is None or self._slot.closed:
             return
@@ -664,6 +666,10 @@ class TrackerNode(Node):
         if stale:
             with self._stats.lock:
                 self._stats.stale += 1
+            self._warning("stale", "a network result was not used: its image had left the propagation "
+                          f"history (over {self._propagator.config.max_held} images ago, or the image "
+                          "size changed since). Where this repeats, the network step is far slower than "
+                          "the camera: fewer points, a lower resolution or a faster backend help")
 
     def _count_published(self, result, header, received: float, since: Optional[int]) -> None:
         """The statistics of one `tracks` message (`since`: frames since its network result)."""
@@ -688,7 +694,7 @@ class TrackerNode(Node):
                                                   tracks_3d_to_cloud)
 
         stamp = _stamp_ns(header)
-        depth_msg = self._tracks_3d.pair(stamp)
+        depth_msg = self._tracks_3d.pair(stamp, publisher=self._depth_sub.get_publisher_count() > 0)
         start = time.perf_counter()
         info = self._camera_info
         problem = None

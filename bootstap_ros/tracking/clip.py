@@ -83,11 +83,10 @@ def track_online(model: TAPIR, frames: Iterable[np.ndarray], queries: np.ndarray
             if propagator is not None:
                 propagator.fuse(t, result.ids, result.xy, result.occlusion, result.uncertainty, result.visible,
                                 complete=True)
-        if propagator is not None:
-            estimate = propagator.estimate()
-            rows.append((estimate.ids, estimate.xy, estimate.visible))
-        else:
-            rows.append((result.ids, result.xy, result.visible))
+        answer = result if propagator is None else propagator.estimate()
+        ids, xy, visible = answer.ids, answer.xy, answer.visible
+        # This frame's logits (the network's last for each point), copied now: later steps replace them.
+        rows.append((ids, xy, visible, np.array([logits[int(i)] for i in ids], np.float32).reshape(-1, 2)))
         if progress is not None:
             progress()
     num_frames = len(rows)
@@ -97,11 +96,11 @@ def track_online(model: TAPIR, frames: Iterable[np.ndarray], queries: np.ndarray
     occ = np.full((n, num_frames), np.nan, np.float32)
     expd = np.full((n, num_frames), np.nan, np.float32)
     occluded = np.ones((n, num_frames), bool)
-    for t, (ids, xy, visible) in enumerate(rows):
+    for t, (ids, xy, visible, frame_logits) in enumerate(rows):
         index = np.array([columns[int(i)] for i in ids], np.int64)
         tracks[index, t] = xy
-        occ[index, t] = [logits[int(i)][0] for i in ids]
-        expd[index, t] = [logits[int(i)][1] for i in ids]
+        occ[index, t] = frame_logits[:, 0]
+        expd[index, t] = frame_logits[:, 1]
         occluded[index, t] = ~visible
     return ClipTracks(tracks, occluded, occ, expd)
 

@@ -47,6 +47,9 @@ class PropagationConfig:
     epsilon: float = 0.01
     max_forward_backward_error: float = 1.0  # pixels: beyond it a frame's LK step is not trusted
     history: int = 30  # frames kept to carry a late network result forward to the newest frame
+    # Frames kept at most while a network step runs on a held frame (`Propagator.hold`): a step
+    # slower than `history` frames of the camera is still carried forward, up to this lag.
+    max_held: int = 300
     # The network is trusted for a point when its uncertainty (probability that its position is
     # more than 6 px of the 256 raster off) is at most this; else the LK track is used.
     trust_uncertainty: float = 0.02
@@ -60,6 +63,8 @@ class PropagationConfig:
             raise ValueError(f"window_size must be an odd number >= 3, got {self.window_size}")
         if self.history < 1:
             raise ValueError(f"history must be >= 1, got {self.history}")
+        if self.max_held < self.history:
+            raise ValueError(f"max_held ({self.max_held}) must be >= history ({self.history})")
         if not 0.0 <= self.trust_uncertainty <= 1.0:
             raise ValueError(f"trust_uncertainty must be in [0, 1], got {self.trust_uncertainty}")
         if not 0.0 < self.velocity_smoothing <= 1.0:
@@ -127,6 +132,7 @@ class Propagator:
         self._frames: "OrderedDict[int, np.ndarray]" = OrderedDict()  # index -> grey image
         self._points = _Points()
         self._index: Optional[int] = None
+        self._held: Optional[int] = None
         self.frame_size: Optional[Tuple[int, int]] = None
         self.counts = {"frames": 0, "fused": 0, "stale": 0}
 
@@ -154,6 +160,12 @@ class Propagator:
                             velocity=np.zeros((count, 2), np.float32),
                             lk_xy=xy.copy(), lk_alive=np.ones(count, bool))
 
+    def hold(self, index: Optional[int]) -> None:
+        """Keep frame ``index`` and every later one (up to ``max_held`` frames) until the next
+        hold: the frame a network step runs on, so that its result, however slow, can be fused.
+        None keeps ``history`` frames only."""
+        self._held = index
+
     def remove(self, ids) -> None:
         self._points.keep(~np.isin(self._points.ids, np.asarray(ids, np.int64).reshape(-1)))
 
@@ -180,6 +192,9 @@ class Propagator:
         self._index = index
         self._frames[index] = grey
         while len(self._frames) > self.config.history:
+            oldest = next(iter(self._frames))
+            if self._held is not None and oldest >= self._held and len(self._frames) <= self.config.max_held:
+                break
             self._frames.popitem(last=False)
         self.counts["frames"] += 1
         return self.estimate()
@@ -194,6 +209,8 @@ class Propagator:
         itself, as in the node): points it names that are unknown here start from it, and points
         it does not name are dropped.
         Returns False (and changes nothing) when ``index`` is older than the frames kept."""
+        if self._held is not None and index >= self._held:
+            self._held = None
         if index not in self._frames:
             self.counts["stale"] += 1
             return False

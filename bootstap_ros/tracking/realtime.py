@@ -120,6 +120,9 @@ class RealtimeTracker:
                 job = self._take()
                 if job is None:
                     return
+                if self.propagator is not None:
+                    with self._lock:
+                        self.propagator.hold(job.index)
                 started = self.clock()
                 result = self.tracker.step(job.rgb, add=job.add)
                 if job.ids is not None and not np.array_equal(result.new_ids, job.ids):
