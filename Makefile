@@ -16,7 +16,7 @@ export ROS_DOMAIN_ID := $(shell expr $$$$ % 101 + 1)
 endif
 
 .PHONY: setup test test-jazzy demo figures gpu-figures bootstrap-experiment docs-reference \
-	docs-figures training-curves adapter-bench adapter-demo sigint-soak clean
+	docs-figures training-curves adapter-bench adapter-demo sigint-soak realtime-table clean
 
 setup: $(STAMP)
 
@@ -66,7 +66,8 @@ docs-reference: setup
 
 # The pictures in README.md and docs/ (small files, committed): a still and a 4-second GIF
 # of `make demo`'s tracks, and bootstap-bench's latency-against-points plot for the
-# embedded model on this machine's CPU (fp32 and bf16, few frames: a minute or two).
+# embedded model on this machine's CPU (fp32 and bf16, and the propagation step that answers
+# the frames between network results at 640x480; few frames: a minute or two).
 DOCS_IMAGES := docs/images
 DOCS_BENCH  := outputs/docs_bench
 docs-figures: demo
@@ -74,7 +75,7 @@ docs-figures: demo
 	    --still $(DOCS_IMAGES)/demo.png --still-frame 40 --scale 3 \
 	    --gif $(DOCS_IMAGES)/demo.gif --gif-scale 1.5 --seconds 4 --step 3 --colors 40
 	$(VENV)/bin/bootstap-bench --checkpoint bootstap_ros/data/default.pt --precisions fp32,bf16 \
-	    --points 8,32,128,256 --frames 50 --warmup 5 --output $(DOCS_BENCH)
+	    --points 8,32,128,256 --frames 50 --warmup 5 --propagation 640x480 --output $(DOCS_BENCH)
 	cp $(DOCS_BENCH)/latency.png $(DOCS_IMAGES)/latency.png
 
 # Learning curves of a training or bootstrapping run: every numeric column of
@@ -89,8 +90,8 @@ training-curves: setup
 # (seeds 0..49; training seeds start at 2**31) and on 20 clips of the second generator
 # (training/domains/real_warps.py) next to Lucas-Kanade on the same clips,
 # its per-frame CPU latency for 32 and 256 points (fp32 and bf16), and the node's end-to-end latency,
-# output rate and CPU use against a 30 FPS camera: 64 points (fp32, bf16, and with tracks_3d)
-# and no point at all.
+# output rate and CPU use against a 30 FPS camera: 64 points (fp32, bf16, and with tracks_3d;
+# with propagation, the default, and without), 256 points, and no point at all.
 FIGURES := outputs/figures
 figures: setup
 	@mkdir -p $(FIGURES)
@@ -106,10 +107,22 @@ figures: setup
 	for precision in fp32 bf16; do $(PY) -m bootstap_ros.bench.latency --points 64 \
 	    --image-reliability reliable --precision $$precision \
 	    --output $(FIGURES)/ros_latency_$$precision.json || exit 1; done
+	$(PY) -m bootstap_ros.bench.latency --points 64 --image-reliability reliable --precision fp32 \
+	    --propagation none --output $(FIGURES)/ros_latency_fp32_network_only.json
+	$(PY) -m bootstap_ros.bench.latency --points 256 --image-reliability reliable --precision fp32 \
+	    --output $(FIGURES)/ros_latency_fp32_256.json
 	$(PY) -m bootstap_ros.bench.latency --points 64 --depth --image-reliability reliable \
 	    --output $(FIGURES)/ros_latency_tracks_3d.json
 	$(PY) -m bootstap_ros.bench.latency --points 0 --image-reliability reliable \
 	    --output $(FIGURES)/ros_no_points.json
+
+# The real-time accuracy table of docs/speed.md (*Accuracy under a real clock*): the five
+# labelled test sets replayed at 30 FPS against this machine's clock, Lucas-Kanade, the network
+# alone and the network with propagation, float32, 64 points (about 15 minutes; an interrupted
+# run continues). REALTIME_ARGS adds options, e.g. REALTIME_ARGS="--split val --precision bf16".
+REALTIME_OUT ?= outputs/realtime
+realtime-table: setup
+	$(PY) tools/realtime_table.py --out $(REALTIME_OUT) $(REALTIME_ARGS)
 
 # The GPU figures and checks of docs/speed.md (*On a GPU*), for a machine with a CUDA
 # GPU: the CUDA tests, then bootstap-bench with the official architecture (random weights)

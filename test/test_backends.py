@@ -341,6 +341,28 @@ def test_auto_is_torch_on_the_cpu_and_a_faster_choice_that_fails_gives_way_to_to
     assert factory.resolve_backend("auto", "cpu") == "openvino"
 
 
+def test_bf16_hardware_is_read_from_the_cpu_flags_and_only_the_camera_precision_uses_it(monkeypatch):
+    from bootstap_ros.backends import factory
+
+    intel = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f amx_bf16 amx_tile\nbogomips\t: 4000\n"
+    amd = "processor : 0\nflags : fpu avx2 avx512f avx512_bf16 avx512_vnni\n"
+    older = "processor : 0\nflags : fpu avx2 avx512f avx512_vnni\nbugs : avx512_bf16_not_a_flag\n"
+    arm = "processor : 0\nFeatures : fp asimd bf16\n"  # ARM: no x86 bf16 flags
+    assert factory.cpu_computes_bf16(intel) and factory.cpu_computes_bf16(amd)
+    assert not factory.cpu_computes_bf16(older) and not factory.cpu_computes_bf16(arm)
+    assert not factory.cpu_computes_bf16("")
+    for hardware in (True, False):
+        monkeypatch.setattr(factory, "cpu_computes_bf16", lambda cpuinfo=None: hardware)
+        bf16_or_fp32 = "bf16" if hardware else "auto"
+        assert factory.camera_precision("auto", "torch", "cpu") == bf16_or_fp32
+        assert factory.camera_precision("auto", "auto", "cpu") == bf16_or_fp32
+        assert factory.camera_precision("auto", "openvino", "cpu") == bf16_or_fp32
+        assert factory.camera_precision("auto", "onnxruntime", "cpu") == "auto"  # onnxruntime runs fp32
+        assert factory.camera_precision("auto", "torch", "cuda") == "auto"
+        assert factory.camera_precision("fp32", "torch", "cpu") == "fp32"
+        assert factory.resolve_precision("auto", "torch") == "fp32"  # offline tools keep fp32
+
+
 def test_importing_the_package_imports_no_runtime():
     import subprocess
     import sys

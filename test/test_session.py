@@ -145,6 +145,21 @@ def test_create_tracker_loads_a_checkpoint_at_a_chosen_resolution(checkpoint):
     assert info.backend == "torch"
 
 
+@pytest.mark.parametrize("hardware_bf16", [True, False])
+def test_precision_auto_is_bf16_on_a_cpu_with_bf16_hardware_and_fp32_elsewhere(checkpoint, monkeypatch,
+                                                                               hardware_bf16):
+    from bootstap_ros.backends import factory
+
+    monkeypatch.setattr(factory, "cpu_computes_bf16", lambda cpuinfo=None: hardware_bf16)
+    tracker, info = create_tracker(TrackerNodeConfig(checkpoint=str(checkpoint), max_points=8, device="cpu"))
+    expected = "bf16" if hardware_bf16 else "fp32"
+    assert info.precision == expected and tracker.backend.precision == expected
+    # Asked for by name, a precision is what it says.
+    tracker, info = create_tracker(TrackerNodeConfig(checkpoint=str(checkpoint), max_points=8, device="cpu",
+                                                     precision="fp32"))
+    assert info.precision == "fp32" and tracker.backend.precision == "fp32"
+
+
 def test_refine_resolution_and_softmax_temperature_reach_the_model(checkpoint):
     config = config_from_parameters({"checkpoint": str(checkpoint), "refine_resolution": [128, 96],
                                      "softmax_temperature": 15.0, "max_points": 8})

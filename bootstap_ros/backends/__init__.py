@@ -14,10 +14,12 @@ from bootstap_ros.backends.base import (
 )
 from bootstap_ros.backends.factory import (
     available_backends,
+    camera_precision,
+    cpu_computes_bf16,
     create_backend,
     resolve_backend,
     resolve_precision,
 )
 
 __all__ = ["BACKEND_CHOICES", "BACKENDS", "PRECISION_CHOICES", "PRECISIONS", "Backend", "BackendError",
-           "available_backends", "create_backend", "resolve_backend", "resolve_precision"]
+           "available_backends", "camera_precision", "cpu_computes_bf16", "create_backend", "resolve_backend", "resolve_precision"]

@@ -153,8 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
                         help="online inference backend (auto: the fastest available here)")
     parser.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
-                        help="online inference precision (auto: fp16 for tensorrt, else fp32; bf16: CPU "
-                        "or CUDA; fp16: CUDA)")
+                        help="online inference precision (auto: fp16 for tensorrt, else fp32, but with "
+                        "--realtime as the node: bf16 on a CPU with bf16 hardware; bf16: CPU or CUDA; fp16: CUDA)")
     parser.add_argument("--frame-stride", type=int, default=1, metavar="K",
                         help="give the tracker every K-th frame only and score those frames (the node "
                         "drops frames under load: K=2 measures dropping every other one)")
@@ -352,10 +352,13 @@ def realtime_replay(predictor: Predictor, sample: EvalSample, config: EvalConfig
     from bootstap_ros.eval.realtime import held_predictions, replay_clip, score
 
     def make_tracker():
+        from bootstap_ros.backends import camera_precision
         from bootstap_ros.tracking.tracker import CausalTracker
 
+        # As the node runs: precision auto is bf16 on a CPU with bf16 hardware.
+        precision = camera_precision(predictor.precision, predictor.backend, predictor.device)
         return CausalTracker(predictor.model, max_points=max(1, len(sample.query_points)), device=predictor.device,
-                             backend=predictor.backend, precision=predictor.precision)
+                             backend=predictor.backend, precision=precision)
 
     if isinstance(predictor, LucasKanadePredictor):
         system = "lk"

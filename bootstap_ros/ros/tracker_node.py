@@ -346,7 +346,7 @@ class TrackerNode(Node):
         refined = "" if tuple(top) == (0, 0) else f", refined up to {top[1]}x{top[0]}"
         return (f"the {info.source} checkpoint {info.checkpoint} "
                 f"({'causal' if info.causal else 'non-causal'}, {info.resolution[1]}x"
-                f"{info.resolution[0]}{refined}) on {info.backend}/{info.device}")
+                f"{info.resolution[0]}{refined}) on {info.backend}/{info.device}/{info.precision}")
 
     def _declare_parameters(self) -> TrackerNodeConfig:
         values = declare_parameters(self, PARAMETERS, StartupError)
@@ -781,6 +781,7 @@ class TrackerNode(Node):
             "capacity": str(self.session.capacity),
             "backend": self.info.backend,
             "device": self.info.device,
+            "precision": self.info.precision,
             "model resolution": f"{self.info.resolution[1]}x{self.info.resolution[0]}",
             "checkpoint": self.info.checkpoint,
             "model source": self.info.source,

@@ -70,6 +70,7 @@ class TrackerInfo:
     device: str
     resolution: tuple
     causal: bool
+    precision: str = "fp32"
     notes: List[str] = field(default_factory=list)
     identity: Optional[ModelIdentity] = None  # what query sets must have been made with
 
@@ -139,9 +140,10 @@ def create_tracker(config: TrackerSettings):
             f"precision:=fp32") from None
     backend = getattr(tracker, "backend_name", None) or getattr(tracker, "backend", None)
     backend = getattr(backend, "name", backend) or "torch"
+    precision = getattr(getattr(tracker, "backend", None), "precision", None) or "fp32"
     info = TrackerInfo(checkpoint=str(path), source=loaded.source, backend=str(backend),
                        device=device, resolution=tuple(model.config.resolution),
-                       causal=bool(model.config.causal), notes=notes,
+                       causal=bool(model.config.causal), precision=str(precision), notes=notes,
                        identity=ModelIdentity.of(path, model.config))
     return tracker, info
 
@@ -199,6 +201,10 @@ def _backend_options(config: TrackerSettings, device: str, notes: List[str]) -> 
                                ("precision", config.precision, config.precision in ("auto", "fp32"))):
         if name in accepted:
             options[name] = value
+            if name == "precision":
+                from bootstap_ros.backends import camera_precision
+
+                options[name] = camera_precision(value, config.backend, device)
         elif not plain:
             raise StartupError(
                 f"{name} '{value}' is not available: this bootstap_ros runs the PyTorch backend "
