@@ -441,7 +441,9 @@ def test_latency_bench_reports_rate_latency_and_cpu(tmp_path):
     assert figures["node_counters_over_window"]["tracks_3d_published"] > 0  # --depth
     assert report["setup"]["propagation"] == "lk"  # the node's default: every frame answered
     counts = figures["node_counters_over_window"]
-    assert counts["propagated_frames"] >= counts["network_frames"] > 0
+    # Every image is answered by propagation and the network runs on some of them; a network
+    # result counted in the window may be of the one image in flight when the window opened.
+    assert counts["propagated_frames"] + 1 >= counts["network_frames"] > 0
 
 
 # ------------------------------------------------------------------ propagation lk: every image answered
