@@ -82,7 +82,8 @@ _RELIABILITY = {
 }
 WARNING_PERIOD_S = 5.0
 # How long shutdown waits for the worker to finish its frame (then the process leaves
-# without it, see entry.py). ros2 launch itself escalates to SIGKILL after about 10 s.
+# without it, see entry.py). tracker.launch.py lets the tracker 15 s after SIGINT before
+# SIGTERM, so this limit comes first.
 WORKER_STOP_TIMEOUT_S = 10.0
 PACKAGE_LOGGER = "bootstap_ros"  # the Python logger of the tracker, backends and model code
 MIB = 1 << 20
