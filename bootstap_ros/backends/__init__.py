@@ -22,4 +22,5 @@ from bootstap_ros.backends.factory import (
 )
 
 __all__ = ["BACKEND_CHOICES", "BACKENDS", "PRECISION_CHOICES", "PRECISIONS", "Backend", "BackendError",
-           "available_backends", "camera_precision", "cpu_computes_bf16", "create_backend", "resolve_backend", "resolve_precision"]
+           "available_backends", "camera_precision", "cpu_computes_bf16", "create_backend", "resolve_backend",
+           "resolve_precision"]

@@ -40,7 +40,7 @@ def available_backends(device: str = "cpu") -> List[str]:
 
 # The concrete backends "auto" tries on each kind of device, fastest first, as measured
 # side by side in one bootstap-bench run (docs/speed.md, "Which backend auto picks"): on
-# the CPU OpenVINO's fp32 step beat torch's and onnxruntime's; on CUDA TensorRT beats torch.
+# the CPU torch's fp32 step beat OpenVINO's and onnxruntime's; on CUDA TensorRT beats torch.
 AUTO_ORDER = {"cpu": ("torch",), "cuda": ("tensorrt", "torch")}
 
 

@@ -161,9 +161,9 @@ class Propagator:
                             lk_xy=xy.copy(), lk_alive=np.ones(count, bool))
 
     def hold(self, index: Optional[int]) -> None:
-        """Keep frame ``index`` and every later one (up to ``max_held`` frames) until the next
-        hold: the frame a network step runs on, so that its result, however slow, can be fused.
-        None keeps ``history`` frames only."""
+        """Keep frame ``index`` and every later one (up to ``max_held`` frames) until a result of
+        that frame or a later one is fused, or the next hold: the frame a network step runs on, so
+        that its result, however slow, can be fused. None keeps ``history`` frames only."""
         self._held = index
 
     def remove(self, ids) -> None:

@@ -192,19 +192,17 @@ def _backend_options(config: TrackerSettings, device: str, notes: List[str]) -> 
     Each is passed only when the tracker takes it; a tracker without backends
     accepts only their plain values (torch, fp32), never silently ignoring others.
     """
+    from bootstap_ros.backends import camera_precision
     from bootstap_ros.tracking import CausalTracker
 
     accepted = inspect.signature(CausalTracker).parameters
     takes_options = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
     options = {}
     for name, value, plain in (("backend", config.backend, config.backend in ("auto", "torch")),
-                               ("precision", config.precision, config.precision in ("auto", "fp32"))):
+                               ("precision", camera_precision(config.precision, config.backend, device),
+                                config.precision in ("auto", "fp32"))):
         if name in accepted:
             options[name] = value
-            if name == "precision":
-                from bootstap_ros.backends import camera_precision
-
-                options[name] = camera_precision(value, config.backend, device)
         elif not plain:
             raise StartupError(
                 f"{name} '{value}' is not available: this bootstap_ros runs the PyTorch backend "
