@@ -104,6 +104,29 @@ def test_same_seed_same_camera_and_default_is_applied():
     assert sum(different) >= 4
 
 
+def test_camera_share_leaves_the_other_clips_clean():
+    """camera_share: a clip either equals the clean clip or the one seen through its camera,
+    drawn from the clip's seed; both kinds occur at a share of one half, none at 0."""
+    clean = SyntheticClips(SMALL, seed=5)
+    every = SyntheticClips(SMALL, seed=5, camera=CameraConfig())
+    half = SyntheticClips(SMALL, seed=5, camera=CameraConfig(), camera_share=0.5)
+    none = SyntheticClips(SMALL, seed=5, camera=CameraConfig(), camera_share=0.0)
+    kinds = []
+    for index in range(12):
+        plain, shared = clean[index]["video"], half[index]["video"]
+        assert np.array_equal(none[index]["video"], plain)
+        assert np.array_equal(shared, half[index]["video"])  # the same on every visit
+        if np.array_equal(shared, plain):
+            kinds.append("clean")
+        else:
+            kinds.append("camera")
+            assert shared.shape == plain.shape
+    assert 2 <= kinds.count("clean") <= 10, kinds
+    assert sum(not np.array_equal(every[i]["video"], clean[i]["video"]) for i in range(12)) >= 10
+    with pytest.raises(ValueError, match="camera_share"):
+        SyntheticClips(SMALL, camera=CameraConfig(), camera_share=1.5)
+
+
 def test_dark_noisy_frames_stay_in_range():
     arrays = clip_arrays(17, SMALL)
     config = _only(noise_probability=1.0, exposure_probability=1.0).replace(

@@ -158,6 +158,30 @@ def test_background_points_are_hidden_by_a_passing_object():
     np.testing.assert_array_equal(clip.occluded[decided], covered[decided])
 
 
+def _local_contrast(image: np.ndarray, tile: int = 32) -> float:
+    """Median over tile x tile squares of the luminance's standard deviation in the square."""
+    grey = image.astype(np.float64).mean(axis=-1)
+    h, w = (grey.shape[0] // tile) * tile, (grey.shape[1] // tile) * tile
+    tiles = grey[:h, :w].reshape(h // tile, tile, w // tile, tile).swapaxes(1, 2).reshape(-1, tile * tile)
+    return float(np.median(tiles.std(axis=1)))
+
+
+def test_faint_background_is_weak_fine_texture():
+    """faint_background=1: the background seen by the camera has far less local contrast
+    than the generator's usual canvas (measured on rendered frames, no objects), yet it is
+    not flat: detail a few pixels in size remains."""
+    config = CLEAN.replace(num_objects=(0, 0), frames=2, num_points=16)
+    bold = [_local_contrast(generate_clip(seed, config).video[0]) for seed in range(16)]
+    faint = [_local_contrast(generate_clip(seed, config.replace(faint_background=1.0)).video[0])
+             for seed in range(16)]
+    # Grey levels of 255: the faint canvases (thin lines at most about bold's level) have under
+    # half the bold canvases' contrast at the median, and none is flat.
+    assert np.median(faint) < 0.5 * np.median(bold), (faint, bold)
+    assert min(faint) > 0.5 and max(faint) < 1.5 * np.median(bold), faint
+    with pytest.raises(ValueError, match="faint_background"):
+        SyntheticConfig(faint_background=1.2)
+
+
 def test_motionless_scene_keeps_every_point_still_and_visible():
     config = CLEAN.replace(num_objects=(0, 0), camera_shift=0.0, camera_rotation=0.0,
                            camera_zoom=0.0, camera_perspective=0.0, frames=6, num_points=64)

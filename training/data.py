@@ -58,15 +58,20 @@ class SyntheticClips(Dataset):
     pool: when positive, only `pool` distinct clips are used (index modulo pool),
     i.e. a finite training set seen once per `pool` clips; 0 = every clip is new.
     camera: when given, each clip is seen through a random camera (`camera.apply_camera`)
-    drawn from the clip's seed, so a clip and its camera are the same on every visit.
+    drawn from the clip's seed, so a clip and its camera are the same on every visit;
+    camera_share: the share of clips that get one (also drawn from the clip's seed), the
+    rest stay clean.
     """
 
     def __init__(self, config: SyntheticConfig, seed: int = 0, pool: int = 0,
-                 camera: Optional[CameraConfig] = None):
+                 camera: Optional[CameraConfig] = None, camera_share: float = 1.0):
+        if not 0 <= camera_share <= 1:
+            raise ValueError(f"camera_share must lie in [0, 1], got {camera_share}")
         self.config = config
         self.seed = seed
         self.pool = pool
         self.camera = camera
+        self.camera_share = camera_share
 
     def __getitem__(self, index: int) -> Dict[str, np.ndarray]:
         if self.pool > 0:
@@ -74,7 +79,9 @@ class SyntheticClips(Dataset):
         clip_seed = train_clip_seed(self.seed, index)
         arrays = clip_arrays(clip_seed, self.config)
         if self.camera is not None:
-            arrays = apply_camera(arrays, self.camera, camera_rng(clip_seed))
+            rng = camera_rng(clip_seed)
+            if self.camera_share >= 1 or rng.random() < self.camera_share:
+                arrays = apply_camera(arrays, self.camera, rng)
         return arrays
 
 

@@ -65,6 +65,10 @@ class TrainConfig:
     # See each training clip through a random camera and sensor (bootstap_ros_training.camera:
     # lens, blur, noise, exposure, colour, compression; CameraConfig's defaults).
     camera: bool = False
+    camera_share: float = 1.0  # with `camera`: the share of clips seen through one (the rest stay clean)
+    # Share of training clips with a weak, fine background texture (table tops, floors, cloth;
+    # `SyntheticConfig.faint_background`). Held-out clips keep the generator's defaults.
+    faint_background: float = 0.0
     # Optimiser: AdamW (b1 0.9, b2 0.95, decoupled weight decay off for biases and norms).
     lr: float = 1e-3
     warmup: int = 200
@@ -104,6 +108,9 @@ class TrainConfig:
                self.checkpoint_every) < 1:
             raise ValueError("steps, batch_size, frames, num_points, log_every and checkpoint_every "
                              "must be positive")
+        if not (0 <= self.camera_share <= 1 and 0 <= self.faint_background <= 1):
+            raise ValueError(f"camera_share and faint_background must lie in [0, 1], got "
+                             f"{self.camera_share} and {self.faint_background}")
         if self.time_budget is not None and not self.time_budget > 0:
             raise ValueError(f"time_budget must be a positive number of minutes, got {self.time_budget}")
         if self.init is not None and self.model is not None:
@@ -120,7 +127,7 @@ class TrainConfig:
 
     def synthetic(self) -> SyntheticConfig:
         return SyntheticConfig(frames=self.frames, height=self.image_size, width=self.image_size,
-                               num_points=self.num_points)
+                               num_points=self.num_points, faint_background=self.faint_background)
 
     def heldout(self) -> SyntheticConfig:
         # Held-out clips are made at the evaluation raster, whatever the training clips' size.
@@ -222,7 +229,7 @@ def _train(config: TrainConfig, runtime: Runtime, resumed: Optional[dict], stop_
     trained = distributed_model(model, runtime)
     loader = make_loader(
         SyntheticClips(config.synthetic(), config.seed, config.train_clips,
-                       CameraConfig() if config.camera else None),
+                       CameraConfig() if config.camera else None, config.camera_share),
         StepBatches(step, last_step, config.batch_size, runtime.rank, runtime.world_size),
         config.num_workers, pin_memory=device.type == "cuda")
 
@@ -292,6 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--camera", dest="camera", action=argparse.BooleanOptionalAction,
                         help="see each training clip through a random camera and sensor model "
                         "(lens, blur, noise, exposure, colour, JPEG; default: off)")
+    add("--camera-share", "camera_share", float, "with --camera: the share of clips seen through a "
+        "camera; the rest stay clean")
+    add("--faint-background", "faint_background", float, "share of clips whose background is a weak, "
+        "fine texture (table tops, floors, cloth)")
     add("--lr", "lr", float, "peak learning rate")
     add("--warmup", "warmup", int, "linear warmup steps")
     add("--weight-decay", "weight_decay", float, "AdamW decoupled weight decay")

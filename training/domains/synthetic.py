@@ -42,7 +42,7 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from .textures import make_shape_mask, make_texture
+from .textures import make_faint_texture, make_shape_mask, make_texture
 
 # Fixed-point iterations for the forward wobble; the contraction factor is at most
 # sqrt(2) / 4, so 40 iterations leave an error far below float32 resolution.
@@ -91,6 +91,9 @@ class SyntheticConfig:
     object_brightness: float = 0.2
     motion_blur_probability: float = 0.1
     noise_std: float = 0.02
+    # Share of clips whose background is a weak, fine texture (textures.make_faint_texture)
+    # instead of a bold one; 0 leaves every clip as before (no random draw is spent on it).
+    faint_background: float = 0.0
 
     def __post_init__(self):
         object.__setattr__(self, "num_objects", tuple(int(v) for v in self.num_objects))
@@ -111,6 +114,8 @@ class SyntheticConfig:
             raise ValueError(f"canvas_scale must be at least 1.2, got {self.canvas_scale}")
         if not 0 <= self.object_point_fraction <= 1:
             raise ValueError(f"object_point_fraction must lie in [0, 1], got {self.object_point_fraction}")
+        if not 0 <= self.faint_background <= 1:
+            raise ValueError(f"faint_background must lie in [0, 1], got {self.faint_background}")
 
     def replace(self, **changes) -> "SyntheticConfig":
         return dataclasses.replace(self, **changes)
@@ -264,7 +269,8 @@ def sample_scene(rng: np.random.Generator, config: SyntheticConfig) -> Scene:
     height, width, frames = config.height, config.width, config.frames
     canvas_h = int(np.ceil(config.canvas_scale * height))
     canvas_w = int(np.ceil(config.canvas_scale * width))
-    canvas = make_texture(rng, canvas_h, canvas_w)
+    faint = config.faint_background > 0 and rng.random() < config.faint_background
+    canvas = (make_faint_texture if faint else make_texture)(rng, canvas_h, canvas_w)
     textures = [np.concatenate([canvas, np.ones((canvas_h, canvas_w, 1), np.float32)], axis=-1)]
     cameras = _sample_camera(rng, config, (canvas_h, canvas_w))
     num_objects = int(rng.integers(config.num_objects[0], config.num_objects[1] + 1))

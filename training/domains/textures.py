@@ -111,6 +111,38 @@ def make_texture(rng: np.random.Generator, height: int, width: int) -> np.ndarra
     return np.clip(image, 0, 1)
 
 
+def make_faint_texture(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """A weak, fine texture: one surface colour with low-contrast detail a few pixels in
+    size, as on table tops, floors, walls and fabric, where a tracker has little to hold on to.
+
+    Fine grain, and half the time thin lines 5-24 pixels apart (parallel fibres or a
+    grid), at 2-12 % contrast (the lines up to about 15 %), over a slow shading of up to 15 %. Returns float32
+    ``[height, width, 3]`` in ``[0, 1]``.
+    """
+    # Mostly muted colours (wood, stone, plastic, cloth): a grey level and a little hue.
+    colour = np.clip(rng.uniform(0.15, 0.85) + rng.uniform(0.0, 0.4) * (rng.random(3) - 0.5), 0.05, 0.95)
+    colour = colour.astype(np.float32)
+    detail = fractal_noise(rng, height, width, rng.uniform(2.0, 8.0), octaves=3) - 0.5
+    if rng.random() < 0.5:
+        angle = rng.uniform(0, np.pi)
+        period = rng.uniform(5, 24)
+        ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+        directions = [angle, angle + np.pi / 2] if rng.random() < 0.5 else [angle]
+        lines = np.zeros((height, width), np.float32)
+        for direction in directions:
+            along = (xs * np.cos(direction) + ys * np.sin(direction)) / np.float32(period)
+            # Distance in pixels to the nearest line; lines about 1-2 px wide.
+            distance = np.abs(along - np.round(along)) * np.float32(period)
+            lines = np.maximum(lines, np.exp(-0.5 * (distance / np.float32(rng.uniform(0.5, 1.0))) ** 2))
+        detail = 0.5 * detail + (lines - 0.5) * np.float32(rng.choice([-1.0, 1.0]))
+    contrast = np.float32(rng.uniform(0.02, 0.12))
+    shading = np.float32(rng.uniform(0.0, 0.15)) * (
+        fractal_noise(rng, height, width, rng.uniform(0.2, 0.6) * min(height, width), octaves=2) - 0.5)
+    tint = 1 + np.float32(0.3) * (rng.random(3, dtype=np.float32) - 0.5)  # detail not quite grey
+    image = colour * (1 + shading[..., None]) + contrast * detail[..., None] * tint
+    return np.clip(image, 0, 1).astype(np.float32)
+
+
 def make_shape_mask(rng: np.random.Generator, size: int, radius: float,
                     kind: str | None = None) -> np.ndarray:
     """An anti-aliased alpha mask of a random shape centred in a ``size x size`` sprite.
