@@ -7,7 +7,9 @@ propagation), one job at a time so that each has the machine to itself, and writ
 OUT/table.md and OUT/results.json. Sets are generated on first use; a finished job is skipped
 when its output exists, so an interrupted run continues.
 
-    python tools/realtime_table.py --out outputs/realtime [--split test] [--fps 30] [--points 64]
+    python tools/realtime_table.py --out outputs/realtime [--split test] [--fps 30] [--points 64] [--checkpoint PATH]
+
+One OUT per model: finished jobs are not run again, whatever the model.
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ def evaluate(args, dataset: Path, name: str, flags, target: Path) -> dict:
         flags = [f.format(fps=args.fps) for f in flags]
         command = [args.python, "-m", "bootstap_ros.eval.cli", dataset, "--output", target, "--device", "cpu",
                    "--max-points", args.points, "--precision", args.precision, "--backend", args.backend, *flags]
+        if args.checkpoint and "lk" not in flags:
+            command += ["--checkpoint", args.checkpoint]
         print(f"{dataset.stem}: {name}", flush=True)
         run(command, target.with_suffix(".log"))
     return json.loads(target.read_text())
@@ -74,7 +78,8 @@ def pct(value) -> str:
 def table(results: dict, args) -> str:
     lines = [
         f"Real-time replay at {args.fps:g} FPS, {args.points} points, first-frame queries, {args.split} split "
-        f"({args.clips} clips a set), precision {args.precision}, backend {args.backend}. AJ / OA of what a "
+        f"({args.clips} clips a set), model {args.checkpoint or 'the embedded default'}, precision "
+        f"{args.precision}, backend {args.backend}. AJ / OA of what a "
         "subscriber holds when the next frame arrives; clock-free: every frame given, however long it takes.",
         "",
         "| set | LK clock-free AJ | network clock-free AJ | LK real-time AJ (OA) | network alone real-time AJ (OA) "
@@ -109,6 +114,7 @@ def main(argv=None) -> int:
     parser.add_argument("--clips", type=int, default=20)
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--backend", default="torch")
+    parser.add_argument("--checkpoint", default=None, help="the model (default: the embedded one)")
     parser.add_argument("--python", default=sys.executable)
     args = parser.parse_args(argv)
     sets = [s for s in args.sets.split(",") if s]
