@@ -16,9 +16,15 @@ from bootstap_ros.eval.cli import parse_config, run_evaluation
 from bootstap_ros.model.checkpoint import EMBEDDED_CHECKPOINT, load_checkpoint
 from bootstap_ros_training.configs import SMALL
 from bootstap_ros_training.domains.real_warps import write_dataset
+from bootstap_ros_training.domains.robot_domain import RobotConfig, write_labeled
 from bootstap_ros_training.domains.synthetic import SyntheticConfig, generate_clip, write_tapvid_pickle
 
 pytestmark = pytest.mark.skipif(not EMBEDDED_CHECKPOINT.is_file(), reason="no embedded model installed")
+
+# Robot clips of the camera test: on these 8 (seeds 70000..70007) Lucas-Kanade scores 60.8 AJ,
+# the base model (trained on clean clips only; docs/default-model.md) 50.0 and the default 55.5.
+ROBOT_CLIPS = 8
+ROBOT_BAR = 0.08  # AJ below Lucas-Kanade: between the default's gap (5.3) and the base model's (10.8)
 
 
 class StandingStill:
@@ -48,6 +54,16 @@ def real_warp_scores(tmp_path_factory):
     folder = tmp_path_factory.mktemp("real_warps")
     # docs/default-model.md's set: seeds 0..19, 24 frames, 64 points (`python -m bootstap_ros_training.domains.real_warps`).
     dataset = write_dataset(folder / "real_warps.pkl", range(20))
+    return _evaluate(dataset, folder)
+
+
+@pytest.fixture(scope="module")
+def robot_scores(tmp_path_factory):
+    """The embedded model and Lucas-Kanade on a wrist camera's clips (the robot domain: a
+    cheap sensor's noise, softness and colour over weak table textures), seeds apart from
+    the validation and test splits."""
+    folder = tmp_path_factory.mktemp("robot")
+    dataset = write_labeled(folder / "robot.pkl", 70_000, ROBOT_CLIPS, RobotConfig(frames=24, num_points=64))
     return _evaluate(dataset, folder)
 
 
@@ -83,11 +99,20 @@ def test_default_model_tracks_the_motion(scores):
 
 
 def test_default_model_beats_lucas_kanade(scores):
-    # On its own generator the margin is small (+2.6 AJ on docs/default-model.md's 50 held-out
-    # clips; 67.0 vs 64.6 on these four), so the bar here is one AJ point.
+    # On its own generator the margin is moderate (+4.7 AJ on the Kubric-lite test split of
+    # docs/default-model.md; 66.9 vs 64.6 on these four), so the bar here is one AJ point.
     model, lk = scores["bootstapir"], scores["lk"]
     assert model["average_jaccard"] > lk["average_jaccard"] + 0.01, (model["average_jaccard"],
                                                                      lk["average_jaccard"])
+
+
+def test_default_model_is_trained_for_a_robot_camera(robot_scores):
+    # The camera training (docs/default-model.md) moved the robot test split from 33.5 to
+    # 40.8 AJ against Lucas-Kanade's 52.8. The bar sits between the base model's gap to LK on
+    # these clips and the default's, so the base model fails it.
+    model, lk = robot_scores["bootstapir"], robot_scores["lk"]
+    assert model["average_jaccard"] > lk["average_jaccard"] - ROBOT_BAR, (model["average_jaccard"],
+                                                                         lk["average_jaccard"])
 
 
 def test_default_model_beats_lucas_kanade_on_the_other_generator(real_warp_scores):
