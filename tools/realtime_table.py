@@ -59,15 +59,20 @@ def make_set(args, name: str, path: Path) -> None:
     run(command, path.with_suffix(".log"))
 
 
+def eval_command(args, dataset: Path, name: str, flags, target: Path) -> list:
+    """The bootstap-eval command of job `name` (one of RUNS) on `dataset`."""
+    command = [args.python, "-m", "bootstap_ros.eval.cli", dataset, "--output", target, "--device", "cpu",
+               "--max-points", args.points, "--precision", args.precision, "--backend", args.backend,
+               *[f.format(fps=args.fps) for f in flags]]
+    if args.checkpoint and not name.startswith("lk_"):  # Lucas-Kanade has no model
+        command += ["--checkpoint", args.checkpoint]
+    return command
+
+
 def evaluate(args, dataset: Path, name: str, flags, target: Path) -> dict:
     if not target.exists():
-        flags = [f.format(fps=args.fps) for f in flags]
-        command = [args.python, "-m", "bootstap_ros.eval.cli", dataset, "--output", target, "--device", "cpu",
-                   "--max-points", args.points, "--precision", args.precision, "--backend", args.backend, *flags]
-        if args.checkpoint and "lk" not in flags:
-            command += ["--checkpoint", args.checkpoint]
         print(f"{dataset.stem}: {name}", flush=True)
-        run(command, target.with_suffix(".log"))
+        run(eval_command(args, dataset, name, flags, target), target.with_suffix(".log"))
     return json.loads(target.read_text())
 
 

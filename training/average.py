@@ -8,8 +8,8 @@ from `tuned`). Both checkpoints must share one architecture, and `tuned` should 
 `base` by fine-tuning: the weights of two models trained apart do not average into a model.
 Choose `weight` on validation clips; docs/default-model.md shows how the default was chosen.
 
-    python -m bootstap_ros_training.average bootstap_ros/data/default.pt runs/camera2/final.pt \\
-        --weight 0.4 --output runs/average/model.pt
+    python -m bootstap_ros_training.average runs/base.pt runs/camera2/final.pt \\
+        --weight 0.3 --output runs/average/model.pt
 """
 
 from __future__ import annotations

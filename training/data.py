@@ -80,6 +80,7 @@ class SyntheticClips(Dataset):
         arrays = clip_arrays(clip_seed, self.config)
         if self.camera is not None:
             rng = camera_rng(clip_seed)
+            # A share of 1 draws nothing: every clip keeps the camera it had before the option.
             if self.camera_share >= 1 or rng.random() < self.camera_share:
                 arrays = apply_camera(arrays, self.camera, rng)
         return arrays

@@ -116,8 +116,8 @@ def make_faint_texture(rng: np.random.Generator, height: int, width: int) -> np.
     size, as on table tops, floors, walls and fabric, where a tracker has little to hold on to.
 
     Fine grain, and half the time thin lines 5-24 pixels apart (parallel fibres or a
-    grid), at 2-12 % contrast (the lines up to about 15 %), over a slow shading of up to 15 %. Returns float32
-    ``[height, width, 3]`` in ``[0, 1]``.
+    grid), at 2-12 % contrast (the lines up to about 15 %), over a slow shading of up to
+    15 %. Returns float32 ``[height, width, 3]`` in ``[0, 1]``.
     """
     # Mostly muted colours (wood, stone, plastic, cloth): a grey level and a little hue.
     colour = np.clip(rng.uniform(0.15, 0.85) + rng.uniform(0.0, 0.4) * (rng.random(3) - 0.5), 0.05, 0.95)
