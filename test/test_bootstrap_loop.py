@@ -537,6 +537,32 @@ def test_loss_settings_of_each_task_are_read_from_key_value_pairs_and_checked():
         BootstrapConfig.from_dict(parse_command(["--output", "x", "ssl_loss={uncertainty_weight:0}"])[0])
 
 
+def test_the_supervised_task_sees_the_camera_the_default_model_was_trained_with():
+    """The supervised share rehearses the default model's training data: by default a share
+    of its synthetic clips comes through a random camera and a share on faint backgrounds
+    (the rest equal the clean clips of the same seeds); 0 turns each off; out-of-range
+    shares are refused."""
+    from bootstap_ros_training.data import clip_arrays, train_clip_seed
+
+    def config(**shares):
+        return BootstrapConfig(supervised_points=16, **shares).for_device("cpu")
+
+    assert (BootstrapConfig().supervised_camera, BootstrapConfig().supervised_faint_background) == (0.7, 0.4)
+    plain = config(supervised_camera=0.0, supervised_faint_background=0.0)
+    camera = config(supervised_faint_background=0.0).supervised_clips(64)
+    faint = config(supervised_camera=0.0).supervised_clips(64)
+    clean = plain.supervised_clips(64)
+    changed = {"camera": 0, "faint": 0}
+    for index in range(8):
+        reference = clip_arrays(train_clip_seed(plain.seed, index), plain.synthetic(64))["video"]
+        assert np.array_equal(clean[index]["video"], reference)
+        changed["camera"] += not np.array_equal(camera[index]["video"], reference)
+        changed["faint"] += not np.array_equal(faint[index]["video"], reference)
+    assert 2 <= changed["camera"] < 8 and changed["faint"] >= 1, changed
+    with pytest.raises(ValueError, match="supervised_camera must lie in"):
+        BootstrapConfig(supervised_camera=1.5)
+
+
 def test_the_self_supervised_loss_takes_its_own_weights():
     from bootstap_ros_training.losses import LossConfig
 

@@ -167,6 +167,8 @@ def training_jobs(args, out: Path) -> List[Job]:
                     py, "-m", "bootstap_ros_training.supervised", "--output", run, "--init", DEFAULT_MODEL, "--time-budget", args.minutes,
                     "--batch-size", cpu["supervised_batch_size"], "--frames", cpu["supervised_frames"],
                     "--num-points", cpu["supervised_points"], "--lr", recipe.ssl_supervised_lr,
+                    *(["--camera", "--camera-share", recipe.supervised_camera] if recipe.supervised_camera > 0 else []),
+                    "--faint-background", recipe.supervised_faint_background,
                     "--warmup", recipe.warmup, "--weight-decay", recipe.weight_decay, "--device", "cpu",
                     "--num-workers", recipe.num_workers, "--eval-every", 0, "--checkpoint-every", 100,
                     "--seed", seed], run / "final.pt", out / "logs_text" / f"train_control_seed{seed}.log",

@@ -58,7 +58,7 @@ from bootstap_ros.cli.common import EXIT_USAGE, run_command
 from bootstap_ros.model import TAPIR, build_model
 
 from .bootstrap_config import FIXED_ON_RESUME, PROG, BootstrapConfig, build_parser, parse_command
-from .data import StepBatches, SyntheticClips, make_loader
+from .data import StepBatches, make_loader
 from .loop import (EVAL_COLUMNS, FINAL_MODEL, Loop, Runtime, cosine_learning_rate, distributed_model,
                    evaluate_dataset, final_weights, load_training_parts, make_adamw, make_budget, make_scaler,
                    model_forward, open_run, run_loop, run_with_runtime, save_training_checkpoint)
@@ -295,7 +295,7 @@ def _bootstrap(config: BootstrapConfig, runtime: Runtime, resumed: Optional[dict
     supervised_loader: Sequence = itertools.repeat(None)
     if supervised_batch:
         supervised_loader = make_loader(
-            SyntheticClips(config.synthetic(size), config.seed, config.synthetic_clips),
+            config.supervised_clips(size),
             StepBatches(step, last_step, supervised_batch, runtime.rank, runtime.world_size),
             config.num_workers, pin_memory=pin)
 

@@ -136,6 +136,10 @@ class BootstrapConfig:
     supervised_points: Optional[int] = setting(None, "labelled tracks per synthetic clip (null: 64 on a CPU, 128 on "
                                                "CUDA)")
     synthetic_clips: int = setting(0, "cycle through this many synthetic clips (0: always new ones)")
+    supervised_camera: float = setting(0.7, "share of the synthetic clips seen through a random camera and sensor "
+                                       "(bootstap_ros_training.camera), as the default model was trained; 0: all clean")
+    supervised_faint_background: float = setting(0.4, "share of the synthetic clips on weak, fine background "
+                                                 "textures, as the default model was trained")
     seed: int = setting(0, "seed of the clip order, the synthetic clips, views and queries")
     # Runtime.
     device: str = setting("auto", "auto, cpu or cuda", flag="--device")
@@ -191,6 +195,9 @@ class BootstrapConfig:
             problems.append(f"clip_frames must be at least 2, got {self.clip_frames}")
         if self.supervised_batch_size is not None and self.supervised_batch_size < 0:
             problems.append(f"supervised_batch_size must be >= 0, got {self.supervised_batch_size}")
+        for name in ("supervised_camera", "supervised_faint_background"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                problems.append(f"{name} must lie in [0, 1], got {getattr(self, name)}")
         if not 0.0 <= self.ema_decay <= 1.0:
             problems.append(f"ema_decay must lie in [0, 1], got {self.ema_decay}")
         if not 0.0 <= self.same_query_prob <= 1.0:
@@ -263,7 +270,16 @@ class BootstrapConfig:
     def synthetic(self, size: int) -> SyntheticConfig:
         side = self.clip_size or size
         return SyntheticConfig(frames=self.supervised_frames or self.clip_frames, height=side,
-                               width=side, num_points=self.supervised_points)
+                               width=side, num_points=self.supervised_points,
+                               faint_background=self.supervised_faint_background)
+
+    def supervised_clips(self, size: int):
+        """The supervised task's synthetic clips, a share of them seen through a random camera."""
+        from .camera import CameraConfig
+        from .data import SyntheticClips
+
+        camera = CameraConfig() if self.supervised_camera > 0 else None
+        return SyntheticClips(self.synthetic(size), self.seed, self.synthetic_clips, camera, self.supervised_camera)
 
 
 
