@@ -29,6 +29,11 @@ from sensor_msgs.msg import PointCloud2
 from bootstap_ros.model.checkpoint import EMBEDDED_CHECKPOINT
 from helpers.small_model import moving_clip
 
+# Each child program starts with Python's usual SIGINT and SIGTERM handling, as under a
+# terminal or ros2 launch, also where the tests run in a background job (whose SIGINT the
+# shell ignores, and an ignored signal stays ignored across exec).
+USUAL_SIGNALS = ("import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                 "signal.signal(signal.SIGTERM, signal.SIG_DFL)\n")
 STARTUP_TIMEOUT = 120.0  # importing torch and loading the model on a loaded 2-core machine
 EXIT_TIMEOUT = 60.0
 
@@ -89,7 +94,7 @@ def run_and_signal(listener, folder, signals, gap):
     tracks = threading.Event()
     subscription = node.create_subscription(PointCloud2, namespace + "/tracks",
                                             lambda msg: tracks.set(), 10)
-    launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, str(folder), namespace, str(clip)],
+    launcher = subprocess.Popen([sys.executable, "-c", USUAL_SIGNALS + LAUNCHER, str(folder), namespace, str(clip)],
                                 stdin=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT
@@ -157,7 +162,7 @@ BUSY_NODE = textwrap.dedent("""
 
 
 def test_a_worker_that_does_not_stop_in_time_gives_status_1_not_an_abort():
-    process = subprocess.Popen([sys.executable, "-c", BUSY_NODE], stdout=subprocess.PIPE,
+    process = subprocess.Popen([sys.executable, "-c", USUAL_SIGNALS + BUSY_NODE], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
                                start_new_session=True)
     try:
@@ -188,7 +193,7 @@ STARTER = "import sys; from bootstap_ros.ros.entry import _start; sys.exit(_star
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_while_the_node_module_imports_ends_it_at_once_with_status_0(tmp_path, signum):
     (tmp_path / "slow_node.py").write_text(SLOW_MODULE)
-    process = subprocess.Popen([sys.executable, "-c", STARTER], stdout=subprocess.PIPE,
+    process = subprocess.Popen([sys.executable, "-c", USUAL_SIGNALS + STARTER], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
                                env=dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}"
                                         f"{os.environ.get('PYTHONPATH', '')}"),
@@ -228,7 +233,7 @@ LOADING_NODE = textwrap.dedent("""
 @pytest.mark.parametrize("signals", [[signal.SIGINT], [signal.SIGINT, signal.SIGINT],
                                      [signal.SIGTERM], [signal.SIGINT, signal.SIGTERM]])
 def test_signals_while_the_node_is_created_end_it_cleanly(signals):
-    process = subprocess.Popen([sys.executable, "-c", LOADING_NODE], stdout=subprocess.PIPE,
+    process = subprocess.Popen([sys.executable, "-c", USUAL_SIGNALS + LOADING_NODE], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
                                start_new_session=True)
     try:
