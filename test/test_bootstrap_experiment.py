@@ -1,22 +1,18 @@
 """The bootstrapping experiment's arithmetic (tools/bootstrap_experiment.py): the rank
 correlation it reports and the table's changes, against hand-computed values."""
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers.tools import load_tool
 
 
 @pytest.fixture(scope="module")
 def experiment():
-    spec = importlib.util.spec_from_file_location("bootstrap_experiment", ROOT / "tools" / "bootstrap_experiment.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("bootstrap_experiment")
 
 
 def test_spearman_matches_hand_computed_ranks(experiment):

@@ -2,7 +2,6 @@
 logs (tools/plot_training.py) and the still and GIF of tracks (tools/demo_figures.py)."""
 
 import csv
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -11,14 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers.tools import load_tool
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def run_tool(name, *args):

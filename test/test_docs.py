@@ -2,7 +2,6 @@
 relative link and image of README.md and docs/ resolves, the README's parameter table
 matches the node's, and no file speaks of how the work was organised."""
 
-import importlib.util
 import re
 import subprocess
 from pathlib import Path
@@ -10,18 +9,12 @@ from pathlib import Path
 import pytest
 
 from bootstap_ros.ros.settings import PARAMETERS
+from helpers.tools import load_tool
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-reference = _load_tool("node_reference")  # writes docs/node-reference.md
+reference = load_tool("node_reference")  # writes docs/node-reference.md
 PAGES = [REPO / "README.md"] + sorted((REPO / "docs").glob("*.md"))
 
 

@@ -2,22 +2,16 @@
 own parser: every model job runs the model asked for, Lucas-Kanade jobs run Lucas-Kanade."""
 
 import argparse
-import importlib.util
-from pathlib import Path
 
 import pytest
 
 from bootstap_ros.eval.cli import parse_config
-
-ROOT = Path(__file__).resolve().parents[1]
+from helpers.tools import load_tool
 
 
 @pytest.fixture(scope="module")
 def table():
-    spec = importlib.util.spec_from_file_location("realtime_table", ROOT / "tools" / "realtime_table.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("realtime_table")
 
 
 @pytest.mark.parametrize("checkpoint", [None, "runs/other/model.pt"])
