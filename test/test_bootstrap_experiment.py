@@ -43,6 +43,10 @@ def test_the_table_reports_changes_against_the_embedded_model_and_the_control(ex
     _write_eval(evals / "bootstrap_robot_seed1__robot_test.json", {"a": 0.35, "b": 0.41})
     _write_eval(evals / "control_seed0__robot_test.json", {"a": 0.31, "b": 0.40})
     _write_eval(evals / "control_seed1__robot_test.json", {"a": 0.30, "b": 0.41})
+    _write_eval(evals / "student_robot_seed0__robot_test.json", {"a": 0.36, "b": 0.44})
+    _write_eval(evals / "student_robot_seed1__robot_test.json", {"a": 0.34, "b": 0.42})
+    _write_eval(evals / "control_student_seed0__robot_test.json", {"a": 0.29, "b": 0.39})
+    _write_eval(evals / "best_robot_seed1__robot_test.json", {"a": 0.30, "b": 0.38})
     args = experiment.argparse.Namespace(domains=["robot"], seeds=[0, 1], minutes=1.0, settings=[])
     summary = experiment.summarize(args, tmp_path, {}, 0.0)
     row = summary["table"]["robot"]
@@ -52,4 +56,29 @@ def test_the_table_reports_changes_against_the_embedded_model_and_the_control(ex
     assert row["minus_control"] == pytest.approx([2.5, 2.5])
     # Per clip: seeds' mean minus before = a: +4, b: +2 -> SE = stdev([4, 2]) / sqrt(2) = 1.
     assert row["change_clip_se"] == pytest.approx(1.0)
-    assert (tmp_path / "table.md").read_text().splitlines()[2].startswith("| robot |")
+    # Before the merge: students 40 and 38, one control 34; one best.pt (seed 1) 34.
+    assert row["change_before_merge"] == pytest.approx([5.0, 3.0])
+    assert row["control_change_before_merge"] == pytest.approx([-1.0])
+    assert row["best_change"] == pytest.approx([-1.0])
+    line = (tmp_path / "table.md").read_text().splitlines()[2]
+    assert line.startswith("| robot |") and line.endswith("| +4.0 ± 1.0 (-1.0) | -1.0 |")
+
+
+def test_controls_are_merged_as_the_runs_are_unless_merge_is_1(experiment, tmp_path):
+    def jobs(settings):
+        args = experiment.argparse.Namespace(domains=["robot"], seeds=[0], settings=settings, no_control=False,
+                                             python="python")
+        return experiment.merge_jobs(args, tmp_path), experiment.after_jobs(args, tmp_path)
+
+    merges, evals = jobs(["lr=1e-4", "merge=0.3"])
+    assert [str(c) for c in merges[0].command[-4:]] == [
+        "--weight", "0.3", "--output", str(tmp_path / "runs/robot/supervised_seed0/final_merged.pt")]
+    control = {str(job.command[job.command.index("--checkpoint") + 1]) for job in evals
+               if job.name.startswith("eval control_seed0")}
+    assert control == {str(tmp_path / "runs/robot/supervised_seed0/final_merged.pt")}
+    assert any(job.name.startswith("eval student_robot_seed0") for job in evals)
+    merges, evals = jobs(["merge=1"])
+    control = {str(job.command[job.command.index("--checkpoint") + 1]) for job in evals
+               if job.name.startswith("eval control_seed0")}
+    assert merges == [] and control == {str(tmp_path / "runs/robot/supervised_seed0/final.pt")}
+    assert not any(job.name.startswith("eval student_") for job in evals)

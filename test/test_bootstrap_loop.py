@@ -459,6 +459,41 @@ def test_best_pt_holds_the_step_of_the_highest_of_unequal_scores(tmp_path):
     assert [h["cycle_score"] for h in report["history"]] == scores
 
 
+def test_final_and_best_are_the_students_merged_with_the_starting_weights(inputs, tmp_path):
+    """merge=0.25: final.pt and best.pt hold 0.75 x the starting weights + 0.25 x their
+    student, computed here in float64 from the files the run kept (start.pt, the student
+    in checkpoint.pt, final_student.pt, best_student.pt); merge=1 writes the student as is."""
+    from bootstap_ros_training.bootstrap import merge_with_start
+
+    output = tmp_path / "run"
+    assert main(_run_args(inputs, output, 3, "validate_every=1", "validate_points=4", "merge=0.25")) == 0
+    initial = _state(inputs / "tiny.pt")["state_dict"]
+    start = _state(output / "start.pt")["state_dict"]
+    assert all(torch.equal(start[k], v) for k, v in initial.items())
+    student = _state(output / "checkpoint.pt")["state_dict"]
+    assert all(torch.equal(_state(output / "final_student.pt")["state_dict"][k], v) for k, v in student.items())
+    final, best = _state(output / "final.pt"), _state(output / "best.pt")
+    best_student = _state(output / "best_student.pt")
+    assert final["merged"]["weight"] == best["merged"]["weight"] == 0.25
+    assert best["step"] == best_student["step"] and best["label_free_score"] == best_student["label_free_score"]
+    moved = 0
+    for merged, trained in ((final, student), (best, best_student["state_dict"])):
+        for key, value in trained.items():
+            if not value.is_floating_point():
+                continue
+            want = (0.75 * initial[key].double() + 0.25 * value.double()).float()
+            torch.testing.assert_close(merged["state_dict"][key], want, rtol=0, atol=1e-7, msg=key)
+            moved += not torch.equal(value, initial[key])
+    assert moved > 0  # the students moved: the merge is not the start or the student by accident
+    assert merge_with_start(output, 0.25) == []  # merged files are left as they are
+
+    plain = tmp_path / "plain"
+    assert main(_run_args(inputs, plain, 2, "holdout=0", "merge=1")) == 0
+    assert not (plain / "final_student.pt").exists()
+    trained = _state(plain / "checkpoint.pt")["state_dict"]
+    assert all(torch.equal(_state(plain / "final.pt")["state_dict"][k], v) for k, v in trained.items())
+
+
 def test_without_steps_or_budget_the_run_says_what_it_will_do(inputs, tmp_path, capsys):
     args = _run_args(inputs, tmp_path / "run", 6, "holdout=0")
     assert main(args) == 0
@@ -500,7 +535,7 @@ def test_kept_checkpoints_hold_the_student_and_the_teacher_of_their_step(inputs,
     kept = sorted((output / "checkpoints").glob("step_*.pt"))
     assert [p.name for p in kept] == ["step_0000002.pt", "step_0000004.pt"]
     last = load_checkpoint(kept[-1])
-    final = load_checkpoint(output / "final.pt")
+    final = load_checkpoint(output / "final_student.pt")  # final.pt is merged with the start
     for key, value in final.model.state_dict().items():
         assert torch.equal(last.model.state_dict()[key], value), key
     initial = _state(inputs / "tiny.pt")["state_dict"]

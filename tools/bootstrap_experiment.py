@@ -176,18 +176,47 @@ def training_jobs(args, out: Path) -> List[Job]:
     return jobs
 
 
+def recipe_merge(args) -> float:
+    """The runs' `merge` (a key=value setting, else the recipe's default)."""
+    from bootstap_ros_training.bootstrap_config import BootstrapConfig
+
+    given = [value for key, _, value in (s.partition("=") for s in args.settings) if key.strip() == "merge"]
+    return float(given[-1]) if given else BootstrapConfig().merge
+
+
+def merge_jobs(args, out: Path) -> List[Job]:
+    """Each control's final.pt merged with the embedded model as the runs merge theirs, so that
+    the control differs from its run by the self-supervised task alone."""
+    weight = recipe_merge(args)
+    if weight >= 1 or "robot" not in args.domains or args.no_control:
+        return []
+    return [Job(f"merge control seed {seed}", [
+        args.python, "-m", "bootstap_ros_training.average", DEFAULT_MODEL, control_run(out, seed) / "final.pt",
+        "--weight", weight, "--output", control_run(out, seed) / "final_merged.pt"],
+        control_run(out, seed) / "final_merged.pt", out / "logs_text" / f"merge_control_seed{seed}.log", 1)
+        for seed in args.seeds]
+
+
 def after_jobs(args, out: Path) -> List[Job]:
-    jobs = []
+    """The runs' final.pt (merged with the start unless merge=1), and beside it each run's
+    student as trained (final_student.pt) and its label-free pick (best.pt)."""
+    jobs, merged = [], recipe_merge(args) < 1
     for seed in args.seeds:
         for domain in args.domains:
-            final = bootstrap_run(out, domain, seed) / "final.pt"
-            name = f"bootstrap_{domain}_seed{seed}"
-            jobs.append(eval_job(args, out, name, domain, final))
-            if domain == "robot":
-                jobs += [eval_job(args, out, name, source, final) for source in SOURCE_SETS]
+            run = bootstrap_run(out, domain, seed)
+            sets = (domain, *SOURCE_SETS) if domain == "robot" else (domain,)
+            jobs += [eval_job(args, out, f"bootstrap_{domain}_seed{seed}", d, run / "final.pt") for d in sets]
+            jobs.append(eval_job(args, out, f"best_{domain}_seed{seed}", domain, run / "best.pt"))
+            if merged:
+                jobs += [eval_job(args, out, f"student_{domain}_seed{seed}", d, run / "final_student.pt")
+                         for d in sets]
         if "robot" in args.domains and not args.no_control:
-            model = control_run(out, seed) / "final.pt"
-            jobs += [eval_job(args, out, f"control_seed{seed}", dataset, model) for dataset in ("robot", *SOURCE_SETS)]
+            run = control_run(out, seed)
+            for dataset in ("robot", *SOURCE_SETS):
+                jobs.append(eval_job(args, out, f"control_seed{seed}", dataset,
+                                     run / ("final_merged.pt" if merged else "final.pt")))
+                if merged:
+                    jobs.append(eval_job(args, out, f"control_student_seed{seed}", dataset, run / "final.pt"))
     return jobs
 
 
@@ -324,8 +353,9 @@ def summarize(args, out: Path, timings: Dict[str, float], wall: float) -> Dict:
     before = {d: _scores(out / "eval" / f"embedded__{d}_test.json") for d in (*args.domains, *SOURCE_SETS)}
     lk = {d: _scores(out / "eval" / f"lk__{d}_test.json") for d in args.domains}
     lines = ["| set | Lucas-Kanade AJ | embedded AJ (before) | bootstrapped AJ, per seed | change (mean ± SE over seeds; SE over clips) "
-             "| supervised-only control, change | bootstrapped - control |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "| supervised-only control, change | bootstrapped - control | as trained, before the merge: change "
+             "(control's) | best.pt, change |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     table = {}
     for dataset in (*args.domains, *(SOURCE_SETS if "robot" in args.domains else ())):
         base = before.get(dataset)
@@ -344,14 +374,27 @@ def summarize(args, out: Path, timings: Dict[str, float], wall: float) -> Dict:
         clip_se = statistics.stdev(per_clip) / len(per_clip) ** 0.5 if len(per_clip) > 1 else float("nan")
         control_changes = [c["average_jaccard"] - base["average_jaccard"] for c in control if c]
         gaps = [a["average_jaccard"] - c["average_jaccard"] for a, c in zip(after, control) if a and c]
+
+        def change(name: str) -> List[float]:
+            scores = [_scores(out / "eval" / f"{name.format(seed=s)}__{dataset}_test.json") for s in args.seeds]
+            return [a["average_jaccard"] - base["average_jaccard"] for a in scores if a]
+
+        unmerged = change(f"student_{trained_on}_seed{{seed}}")
+        control_unmerged = change("control_student_seed{seed}")
+        best = change(f"best_{trained_on}_seed{{seed}}")
         table[dataset] = {"before": base, "after": after, "control": control, "change": changes,
-                          "change_clip_se": clip_se, "control_change": control_changes, "minus_control": gaps}
+                          "change_clip_se": clip_se, "control_change": control_changes, "minus_control": gaps,
+                          "change_before_merge": unmerged, "control_change_before_merge": control_unmerged,
+                          "best_change": best}
         label = dataset if dataset in args.domains else f"{dataset} (source; trained on robot)"
         lk_cell = f"{lk[dataset]['average_jaccard']:.1f}" if lk.get(dataset) else ""
         lines.append(f"| {label} | {lk_cell} | {base['average_jaccard']:.1f} | "
                      + ", ".join(f"{a['average_jaccard']:.1f}" for a in after if a)
                      + f" | {_mean_se(changes)} (clips: ± {clip_se:.1f}) | "
-                     + (f"{_mean_se(control_changes)} | {_mean_se(gaps)} |" if control_changes else " | |"))
+                     + (f"{_mean_se(control_changes)} | {_mean_se(gaps)} |" if control_changes else " | |")
+                     + (f" {_mean_se(unmerged)}" if unmerged else " ")
+                     + (f" ({_mean_se(control_unmerged)})" if control_unmerged else "")
+                     + (f" | {_mean_se(best)} |" if best else " | |"))
     summary = {"minutes": args.minutes, "seeds": args.seeds, "domains": args.domains, "settings": args.settings,
                "table": table, "markdown": "\n".join(lines), "curves": curves(args, out),
                "job_seconds": timings, "wall_seconds": wall}
@@ -407,6 +450,7 @@ def main(argv=None) -> int:
     if "train" in stages:
         failed += run_jobs(training_jobs(args, out), args.parallel_training, timings)
     if "after" in stages:
+        failed += run_jobs(merge_jobs(args, out), 2, timings)
         failed += run_jobs(after_jobs(args, out), 2, timings)
     if "curves" in stages:
         failed += run_jobs(curve_jobs(args, out), 2, timings)

@@ -29,8 +29,13 @@ A run directory holds:
   checkpoint.pt      student + teacher + both optimisers + step + config, written
                      atomically every `checkpoint_every` steps and on SIGTERM/Ctrl-C;
                      `--resume` continues from it exactly (bit for bit on CPU)
-  final.pt           the final student (weights + model config): loads in
-                     bootstap-track, bootstap-eval and the node without flags
+  final.pt           the final model (weights + model config): loads in
+                     bootstap-track, bootstap-eval and the node without flags; with
+                     `merge` < 1 (the default, 0.5) the average of the student and the
+                     starting weights (WiSE-FT, `merge_with_start`)
+  best.pt            the student at its best label-free score (merged the same way)
+  start.pt           the starting weights; final_student.pt, best_student.pt: the
+                     students as trained, before the merge
   config.json        the resolved bootstrapping and model configs
   clips/             the decoded log clips (unless `cache` points elsewhere)
   train_log.csv, eval_log.csv, eval/, tensorboard/   as in bootstap_ros_training.loop
@@ -170,6 +175,7 @@ def _warn_about_precision(config: BootstrapConfig) -> None:
 
 
 BEST_MODEL = "best.pt"
+START_MODEL = "start.pt"
 #: Fewer held-out clips than this make the label-free score noisy: the run warns.
 MIN_HELD_OUT_CLIPS = 4
 
@@ -208,6 +214,38 @@ class Validation:
                 f"best {self.best['cycle_score']:.3f} at step {self.best['step']} -> {self.out / BEST_MODEL}")
 
 
+def student_file(name: str) -> str:
+    """Where `merge_with_start` keeps the student of `name` as trained: final.pt -> final_student.pt."""
+    return name[:-len(".pt")] + "_student.pt"
+
+
+def merge_with_start(out: Path, weight: float) -> List[Path]:
+    """WiSE-FT (Wortsman et al., CVPR 2022) at the end of a run: final.pt and best.pt become
+    ``(1 - weight) * start.pt + weight * their student``, each student as trained moving to
+    `student_file`. A fine-tuned model forgets part of what it knew; the straight line back to
+    its start keeps more of both (docs/training.md measures it). A file merged already (its
+    "merged" entry) is left as it is. Returns the merged files."""
+    from bootstap_ros.model.checkpoint import atomic_torch_save, read_checkpoint_file
+
+    from .average import interpolate
+
+    start = read_checkpoint_file(out / START_MODEL)["state_dict"]
+    merged = []
+    for name in (FINAL_MODEL, BEST_MODEL):
+        path = out / name
+        if not path.is_file():
+            continue
+        content = read_checkpoint_file(path)
+        if "merged" in content:
+            continue
+        atomic_torch_save(content, out / student_file(name))
+        content["state_dict"] = interpolate(start, content["state_dict"], weight)
+        content["merged"] = {"start": START_MODEL, "student": student_file(name), "weight": weight}
+        atomic_torch_save(content, path)
+        merged.append(path)
+    return merged
+
+
 def _bootstrap(config: BootstrapConfig, runtime: Runtime, resumed: Optional[dict],
                stop_at: Optional[int], steps_given: bool, started: float, clock: Callable[[], float]) -> TAPIR:
     from torch.utils.data import Subset
@@ -221,6 +259,8 @@ def _bootstrap(config: BootstrapConfig, runtime: Runtime, resumed: Optional[dict
                             resumed["path"])
     else:
         model = load_student(config)
+    if resumed is None and runtime.is_main:
+        save_training_checkpoint(out / START_MODEL, model)  # what final.pt and best.pt merge with
     model = model.to(device).train()
     causal = model.config.causal
     size = model.config.resolution[0]
@@ -354,6 +394,15 @@ def _bootstrap(config: BootstrapConfig, runtime: Runtime, resumed: Optional[dict
     run_loop(loop, model, runtime, state, zip(log_loader, supervised_loader), step, last_step)
     if validation is not None and validation.history and validation.history[-1]["step"] == config.steps:
         print(validation.report(config.steps), file=sys.stderr)
+    if runtime.is_main and config.merge < 1 and (out / FINAL_MODEL).is_file():
+        if not (out / START_MODEL).is_file():  # a run begun before start.pt was written
+            print(f"{PROG}: warning: {out / START_MODEL} is missing: final.pt and best.pt stay the "
+                  "students as trained (merge them with python -m bootstap_ros_training.average)",
+                  file=sys.stderr)
+            return model
+        for path in merge_with_start(out, config.merge):
+            print(f"{PROG}: {path} = {1 - config.merge:g} x {START_MODEL} + {config.merge:g} x "
+                  f"{student_file(path.name)}", file=sys.stderr)
     return model
 
 

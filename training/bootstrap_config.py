@@ -140,6 +140,10 @@ class BootstrapConfig:
                                        "(bootstap_ros_training.camera), as the default model was trained; 0: all clean")
     supervised_faint_background: float = setting(0.4, "share of the synthetic clips on weak, fine background "
                                                  "textures, as the default model was trained")
+    merge: float = setting(0.5, "share of the trained student in the written models: final.pt and best.pt are (1 - "
+                           "merge) x the starting weights (start.pt) + merge x the student (WiSE-FT weight "
+                           "averaging: it keeps more of what the start knew); the students as trained stay "
+                           "beside as final_student.pt and best_student.pt; 1: the student as trained")
     seed: int = setting(0, "seed of the clip order, the synthetic clips, views and queries")
     # Runtime.
     device: str = setting("auto", "auto, cpu or cuda", flag="--device")
@@ -195,7 +199,7 @@ class BootstrapConfig:
             problems.append(f"clip_frames must be at least 2, got {self.clip_frames}")
         if self.supervised_batch_size is not None and self.supervised_batch_size < 0:
             problems.append(f"supervised_batch_size must be >= 0, got {self.supervised_batch_size}")
-        for name in ("supervised_camera", "supervised_faint_background"):
+        for name in ("supervised_camera", "supervised_faint_background", "merge"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"{name} must lie in [0, 1], got {getattr(self, name)}")
         if not 0.0 <= self.ema_decay <= 1.0:

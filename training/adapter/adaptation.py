@@ -448,7 +448,8 @@ class Adaptation:
         if folder.is_dir():
             (folder / "round.json").write_text(json.dumps(report.to_dict(), indent=1) + "\n")
             run = folder / "run"
-            for leftover in ("clips", "teacher_labels", "checkpoint.pt", "best.pt", "final.pt", "checkpoints"):
+            for leftover in ("clips", "teacher_labels", "checkpoint.pt", "best.pt", "final.pt", "checkpoints",
+                             "start.pt", "best_student.pt", "final_student.pt"):
                 path = run / leftover
                 if path.is_dir():
                     shutil.rmtree(path, ignore_errors=True)
