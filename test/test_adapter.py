@@ -406,6 +406,7 @@ def test_a_round_trains_scores_and_adopts_or_keeps(tmp_path, filled_store, check
     adaptation.finish(report)
     run = Path(report.folder) / "run"
     assert not (run / "clips").exists() and not (run / "final.pt").exists()  # cleaned up
+    assert not any((run / name).exists() for name in ("start.pt", "final_student.pt", "best_student.pt"))
     logged = [json.loads(line) for line in (folder / "rounds.jsonl").read_text().splitlines()]
     assert logged[-1]["decision"] == "adopted" and logged[-1]["checkpoint"] == str(kept)
     # From the adopted model, a margin no round can beat: kept, nothing adopted.

@@ -322,7 +322,7 @@ def test_ddp_gloo_two_processes_end_with_identical_weights(inputs, tmp_path):
     assert any(not torch.equal(rank0[k], initial[k]) for k in rank0)
     for key in rank0:
         assert torch.equal(rank0[key], rank1[key]), key
-    final = _state(tmp_path / "run" / "final.pt")["state_dict"]
+    final = _state(tmp_path / "run" / "final_student.pt")["state_dict"]  # final.pt: merged with the start
     for key in rank0:
         assert torch.equal(final[key], rank0[key]), key
     assert json.loads((tmp_path / "run" / "config.json").read_text())["world_size"] == 2
