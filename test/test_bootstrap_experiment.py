@@ -82,3 +82,26 @@ def test_controls_are_merged_as_the_runs_are_unless_merge_is_1(experiment, tmp_p
                if job.name.startswith("eval control_seed0")}
     assert merges == [] and control == {str(tmp_path / "runs/robot/supervised_seed0/final.pt")}
     assert not any(job.name.startswith("eval student_") for job in evals)
+
+
+def test_the_score_is_ranked_against_aj_within_each_run_and_pooled(experiment, tmp_path):
+    """Two runs whose label-free scores differ in scale (each scores its own held-out
+    queries): within each run the score orders the checkpoints as AJ does (1.0); pooled,
+    the second run's higher scores on lower AJ pull the correlation down. Pooled ranks by
+    hand: scores 1..6, AJ 30, 40, 50, 10, 20, 35 -> 3, 5, 6, 1, 2, 4; sum d^2 = 44, so
+    1 - 6 * 44 / (6 * 35) = -9/35."""
+    runs = {0: ([0.1, 0.2, 0.3], [0.30, 0.40, 0.50]), 1: ([0.6, 0.7, 0.8], [0.10, 0.20, 0.35])}
+    for seed, (scores, ajs) in runs.items():
+        run = tmp_path / "runs" / "robot" / f"bootstrap_seed{seed}"
+        (run / "checkpoints").mkdir(parents=True)
+        lines = ["step,cycle_score"]
+        for step, score, aj in zip((40, 80, 120), scores, ajs):
+            (run / "checkpoints" / f"step_{step:07d}.pt").touch()
+            lines.append(f"{step},{score}")
+            _write_eval(tmp_path / "eval" / f"curve_robot_seed{seed}_step_{step:07d}__robot_val.json", {"a": aj})
+        (run / "eval_log.csv").write_text("\n".join(lines) + "\n")
+    args = experiment.argparse.Namespace(seeds=[0, 1])
+    result = experiment.curves(args, tmp_path)
+    assert result["spearman_within_runs"] == pytest.approx({"seed0": 1.0, "seed1": 1.0})
+    assert result["spearman_label_free_vs_aj"] == pytest.approx(-9 / 35)
+    assert result["checkpoints_in_correlation"] == 6

@@ -283,8 +283,10 @@ def spearman(xs: Sequence[float], ys: Sequence[float]) -> float:
 
 def curves(args, out: Path) -> Dict:
     """Per robot seed: step, wall seconds, validation AJ of each kept checkpoint, its label-free
-    score, and the grades; and the rank correlation of the score with AJ over all of them."""
-    result, pairs = {}, []
+    score, and the grades; the rank correlation of the score with AJ within each run (what
+    picks best.pt: each run scores its own held-out queries, so runs' scores differ in scale)
+    and over all checkpoints pooled."""
+    result, pairs, within = {}, [], {}
     for seed in args.seeds:
         run = bootstrap_run(out, "robot", seed)
         scores = {}
@@ -313,10 +315,13 @@ def curves(args, out: Path) -> Dict:
                 continue
             rows.append({"step": step, "elapsed_s": grades.get(step, {}).get("elapsed_s"),
                          "aj": val["average_jaccard"], "label_free": scores.get(step), **grades.get(step, {})})
-        for row in rows:
-            if row.get("label_free") is not None:
-                pairs.append((row["label_free"], row["aj"]))
+        scored = [(row["label_free"], row["aj"]) for row in rows if row.get("label_free") is not None]
+        pairs += scored
+        if len(scored) >= 3:
+            within[f"seed{seed}"] = spearman([p[0] for p in scored], [p[1] for p in scored])
         result[f"seed{seed}"] = rows
+    if within:
+        result["spearman_within_runs"] = within
     if len(pairs) >= 3:
         result["spearman_label_free_vs_aj"] = spearman([p[0] for p in pairs], [p[1] for p in pairs])
         result["checkpoints_in_correlation"] = len(pairs)
@@ -458,8 +463,9 @@ def main(argv=None) -> int:
     print(summary["markdown"])
     correlation = summary["curves"].get("spearman_label_free_vs_aj")
     if correlation is not None:
-        print(f"label-free score vs validation AJ over {summary['curves']['checkpoints_in_correlation']} "
-              f"checkpoints: Spearman {correlation:.2f}")
+        within = ", ".join(f"{seed} {value:.2f}" for seed, value in summary["curves"]["spearman_within_runs"].items())
+        print(f"label-free score vs validation AJ: Spearman within each run {within}; over all "
+              f"{summary['curves']['checkpoints_in_correlation']} checkpoints pooled {correlation:.2f}")
     print(f"results in {out / 'results.json'}")
     if failed:
         print(f"FAILED: {failed}", file=sys.stderr)
