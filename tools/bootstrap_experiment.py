@@ -177,11 +177,10 @@ def training_jobs(args, out: Path) -> List[Job]:
 
 
 def recipe_merge(args) -> float:
-    """The runs' `merge` (a key=value setting, else the recipe's default)."""
-    from bootstap_ros_training.bootstrap_config import BootstrapConfig
+    """The runs' `merge`, read from their key=value settings as the runs read them."""
+    from bootstap_ros_training.bootstrap_config import BootstrapConfig, parse_settings
 
-    given = [value for key, _, value in (s.partition("=") for s in args.settings) if key.strip() == "merge"]
-    return float(given[-1]) if given else BootstrapConfig().merge
+    return BootstrapConfig.from_dict(parse_settings(args.settings)).merge
 
 
 def merge_jobs(args, out: Path) -> List[Job]:
